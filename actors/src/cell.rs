@@ -1,0 +1,170 @@
+//! The state one KeyLimiter owns, shared with the write-behind so dirty
+//! state can be snapshotted without a message round trip per key.
+//!
+//! A [`KeyCell`] outlives its actor: when an actor is passivated (or fails and
+//! is restarted) the next actor for the key takes the same cell if it is
+//! still waiting to be written, so no admitted unit is forgotten.
+
+use crate::algo::Micros;
+use crate::limitset::LimitSet;
+use parking_lot::Mutex;
+use ringlimit_protocol::admin::Granularity;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// One usage bucket as counted by one writer.
+pub type UsageCell = (Granularity, u64, u64);
+
+/// Admitted units of one key in the current minute, hour and day, as counted
+/// by one writer (one process incarnation). Closed buckets, and buckets of an
+/// earlier writer found in a loaded snapshot, wait in `closed` until written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageCounters {
+    pub writer: String,
+    /// `(granularity, bucket_start_ms, units)` of the open buckets.
+    pub open: Vec<UsageCell>,
+    /// `(writer, bucket)` of closed buckets not yet written.
+    pub closed: Vec<(String, UsageCell)>,
+}
+
+impl UsageCounters {
+    /// Switches to `writer`: the buckets of an earlier writer are closed
+    /// under that writer's name, so its absolute values are still written.
+    pub fn adopt_writer(&mut self, writer: &str) {
+        if self.writer != writer {
+            let old = std::mem::replace(&mut self.writer, writer.to_string());
+            for b in self.open.drain(..) {
+                self.closed.push((old.clone(), b));
+            }
+        }
+    }
+
+    /// Adds `units` admitted at `now_ms`.
+    pub fn add(&mut self, now_ms: u64, units: u64) {
+        for g in Granularity::all() {
+            let start = now_ms - now_ms % g.millis();
+            match self.open.iter_mut().find(|(og, _, _)| *og == g) {
+                Some(b) if b.1 == start => b.2 += units,
+                Some(b) if b.1 < start => {
+                    self.closed.push((self.writer.clone(), *b));
+                    *b = (g, start, units);
+                }
+                // A clock step backwards into an older bucket counts in the open one.
+                Some(b) => b.2 += units,
+                None => self.open.push((g, start, units)),
+            }
+        }
+    }
+
+    /// Every bucket to write, with its writer: closed and open.
+    pub fn rows(&self) -> Vec<(String, UsageCell)> {
+        self.closed
+            .iter()
+            .cloned()
+            .chain(self.open.iter().map(|b| (self.writer.clone(), *b)))
+            .collect()
+    }
+
+    /// Forgets closed buckets that were written with these values.
+    pub fn written(&mut self, rows: &[(String, UsageCell)]) {
+        self.closed.retain(|c| !rows.contains(c));
+    }
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub limits: LimitSet,
+    #[serde(default)]
+    pub usage: UsageCounters,
+}
+
+impl Snapshot {
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+/// The mutable part of a cell.
+#[derive(Debug)]
+pub struct CellInner {
+    /// Whether the stored snapshot (if any) has been loaded.
+    pub loaded: bool,
+    /// Catalog epoch the limits were resolved at; `None` before the first resolution.
+    pub epoch: Option<u64>,
+    pub snap: Snapshot,
+    /// Bumped on every change; the write-behind compares it to know what it wrote.
+    pub version: u64,
+}
+
+/// One key's limiter state.
+#[derive(Debug)]
+pub struct KeyCell {
+    pub key_id: String,
+    inner: Mutex<CellInner>,
+    /// Whether the cell is in the write-behind's pending map.
+    pub(crate) in_pending: AtomicBool,
+    /// Last use, ms since the epoch, for idle passivation and LRU eviction.
+    last_used_ms: AtomicU64,
+}
+
+impl KeyCell {
+    pub fn new(key_id: String, now_ms: u64) -> Self {
+        KeyCell {
+            key_id,
+            inner: Mutex::new(CellInner { loaded: false, epoch: None, snap: Snapshot::default(), version: 0 }),
+            in_pending: AtomicBool::new(false),
+            last_used_ms: AtomicU64::new(now_ms),
+        }
+    }
+
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, CellInner> {
+        self.inner.lock()
+    }
+
+    pub fn touch(&self, now: Micros) {
+        self.last_used_ms.store(now / 1_000, Ordering::Relaxed);
+    }
+
+    pub fn last_used_ms(&self) -> u64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    /// Marks the cell changed. Call with the lock held; returns whether the
+    /// caller must add the cell to the pending map after releasing the lock.
+    pub fn mark_changed(&self, inner: &mut CellInner) -> bool {
+        inner.version = inner.version.wrapping_add(1);
+        !self.in_pending.swap(true, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_rolls_buckets_and_keeps_closed_ones_until_written() {
+        let mut u = UsageCounters::default();
+        u.adopt_writer("w");
+        u.add(60_000, 2);
+        u.add(60_500, 3);
+        u.add(120_000, 1);
+        let rows = u.rows();
+        let has = |g, s, n| rows.contains(&("w".to_string(), (g, s, n)));
+        assert!(has(Granularity::Minute, 60_000, 5));
+        assert!(has(Granularity::Minute, 120_000, 1));
+        assert!(has(Granularity::Hour, 0, 6));
+        assert!(has(Granularity::Day, 0, 6));
+        u.written(&rows);
+        assert!(u.closed.is_empty());
+        assert_eq!(u.rows().len(), 3);
+        u.adopt_writer("w2");
+        assert!(u.open.is_empty());
+        assert_eq!(u.closed.len(), 3);
+        assert!(u.rows().iter().all(|(w, _)| w == "w"));
+    }
+}

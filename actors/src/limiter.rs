@@ -1,0 +1,514 @@
+//! KeyLimiter actors: one per active key, activated on first use and
+//! passivated when idle or when the node's cap on active actors is reached.
+//!
+//! # Lifecycle
+//! - **Activation** ([`KeyLimiters::actor_for`]): under the registry's shard
+//!   lock for the key, take the key's cell from the write-behind's pending
+//!   map if it is still unwritten, or make an empty one that the actor's
+//!   `pre_start` fills from the stored snapshot. The actor is spawned
+//!   "instantly" (messages queue until `pre_start` is done) and linked to the
+//!   [`KeyLimiterSupervisor`].
+//! - **Check**: the actor locks its cell, re-resolves its limits if the
+//!   catalog epoch moved, checks all limits all-or-nothing, counts usage and
+//!   marks the cell changed.
+//! - **Passivation**: the sweeper sends `Passivate`; the actor handles it
+//!   after every message queued before it, removes itself from the registry
+//!   and stops. Its unwritten state stays in the pending map, where the next
+//!   activation finds it, so passivation loses no count. Messages queued
+//!   behind `Passivate` fail at the caller, which retries on a new activation.
+//! - **Failure**: a KeyLimiter whose handler fails is restarted by the
+//!   supervisor on the same cell.
+//!
+//! Message types are local-only: KeyLimiters are never advertised to peers.
+
+use crate::algo::Micros;
+use crate::catalog::LimitsSource;
+use crate::cell::{KeyCell, Snapshot};
+use crate::limitset::{CheckError, CheckResult};
+use crate::writebehind::WriteBehind;
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ringlimit_protocol::admin::LimitUsage;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Metric names of the limiter.
+pub mod metric {
+    pub const ACTIVE: &str = "ringlimit_active_key_limiters";
+    pub const ACTIVATIONS: &str = "ringlimit_key_limiter_activations_total";
+    pub const PASSIVATIONS: &str = "ringlimit_key_limiter_passivations_total";
+    pub const RESTARTS: &str = "ringlimit_key_limiter_restarts_total";
+    pub const LOAD_FAILURES: &str = "ringlimit_snapshot_load_failures_total";
+}
+
+/// A source of wall-clock time in µs since the epoch. Only actors and the
+/// service read it; the algorithms take time as an argument.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    fn now_us(&self) -> Micros;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> Micros {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Tuning of the KeyLimiters.
+#[derive(Debug, Clone)]
+pub struct LimiterConfig {
+    /// A KeyLimiter unused this long is passivated.
+    pub idle_timeout: Duration,
+    /// Most active KeyLimiters; beyond it the least recently used are passivated.
+    pub max_active: usize,
+    /// How often the sweeper looks for idle actors.
+    pub sweep_interval: Duration,
+    /// This process's name in usage rows (node name and boot instant).
+    pub writer: String,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        LimiterConfig {
+            idle_timeout: Duration::from_secs(300),
+            max_active: 100_000,
+            sweep_interval: Duration::from_secs(1),
+            writer: "local".into(),
+        }
+    }
+}
+
+/// Messages of a KeyLimiter (local only).
+#[derive(Debug)]
+pub enum KeyMsg {
+    Check { cost: u64, now_us: Micros, reply: RpcReplyPort<Result<CheckResult, CheckError>> },
+    Peek { now_us: Micros, reply: RpcReplyPort<Vec<LimitUsage>> },
+    Passivate,
+    /// Makes the handler fail; used to exercise supervision.
+    #[doc(hidden)]
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    actor: ActorRef<KeyMsg>,
+    cell: Arc<KeyCell>,
+    passivating: Arc<AtomicBool>,
+}
+
+/// State shared by the registry, its actors and the supervisor (opaque).
+#[derive(Debug)]
+pub struct Shared {
+    source: Arc<LimitsSource>,
+    writebehind: Arc<WriteBehind>,
+    entries: DashMap<String, Entry>,
+    by_actor: DashMap<ActorId, String>,
+    config: LimiterConfig,
+    supervisor: OnceLock<ActorCell>,
+    evict: Notify,
+    activations: AtomicU64,
+    passivations: AtomicU64,
+    restarts: AtomicU64,
+}
+
+/// The KeyLimiter actor.
+#[derive(Debug)]
+pub struct KeyLimiter;
+
+/// Arguments and state of a KeyLimiter.
+#[derive(Debug)]
+pub struct KeyLimiterState {
+    cell: Arc<KeyCell>,
+    shared: Arc<Shared>,
+}
+
+impl Actor for KeyLimiter {
+    type Msg = KeyMsg;
+    type State = KeyLimiterState;
+    type Arguments = KeyLimiterState;
+
+    async fn pre_start(&self, _me: ActorRef<KeyMsg>, st: KeyLimiterState) -> Result<KeyLimiterState, ActorProcessingErr> {
+        let loaded = st.cell.lock().loaded;
+        if !loaded {
+            let stored = load_with_retry(&st.shared.writebehind, &st.cell.key_id).await;
+            let mut g = st.cell.lock();
+            if !g.loaded {
+                if let Some(snap) = stored {
+                    g.snap = snap;
+                }
+                g.snap.usage.adopt_writer(&st.shared.config.writer);
+                g.loaded = true;
+            }
+        }
+        Ok(st)
+    }
+
+    async fn handle(&self, me: ActorRef<KeyMsg>, msg: KeyMsg, st: &mut KeyLimiterState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            KeyMsg::Check { cost, now_us, reply } => {
+                let r = st.check(cost, now_us);
+                let _ = reply.send(r);
+            }
+            KeyMsg::Peek { now_us, reply } => {
+                let mut g = st.cell.lock();
+                st.refresh_limits(&mut g);
+                let _ = reply.send(g.snap.limits.peek(now_us));
+            }
+            KeyMsg::Passivate => {
+                let key = &st.cell.key_id;
+                if st.cell.in_pending.load(Ordering::Acquire) && st.shared.writebehind.saturated() {
+                    // The sink is behind: keep the state in an actor rather than pile it up.
+                    if let Some(e) = st.shared.entries.get(key) {
+                        e.passivating.store(false, Ordering::Release);
+                    }
+                    return Ok(());
+                }
+                st.shared.entries.remove_if(key, |_, e| e.actor.get_id() == me.get_id());
+                st.shared.passivations.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(metric::PASSIVATIONS).increment(1);
+                me.stop(Some("passivated".into()));
+            }
+            KeyMsg::Fail => return Err(From::from("induced failure")),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, me: ActorRef<KeyMsg>, st: &mut KeyLimiterState) -> Result<(), ActorProcessingErr> {
+        st.shared.by_actor.remove(&me.get_id());
+        Ok(())
+    }
+}
+
+async fn load_with_retry(wb: &WriteBehind, key_id: &str) -> Option<Snapshot> {
+    for attempt in 0..3u32 {
+        match wb.load(key_id).await {
+            Ok(Some(bytes)) => match Snapshot::decode(&bytes) {
+                Ok(s) => return Some(s),
+                Err(e) => {
+                    tracing::error!(key_id, error = %e, "undecodable snapshot; starting the key fresh");
+                    metrics::counter!(metric::LOAD_FAILURES).increment(1);
+                    return None;
+                }
+            },
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(key_id, attempt, error = %e, "snapshot load failed");
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+        }
+    }
+    tracing::error!(key_id, "snapshot store unreachable; starting the key fresh");
+    metrics::counter!(metric::LOAD_FAILURES).increment(1);
+    None
+}
+
+impl KeyLimiterState {
+    fn refresh_limits(&self, g: &mut crate::cell::CellInner) {
+        let epoch = self.shared.source.catalog.epoch();
+        if g.epoch != Some(epoch) {
+            let (e, specs) = self.shared.source.resolve(&self.cell.key_id);
+            g.snap.limits.reconcile(&specs);
+            g.epoch = Some(e);
+        }
+    }
+
+    fn check(&self, cost: u64, now_us: Micros) -> Result<CheckResult, CheckError> {
+        let mut g = self.cell.lock();
+        self.refresh_limits(&mut g);
+        let r = g.snap.limits.check(now_us, cost);
+        let enqueue = match &r {
+            Ok(res) if res.allowed => {
+                g.snap.usage.add(now_us / 1_000, cost);
+                self.cell.mark_changed(&mut g)
+            }
+            _ => false,
+        };
+        drop(g);
+        if enqueue {
+            self.shared.writebehind.enqueue(&self.cell);
+        }
+        self.cell.touch(now_us);
+        r
+    }
+}
+
+/// Restarts failed KeyLimiters on their cell.
+#[derive(Debug)]
+pub struct KeyLimiterSupervisor;
+
+impl Actor for KeyLimiterSupervisor {
+    type Msg = ();
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(&self, _me: ActorRef<()>, s: Arc<Shared>) -> Result<Arc<Shared>, ActorProcessingErr> {
+        Ok(s)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<()>,
+        ev: SupervisionEvent,
+        shared: &mut Arc<Shared>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(dead, err) = ev {
+            let dead_id = dead.get_id();
+            let Some((_, key)) = shared.by_actor.remove(&dead_id) else { return Ok(()) };
+            tracing::warn!(key_id = %key, error = %err, "KeyLimiter failed; restarting it on its state");
+            if let Some(mut e) = shared.entries.get_mut(&key) {
+                if e.actor.get_id() == dead_id {
+                    let st = KeyLimiterState { cell: Arc::clone(&e.cell), shared: Arc::clone(shared) };
+                    let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(None, KeyLimiter, st, me.get_cell())?;
+                    shared.by_actor.insert(actor.get_id(), key.clone());
+                    e.actor = actor;
+                    shared.restarts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(metric::RESTARTS).increment(1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the registry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimiterError {
+    #[error("the key limiter could not be reached")]
+    Unavailable,
+}
+
+/// Counters of the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterStats {
+    pub active: usize,
+    pub activations: u64,
+    pub passivations: u64,
+    pub restarts: u64,
+    pub pending_writes: usize,
+}
+
+/// The registry of KeyLimiters of one node.
+#[derive(Debug, Clone)]
+pub struct KeyLimiters {
+    shared: Arc<Shared>,
+}
+
+impl KeyLimiters {
+    /// Starts the supervisor and the passivation sweeper.
+    pub async fn start(
+        source: Arc<LimitsSource>,
+        writebehind: Arc<WriteBehind>,
+        config: LimiterConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ractor::SpawnErr> {
+        let shared = Arc::new(Shared {
+            source,
+            writebehind,
+            entries: DashMap::new(),
+            by_actor: DashMap::new(),
+            config,
+            supervisor: OnceLock::new(),
+            evict: Notify::new(),
+            activations: AtomicU64::new(0),
+            passivations: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        });
+        let (sup, _) = Actor::spawn(None, KeyLimiterSupervisor, Arc::clone(&shared)).await?;
+        let _ = shared.supervisor.set(sup.get_cell());
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            loop {
+                let interval = match weak.upgrade() {
+                    Some(s) => s.config.sweep_interval,
+                    None => return,
+                };
+                let notified = match weak.upgrade() {
+                    Some(s) => {
+                        let s2 = Arc::clone(&s);
+                        drop(s);
+                        tokio::select! {
+                            _ = tokio::time::sleep(interval) => {}
+                            _ = s2.evict.notified() => {}
+                        }
+                        s2
+                    }
+                    None => return,
+                };
+                sweep(&notified, clock.now_us() / 1_000);
+            }
+        });
+        Ok(KeyLimiters { shared })
+    }
+
+    /// The actor of a key, activating it if needed.
+    pub fn actor_for(&self, key_id: &str) -> Result<ActorRef<KeyMsg>, LimiterError> {
+        if let Some(e) = self.shared.entries.get(key_id) {
+            return Ok(e.actor.clone());
+        }
+        let s = &self.shared;
+        let sup = s.supervisor.get().ok_or(LimiterError::Unavailable)?.clone();
+        let actor = match s.entries.entry(key_id.to_string()) {
+            dashmap::Entry::Occupied(o) => o.get().actor.clone(),
+            dashmap::Entry::Vacant(v) => {
+                let now_ms = SystemClock.now_us() / 1_000;
+                let cell = s.writebehind.pending_cell(key_id).unwrap_or_else(|| Arc::new(KeyCell::new(key_id.to_string(), now_ms)));
+                cell.touch(now_ms * 1_000);
+                let st = KeyLimiterState { cell: Arc::clone(&cell), shared: Arc::clone(s) };
+                let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(None, KeyLimiter, st, sup).map_err(|e| {
+                    tracing::error!(error = %e, "KeyLimiter spawn failed");
+                    LimiterError::Unavailable
+                })?;
+                s.by_actor.insert(actor.get_id(), key_id.to_string());
+                v.insert(Entry { actor: actor.clone(), cell, passivating: Arc::new(AtomicBool::new(false)) });
+                s.activations.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(metric::ACTIVATIONS).increment(1);
+                actor
+            }
+        };
+        if s.entries.len() > s.config.max_active {
+            s.evict.notify_one();
+        }
+        Ok(actor)
+    }
+
+    /// Sends one request to the key's actor, re-activating it when the actor
+    /// it found has stopped (passivated or failed) in the meantime.
+    async fn ask<R: Send + 'static>(
+        &self,
+        key_id: &str,
+        make: impl Fn(RpcReplyPort<R>) -> KeyMsg,
+    ) -> Result<R, LimiterError> {
+        for attempt in 0..64u32 {
+            let actor = self.actor_for(key_id)?;
+            match actor.call(&make, None).await {
+                Ok(CallResult::Success(r)) => return Ok(r),
+                _ => {
+                    if attempt >= 8 {
+                        // A dead actor no one replaced: drop its entry so the next
+                        // activation starts a new actor on the same state.
+                        let id = actor.get_id();
+                        if matches!(actor.get_status(), ractor::ActorStatus::Stopped) {
+                            self.shared.entries.remove_if(key_id, |_, e| e.actor.get_id() == id);
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+        Err(LimiterError::Unavailable)
+    }
+
+    /// Checks `cost` for a key at `now_us`.
+    pub async fn check(&self, key_id: &str, cost: u64, now_us: Micros) -> Result<Result<CheckResult, CheckError>, LimiterError> {
+        self.ask(key_id, |reply| KeyMsg::Check { cost, now_us, reply }).await
+    }
+
+    /// The live state of a key's limits.
+    pub async fn peek(&self, key_id: &str, now_us: Micros) -> Result<Vec<LimitUsage>, LimiterError> {
+        self.ask(key_id, |reply| KeyMsg::Peek { now_us, reply }).await
+    }
+
+    /// Whether a key has an active actor.
+    pub fn is_active(&self, key_id: &str) -> bool {
+        self.shared.entries.contains_key(key_id)
+    }
+
+    /// Asks one key's actor to passivate.
+    pub fn passivate(&self, key_id: &str) {
+        if let Some(e) = self.shared.entries.get(key_id) {
+            let _ = e.actor.cast(KeyMsg::Passivate);
+        }
+    }
+
+    /// Makes a key's actor fail, to exercise supervision.
+    #[doc(hidden)]
+    pub fn inject_failure(&self, key_id: &str) {
+        if let Some(e) = self.shared.entries.get(key_id) {
+            let _ = e.actor.cast(KeyMsg::Fail);
+        }
+    }
+
+    /// The actor id of a key's actor, if active.
+    pub fn actor_id(&self, key_id: &str) -> Option<ActorId> {
+        self.shared.entries.get(key_id).map(|e| e.actor.get_id())
+    }
+
+    pub fn stats(&self) -> LimiterStats {
+        LimiterStats {
+            active: self.shared.entries.len(),
+            activations: self.shared.activations.load(Ordering::Relaxed),
+            passivations: self.shared.passivations.load(Ordering::Relaxed),
+            restarts: self.shared.restarts.load(Ordering::Relaxed),
+            pending_writes: self.shared.writebehind.pending_len(),
+        }
+    }
+
+    /// Passivates every actor and waits (up to `timeout`) until none is active.
+    pub async fn passivate_all(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let actors: Vec<_> = self.shared.entries.iter().map(|e| e.actor.clone()).collect();
+            if actors.is_empty() {
+                return true;
+            }
+            for a in actors {
+                let _ = a.cast(KeyMsg::Passivate);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the supervisor (after [`Self::passivate_all`]).
+    pub fn stop(&self) {
+        if let Some(s) = self.shared.supervisor.get() {
+            s.stop(None);
+        }
+    }
+}
+
+/// Passivates idle actors, and the least recently used ones above the cap.
+fn sweep(s: &Shared, now_ms: u64) {
+    let idle_ms = s.config.idle_timeout.as_millis() as u64;
+    let mut live: Vec<(u64, Entry)> = Vec::new();
+    for e in s.entries.iter() {
+        if e.passivating.load(Ordering::Acquire) {
+            continue;
+        }
+        let last = e.cell.last_used_ms();
+        if now_ms.saturating_sub(last) >= idle_ms {
+            ask_passivate(e.value());
+        } else {
+            live.push((last, e.value().clone()));
+        }
+    }
+    let over = live.len().saturating_sub(s.config.max_active);
+    if over > 0 {
+        // Evict a little more than needed so the sweeper does not run per activation.
+        let n = (over + s.config.max_active / 20).min(live.len());
+        live.select_nth_unstable_by_key(n.saturating_sub(1), |(t, _)| *t);
+        for (_, e) in &live[..n] {
+            ask_passivate(e);
+        }
+    }
+    metrics::gauge!(metric::ACTIVE).set(s.entries.len() as f64);
+}
+
+fn ask_passivate(e: &Entry) {
+    if !e.passivating.swap(true, Ordering::AcqRel) {
+        let _ = e.actor.cast(KeyMsg::Passivate);
+    }
+}

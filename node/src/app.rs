@@ -1,0 +1,216 @@
+//! Building a node from its config, serving, and shutting down.
+
+use crate::config::{Config, ConfigError, LogFormat, RawConfig};
+use crate::http::{self, AppState, RequestIds};
+use crate::store::embedded::EmbeddedStore;
+use anyhow::Context;
+use ringlimit_actors::catalog::{Catalog, LimitsSource};
+use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
+use ringlimit_actors::service::Service;
+use ringlimit_actors::storage::{SnapshotStore, Store, UsageStore};
+use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Reads file, environment and flags into one validated config.
+pub fn load_config(
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    flags: RawConfig,
+) -> Result<Config, ConfigError> {
+    let file = file.map(Path::to_path_buf).or_else(|| env("RINGLIMIT_CONFIG").filter(|s| !s.is_empty()).map(Into::into));
+    let from_file = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| ConfigError {
+                field: "config".into(),
+                message: format!("cannot read {}: {e}", p.display()),
+            })?;
+            RawConfig::from_toml(&text)?
+        }
+        None => RawConfig::default(),
+    };
+    let raw = from_file.merge(RawConfig::from_env(env)?).merge(flags);
+    Config::from_raw(raw)
+}
+
+/// Sets up logging to stderr.
+pub fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Fills `buf` from the OS's secure random source.
+pub fn os_random(buf: &mut [u8]) {
+    if let Err(e) = getrandom::fill(buf) {
+        // Without randomness no secret can be made; refuse to continue.
+        panic!("OS random source failed: {e}");
+    }
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    os_random(&mut b);
+    hex::encode(b)
+}
+
+/// The admin token: configured, or kept in `<data_dir>/admin-token` (made on first start).
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if t.len() >= 16 {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(t);
+        }
+    }
+    let t = random_hex(24);
+    write_private(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "admin token generated; read it from this file (or set RINGLIMIT_ADMIN_TOKEN)");
+    Ok(t)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    let mut f = o.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// Runs a node until `shutdown` resolves, then drains and saves state.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if config.redis_url.is_some() || !config.scylla_nodes.is_empty() || config.cluster_addr.is_some() {
+        anyhow::bail!("redis_url, scylla_nodes and cluster_addr are not supported by this build yet; unset them to run on the embedded store");
+    }
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let token = admin_token(&config)?;
+    let boot_ms = SystemClock.now_us() / 1_000;
+    let store = Arc::new(EmbeddedStore::open(&config.data_dir).context("opening the embedded store")?);
+    tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
+    let store_dyn: Arc<dyn Store> = store.clone();
+    let snapshots: Arc<dyn SnapshotStore> = store.clone();
+    let usage: Arc<dyn UsageStore> = store.clone();
+
+    let source = Arc::new(LimitsSource { catalog: Catalog::new(config.tiers.clone()), keys: Default::default() });
+    let wb = Arc::new(WriteBehind::new(
+        vec![snapshots],
+        Some(usage),
+        WriteBehindConfig { interval: config.flush_interval, ..Default::default() },
+    ));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let limiters = KeyLimiters::start(
+        Arc::clone(&source),
+        Arc::clone(&wb),
+        LimiterConfig {
+            idle_timeout: config.idle_timeout,
+            max_active: config.max_active_keys,
+            sweep_interval: (config.idle_timeout / 4).clamp(std::time::Duration::from_millis(5), std::time::Duration::from_secs(1)),
+            writer: format!("{}#{boot_ms}", config.node_name),
+        },
+        Arc::clone(&clock),
+    )
+    .await
+    .context("starting the key limiters")?;
+    let service = Arc::new(Service::new(source, limiters.clone(), store_dyn, clock, os_random));
+    let n = service.warm().await.context("loading keys")?;
+    tracing::info!(keys = n, "key cache warmed");
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let ready = Arc::new(AtomicBool::new(false));
+    let config = Arc::new(config);
+    let state = AppState {
+        service: Arc::clone(&service),
+        config: Arc::clone(&config),
+        admin_token_hash: Sha256::digest(token.as_bytes()).into(),
+        ready: Arc::clone(&ready),
+        metrics,
+    };
+    let ids = RequestIds::new(random_hex(4));
+    let data_l = tokio::net::TcpListener::bind(config.data_addr).await.with_context(|| format!("binding data_addr {}", config.data_addr))?;
+    let admin_l = tokio::net::TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding admin_addr {}", config.admin_addr))?;
+    let data_addr = data_l.local_addr()?;
+    let admin_addr = admin_l.local_addr()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = wb.spawn(stop_rx.clone());
+    let serve = |l: tokio::net::TcpListener, r: axum::Router| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(l, r)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let data_srv = serve(data_l, http::data_router(state.clone(), ids.clone()));
+    let admin_srv = serve(admin_l, http::admin_router(state.clone(), ids));
+    ready.store(true, Ordering::Release);
+    tracing::info!(%data_addr, %admin_addr, node = %config.node_name, "ringlimit node ready");
+    // One line on stdout for scripts and tests that start nodes on port 0.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("ringlimit listening data_addr={data_addr} admin_addr={admin_addr}");
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: draining requests");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let drain = async {
+        let _ = data_srv.await;
+        let _ = admin_srv.await;
+    };
+    if tokio::time::timeout(config.shutdown_timeout, drain).await.is_err() {
+        tracing::warn!("in-flight requests did not finish in time");
+    }
+    let _ = flusher.await;
+    if !limiters.passivate_all(config.shutdown_timeout).await {
+        tracing::warn!("some key limiters did not passivate in time");
+    }
+    match wb.drain(5).await {
+        Ok(()) => tracing::info!("state saved"),
+        Err(e) => tracing::error!(error = %e, pending = wb.pending_len(), "could not save all state"),
+    }
+    limiters.stop();
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

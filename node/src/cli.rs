@@ -1,0 +1,97 @@
+//! Command-line flags. Each flag overrides the environment and the file.
+
+use crate::config::RawConfig;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// ringlimit: a clustered, in-memory rate limiter and API-key service.
+#[derive(Debug, Parser)]
+#[command(name = "ringlimit", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (the default).
+    Serve,
+    /// Check the configuration, print it, and exit (64 when invalid).
+    CheckConfig,
+}
+
+/// Settings; every one can also be set by environment (`RINGLIMIT_…`) or file.
+#[derive(Debug, Args, Default)]
+pub struct Flags {
+    /// TOML config file (env RINGLIMIT_CONFIG).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[arg(long, global = true)]
+    pub data_addr: Option<String>,
+    #[arg(long, global = true)]
+    pub admin_addr: Option<String>,
+    #[arg(long, global = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// text or json.
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[arg(long, global = true)]
+    pub node_name: Option<String>,
+    #[arg(long, global = true)]
+    pub max_body_bytes: Option<usize>,
+    #[arg(long, global = true)]
+    pub max_batch: Option<usize>,
+    #[arg(long, global = true)]
+    pub idle_timeout_ms: Option<u64>,
+    #[arg(long, global = true)]
+    pub max_active_keys: Option<usize>,
+    #[arg(long, global = true)]
+    pub flush_interval_ms: Option<u64>,
+    #[arg(long, global = true)]
+    pub shutdown_timeout_ms: Option<u64>,
+    #[arg(long, global = true)]
+    pub redis_url: Option<String>,
+    #[arg(long, global = true)]
+    pub scylla_nodes: Option<String>,
+    #[arg(long, global = true)]
+    pub scylla_keyspace: Option<String>,
+    #[arg(long, global = true)]
+    pub cluster_addr: Option<String>,
+    #[arg(long, global = true)]
+    pub seeds: Option<String>,
+    #[arg(long, global = true)]
+    pub cookie: Option<String>,
+}
+
+impl Flags {
+    pub fn into_raw(self) -> RawConfig {
+        RawConfig {
+            data_addr: self.data_addr,
+            admin_addr: self.admin_addr,
+            admin_token: self.admin_token,
+            data_dir: self.data_dir,
+            log_format: self.log_format,
+            log_level: self.log_level,
+            node_name: self.node_name,
+            max_body_bytes: self.max_body_bytes,
+            max_batch: self.max_batch,
+            idle_timeout_ms: self.idle_timeout_ms,
+            max_active_keys: self.max_active_keys,
+            flush_interval_ms: self.flush_interval_ms,
+            shutdown_timeout_ms: self.shutdown_timeout_ms,
+            redis_url: self.redis_url,
+            scylla_nodes: self.scylla_nodes,
+            scylla_keyspace: self.scylla_keyspace,
+            cluster_addr: self.cluster_addr,
+            seeds: self.seeds,
+            cookie: self.cookie,
+            tiers: None,
+        }
+    }
+}

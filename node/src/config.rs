@@ -1,0 +1,388 @@
+//! One typed configuration from defaults, a TOML file, the environment and
+//! flags, in increasing order of precedence, checked by [`Config::from_raw`]
+//! before any port is bound. A bad config exits with code 64 naming the field.
+//!
+//! Every setting has one name per source: `data_addr` in the file,
+//! `RINGLIMIT_DATA_ADDR` in the environment, `--data-addr` as a flag.
+
+use ringlimit_actors::storage::TierRecord;
+use ringlimit_protocol::limits::validate_limits;
+use ringlimit_protocol::{AlgorithmKind, LimitSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A config problem, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config: {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+/// Settings as read from one source; absent means "not set here".
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_addr: Option<String>,
+    pub admin_addr: Option<String>,
+    pub admin_token: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+    pub node_name: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub max_batch: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_active_keys: Option<usize>,
+    pub flush_interval_ms: Option<u64>,
+    pub shutdown_timeout_ms: Option<u64>,
+    pub redis_url: Option<String>,
+    pub scylla_nodes: Option<String>,
+    pub scylla_keyspace: Option<String>,
+    pub cluster_addr: Option<String>,
+    pub seeds: Option<String>,
+    pub cookie: Option<String>,
+    /// `[tiers.NAME] limits = [...]`: replaces or adds tiers over the defaults.
+    pub tiers: Option<BTreeMap<String, TierConfig>>,
+}
+
+/// A tier in the config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub limits: Vec<LimitSpec>,
+}
+
+/// `(environment name, field)` of every setting that the environment can set.
+pub const ENV_NAMES: &[(&str, &str)] = &[
+    ("RINGLIMIT_DATA_ADDR", "data_addr"),
+    ("RINGLIMIT_ADMIN_ADDR", "admin_addr"),
+    ("RINGLIMIT_ADMIN_TOKEN", "admin_token"),
+    ("RINGLIMIT_DATA_DIR", "data_dir"),
+    ("RINGLIMIT_LOG_FORMAT", "log_format"),
+    ("RINGLIMIT_LOG_LEVEL", "log_level"),
+    ("RINGLIMIT_NODE_NAME", "node_name"),
+    ("RINGLIMIT_MAX_BODY_BYTES", "max_body_bytes"),
+    ("RINGLIMIT_MAX_BATCH", "max_batch"),
+    ("RINGLIMIT_IDLE_TIMEOUT_MS", "idle_timeout_ms"),
+    ("RINGLIMIT_MAX_ACTIVE_KEYS", "max_active_keys"),
+    ("RINGLIMIT_FLUSH_INTERVAL_MS", "flush_interval_ms"),
+    ("RINGLIMIT_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms"),
+    ("RINGLIMIT_REDIS_URL", "redis_url"),
+    ("RINGLIMIT_SCYLLA_NODES", "scylla_nodes"),
+    ("RINGLIMIT_SCYLLA_KEYSPACE", "scylla_keyspace"),
+    ("RINGLIMIT_CLUSTER_ADDR", "cluster_addr"),
+    ("RINGLIMIT_SEEDS", "seeds"),
+    ("RINGLIMIT_COOKIE", "cookie"),
+];
+
+fn parse_num<T: std::str::FromStr>(env: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| bad(env, format!("'{v}' is not a valid number")))
+}
+
+impl RawConfig {
+    /// Reads the settings of the environment through `get` (a HashMap in tests).
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = RawConfig::default();
+        for (env, _) in ENV_NAMES {
+            let Some(v) = get(env) else { continue };
+            if v.is_empty() {
+                continue;
+            }
+            match *env {
+                "RINGLIMIT_DATA_ADDR" => r.data_addr = Some(v),
+                "RINGLIMIT_ADMIN_ADDR" => r.admin_addr = Some(v),
+                "RINGLIMIT_ADMIN_TOKEN" => r.admin_token = Some(v),
+                "RINGLIMIT_DATA_DIR" => r.data_dir = Some(v.into()),
+                "RINGLIMIT_LOG_FORMAT" => r.log_format = Some(v),
+                "RINGLIMIT_LOG_LEVEL" => r.log_level = Some(v),
+                "RINGLIMIT_NODE_NAME" => r.node_name = Some(v),
+                "RINGLIMIT_MAX_BODY_BYTES" => r.max_body_bytes = Some(parse_num(env, &v)?),
+                "RINGLIMIT_MAX_BATCH" => r.max_batch = Some(parse_num(env, &v)?),
+                "RINGLIMIT_IDLE_TIMEOUT_MS" => r.idle_timeout_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_MAX_ACTIVE_KEYS" => r.max_active_keys = Some(parse_num(env, &v)?),
+                "RINGLIMIT_FLUSH_INTERVAL_MS" => r.flush_interval_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_SHUTDOWN_TIMEOUT_MS" => r.shutdown_timeout_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_REDIS_URL" => r.redis_url = Some(v),
+                "RINGLIMIT_SCYLLA_NODES" => r.scylla_nodes = Some(v),
+                "RINGLIMIT_SCYLLA_KEYSPACE" => r.scylla_keyspace = Some(v),
+                "RINGLIMIT_CLUSTER_ADDR" => r.cluster_addr = Some(v),
+                "RINGLIMIT_SEEDS" => r.seeds = Some(v),
+                "RINGLIMIT_COOKIE" => r.cookie = Some(v),
+                _ => {}
+            }
+        }
+        Ok(r)
+    }
+
+    /// Parses a TOML file's text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let field = msg
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_else(|| "config file".to_string());
+            bad(&field, msg)
+        })
+    }
+
+    /// Fields set in `over` replace those here.
+    pub fn merge(mut self, over: RawConfig) -> Self {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+        }
+        take!(
+            data_addr, admin_addr, admin_token, data_dir, log_format, log_level, node_name, max_body_bytes, max_batch,
+            idle_timeout_ms, max_active_keys, flush_interval_ms, shutdown_timeout_ms, redis_url, scylla_nodes,
+            scylla_keyspace, cluster_addr, seeds, cookie
+        );
+        if let Some(t) = over.tiers {
+            self.tiers.get_or_insert_with(BTreeMap::new).extend(t);
+        }
+        self
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// `None`: generated on first start and kept in `<data_dir>/admin-token`.
+    pub admin_token: Option<String>,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub node_name: String,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    pub idle_timeout: Duration,
+    pub max_active_keys: usize,
+    pub flush_interval: Duration,
+    pub shutdown_timeout: Duration,
+    pub redis_url: Option<String>,
+    pub scylla_nodes: Vec<String>,
+    pub scylla_keyspace: String,
+    pub cluster_addr: Option<SocketAddr>,
+    pub seeds: Vec<String>,
+    pub cookie: Option<String>,
+    pub tiers: Vec<TierRecord>,
+}
+
+fn lim(name: &str, algorithm: AlgorithmKind, limit: u64, window_ms: u64, burst: Option<u64>) -> LimitSpec {
+    LimitSpec { name: name.into(), algorithm, limit, window_ms, burst }
+}
+
+const SECOND: u64 = 1_000;
+const HOUR: u64 = 3_600_000;
+const MONTH: u64 = 30 * 86_400_000;
+
+/// The tiers that exist with no config file.
+pub fn default_tiers() -> Vec<TierRecord> {
+    use AlgorithmKind::*;
+    vec![
+        TierRecord {
+            name: "free".into(),
+            limits: vec![lim("per-second", SlidingWindow, 10, SECOND, None), lim("per-hour", SlidingWindow, 1_000, HOUR, None)],
+        },
+        TierRecord {
+            name: "pro".into(),
+            limits: vec![
+                lim("per-second", TokenBucket, 100, SECOND, Some(200)),
+                lim("per-month", SlidingWindow, 1_000_000, MONTH, None),
+            ],
+        },
+        TierRecord {
+            name: "enterprise".into(),
+            limits: vec![
+                lim("per-second", TokenBucket, 1_000, SECOND, Some(2_000)),
+                lim("per-month", SlidingWindow, 100_000_000, MONTH, None),
+            ],
+        },
+    ]
+}
+
+fn addr(field: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    v.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| bad(field, format!("'{v}' is not a host:port address")))
+}
+
+fn list(v: &Option<String>) -> Vec<String> {
+    v.as_deref()
+        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Applies defaults and checks every field.
+    pub fn from_raw(r: RawConfig) -> Result<Config, ConfigError> {
+        let data_addr = addr("data_addr", r.data_addr.as_deref().unwrap_or("127.0.0.1:8080"))?;
+        let admin_addr = addr("admin_addr", r.admin_addr.as_deref().unwrap_or("127.0.0.1:8081"))?;
+        if data_addr == admin_addr && data_addr.port() != 0 {
+            return Err(bad("admin_addr", "must differ from data_addr"));
+        }
+        if let Some(t) = &r.admin_token {
+            if t.len() < 16 {
+                return Err(bad("admin_token", "must be at least 16 characters"));
+            }
+        }
+        let log_format = match r.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(bad("log_format", format!("'{other}' is not one of text, json"))),
+        };
+        let log_level = r.log_level.clone().unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(bad("log_level", format!("'{log_level}' is not a valid filter (e.g. info, debug)")));
+        }
+        let node_name = r.node_name.clone().unwrap_or_else(|| "node-1".into());
+        if node_name.is_empty() || node_name.len() > 64 || !node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+            return Err(bad("node_name", "must be 1 to 64 characters of letters, digits, '-', '_' and '.'"));
+        }
+        let max_body_bytes = r.max_body_bytes.unwrap_or(64 * 1024);
+        if !(256..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(bad("max_body_bytes", "must be between 256 and 67108864"));
+        }
+        let max_batch = r.max_batch.unwrap_or(1_000);
+        if !(1..=100_000).contains(&max_batch) {
+            return Err(bad("max_batch", "must be between 1 and 100000"));
+        }
+        let idle_timeout_ms = r.idle_timeout_ms.unwrap_or(300_000);
+        if idle_timeout_ms == 0 {
+            return Err(bad("idle_timeout_ms", "must be at least 1"));
+        }
+        let max_active_keys = r.max_active_keys.unwrap_or(200_000);
+        if max_active_keys == 0 {
+            return Err(bad("max_active_keys", "must be at least 1"));
+        }
+        let flush_interval_ms = r.flush_interval_ms.unwrap_or(100);
+        if !(1..=60_000).contains(&flush_interval_ms) {
+            return Err(bad("flush_interval_ms", "must be between 1 and 60000"));
+        }
+        let shutdown_timeout_ms = r.shutdown_timeout_ms.unwrap_or(10_000);
+        if let Some(u) = &r.redis_url {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(bad("redis_url", "must start with redis:// or rediss://"));
+            }
+        }
+        let scylla_nodes = list(&r.scylla_nodes);
+        for n in &scylla_nodes {
+            addr("scylla_nodes", n)?;
+        }
+        let scylla_keyspace = r.scylla_keyspace.clone().unwrap_or_else(|| "ringlimit".into());
+        if scylla_keyspace.is_empty() || scylla_keyspace.len() > 48 || !scylla_keyspace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(bad("scylla_keyspace", "must be 1 to 48 characters of letters, digits and '_'"));
+        }
+        let cluster_addr = r.cluster_addr.as_deref().map(|a| addr("cluster_addr", a)).transpose()?;
+        let seeds = list(&r.seeds);
+        for s in &seeds {
+            addr("seeds", s)?;
+        }
+        let mut tiers = default_tiers();
+        for (name, t) in r.tiers.clone().unwrap_or_default() {
+            validate_limits(&t.limits).map_err(|e| bad(&format!("tiers.{name}.limits.{}", e.field), e.message))?;
+            tiers.retain(|d| d.name != name);
+            tiers.push(TierRecord { name, limits: t.limits });
+        }
+        Ok(Config {
+            data_addr,
+            admin_addr,
+            admin_token: r.admin_token,
+            data_dir: r.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            log_format,
+            log_level,
+            node_name,
+            max_body_bytes,
+            max_batch,
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
+            max_active_keys,
+            flush_interval: Duration::from_millis(flush_interval_ms),
+            shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
+            redis_url: r.redis_url,
+            scylla_nodes,
+            scylla_keyspace,
+            cluster_addr,
+            seeds,
+            cookie: r.cookie,
+            tiers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> RawConfig {
+        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        RawConfig::from_env(&|k| m.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let file = RawConfig::from_toml("data_addr = \"127.0.0.1:1000\"\nadmin_addr = \"127.0.0.1:1001\"\nnode_name = \"file\"").unwrap();
+        let e = env(&[("RINGLIMIT_DATA_ADDR", "127.0.0.1:2000"), ("RINGLIMIT_NODE_NAME", "env")]);
+        let flags = RawConfig { node_name: Some("flag".into()), ..Default::default() };
+        let c = Config::from_raw(file.merge(e).merge(flags)).unwrap();
+        assert_eq!(c.data_addr.port(), 2000);
+        assert_eq!(c.admin_addr.port(), 1001);
+        assert_eq!(c.node_name, "flag");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_raw(env(&[("RINGLIMIT_DATA_ADDR", "nope")])).unwrap_err();
+        assert_eq!(e.field, "data_addr");
+        let e = RawConfig::from_env(&|k| (k == "RINGLIMIT_MAX_BATCH").then(|| "x".to_string())).unwrap_err();
+        assert_eq!(e.field, "RINGLIMIT_MAX_BATCH");
+        let e = RawConfig::from_toml("bogus = 1").unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+        let e = Config::from_raw(RawConfig::from_toml("[tiers.x]\nlimits = []").unwrap()).unwrap_err();
+        assert_eq!(e.field, "tiers.x.limits.limits");
+        let e = Config::from_raw(env(&[("RINGLIMIT_ADMIN_TOKEN", "short")])).unwrap_err();
+        assert_eq!(e.field, "admin_token");
+    }
+
+    #[test]
+    fn file_tiers_replace_and_add() {
+        let raw = RawConfig::from_toml(
+            "[tiers.free]\nlimits = [{name = \"per-minute\", algorithm = \"fixed_window\", limit = 5, window_ms = 60000}]\n[tiers.gold]\nlimits = [{name = \"a\", limit = 1, window_ms = 1000}]",
+        )
+        .unwrap();
+        let c = Config::from_raw(raw).unwrap();
+        let free = c.tiers.iter().find(|t| t.name == "free").unwrap();
+        assert_eq!(free.limits.len(), 1);
+        assert!(c.tiers.iter().any(|t| t.name == "gold"));
+        assert!(c.tiers.iter().any(|t| t.name == "pro"));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_raw(RawConfig::default()).unwrap();
+        assert_eq!(c.data_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:8081");
+        for t in default_tiers() {
+            validate_limits(&t.limits).unwrap();
+        }
+    }
+}

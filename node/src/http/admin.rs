@@ -1,0 +1,165 @@
+//! The admin plane: keys, tiers, usage. Every route needs the bearer token.
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::AppState;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ringlimit_actors::storage::KeyFilter;
+use ringlimit_protocol::admin::{
+    CreateKeyRequest, Granularity, KeyStatus, RotateRequest, TierList, UpdateKeyRequest, UpdateTierRequest, UsageCurrent,
+    UsageHistory,
+};
+use ringlimit_protocol::ErrorCode;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Rejects requests without `Authorization: Bearer <admin token>`.
+pub async fn require_token(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = match presented {
+        // Compare digests so the comparison is constant-time whatever the lengths.
+        Some(t) => bool::from(Sha256::digest(t.trim().as_bytes()).ct_eq(&app.admin_token_hash)),
+        None => false,
+    };
+    if !ok {
+        let msg = if presented.is_none() { "missing bearer admin token" } else { "wrong admin token" };
+        return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, msg).into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    owner: Option<String>,
+    tier: Option<String>,
+    status: Option<KeyStatus>,
+    page: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn create_key(State(app): State<AppState>, ApiJson(req): ApiJson<CreateKeyRequest>) -> Result<Response, ApiError> {
+    let k = app.service.create_key(req).await?;
+    tracing::info!(key_id = %k.key.key_id, owner = %k.key.owner, tier = %k.key.tier, "key created");
+    Ok((StatusCode::CREATED, Json(k)).into_response())
+}
+
+pub async fn list_keys(State(app): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Response, ApiError> {
+    let filter = KeyFilter { owner: q.owner, tier: q.tier, status: q.status };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    Ok(Json(app.service.list_keys(&filter, q.page.as_deref(), limit).await?).into_response())
+}
+
+pub async fn get_key(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    Ok(Json(app.service.get_key(&id).await?).into_response())
+}
+
+pub async fn update_key(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateKeyRequest>,
+) -> Result<Response, ApiError> {
+    let v = app.service.update_key(&id, req).await?;
+    tracing::info!(key_id = %id, "key updated");
+    Ok(Json(v).into_response())
+}
+
+pub async fn revoke_key(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    app.service.revoke_key(&id).await?;
+    tracing::info!(key_id = %id, "key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn rotate_key(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<RotateRequest>,
+) -> Result<Response, ApiError> {
+    let k = app.service.rotate_key(&id, req.grace_period_ms).await?;
+    tracing::info!(key_id = %id, grace_period_ms = req.grace_period_ms, "key rotated");
+    Ok(Json(k).into_response())
+}
+
+pub async fn usage_current(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    let limits = app.service.usage_current(&id).await?;
+    Ok(Json(UsageCurrent { key_id: id, limits }).into_response())
+}
+
+pub async fn usage_limits(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    Ok(Json(app.service.usage_limits(&id).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+    granularity: Option<Granularity>,
+}
+
+/// Most buckets one history answer may span.
+pub const MAX_HISTORY_BUCKETS: u64 = 10_000;
+
+pub async fn usage_history(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let granularity = q.granularity.unwrap_or(Granularity::Hour);
+    let now = app.service.clock.now_us() / 1_000;
+    let to_ms = q.to.unwrap_or(now + 1);
+    let from_ms = q.from.unwrap_or_else(|| to_ms.saturating_sub(granularity.millis() * 24));
+    if from_ms >= to_ms {
+        return Err(ApiError::invalid("from must be before to (both in ms since the Unix epoch)"));
+    }
+    if (to_ms - from_ms) / granularity.millis() > MAX_HISTORY_BUCKETS {
+        return Err(ApiError::invalid(format!("the range spans more than {MAX_HISTORY_BUCKETS} {} buckets", granularity.as_str())));
+    }
+    let buckets = app.service.usage_history(&id, granularity, from_ms, to_ms).await?;
+    let total = buckets.iter().map(|b| b.units).sum();
+    Ok(Json(UsageHistory { key_id: id, granularity, from_ms, to_ms, total, buckets }).into_response())
+}
+
+pub async fn list_tiers(State(app): State<AppState>) -> Json<TierList> {
+    Json(TierList { tiers: app.service.list_tiers() })
+}
+
+pub async fn get_tier(State(app): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+    Ok(Json(app.service.get_tier(&name)?).into_response())
+}
+
+pub async fn put_tier(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateTierRequest>,
+) -> Result<Response, ApiError> {
+    let t = app.service.put_tier(&name, req.limits).await?;
+    tracing::info!(tier = %name, "tier updated");
+    Ok(Json(t).into_response())
+}
+
+/// `GET /api/v1/node`: this node's limiter and write-behind counters.
+pub async fn node_info(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let s = app.service.limiters.stats();
+    Json(serde_json::json!({
+        "node_name": app.config.node_name,
+        "keys_cached": app.service.source.keys.len(),
+        "active_key_limiters": s.active,
+        "activations": s.activations,
+        "passivations": s.passivations,
+        "restarts": s.restarts,
+        "pending_writes": s.pending_writes,
+    }))
+}

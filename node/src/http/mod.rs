@@ -1,0 +1,118 @@
+//! The two HTTP planes: data (validate) and admin (keys, tiers, usage).
+//! Both answer errors as `{"error":{"code":"…","message":"…"}}`, take an
+//! `X-Request-Id` (or make one) and return it.
+
+pub mod admin;
+pub mod data;
+pub mod error;
+pub mod extract;
+
+use crate::config::Config;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use ringlimit_actors::service::Service;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub config: Arc<Config>,
+    pub admin_token_hash: [u8; 32],
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: a per-process random prefix and a counter.
+#[derive(Clone, Debug)]
+pub struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl RequestIds {
+    pub fn new(prefix: String) -> Self {
+        RequestIds { prefix: prefix.into(), next: Arc::new(AtomicU64::new(1)) }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix).parse().ok().map(RequestId::new)
+    }
+}
+
+fn with_common_layers(router: Router, state: &AppState, ids: RequestIds) -> Router {
+    router
+        .fallback(error::no_route)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), ids))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    if app.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not ready"})))
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> String {
+    app.metrics.as_ref().map(|h| h.render()).unwrap_or_default()
+}
+
+/// The data plane router.
+pub fn data_router(state: AppState, ids: RequestIds) -> Router {
+    let r = Router::new()
+        .route("/api/v1/validate", post(data::validate).fallback(error::wrong_method))
+        .route("/api/v1/validate/batch", post(data::validate_batch).fallback(error::wrong_method))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state.clone());
+    with_common_layers(r, &state, ids)
+}
+
+/// The admin plane router.
+pub fn admin_router(state: AppState, ids: RequestIds) -> Router {
+    let api = Router::new()
+        .route("/api/v1/keys", post(admin::create_key).get(admin::list_keys).fallback(error::wrong_method))
+        .route(
+            "/api/v1/keys/{key_id}",
+            get(admin::get_key).patch(admin::update_key).put(admin::update_key).delete(admin::revoke_key).fallback(error::wrong_method),
+        )
+        .route("/api/v1/keys/{key_id}/rotate", post(admin::rotate_key).fallback(error::wrong_method))
+        .route("/api/v1/usage/{key_id}/current", get(admin::usage_current).fallback(error::wrong_method))
+        .route("/api/v1/usage/{key_id}/history", get(admin::usage_history).fallback(error::wrong_method))
+        .route("/api/v1/usage/{key_id}/limits", get(admin::usage_limits).fallback(error::wrong_method))
+        .route("/api/v1/tiers", get(admin::list_tiers).fallback(error::wrong_method))
+        .route("/api/v1/tiers/{name}", get(admin::get_tier).put(admin::put_tier).fallback(error::wrong_method))
+        .route("/api/v1/node", get(admin::node_info))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_token));
+    let r = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .with_state(state.clone());
+    with_common_layers(r, &state, ids)
+}

@@ -1,0 +1,15 @@
+//! The ringlimit node: configuration, the data and admin HTTP planes, storage
+//! adapters, metrics and the process lifecycle.
+//!
+//! # Layout
+//! - [`config`]: one typed config from file, environment and flags, validated before any port is bound.
+//! - [`cli`]: the flags and subcommands.
+//! - [`http`]: the data plane (validate) and the admin plane (keys, tiers, usage).
+//! - [`store`]: storage adapters (the embedded default).
+//! - [`app`]: building a node, serving, draining on shutdown.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod store;

@@ -1,0 +1,36 @@
+//! The `ringlimit` binary: config, tracing, run until a signal, drain.
+
+use clap::Parser;
+use ringlimit_node::{app, cli};
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let file = cli.flags.config.clone();
+    let config = match app::load_config(file.as_deref(), &|k| std::env::var(k).ok(), cli.flags.into_raw()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringlimit: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    if matches!(cli.command, Some(cli::Command::CheckConfig)) {
+        eprintln!("ringlimit: config is valid: {config:#?}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    app::init_tracing(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ringlimit: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(app::run(config, app::shutdown_signal())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("fatal: {e:#}");
+            eprintln!("ringlimit: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Wire and API types of ringlimit.
+//!
+//! # Layout
+//! - [`limits`]: how a limit is written (`{"name","algorithm","limit","window_ms","burst"}`).
+//! - [`validate`]: the data-plane request and response bodies.
+//! - [`admin`]: key, tier and usage DTOs of the admin plane.
+//! - [`error`]: the error body every 4xx/5xx carries, and its stable codes.
+//!
+//! This crate does no I/O and knows nothing about tokio; everything here is a
+//! plain serde type, so the same types serve HTTP JSON and MessagePack between
+//! nodes.
+
+pub mod admin;
+pub mod apikey;
+pub mod error;
+pub mod limits;
+pub mod validate;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use limits::{AlgorithmKind, LimitSpec, LimitSpecError};
