@@ -110,6 +110,7 @@ fn survives_process_exit() {
     let status = std::process::Command::new(std::env::current_exe().expect("current exe"))
         .args(["--exact", "survives_process_exit", "--nocapture", "--test-threads=1"])
         .env(ENV, dir.path())
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("run child");
     assert!(status.success(), "child failed: {status}");

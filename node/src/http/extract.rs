@@ -28,15 +28,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Parses JSON: syntax errors are 400 `invalid_json`, shape errors 422 `invalid_request`.
+/// Parses JSON: syntax errors are 400 `invalid_json`, shape errors 422
+/// `invalid_request` naming the field (`limits[0].algorithm: unknown variant …`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut *de);
+    if result.is_ok() {
+        // Trailing characters after the value are a syntax error too.
+        de.end().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("malformed JSON: {e}")))?;
+    }
+    result.map_err(|e| {
         use serde_json::error::Category;
-        match e.classify() {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
             Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("malformed JSON: {e}"))
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("malformed JSON: {inner}"))
             }
-            Category::Data => ApiError::invalid(format!("invalid request: {e}")),
+            Category::Data if path == "." || path.is_empty() => ApiError::invalid(format!("invalid request: {inner}")),
+            Category::Data => ApiError::invalid(format!("invalid request: {path}: {inner}")),
         }
     })
 }
