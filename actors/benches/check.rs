@@ -48,4 +48,104 @@ criterion_group!(algo_benches, algo);
 // `criterion_main!`).
 // ---------------------------------------------------------------------------
 
-criterion_main!(algo_benches);
+// A check through the KeyLimiter actor, in process (no HTTP): registry
+// lookup, actor mailbox, all-or-nothing check, reply. One caller at a time.
+mod actor {
+    use super::*;
+    use async_trait::async_trait;
+    use ringlimit_actors::catalog::{Catalog, LimitsSource};
+    use ringlimit_actors::keys::{KeyRecord, SecretHash};
+    use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
+    use ringlimit_actors::storage::{SnapshotStore, StoreError};
+    use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
+    use ringlimit_protocol::admin::{KeyStatus, Metadata};
+    use ringlimit_protocol::{AlgorithmKind, LimitSpec};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[derive(Debug)]
+    struct NullSink;
+
+    #[async_trait]
+    impl SnapshotStore for NullSink {
+        async fn save_snapshots(&self, _: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn load_snapshot(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        async fn delete_snapshot(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn setup(rt: &tokio::runtime::Runtime) -> KeyLimiters {
+        rt.block_on(async {
+            let source = Arc::new(LimitsSource { catalog: Catalog::new([]), keys: Default::default() });
+            source.keys.insert(KeyRecord {
+                key_id: "bench".into(),
+                owner: "o".into(),
+                tier: "t".into(),
+                status: KeyStatus::Active,
+                limits: Some(vec![
+                    LimitSpec { name: "s".into(), algorithm: AlgorithmKind::SlidingWindow, limit: 1_000_000_000, window_ms: 1_000, burst: None },
+                    LimitSpec { name: "m".into(), algorithm: AlgorithmKind::SlidingWindow, limit: 1_000_000_000_000, window_ms: 2_592_000_000, burst: None },
+                ]),
+                metadata: Metadata::new(),
+                secret_hash: SecretHash::of("s"),
+                previous_hash: None,
+                previous_expires_at_ms: None,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                suspended_until_ms: None,
+                suspended_reason: None,
+            });
+            let sink: Arc<dyn SnapshotStore> = Arc::new(NullSink);
+            let wb = Arc::new(WriteBehind::new(vec![sink], None, WriteBehindConfig::default()));
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let l = KeyLimiters::start(source, wb, LimiterConfig::default(), clock).await.expect("start");
+            l.check("bench", 1, SystemClock.now_us()).await.expect("warm").expect("warm");
+            l
+        })
+    }
+
+    pub fn bench(c: &mut Criterion) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let limiters = setup(&rt);
+        let mut g = c.benchmark_group("actor");
+        g.bench_function("key_limiter_check", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(limiters.check("bench", 1, SystemClock.now_us()).await.expect("check").expect("check"));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        g.finish();
+        // Percentiles of single calls, printed beside criterion's mean.
+        let mut lat: Vec<Duration> = rt.block_on(async {
+            let mut v = Vec::with_capacity(200_000);
+            for _ in 0..200_000 {
+                let t = Instant::now();
+                black_box(limiters.check("bench", 1, SystemClock.now_us()).await.expect("check").expect("check"));
+                v.push(t.elapsed());
+            }
+            v
+        });
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_nanos();
+        eprintln!(
+            "actor/key_limiter_check latency over {} calls: p50 {} ns, p99 {} ns, p99.9 {} ns",
+            lat.len(),
+            p(0.50),
+            p(0.99),
+            p(0.999)
+        );
+    }
+}
+
+criterion_group!(actor_benches, actor::bench);
+criterion_main!(algo_benches, actor_benches);

@@ -1,0 +1,1 @@
+//! ringlimit load generator (being written).

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite: installs and starts what the tests need, runs every
+# test, and stops the servers again (also when tests fail).
+#
+#   bash scripts/test.sh [extra cargo test args]
+#
+# Build outputs, Maven jars and downloaded tools are cached outside the clone
+# under ${RINGLIMIT_CACHE:-$HOME/.cache/ringlimit}.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CACHE="${RINGLIMIT_CACHE:-$HOME/.cache/ringlimit}"
+export RINGLIMIT_CACHE="$CACHE"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+mkdir -p "$CACHE"
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+started=$(date +%s)
+
+scripts/redis.sh install
+scripts/cassandra.sh install
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringlimit-test.XXXXXX")"
+cleanup() {
+  local rc=$?
+  scripts/redis.sh stop "$WORK/redis" >/dev/null 2>&1 || true
+  scripts/cassandra.sh stop "$WORK/cassandra" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+  log "finished in $(( $(date +%s) - started ))s with exit code $rc"
+  exit "$rc"
+}
+trap cleanup EXIT INT TERM
+
+# Build while the servers start.
+log "building (target dir: $CARGO_TARGET_DIR)"
+cargo build --workspace --bins --tests &
+build_pid=$!
+
+RINGLIMIT_TEST_REDIS_URL="$(scripts/redis.sh start "$WORK/redis")"
+RINGLIMIT_TEST_CQL="$(scripts/cassandra.sh start "$WORK/cassandra")"
+export RINGLIMIT_TEST_REDIS_URL RINGLIMIT_TEST_CQL
+# Tests that need a server fail (never skip) when it is missing.
+export RINGLIMIT_REQUIRE_SERVERS=1
+export RINGLIMIT_TEST_CASSANDRA_DIR="$WORK/cassandra"
+export RINGLIMIT_TEST_REDIS_DIR="$WORK/redis"
+log "redis at $RINGLIMIT_TEST_REDIS_URL, CQL at $RINGLIMIT_TEST_CQL"
+
+wait "$build_pid"
+log "running tests"
+cargo test --workspace "$@"
