@@ -4,6 +4,7 @@
 # Usage:
 #   scripts/redis.sh install               apt-get install redis-server (and redis-cli) if missing
 #   scripts/redis.sh start <dir>           start a standalone server; prints redis://127.0.0.1:PORT
+#                                          (again on the same dir: the same port)
 #   scripts/redis.sh stop <dir>            stop it (SIGTERM via pidfile, wait)
 #   scripts/redis.sh start-cluster <dir>   start a 3-master cluster; prints
 #                                          127.0.0.1:A,127.0.0.1:B,127.0.0.1:C
@@ -126,7 +127,12 @@ cmd_start() {
   if [[ -f "$dir/redis.pid" ]] && alive "$(cat "$dir/redis.pid")"; then
     die "already running for $dir (pid $(cat "$dir/redis.pid"))"
   fi
-  port="$(python3 "$SCRIPT_DIR/free-port.py")"
+  # A restart on the same dir reuses the port, so clients reconnect to it.
+  if [[ -f "$dir/port" ]]; then
+    port="$(cat "$dir/port")"
+  else
+    port="$(python3 "$SCRIPT_DIR/free-port.py")"
+  fi
   start_server "$dir" "$port"
   wait_ping "$port" "$dir"
   log "redis ready on 127.0.0.1:$port (pid $(cat "$dir/redis.pid"))"

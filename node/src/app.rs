@@ -3,6 +3,7 @@
 use crate::config::{Config, ConfigError, LogFormat, RawConfig};
 use crate::http::{self, AppState, RequestIds};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisSnapshots;
 use anyhow::Context;
 use ringlimit_actors::catalog::{Catalog, LimitsSource};
 use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
@@ -96,8 +97,8 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Runs a node until `shutdown` resolves, then drains and saves state.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    if config.redis_url.is_some() || !config.scylla_nodes.is_empty() || config.cluster_addr.is_some() {
-        anyhow::bail!("redis_url, scylla_nodes and cluster_addr are not supported by this build yet; unset them to run on the embedded store");
+    if !config.scylla_nodes.is_empty() || config.cluster_addr.is_some() {
+        anyhow::bail!("scylla_nodes and cluster_addr are not supported by this build yet; unset them to run on the embedded store");
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
@@ -105,14 +106,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let store = Arc::new(EmbeddedStore::open(&config.data_dir).context("opening the embedded store")?);
     tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
     let store_dyn: Arc<dyn Store> = store.clone();
-    let snapshots: Arc<dyn SnapshotStore> = store.clone();
+    // Live counter state goes to Redis when one is configured, else to the embedded store.
+    let snapshots: Arc<dyn SnapshotStore> = if let Some(url) = &config.redis_url {
+        let r = RedisSnapshots::connect(url, config.redis_timeout).await.context("connecting to redis_url")?;
+        tracing::info!(redis = %url, "counter state is written behind to Redis");
+        Arc::new(r)
+    } else if !config.redis_cluster_nodes.is_empty() {
+        let r = RedisSnapshots::connect_cluster(&config.redis_cluster_nodes, config.redis_timeout)
+            .await
+            .context("connecting to redis_cluster_nodes")?;
+        tracing::info!(nodes = ?config.redis_cluster_nodes, "counter state is written behind to Redis Cluster");
+        Arc::new(r)
+    } else {
+        store.clone()
+    };
     let usage: Arc<dyn UsageStore> = store.clone();
 
     let source = Arc::new(LimitsSource { catalog: Catalog::new(config.tiers.clone()), keys: Default::default() });
     let wb = Arc::new(WriteBehind::new(
         vec![snapshots],
         Some(usage),
-        WriteBehindConfig { interval: config.flush_interval, ..Default::default() },
+        WriteBehindConfig { interval: config.flush_interval, max_pending: config.max_pending_keys, ..Default::default() },
     ));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limiters = KeyLimiters::start(

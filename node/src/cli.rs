@@ -57,6 +57,13 @@ pub struct Flags {
     pub shutdown_timeout_ms: Option<u64>,
     #[arg(long, global = true)]
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated host:port.
+    #[arg(long, global = true)]
+    pub redis_cluster_nodes: Option<String>,
+    #[arg(long, global = true)]
+    pub redis_timeout_ms: Option<u64>,
+    #[arg(long, global = true)]
+    pub max_pending_keys: Option<usize>,
     #[arg(long, global = true)]
     pub scylla_nodes: Option<String>,
     #[arg(long, global = true)]
@@ -86,6 +93,9 @@ impl Flags {
             flush_interval_ms: self.flush_interval_ms,
             shutdown_timeout_ms: self.shutdown_timeout_ms,
             redis_url: self.redis_url,
+            redis_cluster_nodes: self.redis_cluster_nodes,
+            redis_timeout_ms: self.redis_timeout_ms,
+            max_pending_keys: self.max_pending_keys,
             scylla_nodes: self.scylla_nodes,
             scylla_keyspace: self.scylla_keyspace,
             cluster_addr: self.cluster_addr,

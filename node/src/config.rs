@@ -44,6 +44,9 @@ pub struct RawConfig {
     pub flush_interval_ms: Option<u64>,
     pub shutdown_timeout_ms: Option<u64>,
     pub redis_url: Option<String>,
+    pub redis_cluster_nodes: Option<String>,
+    pub redis_timeout_ms: Option<u64>,
+    pub max_pending_keys: Option<usize>,
     pub scylla_nodes: Option<String>,
     pub scylla_keyspace: Option<String>,
     pub cluster_addr: Option<String>,
@@ -76,6 +79,9 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_FLUSH_INTERVAL_MS", "flush_interval_ms"),
     ("RINGLIMIT_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms"),
     ("RINGLIMIT_REDIS_URL", "redis_url"),
+    ("RINGLIMIT_REDIS_CLUSTER_NODES", "redis_cluster_nodes"),
+    ("RINGLIMIT_REDIS_TIMEOUT_MS", "redis_timeout_ms"),
+    ("RINGLIMIT_MAX_PENDING_KEYS", "max_pending_keys"),
     ("RINGLIMIT_SCYLLA_NODES", "scylla_nodes"),
     ("RINGLIMIT_SCYLLA_KEYSPACE", "scylla_keyspace"),
     ("RINGLIMIT_CLUSTER_ADDR", "cluster_addr"),
@@ -111,6 +117,9 @@ impl RawConfig {
                 "RINGLIMIT_FLUSH_INTERVAL_MS" => r.flush_interval_ms = Some(parse_num(env, &v)?),
                 "RINGLIMIT_SHUTDOWN_TIMEOUT_MS" => r.shutdown_timeout_ms = Some(parse_num(env, &v)?),
                 "RINGLIMIT_REDIS_URL" => r.redis_url = Some(v),
+                "RINGLIMIT_REDIS_CLUSTER_NODES" => r.redis_cluster_nodes = Some(v),
+                "RINGLIMIT_REDIS_TIMEOUT_MS" => r.redis_timeout_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_MAX_PENDING_KEYS" => r.max_pending_keys = Some(parse_num(env, &v)?),
                 "RINGLIMIT_SCYLLA_NODES" => r.scylla_nodes = Some(v),
                 "RINGLIMIT_SCYLLA_KEYSPACE" => r.scylla_keyspace = Some(v),
                 "RINGLIMIT_CLUSTER_ADDR" => r.cluster_addr = Some(v),
@@ -142,7 +151,8 @@ impl RawConfig {
         }
         take!(
             data_addr, admin_addr, admin_token, data_dir, log_format, log_level, node_name, max_body_bytes, max_batch,
-            idle_timeout_ms, max_active_keys, flush_interval_ms, shutdown_timeout_ms, redis_url, scylla_nodes,
+            idle_timeout_ms, max_active_keys, flush_interval_ms, shutdown_timeout_ms, redis_url, redis_cluster_nodes,
+            redis_timeout_ms, max_pending_keys, scylla_nodes,
             scylla_keyspace, cluster_addr, seeds, cookie
         );
         if let Some(t) = over.tiers {
@@ -177,6 +187,11 @@ pub struct Config {
     pub flush_interval: Duration,
     pub shutdown_timeout: Duration,
     pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes (`host:port`); exclusive with `redis_url`.
+    pub redis_cluster_nodes: Vec<String>,
+    pub redis_timeout: Duration,
+    /// Unwritten key states above which passivation is refused (state is never dropped).
+    pub max_pending_keys: usize,
     pub scylla_nodes: Vec<String>,
     pub scylla_keyspace: String,
     pub cluster_addr: Option<SocketAddr>,
@@ -284,6 +299,21 @@ impl Config {
                 return Err(bad("redis_url", "must start with redis:// or rediss://"));
             }
         }
+        let redis_cluster_nodes = list(&r.redis_cluster_nodes);
+        for n in &redis_cluster_nodes {
+            addr("redis_cluster_nodes", n)?;
+        }
+        if r.redis_url.is_some() && !redis_cluster_nodes.is_empty() {
+            return Err(bad("redis_cluster_nodes", "set either redis_url or redis_cluster_nodes, not both"));
+        }
+        let redis_timeout_ms = r.redis_timeout_ms.unwrap_or(250);
+        if !(1..=60_000).contains(&redis_timeout_ms) {
+            return Err(bad("redis_timeout_ms", "must be between 1 and 60000"));
+        }
+        let max_pending_keys = r.max_pending_keys.unwrap_or(1_000_000);
+        if max_pending_keys == 0 {
+            return Err(bad("max_pending_keys", "must be at least 1"));
+        }
         let scylla_nodes = list(&r.scylla_nodes);
         for n in &scylla_nodes {
             addr("scylla_nodes", n)?;
@@ -318,6 +348,9 @@ impl Config {
             flush_interval: Duration::from_millis(flush_interval_ms),
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
             redis_url: r.redis_url,
+            redis_cluster_nodes,
+            redis_timeout: Duration::from_millis(redis_timeout_ms),
+            max_pending_keys,
             scylla_nodes,
             scylla_keyspace,
             cluster_addr,

@@ -1,3 +1,4 @@
 //! Storage adapters.
 
 pub mod embedded;
+pub mod redis;
