@@ -98,6 +98,15 @@ pub enum KeyMsg {
     Fail,
 }
 
+// Local-only: never serialised, never advertised to peers (see the crate docs).
+impl ractor::Message for KeyMsg {}
+
+/// Messages of the KeyLimiter supervisor (local only; it only handles supervision events).
+#[derive(Debug)]
+pub enum SupervisorMsg {}
+
+impl ractor::Message for SupervisorMsg {}
+
 #[derive(Debug, Clone)]
 struct Entry {
     actor: ActorRef<KeyMsg>,
@@ -246,17 +255,17 @@ impl KeyLimiterState {
 pub struct KeyLimiterSupervisor;
 
 impl Actor for KeyLimiterSupervisor {
-    type Msg = ();
+    type Msg = SupervisorMsg;
     type State = Arc<Shared>;
     type Arguments = Arc<Shared>;
 
-    async fn pre_start(&self, _me: ActorRef<()>, s: Arc<Shared>) -> Result<Arc<Shared>, ActorProcessingErr> {
+    async fn pre_start(&self, _me: ActorRef<SupervisorMsg>, s: Arc<Shared>) -> Result<Arc<Shared>, ActorProcessingErr> {
         Ok(s)
     }
 
     async fn handle_supervisor_evt(
         &self,
-        me: ActorRef<()>,
+        me: ActorRef<SupervisorMsg>,
         ev: SupervisionEvent,
         shared: &mut Arc<Shared>,
     ) -> Result<(), ActorProcessingErr> {

@@ -50,6 +50,7 @@ pub mod metric {
     pub const FLUSH_KEYS: &str = "ringlimit_writebehind_flush_keys";
     pub const FLUSH_SECONDS: &str = "ringlimit_writebehind_flush_seconds";
     pub const FLUSH_FAILURES: &str = "ringlimit_writebehind_flush_failures_total";
+    pub const SATURATED: &str = "ringlimit_writebehind_backlog_bound_reached_total";
 }
 
 /// The write-behind of one node.
@@ -59,6 +60,7 @@ pub struct WriteBehind {
     usage: Option<Arc<dyn UsageStore>>,
     pub config: WriteBehindConfig,
     pub stats: FlushStats,
+    over_bound: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -80,12 +82,33 @@ impl WriteBehind {
         usage: Option<Arc<dyn UsageStore>>,
         config: WriteBehindConfig,
     ) -> Self {
-        WriteBehind { pending: DashMap::new(), snapshot_sinks, usage, config, stats: FlushStats::default() }
+        WriteBehind {
+            pending: DashMap::new(),
+            snapshot_sinks,
+            usage,
+            config,
+            stats: FlushStats::default(),
+            over_bound: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Adds a changed cell (called once per cell until it is written).
+    ///
+    /// The pending map is bounded by `max_pending` in the sense that matters:
+    /// above it, passivation is refused, so state stays in live actors instead
+    /// of piling up in the map; nothing admitted is ever dropped. Crossing the
+    /// bound is logged once and counted.
     pub fn enqueue(&self, cell: &Arc<KeyCell>) {
         self.pending.insert(cell.key_id.clone(), Arc::clone(cell));
+        let len = self.pending.len();
+        if len >= self.config.max_pending {
+            if !self.over_bound.swap(true, Ordering::Relaxed) {
+                metrics::counter!(metric::SATURATED).increment(1);
+                tracing::warn!(pending = len, bound = self.config.max_pending, "write-behind backlog reached its bound; passivation paused until it drains");
+            }
+        } else if len < self.config.max_pending / 2 {
+            self.over_bound.store(false, Ordering::Relaxed);
+        }
     }
 
     /// The unwritten cell of a key, if any.
