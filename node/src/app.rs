@@ -4,6 +4,7 @@ use crate::config::{Config, ConfigError, LogFormat, RawConfig};
 use crate::http::{self, AppState, RequestIds};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisSnapshots;
+use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use anyhow::Context;
 use ringlimit_actors::catalog::{Catalog, LimitsSource};
 use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
@@ -95,17 +96,47 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
+/// Driver settings from the config.
+pub fn scylla_options(config: &Config) -> ScyllaOptions {
+    let mut o = ScyllaOptions::default();
+    if let Some(r) = &config.scylla_replication {
+        o.replication = r.clone();
+    }
+    o
+}
+
+/// `ringlimit migrate`: applies the CQL migrations and reports what it did.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    if config.scylla_nodes.is_empty() {
+        anyhow::bail!("migrate needs scylla_nodes (RINGLIMIT_SCYLLA_NODES); the embedded store needs no migration");
+    }
+    let report = crate::store::scylla::migrate_cluster(&config.scylla_nodes, &config.scylla_keyspace, &scylla_options(config))
+        .await
+        .context("applying CQL migrations")?;
+    tracing::info!(keyspace = %config.scylla_keyspace, report = ?report, "migrations done");
+    Ok(())
+}
+
 /// Runs a node until `shutdown` resolves, then drains and saves state.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    if !config.scylla_nodes.is_empty() || config.cluster_addr.is_some() {
-        anyhow::bail!("scylla_nodes and cluster_addr are not supported by this build yet; unset them to run on the embedded store");
+    if config.cluster_addr.is_some() {
+        anyhow::bail!("cluster_addr is not supported by this build yet; unset it to run a single node");
     }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
     let boot_ms = SystemClock.now_us() / 1_000;
-    let store = Arc::new(EmbeddedStore::open(&config.data_dir).context("opening the embedded store")?);
-    tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
-    let store_dyn: Arc<dyn Store> = store.clone();
+    let store_dyn: Arc<dyn Store> = if config.scylla_nodes.is_empty() {
+        let s = EmbeddedStore::open(&config.data_dir).context("opening the embedded store")?;
+        tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
+        Arc::new(s)
+    } else {
+        let s = ScyllaStore::connect(&config.scylla_nodes, &config.scylla_keyspace, scylla_options(&config))
+            .await
+            .context("connecting to ScyllaDB (scylla_nodes)")?;
+        tracing::info!(nodes = ?config.scylla_nodes, keyspace = %config.scylla_keyspace, "ScyllaDB store connected");
+        Arc::new(s)
+    };
+    let store = store_dyn.clone();
     // Live counter state goes to Redis when one is configured, else to the embedded store.
     let snapshots: Arc<dyn SnapshotStore> = if let Some(url) = &config.redis_url {
         let r = RedisSnapshots::connect(url, config.redis_timeout).await.context("connecting to redis_url")?;
@@ -120,7 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     } else {
         store.clone()
     };
-    let usage: Arc<dyn UsageStore> = store.clone();
+    let usage: Arc<dyn UsageStore> = store_dyn.clone();
 
     let source = Arc::new(LimitsSource { catalog: Catalog::new(config.tiers.clone()), keys: Default::default() });
     let wb = Arc::new(WriteBehind::new(

@@ -20,6 +20,8 @@ pub enum Command {
     Serve,
     /// Check the configuration, print it, and exit (64 when invalid).
     CheckConfig,
+    /// Apply the CQL migrations in cql/ to the configured ScyllaDB keyspace, and exit.
+    Migrate,
 }
 
 /// Settings; every one can also be set by environment (`RINGLIMIT_…`) or file.
@@ -68,6 +70,9 @@ pub struct Flags {
     pub scylla_nodes: Option<String>,
     #[arg(long, global = true)]
     pub scylla_keyspace: Option<String>,
+    /// CQL replication map for a new keyspace, e.g. "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".
+    #[arg(long, global = true)]
+    pub scylla_replication: Option<String>,
     #[arg(long, global = true)]
     pub cluster_addr: Option<String>,
     #[arg(long, global = true)]
@@ -98,6 +103,7 @@ impl Flags {
             max_pending_keys: self.max_pending_keys,
             scylla_nodes: self.scylla_nodes,
             scylla_keyspace: self.scylla_keyspace,
+            scylla_replication: self.scylla_replication,
             cluster_addr: self.cluster_addr,
             seeds: self.seeds,
             cookie: self.cookie,

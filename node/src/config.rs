@@ -49,6 +49,7 @@ pub struct RawConfig {
     pub max_pending_keys: Option<usize>,
     pub scylla_nodes: Option<String>,
     pub scylla_keyspace: Option<String>,
+    pub scylla_replication: Option<String>,
     pub cluster_addr: Option<String>,
     pub seeds: Option<String>,
     pub cookie: Option<String>,
@@ -84,6 +85,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_MAX_PENDING_KEYS", "max_pending_keys"),
     ("RINGLIMIT_SCYLLA_NODES", "scylla_nodes"),
     ("RINGLIMIT_SCYLLA_KEYSPACE", "scylla_keyspace"),
+    ("RINGLIMIT_SCYLLA_REPLICATION", "scylla_replication"),
     ("RINGLIMIT_CLUSTER_ADDR", "cluster_addr"),
     ("RINGLIMIT_SEEDS", "seeds"),
     ("RINGLIMIT_COOKIE", "cookie"),
@@ -122,6 +124,7 @@ impl RawConfig {
                 "RINGLIMIT_MAX_PENDING_KEYS" => r.max_pending_keys = Some(parse_num(env, &v)?),
                 "RINGLIMIT_SCYLLA_NODES" => r.scylla_nodes = Some(v),
                 "RINGLIMIT_SCYLLA_KEYSPACE" => r.scylla_keyspace = Some(v),
+                "RINGLIMIT_SCYLLA_REPLICATION" => r.scylla_replication = Some(v),
                 "RINGLIMIT_CLUSTER_ADDR" => r.cluster_addr = Some(v),
                 "RINGLIMIT_SEEDS" => r.seeds = Some(v),
                 "RINGLIMIT_COOKIE" => r.cookie = Some(v),
@@ -153,7 +156,7 @@ impl RawConfig {
             data_addr, admin_addr, admin_token, data_dir, log_format, log_level, node_name, max_body_bytes, max_batch,
             idle_timeout_ms, max_active_keys, flush_interval_ms, shutdown_timeout_ms, redis_url, redis_cluster_nodes,
             redis_timeout_ms, max_pending_keys, scylla_nodes,
-            scylla_keyspace, cluster_addr, seeds, cookie
+            scylla_keyspace, scylla_replication, cluster_addr, seeds, cookie
         );
         if let Some(t) = over.tiers {
             self.tiers.get_or_insert_with(BTreeMap::new).extend(t);
@@ -194,6 +197,8 @@ pub struct Config {
     pub max_pending_keys: usize,
     pub scylla_nodes: Vec<String>,
     pub scylla_keyspace: String,
+    /// CQL replication map used when the keyspace is created.
+    pub scylla_replication: Option<String>,
     pub cluster_addr: Option<SocketAddr>,
     pub seeds: Vec<String>,
     pub cookie: Option<String>,
@@ -353,6 +358,7 @@ impl Config {
             max_pending_keys,
             scylla_nodes,
             scylla_keyspace,
+            scylla_replication: r.scylla_replication,
             cluster_addr,
             seeds,
             cookie: r.cookie,

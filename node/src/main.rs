@@ -25,7 +25,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(app::run(config, app::shutdown_signal())) {
+    let result = if matches!(cli.command, Some(cli::Command::Migrate)) {
+        rt.block_on(app::migrate(&config))
+    } else {
+        rt.block_on(app::run(config, app::shutdown_signal()))
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("fatal: {e:#}");

@@ -1,0 +1,485 @@
+//! The storage conformance suite on the ScyllaDB adapter, against a real CQL
+//! server (ScyllaDB, or the Cassandra node of `scripts/cassandra.sh` in CI)
+//! whose address (`host:port`) is in `RINGLIMIT_TEST_CQL`; plus tests of the
+//! adapter itself: migrations, and failing fast when the server is down,
+//! unreachable or hung.
+//!
+//! Every conformance test gets a fresh keyspace (`rl_test_<secs>_<pid>_<n>`),
+//! migrated by `ScyllaStore::connect` and dropped by the fixture's guard.
+//! Keyspaces left behind by killed runs are dropped by the next run once they
+//! are more than two hours old.
+//!
+//! Without `RINGLIMIT_TEST_CQL`: when `CI` or `RINGLIMIT_REQUIRE_SERVERS=1` is
+//! set, every test that needs the server FAILS with a message saying so;
+//! otherwise the test binary prints a notice and exits successfully at the
+//! first such test (the suite's macro has no way to skip one test), so
+//! `cargo test` on a laptop without a CQL server stays green but says what
+//! it did not run.
+//!
+//! Run: `addr=$(scripts/cassandra.sh start /tmp/cass) &&
+//! RINGLIMIT_TEST_CQL=$addr cargo test -p ringlimit-node --test conformance_scylla`.
+
+use ringlimit_actors::keys::{KeyRecord, SecretHash};
+use ringlimit_actors::storage::conformance::{Fixture, SCENARIOS};
+use ringlimit_actors::storage::{KeyStore, SnapshotStore, StoreError, UsageRow, UsageStore};
+use ringlimit_node::store::scylla::{
+    DEFAULT_REPLICATION, MIGRATIONS, ScyllaOptions, ScyllaStore, connect_session, migrate, migrations,
+};
+use ringlimit_protocol::admin::{Granularity, KeyStatus, Metadata};
+use scylla::client::session::Session;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ENV_ADDR: &str = "RINGLIMIT_TEST_CQL";
+/// Keyspaces of this prefix older than this are leftovers of killed runs.
+const STALE_AFTER_SECS: u64 = 2 * 3_600;
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// The CQL server's address. Fails under CI (or `RINGLIMIT_REQUIRE_SERVERS`)
+/// when it is not given; otherwise ends the test binary with a notice.
+fn cql_addr() -> String {
+    match std::env::var(ENV_ADDR) {
+        Ok(a) if !a.trim().is_empty() => a.trim().to_owned(),
+        _ if env_flag("CI") || env_flag("RINGLIMIT_REQUIRE_SERVERS") => panic!(
+            "{ENV_ADDR} is not set, but CI / RINGLIMIT_REQUIRE_SERVERS requires the ScyllaDB adapter to be tested against a \
+             real CQL server: start one (addr=$(scripts/cassandra.sh start <dir>)) and set {ENV_ADDR}=$addr"
+        ),
+        _ => {
+            // Straight to the process's stderr: libtest captures eprintln! of tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nSKIPPED: conformance_scylla: {ENV_ADDR} is not set, so the ScyllaDB adapter tests did not run.\n\
+                 Start a CQL server (addr=$(scripts/cassandra.sh start <dir>)) and set {ENV_ADDR}=$addr to run them.\n\
+                 (Under CI, or with RINGLIMIT_REQUIRE_SERVERS=1, they fail instead.)\n"
+            );
+            std::process::exit(0)
+        }
+    }
+}
+
+fn test_opts() -> ScyllaOptions {
+    ScyllaOptions { consistency: scylla::statement::Consistency::One, ..ScyllaOptions::default() }
+}
+
+/// A keyspace name no other test (of this or another process) uses.
+fn unique_keyspace() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("rl_test_{secs}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn exec(session: &Session, cql: &str) {
+    let mut st = scylla::statement::Statement::new(cql);
+    st.set_request_timeout(Some(Duration::from_secs(60)));
+    session.query_unpaged(st, ()).await.unwrap_or_else(|e| panic!("{cql}: {e}"));
+}
+
+async fn keyspaces(session: &Session) -> Vec<String> {
+    let rows = session
+        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+        .await
+        .expect("list keyspaces")
+        .into_rows_result()
+        .expect("rows");
+    rows.rows::<(String,)>().expect("typed rows").map(|r| r.expect("row").0).collect()
+}
+
+/// Drops `rl_test_*` keyspaces left by killed runs (once per process).
+async fn drop_stale_keyspaces(session: &Session) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    for ks in keyspaces(session).await {
+        let Some(rest) = ks.strip_prefix("rl_test_") else { continue };
+        let created: u64 = rest.split('_').next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+        if created.saturating_add(STALE_AFTER_SECS) < now {
+            exec(session, &format!("DROP KEYSPACE IF EXISTS \"{ks}\"")).await;
+        }
+    }
+}
+
+/// Drops its keyspace when dropped (after the store: see `Fixture`).
+struct KeyspaceGuard {
+    session: Arc<Session>,
+    keyspace: String,
+    handle: tokio::runtime::Handle,
+}
+
+impl Drop for KeyspaceGuard {
+    fn drop(&mut self) {
+        let (session, cql) = (Arc::clone(&self.session), format!("DROP KEYSPACE IF EXISTS \"{}\"", self.keyspace));
+        let handle = self.handle.clone();
+        // Dropped inside the test's `block_on` on a multi-threaded runtime:
+        // block_in_place lets us wait for the drop here.
+        let result = tokio::task::block_in_place(move || {
+            handle.block_on(async move {
+                let mut st = scylla::statement::Statement::new(cql);
+                st.set_request_timeout(Some(Duration::from_secs(60)));
+                session.query_unpaged(st, ()).await
+            })
+        });
+        if let Err(e) = result {
+            // Never panic in drop (it may run while unwinding); the next run cleans up.
+            let _ = writeln!(std::io::stderr(), "warning: could not drop test keyspace {}: {e}", self.keyspace);
+        }
+    }
+}
+
+/// A migrated, empty store on its own keyspace.
+async fn fresh() -> Fixture {
+    let addr = cql_addr();
+    let session = Arc::new(connect_session(&[addr], &test_opts()).await.expect("connect to the CQL server"));
+    drop_stale_keyspaces(&session).await;
+    let keyspace = unique_keyspace();
+    let guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
+    let t = Instant::now();
+    let store = ScyllaStore::with_session(session, &keyspace, test_opts()).await.expect("migrate and prepare");
+    eprintln!("keyspace {keyspace} migrated in {:?}", t.elapsed());
+    Fixture::with_guard(store, guard)
+}
+
+ringlimit_actors::storage_conformance_suite!(fresh);
+
+#[test]
+fn suite_has_scenarios() {
+    assert!(SCENARIOS.len() >= 15, "{SCENARIOS:?}");
+}
+
+// ---------------------------------------------------------------- migrations
+
+/// Migrating twice is a no-op the second time; versions and checksums are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_are_recorded() {
+    let addr = cql_addr();
+    let session = Arc::new(connect_session(&[addr.clone()], &test_opts()).await.expect("connect"));
+    let keyspace = unique_keyspace();
+    let _guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
+    let all: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+
+    // Nothing there yet: a store that must not migrate refuses clearly.
+    let err = ScyllaStore::with_session(Arc::clone(&session), &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
+        .await
+        .expect_err("no schema");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(migrations::applied_versions(&session, &keyspace).await.expect("versions").is_empty());
+
+    let t = Instant::now();
+    let first = migrate(&session, &keyspace, DEFAULT_REPLICATION).await.expect("first migrate");
+    eprintln!("first migration run: {:?}", t.elapsed());
+    assert_eq!(first.applied, all);
+    assert!(first.already_applied.is_empty() && first.changed_since_applied.is_empty(), "{first:?}");
+
+    let t = Instant::now();
+    let second = migrate(&session, &keyspace, DEFAULT_REPLICATION).await.expect("second migrate");
+    eprintln!("second migration run: {:?}", t.elapsed());
+    assert!(second.applied.is_empty(), "second run applied {second:?}");
+    assert_eq!(second.already_applied, all);
+    assert!(second.changed_since_applied.is_empty());
+
+    let recorded = migrations::applied_versions(&session, &keyspace).await.expect("versions");
+    assert_eq!(recorded.keys().copied().collect::<Vec<_>>(), all);
+    for m in MIGRATIONS {
+        assert_eq!(recorded[&m.version], m.checksum(), "checksum of {}", m.name);
+    }
+
+    // Every table is there, with the options of the shared schema.
+    let rows = session
+        .query_unpaged(
+            "SELECT table_name, default_time_to_live FROM system_schema.tables WHERE keyspace_name = ?",
+            (keyspace.as_str(),),
+        )
+        .await
+        .expect("tables")
+        .into_rows_result()
+        .expect("rows");
+    let tables: std::collections::BTreeMap<String, i32> =
+        rows.rows::<(String, i32)>().expect("typed").map(|r| r.expect("row")).collect();
+    for t in [
+        "schema_migrations", "keys", "keys_by_hash", "keys_by_page", "tiers", "counter_snapshots", "usage_minute",
+        "usage_hour", "usage_day", "usage_partitions", "violations", "alerts", "alerts_by_key", "billing_records",
+        "billing_by_owner", "audit_log", "dead_letters",
+    ] {
+        assert!(tables.contains_key(t), "table {t} missing: {tables:?}");
+    }
+    assert_eq!(tables["usage_minute"], 30 * 86_400);
+    assert!(tables["usage_hour"] > tables["usage_minute"] && tables["usage_day"] > tables["usage_hour"]);
+    let rows = session
+        .query_unpaged("SELECT compaction FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'usage_minute'", (keyspace.as_str(),))
+        .await
+        .expect("compaction")
+        .into_rows_result()
+        .expect("rows");
+    let (compaction,): (std::collections::HashMap<String, String>,) = rows.single_row().expect("one row");
+    assert!(compaction.get("class").is_some_and(|c| c.ends_with("TimeWindowCompactionStrategy")), "{compaction:?}");
+
+    // The migrated keyspace serves a store that does not migrate.
+    let store = ScyllaStore::with_session(Arc::clone(&session), &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
+        .await
+        .expect("store on the migrated keyspace");
+    store.ping().await.expect("ping");
+    assert!(store.load_all_keys().await.expect("load_all_keys").is_empty());
+
+    // Connecting (which migrates) again changes nothing either.
+    let again = ScyllaStore::connect(&[addr], &keyspace.to_uppercase(), test_opts()).await.expect("connect again");
+    assert_eq!(again.keyspace(), keyspace);
+    assert_eq!(migrations::applied_versions(&session, &keyspace).await.expect("versions"), recorded);
+}
+
+// ---------------------------------------------------------------- failing fast
+
+fn fast_opts() -> ScyllaOptions {
+    ScyllaOptions {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_millis(500),
+        operation_timeout: Duration::from_secs(2),
+        ..test_opts()
+    }
+}
+
+/// A closed port: connect fails at once with `Unavailable`. Needs no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_port_is_unavailable_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    // The listener is dropped: nothing listens on `port` any more.
+    let t = Instant::now();
+    let err = ScyllaStore::connect(&[format!("127.0.0.1:{port}")], "rl_closed", fast_opts()).await.expect_err("no server");
+    let took = t.elapsed();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    eprintln!("closed port: {err} after {took:?}");
+}
+
+/// A server that accepts connections but never answers: connect gives up
+/// within its bound with `Unavailable`. Needs no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_server_is_unavailable_within_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock); // never read, never answer
+        }
+    });
+    let opts = fast_opts();
+    // connect_timeout × (nodes + 1) + request_timeout, see connect_session.
+    let bound = opts.connect_timeout * 2 + opts.request_timeout;
+    let t = Instant::now();
+    let err = ScyllaStore::connect(&[addr.to_string()], "rl_silent", opts).await.expect_err("silent server");
+    let took = t.elapsed();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(took <= bound + Duration::from_millis(500), "took {took:?}, bound {bound:?}");
+    eprintln!("silent server: {err} after {took:?}");
+    holder.abort();
+}
+
+/// A unresolvable host name fails with an error, not a hang. Needs no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_fails_fast() {
+    let t = Instant::now();
+    let err = ScyllaStore::connect(&["no-such-host.invalid:9042".to_owned()], "rl_nohost", fast_opts())
+        .await
+        .expect_err("unknown host");
+    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    eprintln!("unknown host: {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_are_refused_before_connecting() {
+    let err = ScyllaStore::connect(&["127.0.0.1:1".to_owned()], "bad-name", fast_opts()).await.expect_err("bad keyspace");
+    assert!(matches!(err, StoreError::Backend(ref m) if m.contains("keyspace")), "{err:?}");
+    let err = ScyllaStore::connect(&[], "rl", fast_opts()).await.expect_err("no nodes");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+}
+
+// ---------------------------------------------------------------- outage through a proxy
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Forward both ways.
+    Up,
+    /// Keep connections open but deliver nothing until Up again (a hung,
+    /// e.g. SIGSTOPped, server: bytes wait, nothing is lost).
+    Hung,
+    /// Close every connection and accept-then-close new ones (a stopped server).
+    Down,
+}
+
+/// A TCP proxy in front of the CQL server whose behaviour can be switched.
+struct Proxy {
+    addr: SocketAddr,
+    mode: tokio::sync::watch::Sender<Mode>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (mode, rx) = tokio::sync::watch::channel(Mode::Up);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let rx = rx.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let now = *rx.borrow();
+                    if now == Mode::Down {
+                        return; // accepted and closed at once
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::select! {
+                        () = pipe(cr, sw, rx.clone()) => {}
+                        () = pipe(sr, cw, rx) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, mode, task }
+    }
+
+    fn set(&self, m: Mode) {
+        self.mode.send_replace(m);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while the mode is Up, stops reading while Hung,
+/// returns (closing both sides) when Down.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<Mode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let now = *mode.borrow_and_update();
+        match now {
+            Mode::Down => return,
+            Mode::Hung => {
+                if mode.changed().await.is_err() {
+                    return;
+                }
+            }
+            Mode::Up => tokio::select! {
+                r = from.read(&mut buf) => {
+                    let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                changed = mode.changed() => if changed.is_err() { return },
+            },
+        }
+    }
+}
+
+fn sample_key(id: &str) -> KeyRecord {
+    KeyRecord {
+        key_id: id.to_owned(),
+        owner: "acme".into(),
+        tier: "free".into(),
+        status: KeyStatus::Active,
+        limits: None,
+        metadata: Metadata::new(),
+        secret_hash: SecretHash::of(id),
+        previous_hash: None,
+        previous_expires_at_ms: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        suspended_until_ms: None,
+        suspended_reason: None,
+    }
+}
+
+/// Every kind of operation, each returning its error if any.
+async fn touch_everything(store: &ScyllaStore, i: u64) -> Vec<Result<(), StoreError>> {
+    let row = UsageRow { key_id: "k1".into(), granularity: Granularity::Minute, bucket_start_ms: 60_000 * i, writer: "w".into(), units: i };
+    vec![
+        store.put_key(&sample_key(&format!("k{i}"))).await,
+        store.get_key("k1").await.map(drop),
+        store.key_id_by_hash(&SecretHash::of("k1")).await.map(drop),
+        store.list_keys(&Default::default(), None, 10).await.map(drop),
+        store.save_snapshots(&[("k1".into(), vec![i as u8])]).await,
+        store.load_snapshot("k1").await.map(drop),
+        store.write_usage(&[row]).await,
+        store.usage_history("k1", Granularity::Minute, 0, u64::MAX).await.map(drop),
+    ]
+}
+
+/// The server goes down, then hangs, then comes back: every operation fails
+/// with `Unavailable` within its bound while it is away, and works again once
+/// it is back, on the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_fails_fast_and_recovers() {
+    let addr = cql_addr();
+    let proxy = Proxy::start(addr.clone()).await;
+    let admin = Arc::new(connect_session(&[addr], &test_opts()).await.expect("connect"));
+    let keyspace = unique_keyspace();
+    let _guard = KeyspaceGuard { session: Arc::clone(&admin), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
+    migrate(&admin, &keyspace, DEFAULT_REPLICATION).await.expect("migrate");
+    let opts = ScyllaOptions {
+        request_timeout: Duration::from_millis(500),
+        operation_timeout: Duration::from_millis(1_500),
+        scan_timeout: Duration::from_millis(1_500),
+        migrate: false,
+        ..test_opts()
+    };
+    let store = ScyllaStore::connect(&[proxy.addr.to_string()], &keyspace, opts.clone()).await.expect("connect via proxy");
+    // The driver must talk to the node through the proxy only (one node: the
+    // contact point is the node's address).
+    for r in touch_everything(&store, 1).await {
+        r.expect("operation while up");
+    }
+
+    for (mode, name) in [(Mode::Down, "down"), (Mode::Hung, "hung")] {
+        proxy.set(mode);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        let results = touch_everything(&store, 2).await;
+        let took = t.elapsed();
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Err(StoreError::Unavailable(_)) => {}
+                other => panic!("{name}: operation #{i} gave {other:?}, expected Unavailable"),
+            }
+        }
+        // Eight operations, each bounded by operation_timeout.
+        assert!(took <= opts.operation_timeout * 8 + Duration::from_secs(1), "{name}: took {took:?}");
+        eprintln!("{name}: 8 operations failed with Unavailable in {took:?}; e.g. {:?}", results[1]);
+        if mode == Mode::Down {
+            assert!(took < Duration::from_secs(1), "a stopped server must fail at once, took {took:?}");
+        }
+
+        // Back up: the same store recovers by itself.
+        proxy.set(Mode::Up);
+        let t = Instant::now();
+        loop {
+            let results = touch_everything(&store, 3).await;
+            if results.iter().all(Result::is_ok) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{name}: no recovery after 30 s: {results:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("{name}: recovered {:?} after the server came back", t.elapsed());
+    }
+    assert_eq!(store.get_key("k3").await.expect("get_key"), Some(sample_key("k3")));
+}
