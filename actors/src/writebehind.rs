@@ -1,4 +1,4 @@
-//! Write-behind of KeyLimiter state.
+//! Write-behind of KeyLimiter state, driven by the [`WriteBehindActor`].
 //!
 //! A KeyLimiter that changes its state puts its [`KeyCell`] in the pending
 //! map (once; later changes only bump the cell's version). Every flush
@@ -224,32 +224,86 @@ impl WriteBehind {
         Ok(())
     }
 
-    /// Runs flushes every interval until `stop` resolves.
+    /// Starts the [`WriteBehindActor`], which flushes every interval until
+    /// `stop` turns true (or its sender is dropped). The handle completes when
+    /// the actor has stopped, after any flush in progress.
     pub fn spawn(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let wb = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(wb.config.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => break,
+            let (actor, handle) = match ractor::Actor::spawn(None, WriteBehindActor, wb).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "write-behind actor failed to start");
+                    return;
                 }
-                match wb.flush_once().await {
-                    Ok(_) if failing => {
-                        failing = false;
-                        tracing::info!(pending = wb.pending_len(), "write-behind recovered");
+            };
+            let _ = stop.wait_for(|s| *s).await;
+            actor.stop(Some("shutdown".into()));
+            let _ = handle.await;
+        })
+    }
+}
+
+/// Messages of the [`WriteBehindActor`] (local only).
+#[derive(Debug)]
+pub enum WriteBehindMsg {
+    /// Flush now, then schedule the next tick one interval later.
+    Tick,
+}
+
+impl ractor::Message for WriteBehindMsg {}
+
+/// The actor that drives the write-behind: one flush per interval. The next
+/// tick is scheduled after a flush ends, so a slow sink delays flushes
+/// instead of queueing them.
+#[derive(Debug)]
+pub struct WriteBehindActor;
+
+/// State of the [`WriteBehindActor`].
+#[derive(Debug)]
+pub struct WriteBehindState {
+    wb: Arc<WriteBehind>,
+    failing: bool,
+}
+
+impl ractor::Actor for WriteBehindActor {
+    type Msg = WriteBehindMsg;
+    type State = WriteBehindState;
+    type Arguments = Arc<WriteBehind>;
+
+    async fn pre_start(
+        &self,
+        me: ractor::ActorRef<WriteBehindMsg>,
+        wb: Arc<WriteBehind>,
+    ) -> Result<WriteBehindState, ractor::ActorProcessingErr> {
+        me.send_after(wb.config.interval, || WriteBehindMsg::Tick);
+        Ok(WriteBehindState { wb, failing: false })
+    }
+
+    async fn handle(
+        &self,
+        me: ractor::ActorRef<WriteBehindMsg>,
+        msg: WriteBehindMsg,
+        st: &mut WriteBehindState,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        match msg {
+            WriteBehindMsg::Tick => {
+                match st.wb.flush_once().await {
+                    Ok(_) if st.failing => {
+                        st.failing = false;
+                        tracing::info!(pending = st.wb.pending_len(), "write-behind recovered");
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, pending = wb.pending_len(), "write-behind flush failed; state stays pending");
+                        if !st.failing {
+                            tracing::warn!(error = %e, pending = st.wb.pending_len(), "write-behind flush failed; state stays pending");
                         }
-                        failing = true;
+                        st.failing = true;
                     }
                 }
+                me.send_after(st.wb.config.interval, || WriteBehindMsg::Tick);
             }
-        })
+        }
+        Ok(())
     }
 }
