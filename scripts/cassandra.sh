@@ -287,6 +287,7 @@ java_flags() { # <dir>; one flag per line
 -Dcassandra.logdir=$dir
 -Dlogback.configurationFile=file://$dir/conf/logback.xml
 -Dcassandra.skip_wait_for_gossip_to_settle=0
+-Dcassandra.unsafesystem=true
 -Djava.io.tmpdir=$dir/tmp
 --add-exports=java.base/jdk.internal.misc=ALL-UNNAMED
 --add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED

@@ -23,7 +23,8 @@ use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::conformance::{Fixture, SCENARIOS};
 use ringlimit_actors::storage::{KeyStore, SnapshotStore, StoreError, UsageRow, UsageStore};
 use ringlimit_node::store::scylla::{
-    DEFAULT_REPLICATION, MIGRATIONS, ScyllaOptions, ScyllaStore, connect_session, migrate, migrations,
+    DEFAULT_REPLICATION, MIGRATIONS, STORE_SCHEMA_VERSION, ScyllaOptions, ScyllaStore, connect_session, migrate,
+    migrate_to, migrations,
 };
 use ringlimit_protocol::admin::{Granularity, KeyStatus, Metadata};
 use scylla::client::session::Session;
@@ -117,15 +118,17 @@ impl Drop for KeyspaceGuard {
     fn drop(&mut self) {
         let (session, cql) = (Arc::clone(&self.session), format!("DROP KEYSPACE IF EXISTS \"{}\"", self.keyspace));
         let handle = self.handle.clone();
+        let t = Instant::now();
         // Dropped inside the test's `block_on` on a multi-threaded runtime:
         // block_in_place lets us wait for the drop here.
         let result = tokio::task::block_in_place(move || {
             handle.block_on(async move {
                 let mut st = scylla::statement::Statement::new(cql);
                 st.set_request_timeout(Some(Duration::from_secs(60)));
-                session.query_unpaged(st, ()).await
+                session.query_unpaged(st, ()).await.map(drop).map_err(|e| e.to_string())
             })
         });
+        eprintln!("keyspace {} dropped in {:?}", self.keyspace, t.elapsed());
         if let Err(e) = result {
             // Never panic in drop (it may run while unwinding); the next run cleans up.
             let _ = writeln!(std::io::stderr(), "warning: could not drop test keyspace {}: {e}", self.keyspace);
@@ -135,15 +138,26 @@ impl Drop for KeyspaceGuard {
 
 /// A migrated, empty store on its own keyspace.
 async fn fresh() -> Fixture {
+    let (store, guard) = fresh_store().await;
+    Fixture::with_guard(store, guard)
+}
+
+/// A migrated, empty store on its own keyspace, and the guard that drops it.
+async fn fresh_store() -> (ScyllaStore, KeyspaceGuard) {
     let addr = cql_addr();
     let session = Arc::new(connect_session(&[addr], &test_opts()).await.expect("connect to the CQL server"));
     drop_stale_keyspaces(&session).await;
     let keyspace = unique_keyspace();
     let guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
     let t = Instant::now();
-    let store = ScyllaStore::with_session(session, &keyspace, test_opts()).await.expect("migrate and prepare");
+    // Only the migrations the store needs (creating the pipelines' tables too
+    // would add a second per test on Cassandra); the full set is tested below.
+    migrate_to(&session, &keyspace, DEFAULT_REPLICATION, STORE_SCHEMA_VERSION).await.expect("migrate");
+    let store = ScyllaStore::with_session(session, &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
+        .await
+        .expect("prepare");
     eprintln!("keyspace {keyspace} migrated in {:?}", t.elapsed());
-    Fixture::with_guard(store, guard)
+    (store, guard)
 }
 
 ringlimit_actors::storage_conformance_suite!(fresh);
@@ -153,23 +167,200 @@ fn suite_has_scenarios() {
     assert!(SCENARIOS.len() >= 15, "{SCENARIOS:?}");
 }
 
+// ---------------------------------------------------------------- adapter specifics
+
+fn key_with(id: &str, owner: &str, status: KeyStatus) -> KeyRecord {
+    KeyRecord { owner: owner.to_owned(), status, ..sample_key(id) }
+}
+
+/// The suite's key ids all start with `k` (one listing partition); here ids
+/// spread over many first bytes, including multi-byte UTF-8, so listing must
+/// walk the shards in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_walks_shards_in_key_id_order() {
+    let (store, _guard) = fresh_store().await;
+    let mut ids: Vec<String> = ["0", "09", "A", "Z_", "a", "a0", "b-1", "k", "k10", "z", "zz", "\u{e9}t\u{e9}", "\u{1f511}"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    // And a few hundred generated-looking ids.
+    for i in 0..150u32 {
+        let c = b"abcdefghijklmnopqrstuvwxyz0123456789"[(i * 7 % 36) as usize] as char;
+        ids.push(format!("{c}{i:05}"));
+    }
+    // Put in a scrambled order, owners alternating.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|i| (i * 37) % ids.len());
+    for &i in &order {
+        let owner = if i % 3 == 0 { "alice" } else { "bob" };
+        store.put_key(&key_with(&ids[i], owner, KeyStatus::Active)).await.expect("put_key");
+    }
+    let owner_of = |id: &str| {
+        let i = ids.iter().position(|x| x == id).expect("known id");
+        if i % 3 == 0 { "alice" } else { "bob" }
+    };
+    let mut sorted = ids.clone();
+    sorted.sort();
+
+    for (filter, want) in [
+        (Default::default(), sorted.clone()),
+        (
+            ringlimit_actors::storage::KeyFilter { owner: Some("alice".into()), ..Default::default() },
+            sorted.iter().filter(|id| owner_of(id) == "alice").cloned().collect::<Vec<_>>(),
+        ),
+    ] {
+        for page_size in [1usize, 7, 1_000] {
+            let mut got = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = store.list_keys(&filter, cursor.as_deref(), page_size).await.expect("list_keys");
+                assert!(page.len() <= page_size);
+                if page.is_empty() {
+                    break;
+                }
+                cursor = page.last().map(|k| k.key_id.clone());
+                got.extend(page.into_iter().map(|k| k.key_id));
+                assert!(got.len() <= want.len(), "more keys than put");
+            }
+            assert_eq!(got, want, "page size {page_size}, {filter:?}");
+        }
+    }
+    // Cursors that fall between shards, before all and after all.
+    let after = |c: &str, n: usize| {
+        let store = store.clone();
+        let c = c.to_owned();
+        async move { store.list_keys(&Default::default(), Some(&c), n).await.expect("list_keys").into_iter().map(|k| k.key_id).collect::<Vec<_>>() }
+    };
+    for c in ["!", "0", "00", "1", "Y", "a", "a0", "k0", "y", "z"] {
+        let want: Vec<String> = sorted.iter().filter(|id| id.as_str() > c).take(3).cloned().collect();
+        assert_eq!(after(c, 3).await, want, "after {c:?}");
+    }
+    assert_eq!(after("Y", 2).await, ["Z_", "a"]);
+    assert_eq!(after("zz", 5).await, ["\u{e9}t\u{e9}", "\u{1f511}"]);
+    assert!(after("\u{1f511}", 5).await.is_empty());
+    assert_eq!(after("", 1).await, ["0"], "an empty cursor is no cursor");
+    assert_eq!(store.load_all_keys().await.expect("load_all_keys").len(), ids.len());
+}
+
+/// A hash index entry whose key no longer has that hash (left by an
+/// interrupted rotation) finds nothing; nor does one whose key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_hash_entries_are_not_trusted() {
+    let (store, _guard) = fresh_store().await;
+    let k = sample_key("k1");
+    store.put_key(&k).await.expect("put_key");
+    let ks = store.keyspace().to_owned();
+    let stale = SecretHash::of("an old secret");
+    let orphan = SecretHash::of("secret of a key that is not there");
+    for (h, id) in [(stale, "k1"), (orphan, "ghost")] {
+        store
+            .session()
+            .query_unpaged(format!("INSERT INTO \"{ks}\".keys_by_hash (secret_hash, key_id) VALUES (?, ?)"), (h.0.as_slice(), id))
+            .await
+            .expect("insert index entry");
+    }
+    assert_eq!(store.key_id_by_hash(&k.secret_hash).await.expect("by hash").as_deref(), Some("k1"));
+    assert_eq!(store.key_id_by_hash(&stale).await.expect("by hash"), None);
+    assert_eq!(store.key_id_by_hash(&orphan).await.expect("by hash"), None);
+    // A rotation that lists the old hash as previous makes it valid again.
+    let rotated = KeyRecord { previous_hash: Some(stale), previous_expires_at_ms: Some(9), ..k.clone() };
+    store.put_key(&rotated).await.expect("put_key");
+    assert_eq!(store.key_id_by_hash(&stale).await.expect("by hash").as_deref(), Some("k1"));
+    assert_eq!(store.get_key("").await.expect("empty id"), None);
+    assert!(store.put_key(&sample_key("")).await.is_err(), "an empty key id is refused");
+}
+
+/// History across many partitions (days, 32-day hour periods), batches larger
+/// than one CQL batch, and a row repeated with different values in one call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_across_partitions_and_large_batches() {
+    let (store, _guard) = fresh_store().await;
+    const MIN: u64 = 60_000;
+    const HOUR: u64 = 3_600_000;
+    const DAY: u64 = 86_400_000;
+    let t0 = 1_699_999_980_000 - 1_699_999_980_000 % DAY;
+    let row = |g: Granularity, start: u64, writer: &str, units: u64| UsageRow { key_id: "k1".into(), granularity: g, bucket_start_ms: start, writer: writer.into(), units };
+
+    // 3 days of minutes around midnights, 100 rows per writer and day: several CQL batches per partition.
+    let mut rows = Vec::new();
+    for d in 0..3 {
+        for m in 0..100 {
+            let start = t0 + d * DAY + DAY - 50 * MIN + m * MIN; // crosses the next midnight
+            rows.push(row(Granularity::Minute, start, "a", 1));
+            rows.push(row(Granularity::Minute, start, "b", 2));
+        }
+    }
+    // The same row twice in one call: the last value wins.
+    rows.push(row(Granularity::Minute, t0 + DAY, "a", 40));
+    store.write_usage(&rows).await.expect("write_usage");
+    let hist = store.usage_history("k1", Granularity::Minute, 0, u64::MAX).await.expect("history");
+    // 3 × 100 buckets, but day d's last 50 overlap day d+1's first 50.
+    let mut want: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for d in 0..3 {
+        for m in 0..100 {
+            *want.entry(t0 + d * DAY + DAY - 50 * MIN + m * MIN).or_default() = 3;
+        }
+    }
+    *want.get_mut(&(t0 + DAY)).expect("bucket") = 42;
+    let got: Vec<(u64, u64)> = hist.iter().map(|b| (b.start_ms, b.units)).collect();
+    assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    // A window inside one partition, and one across a midnight.
+    let part = store.usage_history("k1", Granularity::Minute, t0 + DAY + MIN, t0 + DAY + 4 * MIN).await.expect("history");
+    assert_eq!(part.iter().map(|b| b.units).collect::<Vec<_>>(), [3, 3, 3]);
+    let across = store.usage_history("k1", Granularity::Minute, t0 + DAY - 2 * MIN, t0 + DAY + 2 * MIN).await.expect("history");
+    assert_eq!(across.iter().map(|b| b.units).collect::<Vec<_>>(), [3, 3, 42, 3]);
+
+    // Hours over 100 days (several 32-day partitions), days over 3 years (two 1024-day partitions).
+    let hours: Vec<UsageRow> = (0..100).map(|d| row(Granularity::Hour, t0 + d * DAY + 5 * HOUR, "a", d + 1)).collect();
+    let days: Vec<UsageRow> = (0..1_100).step_by(100).map(|d| row(Granularity::Day, t0 + d * DAY, "a", d + 1)).collect();
+    store.write_usage(&hours).await.expect("write hours");
+    store.write_usage(&days).await.expect("write days");
+    let h = store.usage_history("k1", Granularity::Hour, t0, t0 + 100 * DAY).await.expect("hours");
+    assert_eq!(h.len(), 100);
+    assert_eq!(h.iter().map(|b| b.units).sum::<u64>(), (1..=100).sum::<u64>());
+    assert!(h.windows(2).all(|w| w[0].start_ms < w[1].start_ms), "time order");
+    let d = store.usage_history("k1", Granularity::Day, 0, u64::MAX).await.expect("days");
+    assert_eq!(d.iter().map(|b| b.start_ms).collect::<Vec<_>>(), days.iter().map(|r| r.bucket_start_ms).collect::<Vec<_>>());
+
+    // Out-of-range values are refused, not wrapped.
+    let err = store.write_usage(&[row(Granularity::Minute, u64::MAX, "a", 1)]).await.expect_err("bucket out of range");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    let err = store.write_usage(&[row(Granularity::Minute, t0, "a", u64::MAX)]).await.expect_err("units out of range");
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+}
+
 // ---------------------------------------------------------------- migrations
 
 /// Migrating twice is a no-op the second time; versions and checksums are recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_and_are_recorded() {
     let addr = cql_addr();
-    let session = Arc::new(connect_session(&[addr.clone()], &test_opts()).await.expect("connect"));
+    let session = Arc::new(connect_session(std::slice::from_ref(&addr), &test_opts()).await.expect("connect"));
     let keyspace = unique_keyspace();
-    let _guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
+    let guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
     let all: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
 
     // Nothing there yet: a store that must not migrate refuses clearly.
     let err = ScyllaStore::with_session(Arc::clone(&session), &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
         .await
         .expect_err("no schema");
-    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Backend(ref m) if m.contains("ringlimit migrate")), "{err:?}");
     assert!(migrations::applied_versions(&session, &keyspace).await.expect("versions").is_empty());
+
+    // Up to a version, then the rest.
+    let partial = migrate_to(&session, &keyspace, DEFAULT_REPLICATION, 2).await.expect("migrate to 2");
+    assert_eq!(partial.applied, [1, 2]);
+    let err = ScyllaStore::with_session(Arc::clone(&session), &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
+        .await
+        .expect_err("schema too old");
+    assert!(matches!(err, StoreError::Backend(ref m) if m.contains("[3, 4]")), "{err:?}");
+    let rest = migrate(&session, &keyspace, DEFAULT_REPLICATION).await.expect("the rest");
+    assert_eq!(rest.applied, all[2..]);
+    assert_eq!(rest.already_applied, [1, 2]);
+    drop(guard);
+    // And from scratch on a fresh keyspace.
+    let keyspace = unique_keyspace();
+    let _guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
 
     let t = Instant::now();
     let first = migrate(&session, &keyspace, DEFAULT_REPLICATION).await.expect("first migrate");

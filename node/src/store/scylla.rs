@@ -10,7 +10,9 @@
 //! per-request client timeout, per-connection connect timeout, the driver's
 //! default retry policy, token-aware load balancing, client-side monotonic
 //! write timestamps), runs the migrations (unless
-//! [`ScyllaOptions::migrate`] is off) and prepares every statement once.
+//! [`ScyllaOptions::migrate`] is off, in which case it checks that migrations
+//! 1 to [`STORE_SCHEMA_VERSION`] are applied) and prepares every statement
+//! once. `ringlimit migrate` calls [`migrate_cluster`].
 //! Every statement is idempotent (upserts of absolute values, deletes,
 //! reads) and is marked so, which lets the retry policy retry it after a
 //! timeout. Each trait call is also bounded as a whole
@@ -47,7 +49,8 @@
 //!   the matching records from `keys` and checks the filter again on them.
 //!   Filtered listing therefore reads every listing row after the cursor until
 //!   the page is full: fine for the admin plane up to millions of keys, but
-//!   not a query to run per request.
+//!   not a query to run per request. Each page first lists the shards
+//!   (`SELECT DISTINCT shard`, a scan of a few dozen partition keys).
 //! - `load_all_keys` scans `keys` (paged) and sorts by key_id.
 //!
 //! ## Snapshots
@@ -74,7 +77,11 @@
 pub mod errors;
 pub mod migrations;
 
-pub use migrations::{DEFAULT_REPLICATION, MIGRATIONS, Migration, MigrationReport, migrate};
+pub use migrations::{DEFAULT_REPLICATION, MIGRATIONS, Migration, MigrationReport, migrate, migrate_to};
+
+/// The schema versions the store reads and writes: migrations 1 to this one
+/// (later ones add the pipelines' tables).
+pub const STORE_SCHEMA_VERSION: i32 = 4;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -355,6 +362,14 @@ impl ScyllaStore {
             if !report.applied.is_empty() {
                 tracing::info!(keyspace, applied = ?report.applied, "CQL schema migrated");
             }
+        } else {
+            let applied = migrations::applied_versions(&session, keyspace).await?;
+            let missing: Vec<i32> = (1..=STORE_SCHEMA_VERSION).filter(|v| !applied.contains_key(v)).collect();
+            if !missing.is_empty() {
+                return Err(StoreError::Backend(format!(
+                    "keyspace {keyspace} lacks CQL migrations {missing:?}: run `ringlimit migrate` (or start with migrations on)"
+                )));
+            }
         }
         let st = prepare_all(&session, &ks).await?;
         let mut index_ttl = [0i32; 3];
@@ -499,10 +514,11 @@ impl ScyllaStore {
         }
         let mut records = stream::iter(reads).buffered(self.inner.opts.concurrency.max(1));
         while let Some(r) = records.next().await {
-            if let Some(rec) = r? {
-                if out.len() < limit && filter.matches(&rec) {
-                    out.push(rec);
-                }
+            if let Some(rec) = r?
+                && out.len() < limit
+                && filter.matches(&rec)
+            {
+                out.push(rec);
             }
         }
         Ok(())
@@ -511,10 +527,10 @@ impl ScyllaStore {
     /// Writes the `usage_partitions` row of a partition unless done recently.
     async fn index_partition(&self, g: Granularity, key_id: &str, day: i64) -> Result<(), StoreError> {
         let cache_key = (gi(g), key_id.to_owned(), day);
-        if let Some(at) = self.inner.indexed.get(&cache_key) {
-            if at.elapsed() < INDEX_REFRESH {
-                return Ok(());
-            }
+        if let Some(at) = self.inner.indexed.get(&cache_key)
+            && at.elapsed() < INDEX_REFRESH
+        {
+            return Ok(());
         }
         let ttl = self.inner.index_ttl[gi(g)];
         self.exec("write_usage (partition index)", &self.inner.st.put_partition, (key_id, g.as_str(), day, ttl)).await?;
@@ -639,7 +655,7 @@ impl KeyStore for ScyllaStore {
             return Err(StoreError::Backend("put_key: empty key_id".into()));
         }
         let record = serde_json::to_string(key).map_err(|e| StoreError::Backend(format!("encode key {id:?}: {e}")))?;
-        self.bounded("put_key", self.inner.opts.operation_timeout, async {
+        let work = Box::pin(async {
             let st = &self.inner.st;
             let old = match self.read_key(id).await {
                 Ok(old) => old,
@@ -671,8 +687,8 @@ impl KeyStore for ScyllaStore {
                 }
             }
             Ok(())
-        })
-        .await
+        });
+        self.bounded("put_key", self.inner.opts.operation_timeout, work).await
     }
 
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
@@ -963,7 +979,7 @@ mod tests {
 
     #[test]
     fn shards_follow_key_id_order() {
-        let mut ids = vec!["b", "a9", "a", "key-01", "Z", "0", "\u{e9}t\u{e9}", "k"];
+        let mut ids = ["b", "a9", "a", "key-01", "Z", "0", "\u{e9}t\u{e9}", "k"];
         ids.sort_unstable();
         let shards: Vec<i32> = ids.iter().map(|i| shard_of(i)).collect();
         let mut sorted = shards.clone();

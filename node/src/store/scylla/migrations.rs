@@ -192,11 +192,17 @@ pub async fn applied_versions(session: &Session, keyspace: &str) -> Result<BTree
 /// Applies every migration not applied yet to `keyspace` (creating it with
 /// `replication` if needed) and records it. Idempotent.
 pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> Result<MigrationReport, StoreError> {
+    migrate_to(session, keyspace, replication, i32::MAX).await
+}
+
+/// Like [`migrate`], but only the versions up to `up_to` (inclusive): e.g.
+/// the versions a store needs ([`STORE_SCHEMA_VERSION`](super::STORE_SCHEMA_VERSION)).
+pub async fn migrate_to(session: &Session, keyspace: &str, replication: &str, up_to: i32) -> Result<MigrationReport, StoreError> {
     let ident = keyspace_ident(keyspace)?;
     check_replication(replication)?;
     let applied = applied_versions(session, keyspace).await?;
     let mut report = MigrationReport::default();
-    for m in MIGRATIONS {
+    for m in MIGRATIONS.iter().filter(|m| m.version <= up_to) {
         if let Some(sum) = applied.get(&m.version) {
             report.already_applied.push(m.version);
             if *sum != m.checksum() {
