@@ -481,6 +481,30 @@ impl KeyLimiters {
         }
     }
 
+    /// The keys with an active actor.
+    pub fn active_keys(&self) -> Vec<String> {
+        self.shared.entries.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Passivates the given keys and waits (up to `timeout`) until none of
+    /// them is active. Their unwritten state is then in the write-behind.
+    pub async fn passivate_keys(&self, keys: &[String], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let live: Vec<_> = keys.iter().filter_map(|k| self.shared.entries.get(k).map(|e| e.actor.clone())).collect();
+            if live.is_empty() {
+                return true;
+            }
+            for a in live {
+                let _ = a.cast(KeyMsg::Passivate);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Stops the supervisor (after [`Self::passivate_all`]).
     pub fn stop(&self) {
         if let Some(s) = self.shared.supervisor.get() {

@@ -57,6 +57,14 @@ pub struct Service {
     pub clock: Arc<dyn Clock>,
     random: fn(&mut [u8]),
     admin_lock: tokio::sync::Mutex<()>,
+    change_hook: std::sync::OnceLock<Box<dyn Fn(Change) + Send + Sync>>,
+}
+
+/// An admin change other nodes must learn about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Key(String),
+    Tier(String),
 }
 
 impl std::fmt::Debug for Service {
@@ -74,7 +82,15 @@ impl Service {
         clock: Arc<dyn Clock>,
         random: fn(&mut [u8]),
     ) -> Self {
-        Service { source, limiters, store, clock, random, admin_lock: tokio::sync::Mutex::new(()) }
+        Service {
+            source,
+            limiters,
+            store,
+            clock,
+            random,
+            admin_lock: tokio::sync::Mutex::new(()),
+            change_hook: std::sync::OnceLock::new(),
+        }
     }
 
     /// Loads every key into the cache and applies stored tier changes.
@@ -97,19 +113,24 @@ impl Service {
 
     /// May the holder of `api_key` spend `cost` now?
     pub async fn validate(&self, api_key: &str, cost: u64) -> ValidateOutcome {
-        let now_us = self.clock.now_us();
-        let now_ms = now_us / 1_000;
         let Some((key_id, secret)) = apikey::parse(api_key) else {
             // Malformed keys take the same hashing path as unknown ones.
             let _ = keys::verify_unknown(&SecretHash::of(api_key));
             return ValidateOutcome::Unauthorized;
         };
-        let presented = SecretHash::of(secret);
+        self.validate_hashed(key_id, &SecretHash::of(secret), cost).await
+    }
+
+    /// Validate for a key_id and the SHA-256 of the presented secret (what a
+    /// forwarded check carries: the secret never leaves the receiving node).
+    pub async fn validate_hashed(&self, key_id: &str, presented: &SecretHash, cost: u64) -> ValidateOutcome {
+        let now_us = self.clock.now_us();
+        let now_ms = now_us / 1_000;
         let Some(key) = self.source.keys.get(key_id) else {
-            let _ = keys::verify_unknown(&presented);
+            let _ = keys::verify_unknown(presented);
             return ValidateOutcome::Unauthorized;
         };
-        if key.verify(&presented, now_ms) != AuthResult::Valid {
+        if key.verify(presented, now_ms) != AuthResult::Valid {
             return ValidateOutcome::Unauthorized;
         }
         if key.suspended_at(now_ms) {
@@ -121,6 +142,57 @@ impl Service {
             Ok(Err(error)) => ValidateOutcome::Rejected { key, error },
             Err(_) => ValidateOutcome::Unavailable,
         }
+    }
+
+    /// Registers the function told about every admin change (the cluster
+    /// broadcasts them to the other nodes).
+    pub fn on_change(&self, f: Box<dyn Fn(Change) + Send + Sync>) {
+        let _ = self.change_hook.set(f);
+    }
+
+    fn changed(&self, c: Change) {
+        if let Some(f) = self.change_hook.get() {
+            f(c);
+        }
+    }
+
+    /// Re-reads one key from the store into the cache (an admin change made
+    /// on another node).
+    pub async fn reload_key(&self, key_id: &str) -> Result<(), StoreError> {
+        match self.store.get_key(key_id).await? {
+            Some(k) => {
+                let revoked = k.status == KeyStatus::Revoked;
+                self.source.keys.insert(k);
+                if revoked {
+                    self.limiters.passivate(key_id);
+                }
+            }
+            None => self.source.keys.remove(key_id),
+        }
+        self.source.catalog.bump();
+        Ok(())
+    }
+
+    /// Re-reads the stored tier changes (a tier changed on another node).
+    pub async fn reload_tiers(&self) -> Result<(), StoreError> {
+        for t in self.store.list_tiers().await? {
+            self.source.catalog.set_tier(t);
+        }
+        Ok(())
+    }
+
+    /// Re-reads every key (a safety net for missed change broadcasts).
+    pub async fn reload_all_keys(&self) -> Result<usize, StoreError> {
+        let keys = self.store.load_all_keys().await?;
+        let n = keys.len();
+        for k in keys {
+            let same = self.source.keys.get(&k.key_id).is_some_and(|c| *c == k);
+            if !same {
+                self.source.keys.insert(k);
+                self.source.catalog.bump();
+            }
+        }
+        Ok(n)
     }
 
     fn view(&self, k: &KeyRecord) -> KeyView {
@@ -161,8 +233,10 @@ impl Service {
 
     async fn commit(&self, rec: KeyRecord) -> Result<(), AdminError> {
         self.store.put_key(&rec).await?;
+        let id = rec.key_id.clone();
         self.source.keys.insert(rec);
         self.source.catalog.bump();
+        self.changed(Change::Key(id));
         Ok(())
     }
 
@@ -353,6 +427,7 @@ impl Service {
         let rec = TierRecord { name: name.to_string(), limits };
         self.store.put_tier(&rec).await?;
         self.source.catalog.set_tier(rec.clone());
+        self.changed(Change::Tier(rec.name.clone()));
         Ok(TierView { name: rec.name, limits: rec.limits })
     }
 

@@ -2,6 +2,8 @@
 
 use crate::config::{Config, ConfigError, LogFormat, RawConfig};
 use crate::http::{self, AppState, RequestIds};
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::router::{Router, RouterConfig, RouterHandle};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisSnapshots;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
@@ -119,9 +121,6 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 /// Runs a node until `shutdown` resolves, then drains and saves state.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    if config.cluster_addr.is_some() {
-        anyhow::bail!("cluster_addr is not supported by this build yet; unset it to run a single node");
-    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
     let boot_ms = SystemClock.now_us() / 1_000;
@@ -177,11 +176,53 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let n = service.warm().await.context("loading keys")?;
     tracing::info!(keys = n, "key cache warmed");
 
+    let router = Router::new(
+        Arc::clone(&service),
+        Arc::clone(&wb),
+        RouterConfig {
+            fail_closed_tiers: config.fail_closed_tiers.iter().cloned().collect(),
+            handoff_wait: config.heartbeat_timeout.max(std::time::Duration::from_secs(2)),
+            passivate_timeout: config.shutdown_timeout,
+        },
+        config.cluster_addr.is_some() && !config.seeds.is_empty(),
+    );
+    if let Some(cluster_addr) = config.cluster_addr {
+        let mut cc = ClusterConfig::new(
+            config.node_name.clone(),
+            cluster_addr,
+            config.cookie.clone().unwrap_or_default(),
+            config.seeds.clone(),
+        );
+        cc.heartbeat_timeout = config.heartbeat_timeout;
+        cc.heartbeat_interval = (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
+        let cluster = Cluster::start(cc, Arc::new(RouterHandle(Arc::clone(&router))))
+            .await
+            .context("starting the cluster layer")?;
+        router.attach(Arc::new(cluster));
+        let r = Arc::clone(&router);
+        tokio::spawn(async move { r.open_gate_at_deadline().await });
+        tracing::info!(node = %config.node_name, %cluster_addr, seeds = ?config.seeds, "cluster layer started");
+        // Safety net for admin-change broadcasts a peer missed.
+        let s = Arc::clone(&service);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(std::time::Duration::from_secs(30));
+            t.tick().await;
+            loop {
+                t.tick().await;
+                if let Err(e) = s.reload_all_keys().await {
+                    tracing::warn!(error = %e, "periodic key reload failed");
+                }
+                let _ = s.reload_tiers().await;
+            }
+        });
+    }
+
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
     let ready = Arc::new(AtomicBool::new(false));
     let config = Arc::new(config);
     let state = AppState {
         service: Arc::clone(&service),
+        router: Arc::clone(&router),
         config: Arc::clone(&config),
         admin_token_hash: Sha256::digest(token.as_bytes()).into(),
         ready: Arc::clone(&ready),
@@ -216,6 +257,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
 
     shutdown.await;
+    if router.cluster().is_some() {
+        // Hand every key over before this node stops answering for it.
+        router.drain().await;
+    }
     tracing::info!("shutting down: draining requests");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
@@ -235,6 +280,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Err(e) => tracing::error!(error = %e, pending = wb.pending_len(), "could not save all state"),
     }
     limiters.stop();
+    if let Some(c) = router.cluster() {
+        c.leave().await;
+    }
     tracing::info!("bye");
     Ok(())
 }

@@ -22,6 +22,9 @@ pub enum Command {
     CheckConfig,
     /// Apply the CQL migrations in cql/ to the configured ScyllaDB keyspace, and exit.
     Migrate,
+    /// Start only the cluster layer with a trivial handler (multi-process tests).
+    #[command(hide = true)]
+    ClusterProbe(crate::cluster::probe::ProbeArgs),
 }
 
 /// Settings; every one can also be set by environment (`RINGLIMIT_…`) or file.
@@ -79,6 +82,11 @@ pub struct Flags {
     pub seeds: Option<String>,
     #[arg(long, global = true)]
     pub cookie: Option<String>,
+    #[arg(long, global = true)]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Comma-separated tiers that fail closed when a key's owner is unreachable.
+    #[arg(long, global = true)]
+    pub fail_closed_tiers: Option<String>,
 }
 
 impl Flags {
@@ -107,6 +115,8 @@ impl Flags {
             cluster_addr: self.cluster_addr,
             seeds: self.seeds,
             cookie: self.cookie,
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms,
+            fail_closed_tiers: self.fail_closed_tiers,
             tiers: None,
         }
     }

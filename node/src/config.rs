@@ -53,6 +53,8 @@ pub struct RawConfig {
     pub cluster_addr: Option<String>,
     pub seeds: Option<String>,
     pub cookie: Option<String>,
+    pub heartbeat_timeout_ms: Option<u64>,
+    pub fail_closed_tiers: Option<String>,
     /// `[tiers.NAME] limits = [...]`: replaces or adds tiers over the defaults.
     pub tiers: Option<BTreeMap<String, TierConfig>>,
 }
@@ -89,6 +91,8 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_CLUSTER_ADDR", "cluster_addr"),
     ("RINGLIMIT_SEEDS", "seeds"),
     ("RINGLIMIT_COOKIE", "cookie"),
+    ("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "heartbeat_timeout_ms"),
+    ("RINGLIMIT_FAIL_CLOSED_TIERS", "fail_closed_tiers"),
 ];
 
 fn parse_num<T: std::str::FromStr>(env: &str, v: &str) -> Result<T, ConfigError> {
@@ -128,6 +132,8 @@ impl RawConfig {
                 "RINGLIMIT_CLUSTER_ADDR" => r.cluster_addr = Some(v),
                 "RINGLIMIT_SEEDS" => r.seeds = Some(v),
                 "RINGLIMIT_COOKIE" => r.cookie = Some(v),
+                "RINGLIMIT_HEARTBEAT_TIMEOUT_MS" => r.heartbeat_timeout_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_FAIL_CLOSED_TIERS" => r.fail_closed_tiers = Some(v),
                 _ => {}
             }
         }
@@ -156,7 +162,7 @@ impl RawConfig {
             data_addr, admin_addr, admin_token, data_dir, log_format, log_level, node_name, max_body_bytes, max_batch,
             idle_timeout_ms, max_active_keys, flush_interval_ms, shutdown_timeout_ms, redis_url, redis_cluster_nodes,
             redis_timeout_ms, max_pending_keys, scylla_nodes,
-            scylla_keyspace, scylla_replication, cluster_addr, seeds, cookie
+            scylla_keyspace, scylla_replication, cluster_addr, seeds, cookie, heartbeat_timeout_ms, fail_closed_tiers
         );
         if let Some(t) = over.tiers {
             self.tiers.get_or_insert_with(BTreeMap::new).extend(t);
@@ -202,6 +208,10 @@ pub struct Config {
     pub cluster_addr: Option<SocketAddr>,
     pub seeds: Vec<String>,
     pub cookie: Option<String>,
+    /// A peer silent this long leaves the ring.
+    pub heartbeat_timeout: Duration,
+    /// Tiers denied (503) rather than allowed when a key's owner is unreachable.
+    pub fail_closed_tiers: Vec<String>,
     pub tiers: Vec<TierRecord>,
 }
 
@@ -244,6 +254,14 @@ fn addr(field: &str, v: &str) -> Result<SocketAddr, ConfigError> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| bad(field, format!("'{v}' is not a host:port address")))
+}
+
+/// `host:port` without resolving the host (peers may not resolve yet at start-up).
+fn host_port(field: &str, v: &str) -> Result<(), ConfigError> {
+    match v.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(bad(field, format!("'{v}' is not a host:port address"))),
+    }
 }
 
 fn list(v: &Option<String>) -> Vec<String> {
@@ -306,7 +324,7 @@ impl Config {
         }
         let redis_cluster_nodes = list(&r.redis_cluster_nodes);
         for n in &redis_cluster_nodes {
-            addr("redis_cluster_nodes", n)?;
+            host_port("redis_cluster_nodes", n)?;
         }
         if r.redis_url.is_some() && !redis_cluster_nodes.is_empty() {
             return Err(bad("redis_cluster_nodes", "set either redis_url or redis_cluster_nodes, not both"));
@@ -321,7 +339,7 @@ impl Config {
         }
         let scylla_nodes = list(&r.scylla_nodes);
         for n in &scylla_nodes {
-            addr("scylla_nodes", n)?;
+            host_port("scylla_nodes", n)?;
         }
         let scylla_keyspace = r.scylla_keyspace.clone().unwrap_or_else(|| "ringlimit".into());
         if scylla_keyspace.is_empty() || scylla_keyspace.len() > 48 || !scylla_keyspace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -330,8 +348,24 @@ impl Config {
         let cluster_addr = r.cluster_addr.as_deref().map(|a| addr("cluster_addr", a)).transpose()?;
         let seeds = list(&r.seeds);
         for s in &seeds {
-            addr("seeds", s)?;
+            host_port("seeds", s)?;
         }
+        if cluster_addr.is_some() {
+            if scylla_nodes.is_empty() {
+                return Err(bad("scylla_nodes", "a cluster keeps its keys in ScyllaDB: set scylla_nodes with cluster_addr"));
+            }
+            if r.cookie.as_deref().is_none_or(str::is_empty) {
+                return Err(bad("cookie", "a cluster needs the shared magic cookie (RINGLIMIT_COOKIE)"));
+            }
+            if r.node_name.is_none() {
+                return Err(bad("node_name", "each cluster node needs its own name (RINGLIMIT_NODE_NAME)"));
+            }
+        }
+        let heartbeat_timeout_ms = r.heartbeat_timeout_ms.unwrap_or(2_000);
+        if !(600..=60_000).contains(&heartbeat_timeout_ms) {
+            return Err(bad("heartbeat_timeout_ms", "must be between 600 and 60000"));
+        }
+        let fail_closed_tiers = list(&r.fail_closed_tiers);
         let mut tiers = default_tiers();
         for (name, t) in r.tiers.clone().unwrap_or_default() {
             validate_limits(&t.limits).map_err(|e| bad(&format!("tiers.{name}.limits.{}", e.field), e.message))?;
@@ -362,6 +396,8 @@ impl Config {
             cluster_addr,
             seeds,
             cookie: r.cookie,
+            heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms),
+            fail_closed_tiers,
             tiers,
         })
     }

@@ -4,12 +4,16 @@
 //! # Layout
 //! - [`config`]: one typed config from file, environment and flags, validated before any port is bound.
 //! - [`cli`]: the flags and subcommands.
+//! - [`cluster`]: the cluster transport: ring, membership, heartbeats, forwarding between nodes.
 //! - [`http`]: the data plane (validate) and the admin plane (keys, tiers, usage).
+//! - [`router`]: routing checks to key owners on a cluster, handoff, admin broadcasts.
 //! - [`store`]: storage adapters (the embedded default).
 //! - [`app`]: building a node, serving, draining on shutdown.
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod router;
 pub mod store;

@@ -5,6 +5,9 @@ use ringlimit_node::{app, cli};
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    if let Some(cli::Command::ClusterProbe(args)) = &cli.command {
+        return ringlimit_node::cluster::probe::main(&cli.flags, args);
+    }
     let file = cli.flags.config.clone();
     let config = match app::load_config(file.as_deref(), &|k| std::env::var(k).ok(), cli.flags.into_raw()) {
         Ok(c) => c,

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod apikey;
+pub mod cluster;
 pub mod error;
 pub mod limits;
 pub mod validate;

@@ -163,3 +163,73 @@ pub async fn node_info(State(app): State<AppState>) -> Json<serde_json::Value> {
         "pending_writes": s.pending_writes,
     }))
 }
+
+/// `GET /api/v1/cluster`: members, their state, the ring version.
+pub async fn cluster_view(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let Some(c) = app.router.cluster() else {
+        return Json(serde_json::json!({
+            "node_name": app.config.node_name,
+            "clustered": false,
+            "ring_version": 0,
+            "members": [{"name": app.config.node_name, "state": "up", "local": true}],
+        }));
+    };
+    let ring = c.ring();
+    let members: Vec<serde_json::Value> = c
+        .members()
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "state": m.state.as_str(),
+                "in_ring": ring.contains(&m.name),
+                "incarnation": m.incarnation,
+                "last_heartbeat_ms_ago": m.last_heartbeat_ms_ago,
+                "down_reason": m.down_reason.map(|r| r.as_str()),
+                "connected": m.connected,
+                "local": m.local,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "node_name": c.node_name(),
+        "clustered": true,
+        "ring_version": ring.version(),
+        "ring_members": ring.members(),
+        "members": members,
+        "draining": app.router.is_draining(),
+        "handoff_in_progress": app.router.gate_closed(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerQuery {
+    key_id: String,
+}
+
+/// `GET /api/v1/cluster/owner?key_id=`: the key's owner on this node's ring.
+pub async fn cluster_owner(State(app): State<AppState>, ApiQuery(q): ApiQuery<OwnerQuery>) -> Result<Response, ApiError> {
+    if q.key_id.is_empty() || q.key_id.len() > 256 {
+        return Err(ApiError::invalid("key_id must be 1 to 256 characters"));
+    }
+    let (owner, version) = match app.router.cluster() {
+        Some(c) => {
+            let ring = c.ring();
+            (ring.owner(&q.key_id).to_string(), ring.version())
+        }
+        None => (app.config.node_name.clone(), 0),
+    };
+    Ok(Json(serde_json::json!({"key_id": q.key_id, "owner": owner, "ring_version": version})).into_response())
+}
+
+/// `POST /api/v1/cluster/drain`: hand this node's keys over and leave the ring.
+pub async fn cluster_drain(State(app): State<AppState>) -> Result<Response, ApiError> {
+    if app.router.cluster().is_none() {
+        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, "this node is not part of a cluster"));
+    }
+    let r = app.router.clone();
+    tokio::spawn(async move { r.drain().await });
+    tracing::info!("drain requested through the admin API");
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"draining": true}))).into_response())
+}

@@ -139,8 +139,7 @@ fn check_request(req: &ValidateRequest) -> Result<(), ApiError> {
 /// `POST /api/v1/validate`.
 pub async fn validate(State(app): State<AppState>, ApiJson(req): ApiJson<ValidateRequest>) -> Result<Response, ApiError> {
     check_request(&req)?;
-    let outcome = app.service.validate(&req.api_key, req.cost.0).await;
-    let (status, b) = answer(outcome);
+    let (status, b) = app.router.validate(&req.api_key, req.cost.0).await;
     let mut headers = HeaderMap::new();
     ratelimit_headers(&b.limits, &mut headers);
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -161,14 +160,8 @@ pub async fn validate_batch(State(app): State<AppState>, ApiJson(req): ApiJson<B
     for (i, c) in req.checks.iter().enumerate() {
         check_request(c).map_err(|e| ApiError::invalid(format!("checks[{i}]: {}", e.message)))?;
     }
-    let futures = req.checks.iter().map(|c| app.service.validate(&c.api_key, c.cost.0));
+    let futures = req.checks.iter().map(|c| app.router.validate(&c.api_key, c.cost.0));
     let outcomes = futures_util::future::join_all(futures).await;
-    let results = outcomes
-        .into_iter()
-        .map(|o| {
-            let (status, body) = answer(o);
-            BatchResult { status: status.as_u16(), body }
-        })
-        .collect();
+    let results = outcomes.into_iter().map(|(status, body)| BatchResult { status: status.as_u16(), body }).collect();
     Ok(Json(BatchResponse { results }))
 }

@@ -23,6 +23,7 @@ use tower_http::trace::TraceLayer;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub service: Arc<Service>,
+    pub router: Arc<crate::router::Router>,
     pub config: Arc<Config>,
     pub admin_token_hash: [u8; 32],
     pub ready: Arc<AtomicBool>,
@@ -107,6 +108,9 @@ pub fn admin_router(state: AppState, ids: RequestIds) -> Router {
         .route("/api/v1/tiers", get(admin::list_tiers).fallback(error::wrong_method))
         .route("/api/v1/tiers/{name}", get(admin::get_tier).put(admin::put_tier).fallback(error::wrong_method))
         .route("/api/v1/node", get(admin::node_info))
+        .route("/api/v1/cluster", get(admin::cluster_view).fallback(error::wrong_method))
+        .route("/api/v1/cluster/owner", get(admin::cluster_owner).fallback(error::wrong_method))
+        .route("/api/v1/cluster/drain", post(admin::cluster_drain).fallback(error::wrong_method))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_token));
     let r = Router::new()
         .route("/healthz", get(healthz))

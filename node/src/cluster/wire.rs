@@ -1,0 +1,53 @@
+//! MessagePack encoding of the cluster payloads of
+//! [`ringlimit_protocol::cluster`]: named fields, a cheap frame check before
+//! decoding, and errors as values.
+
+use ringlimit_protocol::cluster::{check_frame, FrameError, MAX_FRAME_BYTES};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why a payload could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("bad cluster frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("cannot decode cluster payload: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("cannot encode cluster payload: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("cluster payload of {len} bytes is over the cap of {max}")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// Encodes a payload with named fields; refuses one over [`MAX_FRAME_BYTES`].
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
+    let b = rmp_serde::to_vec_named(v)?;
+    if b.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge { len: b.len(), max: MAX_FRAME_BYTES });
+    }
+    Ok(b)
+}
+
+/// Checks the frame, then decodes it.
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
+    check_frame(b, MAX_FRAME_BYTES)?;
+    Ok(rmp_serde::from_slice(b)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringlimit_protocol::cluster::{Handoff, Leave};
+
+    #[test]
+    fn round_trip_and_errors() {
+        let l = Leave { from: "a".into(), incarnation: 3 };
+        let b = encode(&l).expect("encode");
+        assert_eq!(decode::<Leave>(&b).expect("decode"), l);
+        assert!(matches!(decode::<Leave>(&[]), Err(WireError::Frame(FrameError::Empty))));
+        assert!(matches!(decode::<Leave>(&[1, 2, 3]), Err(WireError::Frame(_))));
+        assert!(matches!(decode::<Leave>(&b[..b.len() - 1]), Err(WireError::Decode(_))));
+        let big = Handoff { from: "a".into(), ring_version: 1, states: vec![("k".into(), vec![0; MAX_FRAME_BYTES])] };
+        assert!(matches!(encode(&big), Err(WireError::TooLarge { .. })));
+    }
+}

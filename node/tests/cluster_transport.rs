@@ -1,0 +1,309 @@
+//! The cluster transport with real processes: `ringlimit cluster-probe` (the
+//! cluster layer alone, with a handler that names the node that answered)
+//! on loopback ports. Every wait polls with a deadline; no timing is asserted
+//! beyond "within N seconds".
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use ringlimit_node::cluster::Ring;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The probes' heartbeat timeout (the default): "within the timeout" below
+/// means within this plus scheduling slack.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+const SLACK: Duration = Duration::from_secs(1);
+const CONVERGE: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Probe {
+    name: String,
+    addr: String,
+    seeds: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines() {
+            let Ok(l) = l else { break };
+            into.lock().unwrap().push(l);
+        }
+    });
+}
+
+impl Probe {
+    fn start(name: &str, addr: &str, seeds: &str) -> Probe {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringlimit"))
+            .arg("cluster-probe")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RINGLIMIT_NODE_NAME", name)
+            .env("RINGLIMIT_CLUSTER_ADDR", addr)
+            .env("RINGLIMIT_SEEDS", seeds)
+            .env("RINGLIMIT_COOKIE", "test-cookie")
+            .env("RINGLIMIT_LOG_LEVEL", "info,ractor_cluster=warn,ractor=warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringlimit cluster-probe");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().unwrap(), out.clone());
+        collect(child.stderr.take().unwrap(), err.clone());
+        let stdin = child.stdin.take();
+        let p = Probe { name: name.into(), addr: addr.into(), seeds: seeds.into(), child, stdin, out, err };
+        p.wait_line(Duration::from_secs(10), |l| l.starts_with("ready "));
+        p
+    }
+
+    /// Starts a new process with the same name, address and seeds.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Probe::start(&self.name.clone(), &self.addr.clone(), &self.seeds.clone());
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.pid()]).status().unwrap().success();
+        assert!(ok, "kill {sig} {}", self.name);
+    }
+
+    fn send(&mut self, cmd: &str) {
+        let s = self.stdin.as_mut().unwrap();
+        writeln!(s, "{cmd}").unwrap();
+        s.flush().unwrap();
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits for an output line matching `pred`.
+    fn wait_line(&self, within: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.out.lock().unwrap().iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                self.dump();
+                panic!("{}: no matching line within {within:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a command and waits for the first new line starting with `prefix`.
+    fn ask(&mut self, cmd: &str, prefix: &str) -> String {
+        let seen = self.lines().len();
+        self.send(cmd);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.out.lock().unwrap().iter().skip(seen).find(|l| l.starts_with(prefix)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                self.dump();
+                panic!("{}: no answer to {cmd:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The last `ring version=V members=…` line: (V, members).
+    fn ring(&self) -> Option<(u64, Vec<String>)> {
+        let lines = self.out.lock().unwrap();
+        let l = lines.iter().rev().find(|l| l.starts_with("ring "))?;
+        let v = field(l, "version")?.parse().ok()?;
+        let m = field(l, "members")?.split(',').map(String::from).collect();
+        Some((v, m))
+    }
+
+    fn dump(&self) {
+        eprintln!("---- {} stdout ----", self.name);
+        for l in self.out.lock().unwrap().iter() {
+            eprintln!("{l}");
+        }
+        eprintln!("---- {} stderr ----", self.name);
+        for l in self.err.lock().unwrap().iter() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        let _ = Command::new("kill").args(["-CONT", &self.pid()]).stderr(Stdio::null()).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Waits until every probe in `probes` shows a ring of exactly `members`,
+/// all with the same version; returns it.
+fn converge(probes: &[&Probe], members: &[&str], within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let rings: Vec<_> = probes.iter().map(|p| p.ring()).collect();
+        let same = rings.iter().all(|r| r.as_ref().is_some_and(|(_, m)| m == members));
+        if same {
+            let v = rings[0].as_ref().unwrap().0;
+            if rings.iter().all(|r| r.as_ref().unwrap().0 == v) {
+                return v;
+            }
+        }
+        if Instant::now() > deadline {
+            for p in probes {
+                p.dump();
+            }
+            panic!("no convergence on {members:?} within {within:?}: {rings:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn three() -> (Probe, Probe, Probe) {
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let seeds = addrs.join(",");
+    let a = Probe::start("a", &addrs[0], &seeds);
+    let b = Probe::start("b", &addrs[1], &seeds);
+    let c = Probe::start("c", &addrs[2], &seeds);
+    (a, b, c)
+}
+
+/// A key that `ring` gives to `owner`.
+fn key_of(ring: &Ring, owner: &str, salt: &str) -> String {
+    (0..).map(|i| format!("{salt}-{i}")).find(|k| ring.owner(k) == owner).unwrap()
+}
+
+#[test]
+fn three_probes_form_forward_broadcast_and_survive_a_kill() {
+    let (mut a, b, mut c) = three();
+    let v = converge(&[&a, &b, &c], &["a", "b", "c"], CONVERGE);
+    let ring = Ring::new("a", ["b", "c"]);
+    assert_eq!(v, ring.version(), "processes and the library agree on the version");
+
+    // Ownership agrees between the processes and the library.
+    for owner in ["a", "b", "c"] {
+        let k = key_of(&ring, owner, "own");
+        let l = a.ask(&format!("owner {k}"), "owner ");
+        assert_eq!(field(&l, "owner"), Some(owner), "{l}");
+    }
+
+    // A forwarded check reaches the owner and is answered by it.
+    for owner in ["a", "b", "c"] {
+        let k = key_of(&ring, owner, "fwd");
+        let l = a.ask(&format!("forward {k}"), &format!("forward key={k} "));
+        assert_eq!(field(&l, "owner"), Some(owner), "{l}");
+        assert_eq!(field(&l, "answered_by"), Some(owner), "{l}");
+    }
+
+    // Admin events reach every peer; handoffs reach their target.
+    let l = a.ask("broadcast key-9", "broadcast ");
+    assert_eq!(field(&l, "delivered"), Some("b,c"), "{l}");
+    b.wait_line(Duration::from_secs(5), |l| l == "admin key_changed key=key-9");
+    c.wait_line(Duration::from_secs(5), |l| l == "admin key_changed key=key-9");
+    let l = a.ask("handoff b hk-1", "handoff_sent ");
+    assert_eq!(field(&l, "ok"), Some("true"), "{l}");
+    b.wait_line(Duration::from_secs(5), |l| l == "handoff from=a keys=hk-1");
+
+    // A quick look at forwarded latency (printed, not asserted).
+    for (n, conc) in [(2_000, 1), (20_000, 64)] {
+        let l = a.ask(&format!("bench b {n} {conc}"), "bench ");
+        eprintln!("forwarded checks a→b (test build): {l}");
+        assert_eq!(field(&l, "errors"), Some("0"), "{l}");
+    }
+
+    // SIGKILL c: a and b drop it within the heartbeat timeout + 1 s.
+    let key_c = key_of(&ring, "c", "moved");
+    c.signal("-KILL");
+    let killed = Instant::now();
+    converge(&[&a, &b], &["a", "b"], HEARTBEAT_TIMEOUT + SLACK);
+    eprintln!("kill noticed after {:?}", killed.elapsed());
+    // Its keys are answered by their next owner.
+    let new_owner = Ring::new("a", ["b"]).owner(&key_c).to_string();
+    let l = a.ask(&format!("forward {key_c}"), &format!("forward key={key_c} "));
+    assert_eq!(field(&l, "answered_by"), Some(new_owner.as_str()), "{l}");
+
+    // c comes back (a new life on the same address): all three converge again.
+    c.restart();
+    let v2 = converge(&[&a, &b, &c], &["a", "b", "c"], CONVERGE);
+    assert_eq!(v2, v);
+    let l = a.ask(&format!("forward {key_c}"), &format!("forward key={key_c} "));
+    assert_eq!(field(&l, "answered_by"), Some("c"), "its keys move back: {l}");
+}
+
+#[test]
+fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
+    let (a, b, mut c) = three();
+    let v = converge(&[&a, &b, &c], &["a", "b", "c"], CONVERGE);
+
+    // SIGSTOP b: a and c take it out within the timeout (+ slack).
+    b.signal("-STOP");
+    let stopped = Instant::now();
+    converge(&[&a, &c], &["a", "c"], HEARTBEAT_TIMEOUT + SLACK);
+    eprintln!("frozen peer dropped after {:?}", stopped.elapsed());
+    assert!(stopped.elapsed() >= HEARTBEAT_TIMEOUT / 2, "dropped too early for a heartbeat timeout");
+    // Its sessions were stopped (ractor_cluster would have kept them open).
+    for p in [&a, &c] {
+        let deadline = Instant::now() + SLACK;
+        while !p.err.lock().unwrap().iter().any(|l| l.contains("stopping the cluster session of a peer that missed its heartbeats")) {
+            assert!(Instant::now() < deadline, "{} did not stop b's session", p.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // SIGCONT: it rejoins and all three converge on the same version.
+    b.signal("-CONT");
+    let v2 = converge(&[&a, &b, &c], &["a", "b", "c"], CONVERGE);
+    assert_eq!(v2, v);
+
+    // A graceful leave, first half: c is out of every ring at once (no
+    // timeout wait), c itself routes its keys to their new owners, and its
+    // sessions stay up for handoffs.
+    let ring = Ring::new("a", ["b", "c"]);
+    let key_c = key_of(&ring, "c", "leaving");
+    let new_owner = Ring::new("a", ["b"]).owner(&key_c).to_string();
+    let announced = Instant::now();
+    c.ask("announce", "announced");
+    converge(&[&a, &b, &c], &["a", "b"], SLACK);
+    eprintln!("graceful leave seen after {:?}", announced.elapsed());
+    let l = c.ask(&format!("forward {key_c}"), &format!("forward key={key_c} "));
+    assert_eq!(field(&l, "owner"), Some(new_owner.as_str()), "{l}");
+    assert_eq!(field(&l, "answered_by"), Some(new_owner.as_str()), "{l}");
+    let l = c.ask(&format!("handoff {new_owner} {key_c}"), "handoff_sent ");
+    assert_eq!(field(&l, "ok"), Some("true"), "{l}");
+    let owner_probe = if new_owner == "a" { &a } else { &b };
+    owner_probe.wait_line(Duration::from_secs(5), |l| l == format!("handoff from=c keys={key_c}"));
+    // Second half: c stops; the others' rings do not change again.
+    c.send("leave");
+    c.wait_line(Duration::from_secs(5), |l| l == "left");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "c did not exit after leaving");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    converge(&[&a, &b], &["a", "b"], SLACK);
+}
