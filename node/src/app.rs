@@ -194,6 +194,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             config.seeds.clone(),
         );
         cc.heartbeat_timeout = config.heartbeat_timeout;
+        cc.advertise_addr = config.advertise_addr.clone();
         cc.heartbeat_interval = (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
         let cluster = Cluster::start(cc, Arc::new(RouterHandle(Arc::clone(&router))))
             .await

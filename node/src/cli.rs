@@ -87,6 +87,9 @@ pub struct Flags {
     /// Comma-separated tiers that fail closed when a key's owner is unreachable.
     #[arg(long, global = true)]
     pub fail_closed_tiers: Option<String>,
+    /// host:port peers dial to reach this node (when cluster_addr binds 0.0.0.0).
+    #[arg(long, global = true)]
+    pub advertise_addr: Option<String>,
 }
 
 impl Flags {
@@ -117,6 +120,7 @@ impl Flags {
             cookie: self.cookie,
             heartbeat_timeout_ms: self.heartbeat_timeout_ms,
             fail_closed_tiers: self.fail_closed_tiers,
+            advertise_addr: self.advertise_addr,
             tiers: None,
         }
     }

@@ -55,6 +55,7 @@ pub struct RawConfig {
     pub cookie: Option<String>,
     pub heartbeat_timeout_ms: Option<u64>,
     pub fail_closed_tiers: Option<String>,
+    pub advertise_addr: Option<String>,
     /// `[tiers.NAME] limits = [...]`: replaces or adds tiers over the defaults.
     pub tiers: Option<BTreeMap<String, TierConfig>>,
 }
@@ -93,6 +94,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_COOKIE", "cookie"),
     ("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "heartbeat_timeout_ms"),
     ("RINGLIMIT_FAIL_CLOSED_TIERS", "fail_closed_tiers"),
+    ("RINGLIMIT_ADVERTISE_ADDR", "advertise_addr"),
 ];
 
 fn parse_num<T: std::str::FromStr>(env: &str, v: &str) -> Result<T, ConfigError> {
@@ -134,6 +136,7 @@ impl RawConfig {
                 "RINGLIMIT_COOKIE" => r.cookie = Some(v),
                 "RINGLIMIT_HEARTBEAT_TIMEOUT_MS" => r.heartbeat_timeout_ms = Some(parse_num(env, &v)?),
                 "RINGLIMIT_FAIL_CLOSED_TIERS" => r.fail_closed_tiers = Some(v),
+                "RINGLIMIT_ADVERTISE_ADDR" => r.advertise_addr = Some(v),
                 _ => {}
             }
         }
@@ -162,7 +165,7 @@ impl RawConfig {
             data_addr, admin_addr, admin_token, data_dir, log_format, log_level, node_name, max_body_bytes, max_batch,
             idle_timeout_ms, max_active_keys, flush_interval_ms, shutdown_timeout_ms, redis_url, redis_cluster_nodes,
             redis_timeout_ms, max_pending_keys, scylla_nodes,
-            scylla_keyspace, scylla_replication, cluster_addr, seeds, cookie, heartbeat_timeout_ms, fail_closed_tiers
+            scylla_keyspace, scylla_replication, cluster_addr, seeds, cookie, heartbeat_timeout_ms, fail_closed_tiers, advertise_addr
         );
         if let Some(t) = over.tiers {
             self.tiers.get_or_insert_with(BTreeMap::new).extend(t);
@@ -212,6 +215,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Tiers denied (503) rather than allowed when a key's owner is unreachable.
     pub fail_closed_tiers: Vec<String>,
+    /// `host:port` peers dial to reach this node (default: cluster_addr).
+    pub advertise_addr: Option<String>,
     pub tiers: Vec<TierRecord>,
 }
 
@@ -366,6 +371,9 @@ impl Config {
             return Err(bad("heartbeat_timeout_ms", "must be between 600 and 60000"));
         }
         let fail_closed_tiers = list(&r.fail_closed_tiers);
+        if let Some(a) = &r.advertise_addr {
+            host_port("advertise_addr", a)?;
+        }
         let mut tiers = default_tiers();
         for (name, t) in r.tiers.clone().unwrap_or_default() {
             validate_limits(&t.limits).map_err(|e| bad(&format!("tiers.{name}.limits.{}", e.field), e.message))?;
@@ -398,6 +406,7 @@ impl Config {
             cookie: r.cookie,
             heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms),
             fail_closed_tiers,
+            advertise_addr: r.advertise_addr,
             tiers,
         })
     }

@@ -56,7 +56,7 @@ async fn a_node_starts_with_the_compose_environment() {
             "RINGLIMIT_SCYLLA_NODES" => *v = cql.clone(),
             "RINGLIMIT_SCYLLA_KEYSPACE" => *v = ks.clone(),
             "RINGLIMIT_REDIS_URL" => *v = redis.clone(),
-            "RINGLIMIT_CLUSTER_ADDR" => *v = format!("127.0.0.1:{port}"),
+            "RINGLIMIT_CLUSTER_ADDR" | "RINGLIMIT_ADVERTISE_ADDR" => *v = format!("127.0.0.1:{port}"),
             "RINGLIMIT_DATA_ADDR" | "RINGLIMIT_ADMIN_ADDR" => *v = "127.0.0.1:0".into(),
             _ => {}
         }
