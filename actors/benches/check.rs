@@ -4,7 +4,9 @@
 //! Run with `cargo bench -p ringlimit-actors`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ringlimit_actors::algo::{Algorithm, FixedWindow, Gcra, SlidingLog, SlidingWindow, TokenBucket};
+use ringlimit_actors::algo::{
+    Algorithm, FixedWindow, Gcra, SlidingLog, SlidingWindow, TokenBucket,
+};
 use std::hint::black_box;
 
 // ---------------------------------------------------------------------------
@@ -16,7 +18,11 @@ use std::hint::black_box;
 const T0: u64 = 1_700_000_000_000_000;
 
 /// Checks `state` once per iteration at `now`, advancing `now` by 1 µs.
-fn bench_check<A: Algorithm>(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, mut state: A) {
+fn bench_check<A: Algorithm>(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut state: A,
+) {
     let mut now = T0;
     c.bench_function(name, |b| {
         b.iter(|| {
@@ -29,13 +35,25 @@ fn bench_check<A: Algorithm>(c: &mut criterion::BenchmarkGroup<'_, criterion::me
 fn algo(c: &mut Criterion) {
     let mut g = c.benchmark_group("algo");
     // One admission per µs: 1e6 per second fits a limit of 2e6 per second.
-    bench_check(&mut g, "sliding_window", SlidingWindow::new(2_000_000, 1_000_000));
-    bench_check(&mut g, "fixed_window", FixedWindow::new(2_000_000, 1_000_000));
+    bench_check(
+        &mut g,
+        "sliding_window",
+        SlidingWindow::new(2_000_000, 1_000_000),
+    );
+    bench_check(
+        &mut g,
+        "fixed_window",
+        FixedWindow::new(2_000_000, 1_000_000),
+    );
     // The log holds one entry per admitted µs: 100 ms window, 100 000 entries
     // at most (the accepted maximum), each commit evicts one and appends one.
     bench_check(&mut g, "sliding_log", SlidingLog::new(100_000, 100_000));
     // Refill of 2 per µs, burst 1000: always admits.
-    bench_check(&mut g, "token_bucket", TokenBucket::new(2_000_000, 1_000_000, 1_000));
+    bench_check(
+        &mut g,
+        "token_bucket",
+        TokenBucket::new(2_000_000, 1_000_000, 1_000),
+    );
     bench_check(&mut g, "gcra", Gcra::new(2_000_000, 1_000_000, 1_000));
     g.finish();
 }
@@ -81,15 +99,30 @@ mod actor {
 
     fn setup(rt: &tokio::runtime::Runtime) -> KeyLimiters {
         rt.block_on(async {
-            let source = Arc::new(LimitsSource { catalog: Catalog::new([]), keys: Default::default() });
+            let source = Arc::new(LimitsSource {
+                catalog: Catalog::new([]),
+                keys: Default::default(),
+            });
             source.keys.insert(KeyRecord {
                 key_id: "bench".into(),
                 owner: "o".into(),
                 tier: "t".into(),
                 status: KeyStatus::Active,
                 limits: Some(vec![
-                    LimitSpec { name: "s".into(), algorithm: AlgorithmKind::SlidingWindow, limit: 1_000_000_000, window_ms: 1_000, burst: None },
-                    LimitSpec { name: "m".into(), algorithm: AlgorithmKind::SlidingWindow, limit: 1_000_000_000_000, window_ms: 2_592_000_000, burst: None },
+                    LimitSpec {
+                        name: "s".into(),
+                        algorithm: AlgorithmKind::SlidingWindow,
+                        limit: 1_000_000_000,
+                        window_ms: 1_000,
+                        burst: None,
+                    },
+                    LimitSpec {
+                        name: "m".into(),
+                        algorithm: AlgorithmKind::SlidingWindow,
+                        limit: 1_000_000_000_000,
+                        window_ms: 2_592_000_000,
+                        burst: None,
+                    },
                 ]),
                 metadata: Metadata::new(),
                 secret_hash: SecretHash::of("s"),
@@ -101,16 +134,29 @@ mod actor {
                 suspended_reason: None,
             });
             let sink: Arc<dyn SnapshotStore> = Arc::new(NullSink);
-            let wb = Arc::new(WriteBehind::new(vec![sink], None, WriteBehindConfig::default()));
+            let wb = Arc::new(WriteBehind::new(
+                vec![sink],
+                None,
+                WriteBehindConfig::default(),
+            ));
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let l = KeyLimiters::start(source, wb, LimiterConfig::default(), clock).await.expect("start");
-            l.check("bench", 1, SystemClock.now_us()).await.expect("warm").expect("warm");
+            let l = KeyLimiters::start(source, wb, LimiterConfig::default(), clock)
+                .await
+                .expect("start");
+            l.check("bench", 1, SystemClock.now_us())
+                .await
+                .expect("warm")
+                .expect("warm");
             l
         })
     }
 
     pub fn bench(c: &mut Criterion) {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let limiters = setup(&rt);
         let mut g = c.benchmark_group("actor");
         g.bench_function("key_limiter_check", |b| {
@@ -118,7 +164,13 @@ mod actor {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(limiters.check("bench", 1, SystemClock.now_us()).await.expect("check").expect("check"));
+                        black_box(
+                            limiters
+                                .check("bench", 1, SystemClock.now_us())
+                                .await
+                                .expect("check")
+                                .expect("check"),
+                        );
                     }
                     start.elapsed()
                 })
@@ -130,7 +182,13 @@ mod actor {
             let mut v = Vec::with_capacity(200_000);
             for _ in 0..200_000 {
                 let t = Instant::now();
-                black_box(limiters.check("bench", 1, SystemClock.now_us()).await.expect("check").expect("check"));
+                black_box(
+                    limiters
+                        .check("bench", 1, SystemClock.now_us())
+                        .await
+                        .expect("check")
+                        .expect("check"),
+                );
                 v.push(t.elapsed());
             }
             v

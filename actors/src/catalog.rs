@@ -10,8 +10,8 @@ use crate::storage::TierRecord;
 use parking_lot::RwLock;
 use ringlimit_protocol::LimitSpec;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Tiers by name, and the change epoch.
 #[derive(Debug, Default)]
@@ -47,7 +47,10 @@ impl Catalog {
         self.tiers
             .read()
             .iter()
-            .map(|(n, l)| TierRecord { name: n.clone(), limits: l.as_ref().clone() })
+            .map(|(n, l)| TierRecord {
+                name: n.clone(),
+                limits: l.as_ref().clone(),
+            })
             .collect()
     }
 
@@ -61,7 +64,10 @@ impl Catalog {
     pub fn limits_for(&self, key: &KeyRecord) -> Vec<LimitSpec> {
         match &key.limits {
             Some(l) => l.clone(),
-            None => self.tier(&key.tier).map(|l| l.as_ref().clone()).unwrap_or_default(),
+            None => self
+                .tier(&key.tier)
+                .map(|l| l.as_ref().clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -78,7 +84,11 @@ impl LimitsSource {
     /// change is seen at the next check.
     pub fn resolve(&self, key_id: &str) -> (u64, Vec<LimitSpec>) {
         let epoch = self.catalog.epoch();
-        let limits = self.keys.get(key_id).map(|k| self.catalog.limits_for(&k)).unwrap_or_default();
+        let limits = self
+            .keys
+            .get(key_id)
+            .map(|k| self.catalog.limits_for(&k))
+            .unwrap_or_default();
         (epoch, limits)
     }
 }

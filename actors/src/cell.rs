@@ -116,7 +116,12 @@ impl KeyCell {
     pub fn new(key_id: String, now_ms: u64) -> Self {
         KeyCell {
             key_id,
-            inner: Mutex::new(CellInner { loaded: false, epoch: None, snap: Snapshot::default(), version: 0 }),
+            inner: Mutex::new(CellInner {
+                loaded: false,
+                epoch: None,
+                snap: Snapshot::default(),
+                version: 0,
+            }),
             in_pending: AtomicBool::new(false),
             last_used_ms: AtomicU64::new(now_ms),
         }

@@ -2,7 +2,7 @@
 
 use dashmap::DashMap;
 use ringlimit_protocol::admin::{KeyStatus, KeyView, Metadata};
-use ringlimit_protocol::{apikey, LimitSpec};
+use ringlimit_protocol::{LimitSpec, apikey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -93,7 +93,8 @@ impl KeyRecord {
     pub fn verify(&self, presented: &SecretHash, now_ms: u64) -> AuthResult {
         let cur = presented.ct_eq(&self.secret_hash);
         let prev_hash = self.previous_hash.unwrap_or(DUMMY_HASH);
-        let prev_live = self.previous_hash.is_some() && self.previous_expires_at_ms.is_some_and(|t| now_ms < t);
+        let prev_live =
+            self.previous_hash.is_some() && self.previous_expires_at_ms.is_some_and(|t| now_ms < t);
         let prev = presented.ct_eq(&prev_hash) & prev_live;
         if (cur | prev) && self.status != KeyStatus::Revoked {
             AuthResult::Valid
@@ -134,7 +135,8 @@ pub fn verify_unknown(presented: &SecretHash) -> AuthResult {
 /// Generates a new key_id and secret from the OS random source.
 pub fn generate(random: &mut dyn FnMut(&mut [u8])) -> (String, String) {
     const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    const SECRET_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    const SECRET_ALPHABET: &[u8] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let id = pick(random, ID_ALPHABET, apikey::KEY_ID_LEN);
     let secret = pick(random, SECRET_ALPHABET, apikey::SECRET_LEN);
     (id, secret)

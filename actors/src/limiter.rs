@@ -28,7 +28,9 @@ use crate::limitset::{CheckError, CheckResult};
 use crate::writebehind::WriteBehind;
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use ringlimit_protocol::admin::LimitUsage;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -90,8 +92,15 @@ impl Default for LimiterConfig {
 /// Messages of a KeyLimiter (local only).
 #[derive(Debug)]
 pub enum KeyMsg {
-    Check { cost: u64, now_us: Micros, reply: RpcReplyPort<Result<CheckResult, CheckError>> },
-    Peek { now_us: Micros, reply: RpcReplyPort<Vec<LimitUsage>> },
+    Check {
+        cost: u64,
+        now_us: Micros,
+        reply: RpcReplyPort<Result<CheckResult, CheckError>>,
+    },
+    Peek {
+        now_us: Micros,
+        reply: RpcReplyPort<Vec<LimitUsage>>,
+    },
     Passivate,
     /// Makes the handler fail; used to exercise supervision.
     #[doc(hidden)]
@@ -145,7 +154,11 @@ impl Actor for KeyLimiter {
     type State = KeyLimiterState;
     type Arguments = KeyLimiterState;
 
-    async fn pre_start(&self, _me: ActorRef<KeyMsg>, st: KeyLimiterState) -> Result<KeyLimiterState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<KeyMsg>,
+        st: KeyLimiterState,
+    ) -> Result<KeyLimiterState, ActorProcessingErr> {
         let loaded = st.cell.lock().loaded;
         if !loaded {
             let stored = load_with_retry(&st.shared.writebehind, &st.cell.key_id).await;
@@ -161,9 +174,18 @@ impl Actor for KeyLimiter {
         Ok(st)
     }
 
-    async fn handle(&self, me: ActorRef<KeyMsg>, msg: KeyMsg, st: &mut KeyLimiterState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<KeyMsg>,
+        msg: KeyMsg,
+        st: &mut KeyLimiterState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            KeyMsg::Check { cost, now_us, reply } => {
+            KeyMsg::Check {
+                cost,
+                now_us,
+                reply,
+            } => {
                 let r = st.check(cost, now_us);
                 let _ = reply.send(r);
             }
@@ -181,7 +203,9 @@ impl Actor for KeyLimiter {
                     }
                     return Ok(());
                 }
-                st.shared.entries.remove_if(key, |_, e| e.actor.get_id() == me.get_id());
+                st.shared
+                    .entries
+                    .remove_if(key, |_, e| e.actor.get_id() == me.get_id());
                 st.shared.passivations.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(metric::PASSIVATIONS).increment(1);
                 me.stop(Some("passivated".into()));
@@ -191,7 +215,11 @@ impl Actor for KeyLimiter {
         Ok(())
     }
 
-    async fn post_stop(&self, me: ActorRef<KeyMsg>, st: &mut KeyLimiterState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        me: ActorRef<KeyMsg>,
+        st: &mut KeyLimiterState,
+    ) -> Result<(), ActorProcessingErr> {
         st.shared.by_actor.remove(&me.get_id());
         Ok(())
     }
@@ -259,7 +287,11 @@ impl Actor for KeyLimiterSupervisor {
     type State = Arc<Shared>;
     type Arguments = Arc<Shared>;
 
-    async fn pre_start(&self, _me: ActorRef<SupervisorMsg>, s: Arc<Shared>) -> Result<Arc<Shared>, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SupervisorMsg>,
+        s: Arc<Shared>,
+    ) -> Result<Arc<Shared>, ActorProcessingErr> {
         Ok(s)
     }
 
@@ -271,12 +303,22 @@ impl Actor for KeyLimiterSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(dead, err) = ev {
             let dead_id = dead.get_id();
-            let Some((_, key)) = shared.by_actor.remove(&dead_id) else { return Ok(()) };
+            let Some((_, key)) = shared.by_actor.remove(&dead_id) else {
+                return Ok(());
+            };
             tracing::warn!(key_id = %key, error = %err, "KeyLimiter failed; restarting it on its state");
             if let Some(mut e) = shared.entries.get_mut(&key) {
                 if e.actor.get_id() == dead_id {
-                    let st = KeyLimiterState { cell: Arc::clone(&e.cell), shared: Arc::clone(shared) };
-                    let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(None, KeyLimiter, st, me.get_cell())?;
+                    let st = KeyLimiterState {
+                        cell: Arc::clone(&e.cell),
+                        shared: Arc::clone(shared),
+                    };
+                    let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(
+                        None,
+                        KeyLimiter,
+                        st,
+                        me.get_cell(),
+                    )?;
                     shared.by_actor.insert(actor.get_id(), key.clone());
                     e.actor = actor;
                     shared.restarts.fetch_add(1, Ordering::Relaxed);
@@ -369,15 +411,28 @@ impl KeyLimiters {
             dashmap::Entry::Occupied(o) => o.get().actor.clone(),
             dashmap::Entry::Vacant(v) => {
                 let now_ms = SystemClock.now_us() / 1_000;
-                let cell = s.writebehind.pending_cell(key_id).unwrap_or_else(|| Arc::new(KeyCell::new(key_id.to_string(), now_ms)));
+                let cell = s
+                    .writebehind
+                    .pending_cell(key_id)
+                    .unwrap_or_else(|| Arc::new(KeyCell::new(key_id.to_string(), now_ms)));
                 cell.touch(now_ms * 1_000);
-                let st = KeyLimiterState { cell: Arc::clone(&cell), shared: Arc::clone(s) };
-                let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(None, KeyLimiter, st, sup).map_err(|e| {
+                let st = KeyLimiterState {
+                    cell: Arc::clone(&cell),
+                    shared: Arc::clone(s),
+                };
+                let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(
+                    None, KeyLimiter, st, sup,
+                )
+                .map_err(|e| {
                     tracing::error!(error = %e, "KeyLimiter spawn failed");
                     LimiterError::Unavailable
                 })?;
                 s.by_actor.insert(actor.get_id(), key_id.to_string());
-                v.insert(Entry { actor: actor.clone(), cell, passivating: Arc::new(AtomicBool::new(false)) });
+                v.insert(Entry {
+                    actor: actor.clone(),
+                    cell,
+                    passivating: Arc::new(AtomicBool::new(false)),
+                });
                 s.activations.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(metric::ACTIVATIONS).increment(1);
                 actor
@@ -406,7 +461,9 @@ impl KeyLimiters {
                         // activation starts a new actor on the same state.
                         let id = actor.get_id();
                         if matches!(actor.get_status(), ractor::ActorStatus::Stopped) {
-                            self.shared.entries.remove_if(key_id, |_, e| e.actor.get_id() == id);
+                            self.shared
+                                .entries
+                                .remove_if(key_id, |_, e| e.actor.get_id() == id);
                         }
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     } else {
@@ -419,13 +476,28 @@ impl KeyLimiters {
     }
 
     /// Checks `cost` for a key at `now_us`.
-    pub async fn check(&self, key_id: &str, cost: u64, now_us: Micros) -> Result<Result<CheckResult, CheckError>, LimiterError> {
-        self.ask(key_id, |reply| KeyMsg::Check { cost, now_us, reply }).await
+    pub async fn check(
+        &self,
+        key_id: &str,
+        cost: u64,
+        now_us: Micros,
+    ) -> Result<Result<CheckResult, CheckError>, LimiterError> {
+        self.ask(key_id, |reply| KeyMsg::Check {
+            cost,
+            now_us,
+            reply,
+        })
+        .await
     }
 
     /// The live state of a key's limits.
-    pub async fn peek(&self, key_id: &str, now_us: Micros) -> Result<Vec<LimitUsage>, LimiterError> {
-        self.ask(key_id, |reply| KeyMsg::Peek { now_us, reply }).await
+    pub async fn peek(
+        &self,
+        key_id: &str,
+        now_us: Micros,
+    ) -> Result<Vec<LimitUsage>, LimiterError> {
+        self.ask(key_id, |reply| KeyMsg::Peek { now_us, reply })
+            .await
     }
 
     /// Whether a key has an active actor.
@@ -467,7 +539,12 @@ impl KeyLimiters {
     pub async fn passivate_all(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let actors: Vec<_> = self.shared.entries.iter().map(|e| e.actor.clone()).collect();
+            let actors: Vec<_> = self
+                .shared
+                .entries
+                .iter()
+                .map(|e| e.actor.clone())
+                .collect();
             if actors.is_empty() {
                 return true;
             }
@@ -483,7 +560,11 @@ impl KeyLimiters {
 
     /// The keys with an active actor.
     pub fn active_keys(&self) -> Vec<String> {
-        self.shared.entries.iter().map(|e| e.key().clone()).collect()
+        self.shared
+            .entries
+            .iter()
+            .map(|e| e.key().clone())
+            .collect()
     }
 
     /// Passivates the given keys and waits (up to `timeout`) until none of
@@ -491,7 +572,10 @@ impl KeyLimiters {
     pub async fn passivate_keys(&self, keys: &[String], timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let live: Vec<_> = keys.iter().filter_map(|k| self.shared.entries.get(k).map(|e| e.actor.clone())).collect();
+            let live: Vec<_> = keys
+                .iter()
+                .filter_map(|k| self.shared.entries.get(k).map(|e| e.actor.clone()))
+                .collect();
             if live.is_empty() {
                 return true;
             }

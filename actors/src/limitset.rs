@@ -1,9 +1,9 @@
 //! The limits of one key, checked all-or-nothing.
 
 use crate::algo::{AlgoState, Algorithm, Micros, US_PER_MS};
+use ringlimit_protocol::LimitSpec;
 use ringlimit_protocol::admin::LimitUsage;
 use ringlimit_protocol::validate::LimitStatus;
-use ringlimit_protocol::LimitSpec;
 use serde::{Deserialize, Serialize};
 
 /// One limit and its algorithm state.
@@ -35,7 +35,11 @@ pub struct CheckResult {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
     #[error("cost {cost} exceeds the capacity {capacity} of limit '{limit}'")]
-    CostExceedsCapacity { limit: String, capacity: u64, cost: u64 },
+    CostExceedsCapacity {
+        limit: String,
+        capacity: u64,
+        cost: u64,
+    },
     #[error("the key has no limits configured")]
     NoLimits,
 }
@@ -66,7 +70,10 @@ impl LimitSet {
                     }
                     e
                 }
-                None => LimitEntry { spec: spec.clone(), algo: AlgoState::new(spec) },
+                None => LimitEntry {
+                    spec: spec.clone(),
+                    algo: AlgoState::new(spec),
+                },
             };
             self.entries.push(entry);
         }
@@ -85,7 +92,11 @@ impl LimitSet {
                 cost,
             });
         }
-        let decisions: Vec<_> = self.entries.iter().map(|e| e.algo.evaluate(now, cost)).collect();
+        let decisions: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| e.algo.evaluate(now, cost))
+            .collect();
         let allowed = decisions.iter().all(|d| d.allowed);
         if allowed {
             for e in &mut self.entries {
@@ -104,7 +115,11 @@ impl LimitSet {
                     denied_by = Some(e.spec.name.clone());
                 }
                 // A limit that would have allowed keeps its units when another denies.
-                let remaining = if !allowed && d.allowed { d.remaining.saturating_add(cost).min(d.limit) } else { d.remaining };
+                let remaining = if !allowed && d.allowed {
+                    d.remaining.saturating_add(cost).min(d.limit)
+                } else {
+                    d.remaining
+                };
                 LimitStatus {
                     name: e.spec.name.clone(),
                     limit: d.limit,
@@ -128,7 +143,11 @@ impl LimitSet {
             .iter()
             .map(|e| {
                 let d = e.algo.evaluate(now, 1);
-                let remaining = if d.allowed { d.remaining + 1 } else { d.remaining };
+                let remaining = if d.allowed {
+                    d.remaining + 1
+                } else {
+                    d.remaining
+                };
                 let remaining = remaining.min(d.limit);
                 LimitUsage {
                     name: e.spec.name.clone(),
@@ -161,7 +180,13 @@ mod tests {
     use ringlimit_protocol::AlgorithmKind;
 
     fn spec(name: &str, alg: AlgorithmKind, limit: u64, window_ms: u64) -> LimitSpec {
-        LimitSpec { name: name.into(), algorithm: alg, limit, window_ms, burst: None }
+        LimitSpec {
+            name: name.into(),
+            algorithm: alg,
+            limit,
+            window_ms,
+            burst: None,
+        }
     }
 
     const S: u64 = 1_000_000;
@@ -188,7 +213,10 @@ mod tests {
         let r = set.check(t1, 1).unwrap();
         assert!(!r.allowed);
         assert_eq!(r.denied_by.as_deref(), Some("per-minute"));
-        assert_eq!(r.limits[0].remaining, 3, "per-second keeps what the denial did not spend");
+        assert_eq!(
+            r.limits[0].remaining, 3,
+            "per-second keeps what the denial did not spend"
+        );
         // Cost 3 is denied by per-minute (0 left) and spends nothing from per-second.
         let r = set.check(t1, 3).unwrap();
         assert!(!r.allowed);
@@ -200,7 +228,11 @@ mod tests {
         let mut set = LimitSet::new(&[spec("a", AlgorithmKind::FixedWindow, 10, 1_000)]);
         assert_eq!(
             set.check(0, 11),
-            Err(CheckError::CostExceedsCapacity { limit: "a".into(), capacity: 10, cost: 11 })
+            Err(CheckError::CostExceedsCapacity {
+                limit: "a".into(),
+                capacity: 10,
+                cost: 11
+            })
         );
         assert!(set.check(0, 10).unwrap().allowed);
     }
@@ -211,7 +243,10 @@ mod tests {
         for _ in 0..4 {
             set.check(0, 1).unwrap();
         }
-        set.reconcile(&[spec("a", AlgorithmKind::FixedWindow, 5, 60_000), spec("b", AlgorithmKind::FixedWindow, 2, 1_000)]);
+        set.reconcile(&[
+            spec("a", AlgorithmKind::FixedWindow, 5, 60_000),
+            spec("b", AlgorithmKind::FixedWindow, 2, 1_000),
+        ]);
         let r = set.check(0, 1).unwrap();
         assert!(r.allowed);
         assert_eq!(r.limits[0].remaining, 0);

@@ -7,22 +7,34 @@ use crate::limiter::{Clock, KeyLimiters};
 use crate::limitset::{CheckError, CheckResult};
 use crate::storage::{KeyFilter, Store, StoreError, TierRecord};
 use ringlimit_protocol::admin::{
-    CreateKeyRequest, Granularity, KeyPage, KeyStatus, KeyView, KeyWithSecret, LimitUsage, TierView, UpdateKeyRequest,
-    UsageBucket, UsageLimits,
+    CreateKeyRequest, Granularity, KeyPage, KeyStatus, KeyView, KeyWithSecret, LimitUsage,
+    TierView, UpdateKeyRequest, UsageBucket, UsageLimits,
 };
 use ringlimit_protocol::limits::validate_limits;
-use ringlimit_protocol::{apikey, LimitSpec};
+use ringlimit_protocol::{LimitSpec, apikey};
 use std::sync::Arc;
 
 /// The answer to a validate call, before it becomes HTTP.
 #[derive(Debug, Clone)]
 pub enum ValidateOutcome {
-    Allowed { key: Arc<KeyRecord>, result: CheckResult },
-    Denied { key: Arc<KeyRecord>, result: CheckResult },
+    Allowed {
+        key: Arc<KeyRecord>,
+        result: CheckResult,
+    },
+    Denied {
+        key: Arc<KeyRecord>,
+        result: CheckResult,
+    },
     /// Unknown key, wrong secret, expired old secret or revoked key: all alike.
     Unauthorized,
-    Suspended { key: Arc<KeyRecord>, until_ms: Option<u64> },
-    Rejected { key: Arc<KeyRecord>, error: CheckError },
+    Suspended {
+        key: Arc<KeyRecord>,
+        until_ms: Option<u64>,
+    },
+    Rejected {
+        key: Arc<KeyRecord>,
+        error: CheckError,
+    },
     Unavailable,
 }
 
@@ -40,7 +52,10 @@ pub enum AdminError {
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> AdminError {
-    AdminError::Invalid { field: field.into(), message: message.into() }
+    AdminError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Longest owner name, tier name and metadata (serialized).
@@ -69,7 +84,9 @@ pub enum Change {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("keys", &self.source.keys.len()).finish()
+        f.debug_struct("Service")
+            .field("keys", &self.source.keys.len())
+            .finish()
     }
 }
 
@@ -118,12 +135,18 @@ impl Service {
             let _ = keys::verify_unknown(&SecretHash::of(api_key));
             return ValidateOutcome::Unauthorized;
         };
-        self.validate_hashed(key_id, &SecretHash::of(secret), cost).await
+        self.validate_hashed(key_id, &SecretHash::of(secret), cost)
+            .await
     }
 
     /// Validate for a key_id and the SHA-256 of the presented secret (what a
     /// forwarded check carries: the secret never leaves the receiving node).
-    pub async fn validate_hashed(&self, key_id: &str, presented: &SecretHash, cost: u64) -> ValidateOutcome {
+    pub async fn validate_hashed(
+        &self,
+        key_id: &str,
+        presented: &SecretHash,
+        cost: u64,
+    ) -> ValidateOutcome {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1_000;
         let Some(key) = self.source.keys.get(key_id) else {
@@ -134,7 +157,10 @@ impl Service {
             return ValidateOutcome::Unauthorized;
         }
         if key.suspended_at(now_ms) {
-            return ValidateOutcome::Suspended { until_ms: key.suspended_until_ms, key };
+            return ValidateOutcome::Suspended {
+                until_ms: key.suspended_until_ms,
+                key,
+            };
         }
         match self.limiters.check(key_id, cost, now_us).await {
             Ok(Ok(result)) if result.allowed => ValidateOutcome::Allowed { key, result },
@@ -201,15 +227,27 @@ impl Service {
 
     fn check_owner(owner: &str) -> Result<(), AdminError> {
         if owner.is_empty() || owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control) {
-            return Err(invalid("owner", format!("must be 1 to {MAX_OWNER_LEN} printable characters")));
+            return Err(invalid(
+                "owner",
+                format!("must be 1 to {MAX_OWNER_LEN} printable characters"),
+            ));
         }
         Ok(())
     }
 
     fn check_tier(&self, tier: &str) -> Result<(), AdminError> {
         if self.source.catalog.tier(tier).is_none() {
-            let names: Vec<_> = self.source.catalog.tiers().into_iter().map(|t| t.name).collect();
-            return Err(invalid("tier", format!("unknown tier '{tier}'; known tiers: {}", names.join(", "))));
+            let names: Vec<_> = self
+                .source
+                .catalog
+                .tiers()
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            return Err(invalid(
+                "tier",
+                format!("unknown tier '{tier}'; known tiers: {}", names.join(", ")),
+            ));
         }
         Ok(())
     }
@@ -221,7 +259,10 @@ impl Service {
     fn check_metadata(m: &ringlimit_protocol::admin::Metadata) -> Result<(), AdminError> {
         let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_METADATA_BYTES {
-            return Err(invalid("metadata", format!("must serialize to at most {MAX_METADATA_BYTES} bytes")));
+            return Err(invalid(
+                "metadata",
+                format!("must serialize to at most {MAX_METADATA_BYTES} bytes"),
+            ));
         }
         Ok(())
     }
@@ -282,14 +323,22 @@ impl Service {
         };
         let view = self.view(&rec);
         self.commit(rec).await?;
-        Ok(KeyWithSecret { api_key: apikey::format(&key_id, &secret), key: view })
+        Ok(KeyWithSecret {
+            api_key: apikey::format(&key_id, &secret),
+            key: view,
+        })
     }
 
     pub async fn get_key(&self, key_id: &str) -> Result<KeyView, AdminError> {
         Ok(self.view(&self.existing(key_id).await?))
     }
 
-    pub async fn list_keys(&self, filter: &KeyFilter, after: Option<&str>, limit: usize) -> Result<KeyPage, AdminError> {
+    pub async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, AdminError> {
         let limit = limit.clamp(1, 1_000);
         let mut keys = self.store.list_keys(filter, after, limit + 1).await?;
         let next_page = if keys.len() > limit {
@@ -298,10 +347,17 @@ impl Service {
         } else {
             None
         };
-        Ok(KeyPage { keys: keys.iter().map(|k| self.view(k)).collect(), next_page })
+        Ok(KeyPage {
+            keys: keys.iter().map(|k| self.view(k)).collect(),
+            next_page,
+        })
     }
 
-    pub async fn update_key(&self, key_id: &str, req: UpdateKeyRequest) -> Result<KeyView, AdminError> {
+    pub async fn update_key(
+        &self,
+        key_id: &str,
+        req: UpdateKeyRequest,
+    ) -> Result<KeyView, AdminError> {
         if let Some(o) = &req.owner {
             Self::check_owner(o)?;
         }
@@ -317,7 +373,10 @@ impl Service {
         let _g = self.admin_lock.lock().await;
         let mut rec = self.existing(key_id).await?;
         if rec.status == KeyStatus::Revoked {
-            return Err(invalid("status", "the key is revoked; revoked keys cannot be changed"));
+            return Err(invalid(
+                "status",
+                "the key is revoked; revoked keys cannot be changed",
+            ));
         }
         if let Some(o) = req.owner {
             rec.owner = o;
@@ -333,7 +392,10 @@ impl Service {
         }
         if let Some(s) = req.status {
             if s == KeyStatus::Revoked {
-                return Err(invalid("status", "use DELETE /api/v1/keys/{key_id} to revoke"));
+                return Err(invalid(
+                    "status",
+                    "use DELETE /api/v1/keys/{key_id} to revoke",
+                ));
             }
             rec.status = s;
             if s != KeyStatus::Suspended {
@@ -348,7 +410,12 @@ impl Service {
     }
 
     /// Suspends a key until `until_ms` (or until lifted, when `None`).
-    pub async fn suspend_key(&self, key_id: &str, until_ms: Option<u64>, reason: &str) -> Result<KeyView, AdminError> {
+    pub async fn suspend_key(
+        &self,
+        key_id: &str,
+        until_ms: Option<u64>,
+        reason: &str,
+    ) -> Result<KeyView, AdminError> {
         let _g = self.admin_lock.lock().await;
         let mut rec = self.existing(key_id).await?;
         if rec.status == KeyStatus::Revoked {
@@ -380,14 +447,24 @@ impl Service {
     }
 
     /// Issues a new secret; the old one keeps validating for `grace_ms`.
-    pub async fn rotate_key(&self, key_id: &str, grace_ms: u64) -> Result<KeyWithSecret, AdminError> {
+    pub async fn rotate_key(
+        &self,
+        key_id: &str,
+        grace_ms: u64,
+    ) -> Result<KeyWithSecret, AdminError> {
         if grace_ms > MAX_GRACE_MS {
-            return Err(invalid("grace_period_ms", format!("must be at most {MAX_GRACE_MS}")));
+            return Err(invalid(
+                "grace_period_ms",
+                format!("must be at most {MAX_GRACE_MS}"),
+            ));
         }
         let _g = self.admin_lock.lock().await;
         let mut rec = self.existing(key_id).await?;
         if rec.status == KeyStatus::Revoked {
-            return Err(invalid("status", "the key is revoked; revoked keys cannot be rotated"));
+            return Err(invalid(
+                "status",
+                "the key is revoked; revoked keys cannot be rotated",
+            ));
         }
         let (_, secret) = self.new_secret();
         let now = self.now_ms();
@@ -402,38 +479,73 @@ impl Service {
         rec.updated_at_ms = now;
         let view = self.view(&rec);
         self.commit(rec).await?;
-        Ok(KeyWithSecret { api_key: apikey::format(key_id, &secret), key: view })
+        Ok(KeyWithSecret {
+            api_key: apikey::format(key_id, &secret),
+            key: view,
+        })
     }
 
     pub fn list_tiers(&self) -> Vec<TierView> {
-        self.source.catalog.tiers().into_iter().map(|t| TierView { name: t.name, limits: t.limits }).collect()
+        self.source
+            .catalog
+            .tiers()
+            .into_iter()
+            .map(|t| TierView {
+                name: t.name,
+                limits: t.limits,
+            })
+            .collect()
     }
 
     pub fn get_tier(&self, name: &str) -> Result<TierView, AdminError> {
         self.source
             .catalog
             .tier(name)
-            .map(|l| TierView { name: name.to_string(), limits: l.as_ref().clone() })
+            .map(|l| TierView {
+                name: name.to_string(),
+                limits: l.as_ref().clone(),
+            })
             .ok_or_else(|| AdminError::NotFound(format!("tier '{}'", truncate(name))))
     }
 
     /// Replaces a tier's limits (or creates the tier); the next check of every key on it uses them.
-    pub async fn put_tier(&self, name: &str, limits: Vec<LimitSpec>) -> Result<TierView, AdminError> {
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(invalid("name", "tier names are 1 to 64 characters of letters, digits, '-' and '_'"));
+    pub async fn put_tier(
+        &self,
+        name: &str,
+        limits: Vec<LimitSpec>,
+    ) -> Result<TierView, AdminError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "name",
+                "tier names are 1 to 64 characters of letters, digits, '-' and '_'",
+            ));
         }
         Self::check_limits(&limits)?;
         let _g = self.admin_lock.lock().await;
-        let rec = TierRecord { name: name.to_string(), limits };
+        let rec = TierRecord {
+            name: name.to_string(),
+            limits,
+        };
         self.store.put_tier(&rec).await?;
         self.source.catalog.set_tier(rec.clone());
         self.changed(Change::Tier(rec.name.clone()));
-        Ok(TierView { name: rec.name, limits: rec.limits })
+        Ok(TierView {
+            name: rec.name,
+            limits: rec.limits,
+        })
     }
 
     pub async fn usage_current(&self, key_id: &str) -> Result<Vec<LimitUsage>, AdminError> {
         let rec = self.existing(key_id).await?;
-        self.limiters.peek(&rec.key_id, self.clock.now_us()).await.map_err(|_| AdminError::Unavailable)
+        self.limiters
+            .peek(&rec.key_id, self.clock.now_us())
+            .await
+            .map_err(|_| AdminError::Unavailable)
     }
 
     pub async fn usage_limits(&self, key_id: &str) -> Result<UsageLimits, AdminError> {
@@ -454,7 +566,10 @@ impl Service {
         to_ms: u64,
     ) -> Result<Vec<UsageBucket>, AdminError> {
         let rec = self.existing(key_id).await?;
-        Ok(self.store.usage_history(&rec.key_id, granularity, from_ms, to_ms).await?)
+        Ok(self
+            .store
+            .usage_history(&rec.key_id, granularity, from_ms, to_ms)
+            .await?)
     }
 }
 

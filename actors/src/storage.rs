@@ -4,8 +4,8 @@
 
 use crate::keys::{KeyRecord, SecretHash};
 use async_trait::async_trait;
-use ringlimit_protocol::admin::{Granularity, KeyStatus, UsageBucket};
 use ringlimit_protocol::LimitSpec;
+use ringlimit_protocol::admin::{Granularity, KeyStatus, UsageBucket};
 
 /// Errors of a storage backend.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,7 +74,12 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The key whose current or previous secret hash is `hash`.
     async fn key_id_by_hash(&self, hash: &SecretHash) -> Result<Option<String>, StoreError>;
     /// Keys in key_id order, strictly after `after`, at most `limit`, matching `filter`.
-    async fn list_keys(&self, filter: &KeyFilter, after: Option<&str>, limit: usize) -> Result<Vec<KeyRecord>, StoreError>;
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError>;
     /// Every key, to warm the cache at start-up.
     async fn load_all_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
 }

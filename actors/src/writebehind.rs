@@ -15,8 +15,8 @@
 use crate::cell::{KeyCell, UsageCell};
 use crate::storage::{SnapshotStore, StoreError, UsageRow, UsageStore};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Tuning of the write-behind.
@@ -32,7 +32,11 @@ pub struct WriteBehindConfig {
 
 impl Default for WriteBehindConfig {
     fn default() -> Self {
-        WriteBehindConfig { interval: Duration::from_millis(100), max_batch: 50_000, max_pending: 1_000_000 }
+        WriteBehindConfig {
+            interval: Duration::from_millis(100),
+            max_batch: 50_000,
+            max_pending: 1_000_000,
+        }
     }
 }
 
@@ -65,7 +69,10 @@ pub struct WriteBehind {
 
 impl std::fmt::Debug for WriteBehind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteBehind").field("pending", &self.pending.len()).field("config", &self.config).finish()
+        f.debug_struct("WriteBehind")
+            .field("pending", &self.pending.len())
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -104,7 +111,11 @@ impl WriteBehind {
         if len >= self.config.max_pending {
             if !self.over_bound.swap(true, Ordering::Relaxed) {
                 metrics::counter!(metric::SATURATED).increment(1);
-                tracing::warn!(pending = len, bound = self.config.max_pending, "write-behind backlog reached its bound; passivation paused until it drains");
+                tracing::warn!(
+                    pending = len,
+                    bound = self.config.max_pending,
+                    "write-behind backlog reached its bound; passivation paused until it drains"
+                );
             }
         } else if len < self.config.max_pending / 2 {
             self.over_bound.store(false, Ordering::Relaxed);
@@ -143,8 +154,12 @@ impl WriteBehind {
 
     /// Writes every pending cell once.
     pub async fn flush_once(&self) -> Result<FlushReport, StoreError> {
-        let cells: Vec<Arc<KeyCell>> =
-            self.pending.iter().take(self.config.max_batch).map(|e| Arc::clone(e.value())).collect();
+        let cells: Vec<Arc<KeyCell>> = self
+            .pending
+            .iter()
+            .take(self.config.max_batch)
+            .map(|e| Arc::clone(e.value()))
+            .collect();
         metrics::gauge!(metric::PENDING).set(self.pending.len() as f64);
         if cells.is_empty() {
             return Ok(FlushReport::default());
@@ -190,13 +205,22 @@ impl WriteBehind {
                 }
             });
         }
-        self.stats.keys_written.fetch_add(cells.len() as u64, Ordering::Relaxed);
+        self.stats
+            .keys_written
+            .fetch_add(cells.len() as u64, Ordering::Relaxed);
         metrics::histogram!(metric::FLUSH_KEYS).record(cells.len() as f64);
         metrics::histogram!(metric::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(FlushReport { keys: cells.len(), usage_rows: usage_rows.len() })
+        Ok(FlushReport {
+            keys: cells.len(),
+            usage_rows: usage_rows.len(),
+        })
     }
 
-    async fn write(&self, snaps: &[(String, Vec<u8>)], usage_rows: &[UsageRow]) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        snaps: &[(String, Vec<u8>)],
+        usage_rows: &[UsageRow],
+    ) -> Result<(), StoreError> {
         for s in &self.snapshot_sinks {
             s.save_snapshots(snaps).await?;
         }
@@ -227,7 +251,10 @@ impl WriteBehind {
     /// Starts the [`WriteBehindActor`], which flushes every interval until
     /// `stop` turns true (or its sender is dropped). The handle completes when
     /// the actor has stopped, after any flush in progress.
-    pub fn spawn(self: &Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         let wb = Arc::clone(self);
         tokio::spawn(async move {
             let (actor, handle) = match ractor::Actor::spawn(None, WriteBehindActor, wb).await {

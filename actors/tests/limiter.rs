@@ -70,26 +70,51 @@ struct Fixture {
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
-async fn fixture(keys: &[(&str, u64)], idle: Duration, max_active: usize, flush: Duration) -> Fixture {
-    let source = Arc::new(LimitsSource { catalog: Catalog::new([]), keys: Default::default() });
+async fn fixture(
+    keys: &[(&str, u64)],
+    idle: Duration,
+    max_active: usize,
+    flush: Duration,
+) -> Fixture {
+    let source = Arc::new(LimitsSource {
+        catalog: Catalog::new([]),
+        keys: Default::default(),
+    });
     for (id, l) in keys {
         source.keys.insert(key(id, *l));
     }
     let store = Arc::new(MemSnapshots::default());
     let sink: Arc<dyn SnapshotStore> = store.clone();
-    let wb = Arc::new(WriteBehind::new(vec![sink], None, WriteBehindConfig { interval: flush, ..Default::default() }));
+    let wb = Arc::new(WriteBehind::new(
+        vec![sink],
+        None,
+        WriteBehindConfig {
+            interval: flush,
+            ..Default::default()
+        },
+    ));
     let (stop, rx) = tokio::sync::watch::channel(false);
     wb.spawn(rx);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limiters = KeyLimiters::start(
         source,
         Arc::clone(&wb),
-        LimiterConfig { idle_timeout: idle, max_active, sweep_interval: Duration::from_millis(5), writer: "t".into() },
+        LimiterConfig {
+            idle_timeout: idle,
+            max_active,
+            sweep_interval: Duration::from_millis(5),
+            writer: "t".into(),
+        },
         clock,
     )
     .await
     .unwrap();
-    Fixture { limiters, wb, store, _stop: stop }
+    Fixture {
+        limiters,
+        wb,
+        store,
+        _stop: stop,
+    }
 }
 
 async fn check(l: &KeyLimiters, id: &str) -> (bool, u64) {
@@ -110,7 +135,13 @@ async fn eventually(mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passivation_by_cap_and_idle_keeps_counts() {
     let keys = [("a", 10), ("b", 10), ("c", 10), ("d", 10)];
-    let f = fixture(&keys, Duration::from_millis(40), 2, Duration::from_millis(10)).await;
+    let f = fixture(
+        &keys,
+        Duration::from_millis(40),
+        2,
+        Duration::from_millis(10),
+    )
+    .await;
     for i in 0..4 {
         assert_eq!(check(&f.limiters, "a").await, (true, 9 - i));
     }
@@ -125,8 +156,15 @@ async fn passivation_by_cap_and_idle_keeps_counts() {
     // Idle passivation: everything goes after 40 ms unused, and is written.
     eventually(|| f.limiters.stats().active == 0).await;
     eventually(|| f.wb.pending_len() == 0).await;
-    assert!(f.store.map.lock().contains_key("a"), "the passivated state was saved");
-    assert_eq!(check(&f.limiters, "a").await, (true, 4), "re-activation from the store resumes the count");
+    assert!(
+        f.store.map.lock().contains_key("a"),
+        "the passivated state was saved"
+    );
+    assert_eq!(
+        check(&f.limiters, "a").await,
+        (true, 4),
+        "re-activation from the store resumes the count"
+    );
     let s = f.limiters.stats();
     assert!(s.passivations >= 4, "{s:?}");
     assert!(s.activations >= 6, "{s:?}");
@@ -134,7 +172,13 @@ async fn passivation_by_cap_and_idle_keeps_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_restarts_a_failed_key_limiter_on_its_state() {
-    let f = fixture(&[("a", 10)], Duration::from_secs(60), 100, Duration::from_millis(10)).await;
+    let f = fixture(
+        &[("a", 10)],
+        Duration::from_secs(60),
+        100,
+        Duration::from_millis(10),
+    )
+    .await;
     check(&f.limiters, "a").await;
     check(&f.limiters, "a").await;
     let before = f.limiters.actor_id("a").unwrap();
@@ -142,7 +186,11 @@ async fn supervisor_restarts_a_failed_key_limiter_on_its_state() {
     eventually(|| f.limiters.stats().restarts == 1).await;
     let after = f.limiters.actor_id("a").unwrap();
     assert_ne!(before, after, "a new actor serves the key");
-    assert_eq!(check(&f.limiters, "a").await, (true, 7), "no count was lost in the restart");
+    assert_eq!(
+        check(&f.limiters, "a").await,
+        (true, 7),
+        "no count was lost in the restart"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +204,16 @@ async fn exact_counts_hold_while_actors_churn() {
         .map(|i| {
             let l = f.limiters.clone();
             let id = ids[(i * 7) % ids.len()].clone();
-            tokio::spawn(async move { (id.clone(), l.check(&id, 1, SystemClock.now_us()).await.unwrap().unwrap().allowed) })
+            tokio::spawn(async move {
+                (
+                    id.clone(),
+                    l.check(&id, 1, SystemClock.now_us())
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .allowed,
+                )
+            })
         })
         .collect();
     let mut allowed: HashMap<String, u32> = HashMap::new();
@@ -169,5 +226,8 @@ async fn exact_counts_hold_while_actors_churn() {
     for id in &ids {
         assert_eq!(allowed.get(id).copied().unwrap_or(0), 50, "key {id}");
     }
-    assert!(f.limiters.stats().passivations > 0, "the test did exercise passivation");
+    assert!(
+        f.limiters.stats().passivations > 0,
+        "the test did exercise passivation"
+    );
 }

@@ -24,22 +24,54 @@ fn main() {
                 .args(["start", own_dir.to_str().unwrap_or("/tmp/rl-bench-redis")])
                 .output()
                 .expect("scripts/redis.sh start");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            (String::from_utf8_lossy(&out.stdout).trim().to_string(), true)
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                true,
+            )
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        let redis = RedisSnapshots::connect(&url, Duration::from_secs(2)).await.expect("redis");
+        let redis = RedisSnapshots::connect(&url, Duration::from_secs(2))
+            .await
+            .expect("redis");
         let sink: Arc<dyn SnapshotStore> = Arc::new(redis);
         let specs = [
-            LimitSpec { name: "per-second".into(), algorithm: AlgorithmKind::SlidingWindow, limit: 100, window_ms: 1_000, burst: None },
-            LimitSpec { name: "per-month".into(), algorithm: AlgorithmKind::SlidingWindow, limit: 1_000_000, window_ms: 2_592_000_000, burst: None },
+            LimitSpec {
+                name: "per-second".into(),
+                algorithm: AlgorithmKind::SlidingWindow,
+                limit: 100,
+                window_ms: 1_000,
+                burst: None,
+            },
+            LimitSpec {
+                name: "per-month".into(),
+                algorithm: AlgorithmKind::SlidingWindow,
+                limit: 1_000_000,
+                window_ms: 2_592_000_000,
+                burst: None,
+            },
         ];
         println!("| dirty keys per flush | flushes | p50 | p99 | max | keys/s |");
         println!("|---:|---:|---:|---:|---:|---:|");
         for &n in &[100usize, 1_000, 10_000, 50_000] {
-            let wb = WriteBehind::new(vec![Arc::clone(&sink)], None, WriteBehindConfig { max_batch: n, ..Default::default() });
+            let wb = WriteBehind::new(
+                vec![Arc::clone(&sink)],
+                None,
+                WriteBehindConfig {
+                    max_batch: n,
+                    ..Default::default()
+                },
+            );
             let cells: Vec<Arc<KeyCell>> = (0..n)
                 .map(|i| {
                     let c = Arc::new(KeyCell::new(format!("bench{i:08}"), 0));
@@ -52,7 +84,10 @@ fn main() {
             for r in 0..rounds {
                 for (i, c) in cells.iter().enumerate() {
                     let mut g = c.lock();
-                    let _ = g.snap.limits.check(1_700_000_000_000_000 + (r * n + i) as u64, 1);
+                    let _ = g
+                        .snap
+                        .limits
+                        .check(1_700_000_000_000_000 + (r * n + i) as u64, 1);
                     let enqueue = c.mark_changed(&mut g);
                     drop(g);
                     if enqueue {

@@ -1,8 +1,8 @@
 //! Building a node from its config, serving, and shutting down.
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, ConfigError, LogFormat, RawConfig};
 use crate::http::{self, AppState, RequestIds};
-use crate::cluster::{Cluster, ClusterConfig};
 use crate::router::{Router, RouterConfig, RouterHandle};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisSnapshots;
@@ -16,8 +16,8 @@ use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Reads file, environment and flags into one validated config.
 pub fn load_config(
@@ -25,7 +25,11 @@ pub fn load_config(
     env: &dyn Fn(&str) -> Option<String>,
     flags: RawConfig,
 ) -> Result<Config, ConfigError> {
-    let file = file.map(Path::to_path_buf).or_else(|| env("RINGLIMIT_CONFIG").filter(|s| !s.is_empty()).map(Into::into));
+    let file = file.map(Path::to_path_buf).or_else(|| {
+        env("RINGLIMIT_CONFIG")
+            .filter(|s| !s.is_empty())
+            .map(Into::into)
+    });
     let from_file = match file {
         Some(p) => {
             let text = std::fs::read_to_string(&p).map_err(|e| ConfigError {
@@ -45,7 +49,10 @@ pub fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -110,18 +117,28 @@ pub fn scylla_options(config: &Config) -> ScyllaOptions {
 /// `ringlimit migrate`: applies the CQL migrations and reports what it did.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     if config.scylla_nodes.is_empty() {
-        anyhow::bail!("migrate needs scylla_nodes (RINGLIMIT_SCYLLA_NODES); the embedded store needs no migration");
+        anyhow::bail!(
+            "migrate needs scylla_nodes (RINGLIMIT_SCYLLA_NODES); the embedded store needs no migration"
+        );
     }
-    let report = crate::store::scylla::migrate_cluster(&config.scylla_nodes, &config.scylla_keyspace, &scylla_options(config))
-        .await
-        .context("applying CQL migrations")?;
+    let report = crate::store::scylla::migrate_cluster(
+        &config.scylla_nodes,
+        &config.scylla_keyspace,
+        &scylla_options(config),
+    )
+    .await
+    .context("applying CQL migrations")?;
     tracing::info!(keyspace = %config.scylla_keyspace, report = ?report, "migrations done");
     Ok(())
 }
 
 /// Runs a node until `shutdown` resolves, then drains and saves state.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
     let boot_ms = SystemClock.now_us() / 1_000;
     let store_dyn: Arc<dyn Store> = if config.scylla_nodes.is_empty() {
@@ -129,16 +146,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
         Arc::new(s)
     } else {
-        let s = ScyllaStore::connect(&config.scylla_nodes, &config.scylla_keyspace, scylla_options(&config))
-            .await
-            .context("connecting to ScyllaDB (scylla_nodes)")?;
+        let s = ScyllaStore::connect(
+            &config.scylla_nodes,
+            &config.scylla_keyspace,
+            scylla_options(&config),
+        )
+        .await
+        .context("connecting to ScyllaDB (scylla_nodes)")?;
         tracing::info!(nodes = ?config.scylla_nodes, keyspace = %config.scylla_keyspace, "ScyllaDB store connected");
         Arc::new(s)
     };
     let store = store_dyn.clone();
     // Live counter state goes to Redis when one is configured, else to the embedded store.
     let snapshots: Arc<dyn SnapshotStore> = if let Some(url) = &config.redis_url {
-        let r = RedisSnapshots::connect(url, config.redis_timeout).await.context("connecting to redis_url")?;
+        let r = RedisSnapshots::connect(url, config.redis_timeout)
+            .await
+            .context("connecting to redis_url")?;
         tracing::info!(redis = %url, "counter state is written behind to Redis");
         Arc::new(r)
     } else if !config.redis_cluster_nodes.is_empty() {
@@ -152,11 +175,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     let usage: Arc<dyn UsageStore> = store_dyn.clone();
 
-    let source = Arc::new(LimitsSource { catalog: Catalog::new(config.tiers.clone()), keys: Default::default() });
+    let source = Arc::new(LimitsSource {
+        catalog: Catalog::new(config.tiers.clone()),
+        keys: Default::default(),
+    });
     let wb = Arc::new(WriteBehind::new(
         vec![snapshots],
         Some(usage),
-        WriteBehindConfig { interval: config.flush_interval, max_pending: config.max_pending_keys, ..Default::default() },
+        WriteBehindConfig {
+            interval: config.flush_interval,
+            max_pending: config.max_pending_keys,
+            ..Default::default()
+        },
     ));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let limiters = KeyLimiters::start(
@@ -165,14 +195,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         LimiterConfig {
             idle_timeout: config.idle_timeout,
             max_active: config.max_active_keys,
-            sweep_interval: (config.idle_timeout / 4).clamp(std::time::Duration::from_millis(5), std::time::Duration::from_secs(1)),
+            sweep_interval: (config.idle_timeout / 4).clamp(
+                std::time::Duration::from_millis(5),
+                std::time::Duration::from_secs(1),
+            ),
             writer: format!("{}#{boot_ms}", config.node_name),
         },
         Arc::clone(&clock),
     )
     .await
     .context("starting the key limiters")?;
-    let service = Arc::new(Service::new(source, limiters.clone(), store_dyn, clock, os_random));
+    let service = Arc::new(Service::new(
+        source,
+        limiters.clone(),
+        store_dyn,
+        clock,
+        os_random,
+    ));
     let n = service.warm().await.context("loading keys")?;
     tracing::info!(keys = n, "key cache warmed");
 
@@ -181,7 +220,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Arc::clone(&wb),
         RouterConfig {
             fail_closed_tiers: config.fail_closed_tiers.iter().cloned().collect(),
-            handoff_wait: config.heartbeat_timeout.max(std::time::Duration::from_secs(2)),
+            handoff_wait: config
+                .heartbeat_timeout
+                .max(std::time::Duration::from_secs(2)),
             passivate_timeout: config.shutdown_timeout,
         },
         config.cluster_addr.is_some() && !config.seeds.is_empty(),
@@ -195,7 +236,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         );
         cc.heartbeat_timeout = config.heartbeat_timeout;
         cc.advertise_addr = config.advertise_addr.clone();
-        cc.heartbeat_interval = (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
+        cc.heartbeat_interval =
+            (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
         let cluster = Cluster::start(cc, Arc::new(RouterHandle(Arc::clone(&router))))
             .await
             .context("starting the cluster layer")?;
@@ -218,7 +260,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         });
     }
 
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
     let ready = Arc::new(AtomicBool::new(false));
     let config = Arc::new(config);
     let state = AppState {
@@ -230,8 +274,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         metrics,
     };
     let ids = RequestIds::new(random_hex(4));
-    let data_l = tokio::net::TcpListener::bind(config.data_addr).await.with_context(|| format!("binding data_addr {}", config.data_addr))?;
-    let admin_l = tokio::net::TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding admin_addr {}", config.admin_addr))?;
+    let data_l = tokio::net::TcpListener::bind(config.data_addr)
+        .await
+        .with_context(|| format!("binding data_addr {}", config.data_addr))?;
+    let admin_l = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding admin_addr {}", config.admin_addr))?;
     let data_addr = data_l.local_addr()?;
     let admin_addr = admin_l.local_addr()?;
 
@@ -269,7 +317,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let _ = data_srv.await;
         let _ = admin_srv.await;
     };
-    if tokio::time::timeout(config.shutdown_timeout, drain).await.is_err() {
+    if tokio::time::timeout(config.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests did not finish in time");
     }
     let _ = flusher.await;
@@ -278,7 +329,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     match wb.drain(5).await {
         Ok(()) => tracing::info!("state saved"),
-        Err(e) => tracing::error!(error = %e, pending = wb.pending_len(), "could not save all state"),
+        Err(e) => {
+            tracing::error!(error = %e, pending = wb.pending_len(), "could not save all state")
+        }
     }
     limiters.stop();
     if let Some(c) = router.cluster() {

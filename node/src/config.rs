@@ -23,7 +23,10 @@ pub struct ConfigError {
 }
 
 fn bad(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Settings as read from one source; absent means "not set here".
@@ -98,7 +101,9 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
 ];
 
 fn parse_num<T: std::str::FromStr>(env: &str, v: &str) -> Result<T, ConfigError> {
-    v.trim().parse().map_err(|_| bad(env, format!("'{v}' is not a valid number")))
+    v.trim()
+        .parse()
+        .map_err(|_| bad(env, format!("'{v}' is not a valid number")))
 }
 
 impl RawConfig {
@@ -123,7 +128,9 @@ impl RawConfig {
                 "RINGLIMIT_IDLE_TIMEOUT_MS" => r.idle_timeout_ms = Some(parse_num(env, &v)?),
                 "RINGLIMIT_MAX_ACTIVE_KEYS" => r.max_active_keys = Some(parse_num(env, &v)?),
                 "RINGLIMIT_FLUSH_INTERVAL_MS" => r.flush_interval_ms = Some(parse_num(env, &v)?),
-                "RINGLIMIT_SHUTDOWN_TIMEOUT_MS" => r.shutdown_timeout_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_SHUTDOWN_TIMEOUT_MS" => {
+                    r.shutdown_timeout_ms = Some(parse_num(env, &v)?)
+                }
                 "RINGLIMIT_REDIS_URL" => r.redis_url = Some(v),
                 "RINGLIMIT_REDIS_CLUSTER_NODES" => r.redis_cluster_nodes = Some(v),
                 "RINGLIMIT_REDIS_TIMEOUT_MS" => r.redis_timeout_ms = Some(parse_num(env, &v)?),
@@ -134,7 +141,9 @@ impl RawConfig {
                 "RINGLIMIT_CLUSTER_ADDR" => r.cluster_addr = Some(v),
                 "RINGLIMIT_SEEDS" => r.seeds = Some(v),
                 "RINGLIMIT_COOKIE" => r.cookie = Some(v),
-                "RINGLIMIT_HEARTBEAT_TIMEOUT_MS" => r.heartbeat_timeout_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_HEARTBEAT_TIMEOUT_MS" => {
+                    r.heartbeat_timeout_ms = Some(parse_num(env, &v)?)
+                }
                 "RINGLIMIT_FAIL_CLOSED_TIERS" => r.fail_closed_tiers = Some(v),
                 "RINGLIMIT_ADVERTISE_ADDR" => r.advertise_addr = Some(v),
                 _ => {}
@@ -162,10 +171,32 @@ impl RawConfig {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
         }
         take!(
-            data_addr, admin_addr, admin_token, data_dir, log_format, log_level, node_name, max_body_bytes, max_batch,
-            idle_timeout_ms, max_active_keys, flush_interval_ms, shutdown_timeout_ms, redis_url, redis_cluster_nodes,
-            redis_timeout_ms, max_pending_keys, scylla_nodes,
-            scylla_keyspace, scylla_replication, cluster_addr, seeds, cookie, heartbeat_timeout_ms, fail_closed_tiers, advertise_addr
+            data_addr,
+            admin_addr,
+            admin_token,
+            data_dir,
+            log_format,
+            log_level,
+            node_name,
+            max_body_bytes,
+            max_batch,
+            idle_timeout_ms,
+            max_active_keys,
+            flush_interval_ms,
+            shutdown_timeout_ms,
+            redis_url,
+            redis_cluster_nodes,
+            redis_timeout_ms,
+            max_pending_keys,
+            scylla_nodes,
+            scylla_keyspace,
+            scylla_replication,
+            cluster_addr,
+            seeds,
+            cookie,
+            heartbeat_timeout_ms,
+            fail_closed_tiers,
+            advertise_addr
         );
         if let Some(t) = over.tiers {
             self.tiers.get_or_insert_with(BTreeMap::new).extend(t);
@@ -220,8 +251,20 @@ pub struct Config {
     pub tiers: Vec<TierRecord>,
 }
 
-fn lim(name: &str, algorithm: AlgorithmKind, limit: u64, window_ms: u64, burst: Option<u64>) -> LimitSpec {
-    LimitSpec { name: name.into(), algorithm, limit, window_ms, burst }
+fn lim(
+    name: &str,
+    algorithm: AlgorithmKind,
+    limit: u64,
+    window_ms: u64,
+    burst: Option<u64>,
+) -> LimitSpec {
+    LimitSpec {
+        name: name.into(),
+        algorithm,
+        limit,
+        window_ms,
+        burst,
+    }
 }
 
 const SECOND: u64 = 1_000;
@@ -234,7 +277,10 @@ pub fn default_tiers() -> Vec<TierRecord> {
     vec![
         TierRecord {
             name: "free".into(),
-            limits: vec![lim("per-second", SlidingWindow, 10, SECOND, None), lim("per-hour", SlidingWindow, 1_000, HOUR, None)],
+            limits: vec![
+                lim("per-second", SlidingWindow, 10, SECOND, None),
+                lim("per-hour", SlidingWindow, 1_000, HOUR, None),
+            ],
         },
         TierRecord {
             name: "pro".into(),
@@ -271,15 +317,27 @@ fn host_port(field: &str, v: &str) -> Result<(), ConfigError> {
 
 fn list(v: &Option<String>) -> Vec<String> {
     v.as_deref()
-        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 impl Config {
     /// Applies defaults and checks every field.
     pub fn from_raw(r: RawConfig) -> Result<Config, ConfigError> {
-        let data_addr = addr("data_addr", r.data_addr.as_deref().unwrap_or("127.0.0.1:8080"))?;
-        let admin_addr = addr("admin_addr", r.admin_addr.as_deref().unwrap_or("127.0.0.1:8081"))?;
+        let data_addr = addr(
+            "data_addr",
+            r.data_addr.as_deref().unwrap_or("127.0.0.1:8080"),
+        )?;
+        let admin_addr = addr(
+            "admin_addr",
+            r.admin_addr.as_deref().unwrap_or("127.0.0.1:8081"),
+        )?;
         if data_addr == admin_addr && data_addr.port() != 0 {
             return Err(bad("admin_addr", "must differ from data_addr"));
         }
@@ -291,15 +349,31 @@ impl Config {
         let log_format = match r.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(bad("log_format", format!("'{other}' is not one of text, json"))),
+            other => {
+                return Err(bad(
+                    "log_format",
+                    format!("'{other}' is not one of text, json"),
+                ));
+            }
         };
         let log_level = r.log_level.clone().unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(bad("log_level", format!("'{log_level}' is not a valid filter (e.g. info, debug)")));
+            return Err(bad(
+                "log_level",
+                format!("'{log_level}' is not a valid filter (e.g. info, debug)"),
+            ));
         }
         let node_name = r.node_name.clone().unwrap_or_else(|| "node-1".into());
-        if node_name.is_empty() || node_name.len() > 64 || !node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-            return Err(bad("node_name", "must be 1 to 64 characters of letters, digits, '-', '_' and '.'"));
+        if node_name.is_empty()
+            || node_name.len() > 64
+            || !node_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(bad(
+                "node_name",
+                "must be 1 to 64 characters of letters, digits, '-', '_' and '.'",
+            ));
         }
         let max_body_bytes = r.max_body_bytes.unwrap_or(64 * 1024);
         if !(256..=64 * 1024 * 1024).contains(&max_body_bytes) {
@@ -332,7 +406,10 @@ impl Config {
             host_port("redis_cluster_nodes", n)?;
         }
         if r.redis_url.is_some() && !redis_cluster_nodes.is_empty() {
-            return Err(bad("redis_cluster_nodes", "set either redis_url or redis_cluster_nodes, not both"));
+            return Err(bad(
+                "redis_cluster_nodes",
+                "set either redis_url or redis_cluster_nodes, not both",
+            ));
         }
         let redis_timeout_ms = r.redis_timeout_ms.unwrap_or(250);
         if !(1..=60_000).contains(&redis_timeout_ms) {
@@ -346,24 +423,48 @@ impl Config {
         for n in &scylla_nodes {
             host_port("scylla_nodes", n)?;
         }
-        let scylla_keyspace = r.scylla_keyspace.clone().unwrap_or_else(|| "ringlimit".into());
-        if scylla_keyspace.is_empty() || scylla_keyspace.len() > 48 || !scylla_keyspace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(bad("scylla_keyspace", "must be 1 to 48 characters of letters, digits and '_'"));
+        let scylla_keyspace = r
+            .scylla_keyspace
+            .clone()
+            .unwrap_or_else(|| "ringlimit".into());
+        if scylla_keyspace.is_empty()
+            || scylla_keyspace.len() > 48
+            || !scylla_keyspace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(bad(
+                "scylla_keyspace",
+                "must be 1 to 48 characters of letters, digits and '_'",
+            ));
         }
-        let cluster_addr = r.cluster_addr.as_deref().map(|a| addr("cluster_addr", a)).transpose()?;
+        let cluster_addr = r
+            .cluster_addr
+            .as_deref()
+            .map(|a| addr("cluster_addr", a))
+            .transpose()?;
         let seeds = list(&r.seeds);
         for s in &seeds {
             host_port("seeds", s)?;
         }
         if cluster_addr.is_some() {
             if scylla_nodes.is_empty() {
-                return Err(bad("scylla_nodes", "a cluster keeps its keys in ScyllaDB: set scylla_nodes with cluster_addr"));
+                return Err(bad(
+                    "scylla_nodes",
+                    "a cluster keeps its keys in ScyllaDB: set scylla_nodes with cluster_addr",
+                ));
             }
             if r.cookie.as_deref().is_none_or(str::is_empty) {
-                return Err(bad("cookie", "a cluster needs the shared magic cookie (RINGLIMIT_COOKIE)"));
+                return Err(bad(
+                    "cookie",
+                    "a cluster needs the shared magic cookie (RINGLIMIT_COOKIE)",
+                ));
             }
             if r.node_name.is_none() {
-                return Err(bad("node_name", "each cluster node needs its own name (RINGLIMIT_NODE_NAME)"));
+                return Err(bad(
+                    "node_name",
+                    "each cluster node needs its own name (RINGLIMIT_NODE_NAME)",
+                ));
             }
         }
         let heartbeat_timeout_ms = r.heartbeat_timeout_ms.unwrap_or(2_000);
@@ -376,9 +477,13 @@ impl Config {
         }
         let mut tiers = default_tiers();
         for (name, t) in r.tiers.clone().unwrap_or_default() {
-            validate_limits(&t.limits).map_err(|e| bad(&format!("tiers.{name}.limits.{}", e.field), e.message))?;
+            validate_limits(&t.limits)
+                .map_err(|e| bad(&format!("tiers.{name}.limits.{}", e.field), e.message))?;
             tiers.retain(|d| d.name != name);
-            tiers.push(TierRecord { name, limits: t.limits });
+            tiers.push(TierRecord {
+                name,
+                limits: t.limits,
+            });
         }
         Ok(Config {
             data_addr,
@@ -418,15 +523,27 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> RawConfig {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         RawConfig::from_env(&|k| m.get(k).cloned()).unwrap()
     }
 
     #[test]
     fn precedence_is_file_then_env_then_flags() {
-        let file = RawConfig::from_toml("data_addr = \"127.0.0.1:1000\"\nadmin_addr = \"127.0.0.1:1001\"\nnode_name = \"file\"").unwrap();
-        let e = env(&[("RINGLIMIT_DATA_ADDR", "127.0.0.1:2000"), ("RINGLIMIT_NODE_NAME", "env")]);
-        let flags = RawConfig { node_name: Some("flag".into()), ..Default::default() };
+        let file = RawConfig::from_toml(
+            "data_addr = \"127.0.0.1:1000\"\nadmin_addr = \"127.0.0.1:1001\"\nnode_name = \"file\"",
+        )
+        .unwrap();
+        let e = env(&[
+            ("RINGLIMIT_DATA_ADDR", "127.0.0.1:2000"),
+            ("RINGLIMIT_NODE_NAME", "env"),
+        ]);
+        let flags = RawConfig {
+            node_name: Some("flag".into()),
+            ..Default::default()
+        };
         let c = Config::from_raw(file.merge(e).merge(flags)).unwrap();
         assert_eq!(c.data_addr.port(), 2000);
         assert_eq!(c.admin_addr.port(), 1001);
@@ -437,11 +554,13 @@ mod tests {
     fn errors_name_the_field() {
         let e = Config::from_raw(env(&[("RINGLIMIT_DATA_ADDR", "nope")])).unwrap_err();
         assert_eq!(e.field, "data_addr");
-        let e = RawConfig::from_env(&|k| (k == "RINGLIMIT_MAX_BATCH").then(|| "x".to_string())).unwrap_err();
+        let e = RawConfig::from_env(&|k| (k == "RINGLIMIT_MAX_BATCH").then(|| "x".to_string()))
+            .unwrap_err();
         assert_eq!(e.field, "RINGLIMIT_MAX_BATCH");
         let e = RawConfig::from_toml("bogus = 1").unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
-        let e = Config::from_raw(RawConfig::from_toml("[tiers.x]\nlimits = []").unwrap()).unwrap_err();
+        let e =
+            Config::from_raw(RawConfig::from_toml("[tiers.x]\nlimits = []").unwrap()).unwrap_err();
         assert_eq!(e.field, "tiers.x.limits.limits");
         let e = Config::from_raw(env(&[("RINGLIMIT_ADMIN_TOKEN", "short")])).unwrap_err();
         assert_eq!(e.field, "admin_token");

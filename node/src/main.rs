@@ -9,7 +9,11 @@ fn main() -> std::process::ExitCode {
         return ringlimit_node::cluster::probe::main(&cli.flags, args);
     }
     let file = cli.flags.config.clone();
-    let config = match app::load_config(file.as_deref(), &|k| std::env::var(k).ok(), cli.flags.into_raw()) {
+    let config = match app::load_config(
+        file.as_deref(),
+        &|k| std::env::var(k).ok(),
+        cli.flags.into_raw(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringlimit: {e}");
@@ -21,7 +25,10 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     app::init_tracing(&config);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ringlimit: cannot start the runtime: {e}");

@@ -32,7 +32,9 @@ use ringlimit_actors::keys::SecretHash;
 use ringlimit_actors::service::{Change, Service};
 use ringlimit_actors::writebehind::WriteBehind;
 use ringlimit_protocol::apikey;
-use ringlimit_protocol::cluster::{AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff};
+use ringlimit_protocol::cluster::{
+    AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
+};
 use ringlimit_protocol::validate::ValidateResponse;
 use ringlimit_protocol::{ErrorCode, ErrorDetail};
 use std::collections::HashSet;
@@ -85,7 +87,9 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("clustered", &self.cluster.get().is_some()).finish()
+        f.debug_struct("Router")
+            .field("clustered", &self.cluster.get().is_some())
+            .finish()
     }
 }
 
@@ -99,7 +103,10 @@ fn unavailable(message: &str) -> (StatusCode, ValidateResponse) {
             limits: vec![],
             retry_after_ms: None,
             denied_by: None,
-            error: Some(ErrorDetail { code: ErrorCode::Unavailable, message: message.to_string() }),
+            error: Some(ErrorDetail {
+                code: ErrorCode::Unavailable,
+                message: message.to_string(),
+            }),
             suspended_until_ms: None,
         },
     )
@@ -109,11 +116,20 @@ impl Router {
     /// `forming`: hold checks of owned keys until the first peers are seen
     /// (or `handoff_wait` passes), so a starting node never answers alone for
     /// keys a running cluster owns.
-    pub fn new(service: Arc<Service>, wb: Arc<WriteBehind>, cfg: RouterConfig, forming: bool) -> Arc<Router> {
+    pub fn new(
+        service: Arc<Service>,
+        wb: Arc<WriteBehind>,
+        cfg: RouterConfig,
+        forming: bool,
+    ) -> Arc<Router> {
         let (drained, _) = watch::channel(false);
         let (gate_open, _) = watch::channel(!forming);
         let gate = Gate {
-            waiting_for: if forming { ["(first peers)".to_string()].into() } else { HashSet::new() },
+            waiting_for: if forming {
+                ["(first peers)".to_string()].into()
+            } else {
+                HashSet::new()
+            },
             deadline: forming.then(|| tokio::time::Instant::now() + cfg.handoff_wait),
         };
         Arc::new(Router {
@@ -175,7 +191,10 @@ impl Router {
         let deadline = self.gate.lock().deadline;
         let mut rx = self.gate_open.subscribe();
         if let Some(d) = deadline {
-            if tokio::time::timeout_at(d, rx.wait_for(|o| *o)).await.is_err() {
+            if tokio::time::timeout_at(d, rx.wait_for(|o| *o))
+                .await
+                .is_err()
+            {
                 let mut g = self.gate.lock();
                 if g.deadline == Some(d) {
                     tracing::warn!(waiting_for = ?g.waiting_for, "handoff markers did not all arrive; serving anyway");
@@ -189,7 +208,9 @@ impl Router {
 
     /// Opens the gate when its deadline passes, even with no check waiting.
     pub async fn open_gate_at_deadline(&self) {
-        let Some(d) = self.gate.lock().deadline else { return };
+        let Some(d) = self.gate.lock().deadline else {
+            return;
+        };
         tokio::time::sleep_until(d).await;
         let mut g = self.gate.lock();
         if g.deadline == Some(d) {
@@ -237,11 +258,20 @@ impl Router {
             }
             match self.forward(&owner, key_id, &hash, cost).await {
                 Ok(ForwardOutcome::Decided { status, body }) => {
-                    return (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body);
+                    return (
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        body,
+                    );
                 }
                 Ok(ForwardOutcome::NotOwner { ring_version }) => {
                     metrics::counter!(metric::NOT_OWNER).increment(1);
-                    tracing::debug!(key_id, owner, their_version = ring_version, attempt, "not owner; re-routing");
+                    tracing::debug!(
+                        key_id,
+                        owner,
+                        their_version = ring_version,
+                        attempt,
+                        "not owner; re-routing"
+                    );
                     // Let this node's membership catch up, then route once more.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     ring = self.routing_ring().unwrap_or(ring);
@@ -251,7 +281,13 @@ impl Router {
                     // the ring may already name the next owner.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     let now = self.routing_ring().unwrap_or_else(|| Arc::clone(&ring));
-                    if now.owner(key_id) != owner || (e == ForwardError::Unreachable { peer: owner.clone() } && !now.contains(&owner)) {
+                    if now.owner(key_id) != owner
+                        || (e
+                            == ForwardError::Unreachable {
+                                peer: owner.clone(),
+                            }
+                            && !now.contains(&owner))
+                    {
                         ring = now;
                         continue;
                     }
@@ -262,8 +298,16 @@ impl Router {
         unavailable("the key's owner is changing; retry")
     }
 
-    async fn forward(&self, owner: &str, key_id: &str, hash: &SecretHash, cost: u64) -> Result<ForwardOutcome, ForwardError> {
-        let Some(c) = self.cluster.get() else { return Err(ForwardError::Local) };
+    async fn forward(
+        &self,
+        owner: &str,
+        key_id: &str,
+        hash: &SecretHash,
+        cost: u64,
+    ) -> Result<ForwardOutcome, ForwardError> {
+        let Some(c) = self.cluster.get() else {
+            return Err(ForwardError::Local);
+        };
         metrics::counter!(metric::FORWARDED).increment(1);
         let check = ForwardCheck {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -278,10 +322,17 @@ impl Router {
     }
 
     /// Fail-open (the default) or fail-closed, by the key's tier.
-    fn owner_unreachable(&self, key_id: &str, owner: &str, e: &ForwardError) -> (StatusCode, ValidateResponse) {
+    fn owner_unreachable(
+        &self,
+        key_id: &str,
+        owner: &str,
+        e: &ForwardError,
+    ) -> (StatusCode, ValidateResponse) {
         let key = self.service.source.keys.get(key_id);
         let tier = key.as_ref().map(|k| k.tier.clone());
-        let closed = tier.as_ref().is_some_and(|t| self.cfg.fail_closed_tiers.contains(t));
+        let closed = tier
+            .as_ref()
+            .is_some_and(|t| self.cfg.fail_closed_tiers.contains(t));
         tracing::warn!(key_id, owner, error = %e, fail_closed = closed, "owner unreachable");
         if closed || key.is_none() {
             metrics::counter!(metric::FAIL_CLOSED).increment(1);
@@ -305,27 +356,45 @@ impl Router {
 
     /// Graceful leave: hold owned keys, passivate, flush, tell peers, leave.
     pub async fn drain(&self) {
-        let Some(c) = self.cluster.get().cloned() else { return };
+        let Some(c) = self.cluster.get().cloned() else {
+            return;
+        };
         if self.draining.swap(true, Ordering::AcqRel) {
             let _ = self.drained.subscribe().wait_for(|d| *d).await;
             return;
         }
         tracing::info!(node = c.node_name(), "draining: handing keys over");
         let keys = self.service.limiters.active_keys();
-        if !self.service.limiters.passivate_keys(&keys, self.cfg.passivate_timeout).await {
+        if !self
+            .service
+            .limiters
+            .passivate_keys(&keys, self.cfg.passivate_timeout)
+            .await
+        {
             tracing::warn!("some keys did not passivate in time");
         }
         if let Err(e) = self.wb.drain(20).await {
             tracing::error!(error = %e, "could not flush every key before leaving; the new owners load older state");
         }
         let ring = c.ring();
-        let h = Handoff { from: c.node_name().to_string(), ring_version: ring.version(), states: vec![] };
-        for peer in ring.members().iter().filter(|m| m.as_str() != c.node_name()) {
+        let h = Handoff {
+            from: c.node_name().to_string(),
+            ring_version: ring.version(),
+            states: vec![],
+        };
+        for peer in ring
+            .members()
+            .iter()
+            .filter(|m| m.as_str() != c.node_name())
+        {
             send_marker(&c, peer, &h).await;
         }
         // Peers drop this node from their rings now; it keeps forwarding.
         c.announce_leave().await;
-        tracing::info!(keys = keys.len(), "drained: keys handed over through the shared store");
+        tracing::info!(
+            keys = keys.len(),
+            "drained: keys handed over through the shared store"
+        );
         let _ = self.drained.send_replace(true);
     }
 
@@ -335,21 +404,36 @@ impl Router {
 
     /// Work after a ring change (off the cluster driver).
     async fn after_ring_change(self: Arc<Self>, change: RingChange, old_alone: bool) {
-        let Some(c) = self.cluster.get().cloned() else { return };
+        let Some(c) = self.cluster.get().cloned() else {
+            return;
+        };
         let me = c.node_name().to_string();
         let ring = c.ring();
         if change.added.is_empty() {
             return;
         }
         // Keys that moved to an added member: passivate, flush, then tell it.
-        let lost: Vec<String> = self.service.limiters.active_keys().into_iter().filter(|k| ring.owner(k) != me).collect();
+        let lost: Vec<String> = self
+            .service
+            .limiters
+            .active_keys()
+            .into_iter()
+            .filter(|k| ring.owner(k) != me)
+            .collect();
         if !lost.is_empty() {
-            self.service.limiters.passivate_keys(&lost, self.cfg.passivate_timeout).await;
+            self.service
+                .limiters
+                .passivate_keys(&lost, self.cfg.passivate_timeout)
+                .await;
         }
         if let Err(e) = self.wb.drain(10).await {
             tracing::warn!(error = %e, "flush before handoff failed; the new owner may load older state");
         }
-        let h = Handoff { from: me.clone(), ring_version: ring.version(), states: vec![] };
+        let h = Handoff {
+            from: me.clone(),
+            ring_version: ring.version(),
+            states: vec![],
+        };
         for a in &change.added {
             send_marker(&c, a, &h).await;
         }
@@ -412,11 +496,20 @@ impl Router {
             let ring = self.routing_ring();
             let owns = ring.as_ref().is_some_and(|r| r.owner(&chk.key_id) == me);
             if !owns {
-                return ForwardOutcome::NotOwner { ring_version: ring.map(|r| r.version()).unwrap_or(0) };
+                return ForwardOutcome::NotOwner {
+                    ring_version: ring.map(|r| r.version()).unwrap_or(0),
+                };
             }
             self.wait_gates().await;
-            let (status, body) = answer(self.service.validate_hashed(&chk.key_id, &SecretHash(chk.secret_hash), chk.cost).await);
-            ForwardOutcome::Decided { status: status.as_u16(), body }
+            let (status, body) = answer(
+                self.service
+                    .validate_hashed(&chk.key_id, &SecretHash(chk.secret_hash), chk.cost)
+                    .await,
+            );
+            ForwardOutcome::Decided {
+                status: status.as_u16(),
+                body,
+            }
         });
         for r in futures_util::future::join_all(futures).await {
             results.push(r);
@@ -445,11 +538,17 @@ impl Router {
 
     /// Updates the join gate; returns whether this node was alone before.
     fn on_ring_change(&self, change: &RingChange, ring: &Arc<Ring>) -> bool {
-        let Some(c) = self.cluster.get() else { return false };
+        let Some(c) = self.cluster.get() else {
+            return false;
+        };
         let me = c.node_name();
         // A node whose previous ring held only itself has just joined (or
         // come back): hold checks until the peers flushed what they owned.
-        let mut old: Vec<&String> = ring.members().iter().filter(|m| !change.added.contains(m)).collect();
+        let mut old: Vec<&String> = ring
+            .members()
+            .iter()
+            .filter(|m| !change.added.contains(m))
+            .collect();
         old.extend(change.removed.iter());
         let old_alone = !change.added.is_empty() && old.iter().all(|m| m.as_str() == me);
         {

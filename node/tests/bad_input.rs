@@ -4,49 +4,144 @@
 mod common;
 use common::*;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 fn error_of(body: &str) -> (String, String) {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
-    (v["error"]["code"].as_str().unwrap().to_string(), v["error"]["message"].as_str().unwrap().to_string())
+    let v: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    (
+        v["error"]["code"].as_str().unwrap().to_string(),
+        v["error"]["message"].as_str().unwrap().to_string(),
+    )
 }
 
 /// The key's state, as the admin API shows it.
 async fn used(node: &Node, id: &str) -> Value {
-    node.admin(Method::GET, &format!("/api/v1/usage/{id}/current"), None).await.1["limits"][0]["used"].clone()
+    node.admin(Method::GET, &format!("/api/v1/usage/{id}/current"), None)
+        .await
+        .1["limits"][0]["used"]
+        .clone()
 }
 
 #[tokio::test]
 async fn validate_rejects_bad_bodies_without_changing_state() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[("RINGLIMIT_MAX_BODY_BYTES", "16384")]);
-    let (id, key) = node.create_key(json!([limit("l", "sliding_log", 10, 60_000)])).await;
+    let (id, key) = node
+        .create_key(json!([limit("l", "sliding_log", 10, 60_000)]))
+        .await;
     assert_eq!(node.validate(&key, 1).await.0, 200);
     let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
-        ("malformed JSON", b"{\"api_key\": ".to_vec(), 400, "invalid_json", "malformed"),
-        ("not an object", b"[1,2]".to_vec(), 422, "invalid_request", "invalid"),
-        ("wrong type of api_key", br#"{"api_key": 5}"#.to_vec(), 422, "invalid_request", "api_key"),
-        ("wrong type of cost", format!(r#"{{"api_key":"{key}","cost":"1"}}"#).into_bytes(), 422, "invalid_request", "cost"),
-        ("missing api_key", br#"{"cost": 1}"#.to_vec(), 422, "invalid_request", "api_key"),
-        ("cost 0", format!(r#"{{"api_key":"{key}","cost":0}}"#).into_bytes(), 422, "invalid_request", "cost must be at least 1"),
-        ("negative cost", format!(r#"{{"api_key":"{key}","cost":-3}}"#).into_bytes(), 422, "invalid_request", "negative"),
-        ("fractional cost", format!(r#"{{"api_key":"{key}","cost":1.5}}"#).into_bytes(), 422, "invalid_request", "whole"),
-        ("huge cost", format!(r#"{{"api_key":"{key}","cost":1e300}}"#).into_bytes(), 422, "invalid_request", "at most"),
-        ("cost above capacity", format!(r#"{{"api_key":"{key}","cost":11}}"#).into_bytes(), 422, "cost_exceeds_capacity", "capacity"),
-        ("api_key of 10 KB", serde_json::to_vec(&json!({"api_key": "x".repeat(10_240)})).unwrap(), 422, "invalid_request", "api_key"),
-        ("body over the limit", serde_json::to_vec(&json!({"api_key": key, "pad": "x".repeat(20_000)})).unwrap(), 413, "payload_too_large", "limit"),
-        ("bad client_ip", format!(r#"{{"api_key":"{key}","client_ip":"999.1.1.1"}}"#).into_bytes(), 422, "invalid_request", "client_ip"),
+        (
+            "malformed JSON",
+            b"{\"api_key\": ".to_vec(),
+            400,
+            "invalid_json",
+            "malformed",
+        ),
+        (
+            "not an object",
+            b"[1,2]".to_vec(),
+            422,
+            "invalid_request",
+            "invalid",
+        ),
+        (
+            "wrong type of api_key",
+            br#"{"api_key": 5}"#.to_vec(),
+            422,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            "wrong type of cost",
+            format!(r#"{{"api_key":"{key}","cost":"1"}}"#).into_bytes(),
+            422,
+            "invalid_request",
+            "cost",
+        ),
+        (
+            "missing api_key",
+            br#"{"cost": 1}"#.to_vec(),
+            422,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            "cost 0",
+            format!(r#"{{"api_key":"{key}","cost":0}}"#).into_bytes(),
+            422,
+            "invalid_request",
+            "cost must be at least 1",
+        ),
+        (
+            "negative cost",
+            format!(r#"{{"api_key":"{key}","cost":-3}}"#).into_bytes(),
+            422,
+            "invalid_request",
+            "negative",
+        ),
+        (
+            "fractional cost",
+            format!(r#"{{"api_key":"{key}","cost":1.5}}"#).into_bytes(),
+            422,
+            "invalid_request",
+            "whole",
+        ),
+        (
+            "huge cost",
+            format!(r#"{{"api_key":"{key}","cost":1e300}}"#).into_bytes(),
+            422,
+            "invalid_request",
+            "at most",
+        ),
+        (
+            "cost above capacity",
+            format!(r#"{{"api_key":"{key}","cost":11}}"#).into_bytes(),
+            422,
+            "cost_exceeds_capacity",
+            "capacity",
+        ),
+        (
+            "api_key of 10 KB",
+            serde_json::to_vec(&json!({"api_key": "x".repeat(10_240)})).unwrap(),
+            422,
+            "invalid_request",
+            "api_key",
+        ),
+        (
+            "body over the limit",
+            serde_json::to_vec(&json!({"api_key": key, "pad": "x".repeat(20_000)})).unwrap(),
+            413,
+            "payload_too_large",
+            "limit",
+        ),
+        (
+            "bad client_ip",
+            format!(r#"{{"api_key":"{key}","client_ip":"999.1.1.1"}}"#).into_bytes(),
+            422,
+            "invalid_request",
+            "client_ip",
+        ),
     ];
     for (name, body, status, code, needle) in cases {
         let (s, text) = node.post_raw(&node.data, "/api/v1/validate", body).await;
         assert_eq!(s, status, "{name}: {text}");
         let (c, m) = error_of(&text);
         assert_eq!(c, code, "{name}: {text}");
-        assert!(m.contains(needle), "{name}: message {m:?} should name the problem ({needle})");
+        assert!(
+            m.contains(needle),
+            "{name}: message {m:?} should name the problem ({needle})"
+        );
     }
     // Batch with a bad element is rejected whole.
     let (s, text) = node
-        .post_raw(&node.data, "/api/v1/validate/batch", serde_json::to_vec(&json!({"checks":[{"api_key": key}, {"api_key": key, "cost": 0}]})).unwrap())
+        .post_raw(
+            &node.data,
+            "/api/v1/validate/batch",
+            serde_json::to_vec(&json!({"checks":[{"api_key": key}, {"api_key": key, "cost": 0}]}))
+                .unwrap(),
+        )
         .await;
     assert_eq!(s, 422, "{text}");
     assert_eq!(used(&node, &id).await, 1, "no bad request spent anything");
@@ -57,14 +152,26 @@ async fn unknown_routes_and_methods_are_json_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     for base in [&node.data, &node.admin] {
-        let r = node.http.get(format!("{base}/nope/../x")).send().await.unwrap();
+        let r = node
+            .http
+            .get(format!("{base}/nope/../x"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 404);
         assert_eq!(error_of(&r.text().await.unwrap()).0, "not_found");
     }
-    let r = node.http.get(format!("{}/api/v1/validate", node.data)).send().await.unwrap();
+    let r = node
+        .http
+        .get(format!("{}/api/v1/validate", node.data))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(error_of(&r.text().await.unwrap()).0, "method_not_allowed");
-    let (s, v) = node.admin(Method::GET, "/api/v1/keys/doesnotexist", None).await;
+    let (s, v) = node
+        .admin(Method::GET, "/api/v1/keys/doesnotexist", None)
+        .await;
     assert_eq!(s, 404);
     assert_eq!(v["error"]["code"], "not_found");
     let (s, v) = node.admin(Method::GET, "/api/v1/tiers/nope", None).await;
@@ -80,41 +187,104 @@ async fn admin_needs_the_right_token_and_bad_admin_input_changes_nothing() {
     let r = node.http.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(error_of(&r.text().await.unwrap()).0, "unauthorized");
-    let r = node.http.post(&url).bearer_auth("wrong-token-wrong-token").json(&body).send().await.unwrap();
+    let r = node
+        .http
+        .post(&url)
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = node.http.get(&url).header("authorization", "Basic abc").send().await.unwrap();
+    let r = node
+        .http
+        .get(&url)
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let (_, v) = node.admin(Method::GET, "/api/v1/keys", None).await;
-    assert_eq!(v["keys"].as_array().unwrap().len(), 0, "unauthenticated creates changed nothing");
+    assert_eq!(
+        v["keys"].as_array().unwrap().len(),
+        0,
+        "unauthenticated creates changed nothing"
+    );
 
     let bad_creates = [
         (json!({"owner": "o", "tier": "nope"}), "tier"),
         (json!({"owner": "", "tier": "free"}), "owner"),
         (json!({"tier": "free"}), "owner"),
-        (json!({"owner": "o", "tier": "free", "limits": []}), "limits"),
-        (json!({"owner": "o", "tier": "free", "limits": [limit("a", "bogus", 1, 1000)]}), "algorithm"),
-        (json!({"owner": "o", "tier": "free", "limits": [limit("a", "sliding_log", 0, 1000)]}), "limit"),
-        (json!({"owner": "o", "tier": "free", "limits": [limit("a", "fixed_window", 5, 0)]}), "window_ms"),
+        (
+            json!({"owner": "o", "tier": "free", "limits": []}),
+            "limits",
+        ),
+        (
+            json!({"owner": "o", "tier": "free", "limits": [limit("a", "bogus", 1, 1000)]}),
+            "algorithm",
+        ),
+        (
+            json!({"owner": "o", "tier": "free", "limits": [limit("a", "sliding_log", 0, 1000)]}),
+            "limit",
+        ),
+        (
+            json!({"owner": "o", "tier": "free", "limits": [limit("a", "fixed_window", 5, 0)]}),
+            "window_ms",
+        ),
         (json!({"owner": "o", "tier": "free", "extra": 1}), "extra"),
     ];
     for (b, needle) in bad_creates {
-        let (s, v) = node.admin(Method::POST, "/api/v1/keys", Some(b.clone())).await;
+        let (s, v) = node
+            .admin(Method::POST, "/api/v1/keys", Some(b.clone()))
+            .await;
         assert_eq!(s, 422, "{b}: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{b}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{b}: {v}"
+        );
     }
     let (_, v) = node.admin(Method::GET, "/api/v1/keys", None).await;
-    assert_eq!(v["keys"].as_array().unwrap().len(), 0, "bad creates changed nothing");
+    assert_eq!(
+        v["keys"].as_array().unwrap().len(),
+        0,
+        "bad creates changed nothing"
+    );
 
-    let (id, _) = node.create_key(json!([limit("l", "sliding_log", 10, 60_000)])).await;
-    let (s, _) = node.admin(Method::PATCH, &format!("/api/v1/keys/{id}"), Some(json!({"tier": "nope"}))).await;
+    let (id, _) = node
+        .create_key(json!([limit("l", "sliding_log", 10, 60_000)]))
+        .await;
+    let (s, _) = node
+        .admin(
+            Method::PATCH,
+            &format!("/api/v1/keys/{id}"),
+            Some(json!({"tier": "nope"})),
+        )
+        .await;
     assert_eq!(s, 422);
-    let (s, _) = node.admin(Method::POST, &format!("/api/v1/keys/{id}/rotate"), Some(json!({"grace_period_ms": -1}))).await;
+    let (s, _) = node
+        .admin(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/rotate"),
+            Some(json!({"grace_period_ms": -1})),
+        )
+        .await;
     assert_eq!(s, 422);
-    let (s, _) = node.admin(Method::PUT, "/api/v1/tiers/free", Some(json!({"limits": [limit("a", "gcra", 1, 0)]}))).await;
+    let (s, _) = node
+        .admin(
+            Method::PUT,
+            "/api/v1/tiers/free",
+            Some(json!({"limits": [limit("a", "gcra", 1, 0)]})),
+        )
+        .await;
     assert_eq!(s, 422);
-    let (_, k) = node.admin(Method::GET, &format!("/api/v1/keys/{id}"), None).await;
+    let (_, k) = node
+        .admin(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
     assert_eq!(k["tier"], "free");
-    assert_eq!(k["updated_at_ms"], k["created_at_ms"], "rejected updates changed nothing");
+    assert_eq!(
+        k["updated_at_ms"], k["created_at_ms"],
+        "rejected updates changed nothing"
+    );
     let (_, t) = node.admin(Method::GET, "/api/v1/tiers/free", None).await;
     assert_eq!(t["limits"].as_array().unwrap().len(), 2);
 }

@@ -6,21 +6,28 @@
 mod common;
 use common::*;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn required() -> bool {
-    std::env::var_os("CI").is_some() || std::env::var("RINGLIMIT_REQUIRE_SERVERS").as_deref() == Ok("1")
+    std::env::var_os("CI").is_some()
+        || std::env::var("RINGLIMIT_REQUIRE_SERVERS").as_deref() == Ok("1")
 }
 
 fn servers() -> Option<(String, String)> {
-    let cql = std::env::var("RINGLIMIT_TEST_CQL").ok().filter(|s| !s.is_empty());
-    let redis = std::env::var("RINGLIMIT_TEST_REDIS_URL").ok().filter(|s| !s.is_empty());
+    let cql = std::env::var("RINGLIMIT_TEST_CQL")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let redis = std::env::var("RINGLIMIT_TEST_REDIS_URL")
+        .ok()
+        .filter(|s| !s.is_empty());
     match (cql, redis) {
         (Some(c), Some(r)) => Some((c, r)),
-        _ if required() => panic!("RINGLIMIT_TEST_CQL and RINGLIMIT_TEST_REDIS_URL must be set (scripts/test.sh sets them)"),
+        _ if required() => panic!(
+            "RINGLIMIT_TEST_CQL and RINGLIMIT_TEST_REDIS_URL must be set (scripts/test.sh sets them)"
+        ),
         _ => {
             eprintln!("skipping: RINGLIMIT_TEST_CQL / RINGLIMIT_TEST_REDIS_URL not set");
             None
@@ -29,7 +36,11 @@ fn servers() -> Option<(String, String)> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Cluster {
@@ -49,10 +60,16 @@ impl Cluster {
         let names: Vec<String> = (0..3).map(|i| format!("n{i}")).collect();
         let mut env = Vec::new();
         for i in 0..3 {
-            let seeds: Vec<String> = (0..3).filter(|&j| j != i).map(|j| format!("127.0.0.1:{}", ports[j])).collect();
+            let seeds: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("127.0.0.1:{}", ports[j]))
+                .collect();
             env.push(vec![
                 ("RINGLIMIT_NODE_NAME".to_string(), names[i].clone()),
-                ("RINGLIMIT_CLUSTER_ADDR".to_string(), format!("127.0.0.1:{}", ports[i])),
+                (
+                    "RINGLIMIT_CLUSTER_ADDR".to_string(),
+                    format!("127.0.0.1:{}", ports[i]),
+                ),
                 ("RINGLIMIT_SEEDS".to_string(), seeds.join(",")),
                 ("RINGLIMIT_COOKIE".to_string(), "test-cookie".to_string()),
                 ("RINGLIMIT_SCYLLA_NODES".to_string(), cql.clone()),
@@ -69,9 +86,18 @@ impl Cluster {
             .env("RINGLIMIT_ADMIN_TOKEN", TOKEN)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut c = Cluster { nodes: vec![], names, env, _dirs: vec![] };
+        let mut c = Cluster {
+            nodes: vec![],
+            names,
+            env,
+            _dirs: vec![],
+        };
         for i in 0..3 {
             c.nodes.push(Some(c.spawn(i, dirs[i].path())));
         }
@@ -81,7 +107,10 @@ impl Cluster {
     }
 
     fn spawn(&self, i: usize, dir: &std::path::Path) -> Node {
-        let env: Vec<(&str, &str)> = self.env[i].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> = self.env[i]
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         Node::start(dir, &env)
     }
 
@@ -90,7 +119,10 @@ impl Cluster {
     }
 
     async fn view(&self, i: usize) -> Value {
-        self.node(i).admin(Method::GET, "/api/v1/cluster", None).await.1
+        self.node(i)
+            .admin(Method::GET, "/api/v1/cluster", None)
+            .await
+            .1
     }
 
     /// Whether the given nodes agree on one ring made of exactly them.
@@ -100,7 +132,10 @@ impl Cluster {
             let mut versions = Vec::new();
             for &i in live {
                 let v = self.view(i).await;
-                let members: Vec<String> = v["ring_members"].as_array().map(|a| a.iter().map(|m| m.as_str().unwrap().to_string()).collect()).unwrap_or_default();
+                let members: Vec<String> = v["ring_members"]
+                    .as_array()
+                    .map(|a| a.iter().map(|m| m.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default();
                 if members != want || v["handoff_in_progress"] == true {
                     return false;
                 }
@@ -112,7 +147,15 @@ impl Cluster {
     }
 
     async fn owner(&self, via: usize, key_id: &str) -> String {
-        let v = self.node(via).admin(Method::GET, &format!("/api/v1/cluster/owner?key_id={key_id}"), None).await.1;
+        let v = self
+            .node(via)
+            .admin(
+                Method::GET,
+                &format!("/api/v1/cluster/owner?key_id={key_id}"),
+                None,
+            )
+            .await
+            .1;
         v["owner"].as_str().unwrap().to_string()
     }
 
@@ -123,13 +166,28 @@ impl Cluster {
 
 /// Sends `n` validates concurrently, round-robin over `via`, and counts the 200s.
 async fn burst(c: &Cluster, via: &[usize], key: &str, n: usize) -> (usize, HashMap<u16, usize>) {
-    let urls: Vec<String> = via.iter().map(|&i| format!("{}/api/v1/validate", c.node(i).data)).collect();
+    let urls: Vec<String> = via
+        .iter()
+        .map(|&i| format!("{}/api/v1/validate", c.node(i).data))
+        .collect();
     let clients: Vec<reqwest::Client> = (0..12).map(|_| reqwest::Client::new()).collect();
     let body = Arc::new(json!({"api_key": key}));
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let (url, client, body) = (urls[i % urls.len()].clone(), clients[i % clients.len()].clone(), body.clone());
-            tokio::spawn(async move { client.post(url).json(body.as_ref()).send().await.map(|r| r.status().as_u16()).unwrap_or(0) })
+            let (url, client, body) = (
+                urls[i % urls.len()].clone(),
+                clients[i % clients.len()].clone(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(body.as_ref())
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            })
         })
         .collect();
     let mut by: HashMap<u16, usize> = HashMap::new();
@@ -141,7 +199,9 @@ async fn burst(c: &Cluster, via: &[usize], key: &str, n: usize) -> (usize, HashM
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn global_limit_ownership_and_admin_reach() {
-    let Some(c) = Cluster::start("glob").await else { return };
+    let Some(c) = Cluster::start("glob").await else {
+        return;
+    };
     // Ownership agrees on every node, and is balanced.
     let mut share: HashMap<String, usize> = HashMap::new();
     let client = reqwest::Client::new();
@@ -150,7 +210,10 @@ async fn global_limit_ownership_and_admin_reach() {
         let mut owners = Vec::new();
         for i in 0..3 {
             let v: Value = client
-                .get(format!("{}/api/v1/cluster/owner?key_id={key_id}", c.node(i).admin))
+                .get(format!(
+                    "{}/api/v1/cluster/owner?key_id={key_id}",
+                    c.node(i).admin
+                ))
                 .bearer_auth(TOKEN)
                 .send()
                 .await
@@ -160,26 +223,45 @@ async fn global_limit_ownership_and_admin_reach() {
                 .unwrap();
             owners.push(v["owner"].as_str().unwrap().to_string());
         }
-        assert!(owners.windows(2).all(|w| w[0] == w[1]), "nodes disagree on {key_id}: {owners:?}");
+        assert!(
+            owners.windows(2).all(|w| w[0] == w[1]),
+            "nodes disagree on {key_id}: {owners:?}"
+        );
         *share.entry(owners[0].clone()).or_default() += 1;
     }
     for (n, s) in &share {
         let f = *s as f64 / 10_000.0;
-        assert!((0.2833..=0.3834).contains(&f), "{n} owns {f:.3}, outside ±15% of a third");
+        assert!(
+            (0.2833..=0.3834).contains(&f),
+            "{n} owns {f:.3}, outside ±15% of a third"
+        );
     }
     eprintln!("ownership shares over 10 000 keys: {share:?}");
 
     // A key created on node 0 works on every node; exactly 300 of 3 000 pass.
-    let (id, key) = c.node(0).create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)])).await;
+    let (id, key) = c
+        .node(0)
+        .create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)]))
+        .await;
     for i in 0..3 {
-        assert!(eventually(5, async || c.node(i).validate(&key, 1).await.0 != 401).await, "node {i} knows the new key");
+        assert!(
+            eventually(5, async || c.node(i).validate(&key, 1).await.0 != 401).await,
+            "node {i} knows the new key"
+        );
     }
     // The three probes above spent 3; refill by using a fresh key for the count.
-    let (id2, key2) = c.node(1).create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)])).await;
+    let (id2, key2) = c
+        .node(1)
+        .create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)]))
+        .await;
     let known = eventually(5, async || {
         let mut all = true;
         for i in 0..3 {
-            let r = c.node(i).admin(Method::GET, &format!("/api/v1/keys/{id2}"), None).await.0;
+            let r = c
+                .node(i)
+                .admin(Method::GET, &format!("/api/v1/keys/{id2}"), None)
+                .await
+                .0;
             all &= r == 200;
         }
         all
@@ -188,54 +270,100 @@ async fn global_limit_ownership_and_admin_reach() {
     assert!(known);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let (allowed, by) = burst(&c, &[0, 1, 2], &key2, 3_000).await;
-    assert_eq!(allowed, 300, "exactly the global limit passes across three nodes: {by:?}");
+    assert_eq!(
+        allowed, 300,
+        "exactly the global limit passes across three nodes: {by:?}"
+    );
 
     // Admin change reach: revoked on node 2, refused on 0 and 1 within 1 s.
     let owner = c.owner(0, &id).await;
     eprintln!("key {id} is owned by {owner}");
-    let r = c.node(2).http.delete(format!("{}/api/v1/keys/{id}", c.node(2).admin)).bearer_auth(TOKEN).send().await.unwrap();
+    let r = c
+        .node(2)
+        .http
+        .delete(format!("{}/api/v1/keys/{id}", c.node(2).admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let t0 = Instant::now();
     for i in [0, 1] {
-        assert!(eventually(1, async || c.node(i).validate(&key, 1).await.0 == 401).await, "node {i} refuses the revoked key within 1 s");
+        assert!(
+            eventually(1, async || c.node(i).validate(&key, 1).await.0 == 401).await,
+            "node {i} refuses the revoked key within 1 s"
+        );
     }
     eprintln!("revocation reached both other nodes in {:?}", t0.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drain_hands_keys_over_without_losing_or_duplicating_admits() {
-    let Some(mut c) = Cluster::start("drain").await else { return };
-    let (id, key) = c.node(0).create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)])).await;
-    assert!(eventually(5, async || c.node(1).validate(&key, 1).await.0 == 200 && c.node(2).validate(&key, 1).await.0 == 200).await);
+    let Some(mut c) = Cluster::start("drain").await else {
+        return;
+    };
+    let (id, key) = c
+        .node(0)
+        .create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)]))
+        .await;
+    assert!(
+        eventually(5, async || c.node(1).validate(&key, 1).await.0 == 200
+            && c.node(2).validate(&key, 1).await.0 == 200)
+        .await
+    );
     let used_before = 2;
     let owner = c.index(&c.owner(0, &id).await);
     let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
     // Half the quota before the drain, through the two nodes that stay.
     let (a1, _) = burst(&c, &others, &key, 148).await;
     assert_eq!(a1, 148);
-    let drain = c.node(owner).http.post(format!("{}/api/v1/cluster/drain", c.node(owner).admin)).bearer_auth(TOKEN).send();
+    let drain = c
+        .node(owner)
+        .http
+        .post(format!("{}/api/v1/cluster/drain", c.node(owner).admin))
+        .bearer_auth(TOKEN)
+        .send();
     let load = burst(&c, &others, &key, 1_000);
     let (r, (a2, by)) = tokio::join!(drain, load);
     assert_eq!(r.unwrap().status(), 202);
-    assert!(c.converged(&others, 10).await, "the drained node left the ring");
+    assert!(
+        c.converged(&others, 10).await,
+        "the drained node left the ring"
+    );
     let (a3, _) = burst(&c, &others, &key, 200).await;
-    assert_eq!(used_before + a1 + a2 + a3, 300, "exactly 300 across the handoff ({by:?})");
+    assert_eq!(
+        used_before + a1 + a2 + a3,
+        300,
+        "exactly 300 across the handoff ({by:?})"
+    );
     let mut n = c.nodes[owner].take().unwrap();
     assert!(n.signal_and_wait(SIGTERM).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_and_freeze_move_keys_and_nodes_rejoin() {
-    let Some(mut c) = Cluster::start("crash").await else { return };
-    let (id, key) = c.node(0).create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)])).await;
-    assert!(eventually(5, async || {
-        let mut ok = true;
-        for i in 0..3 {
-            ok &= c.node(i).admin(Method::GET, &format!("/api/v1/keys/{id}"), None).await.0 == 200;
-        }
-        ok
-    })
-    .await);
+    let Some(mut c) = Cluster::start("crash").await else {
+        return;
+    };
+    let (id, key) = c
+        .node(0)
+        .create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)]))
+        .await;
+    assert!(
+        eventually(5, async || {
+            let mut ok = true;
+            for i in 0..3 {
+                ok &= c
+                    .node(i)
+                    .admin(Method::GET, &format!("/api/v1/keys/{id}"), None)
+                    .await
+                    .0
+                    == 200;
+            }
+            ok
+        })
+        .await
+    );
     let owner = c.index(&c.owner(0, &id).await);
     let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
     let (a1, _) = burst(&c, &others, &key, 200).await;
@@ -244,22 +372,39 @@ async fn crash_and_freeze_move_keys_and_nodes_rejoin() {
     let killed_at = Instant::now();
     let mut n = c.nodes[owner].take().unwrap();
     n.signal_and_wait(SIGKILL);
-    assert!(c.converged(&others, 4).await, "survivors drop the dead node within the heartbeat timeout + 1 s");
+    assert!(
+        c.converged(&others, 4).await,
+        "survivors drop the dead node within the heartbeat timeout + 1 s"
+    );
     let took = killed_at.elapsed();
     let new_owner = c.owner(others[0], &id).await;
     assert_ne!(c.index(&new_owner), owner);
     let (a2, by) = burst(&c, &others, &key, 400).await;
     let excess = (a1 + a2).saturating_sub(300);
-    eprintln!("crash: survivors took over in {took:?}; {a1} admitted before, {a2} after; excess beyond the limit: {excess} ({by:?})");
-    assert_eq!(excess, 0, "the state was flushed to Redis before the kill, so nothing is re-admitted");
+    eprintln!(
+        "crash: survivors took over in {took:?}; {a1} admitted before, {a2} after; excess beyond the limit: {excess} ({by:?})"
+    );
+    assert_eq!(
+        excess, 0,
+        "the state was flushed to Redis before the kill, so nothing is re-admitted"
+    );
 
     // Freeze a survivor: the other drops it, then it rejoins on SIGCONT.
     let frozen = others[1];
     let pid = c.node(frozen).pid();
     unsafe_kill(pid, 19);
-    assert!(c.converged(&[others[0]], 4).await, "a frozen node leaves the ring within the timeout");
+    assert!(
+        c.converged(&[others[0]], 4).await,
+        "a frozen node leaves the ring within the timeout"
+    );
     let s = c.node(others[0]).validate(&key, 1).await.0;
-    assert!(s == 200 || s == 429, "the survivor keeps answering for the key, got {s}");
+    assert!(
+        s == 200 || s == 429,
+        "the survivor keeps answering for the key, got {s}"
+    );
     unsafe_kill(pid, 18);
-    assert!(c.converged(&others, 15).await, "after SIGCONT the node rejoins and the ring converges");
+    assert!(
+        c.converged(&others, 15).await,
+        "after SIGCONT the node rejoins and the ring converges"
+    );
 }

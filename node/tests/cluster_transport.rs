@@ -18,7 +18,11 @@ const SLACK: Duration = Duration::from_secs(1);
 const CONVERGE: Duration = Duration::from_secs(15);
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Probe {
@@ -50,7 +54,10 @@ impl Probe {
             .env("RINGLIMIT_CLUSTER_ADDR", addr)
             .env("RINGLIMIT_SEEDS", seeds)
             .env("RINGLIMIT_COOKIE", "test-cookie")
-            .env("RINGLIMIT_LOG_LEVEL", "info,ractor_cluster=warn,ractor=warn")
+            .env(
+                "RINGLIMIT_LOG_LEVEL",
+                "info,ractor_cluster=warn,ractor=warn",
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -61,7 +68,15 @@ impl Probe {
         collect(child.stdout.take().unwrap(), out.clone());
         collect(child.stderr.take().unwrap(), err.clone());
         let stdin = child.stdin.take();
-        let p = Probe { name: name.into(), addr: addr.into(), seeds: seeds.into(), child, stdin, out, err };
+        let p = Probe {
+            name: name.into(),
+            addr: addr.into(),
+            seeds: seeds.into(),
+            child,
+            stdin,
+            out,
+            err,
+        };
         p.wait_line(Duration::from_secs(10), |l| l.starts_with("ready "));
         p
     }
@@ -78,7 +93,11 @@ impl Probe {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.pid()]).status().unwrap().success();
+        let ok = Command::new("kill")
+            .args([sig, &self.pid()])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "kill {sig} {}", self.name);
     }
 
@@ -113,7 +132,14 @@ impl Probe {
         self.send(cmd);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(l) = self.out.lock().unwrap().iter().skip(seen).find(|l| l.starts_with(prefix)) {
+            if let Some(l) = self
+                .out
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(seen)
+                .find(|l| l.starts_with(prefix))
+            {
                 return l.clone();
             }
             if Instant::now() > deadline {
@@ -150,14 +176,18 @@ impl Drop for Probe {
         if std::thread::panicking() {
             self.dump();
         }
-        let _ = Command::new("kill").args(["-CONT", &self.pid()]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid()])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Waits until every probe in `probes` shows a ring of exactly `members`,
@@ -166,7 +196,9 @@ fn converge(probes: &[&Probe], members: &[&str], within: Duration) -> u64 {
     let deadline = Instant::now() + within;
     loop {
         let rings: Vec<_> = probes.iter().map(|p| p.ring()).collect();
-        let same = rings.iter().all(|r| r.as_ref().is_some_and(|(_, m)| m == members));
+        let same = rings
+            .iter()
+            .all(|r| r.as_ref().is_some_and(|(_, m)| m == members));
         if same {
             let v = rings[0].as_ref().unwrap().0;
             if rings.iter().all(|r| r.as_ref().unwrap().0 == v) {
@@ -184,7 +216,9 @@ fn converge(probes: &[&Probe], members: &[&str], within: Duration) -> u64 {
 }
 
 fn three() -> (Probe, Probe, Probe) {
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     let seeds = addrs.join(",");
     let a = Probe::start("a", &addrs[0], &seeds);
     let b = Probe::start("b", &addrs[1], &seeds);
@@ -194,7 +228,10 @@ fn three() -> (Probe, Probe, Probe) {
 
 /// A key that `ring` gives to `owner`.
 fn key_of(ring: &Ring, owner: &str, salt: &str) -> String {
-    (0..).map(|i| format!("{salt}-{i}")).find(|k| ring.owner(k) == owner).unwrap()
+    (0..)
+        .map(|i| format!("{salt}-{i}"))
+        .find(|k| ring.owner(k) == owner)
+        .unwrap()
 }
 
 #[test]
@@ -202,7 +239,11 @@ fn three_probes_form_forward_broadcast_and_survive_a_kill() {
     let (mut a, b, mut c) = three();
     let v = converge(&[&a, &b, &c], &["a", "b", "c"], CONVERGE);
     let ring = Ring::new("a", ["b", "c"]);
-    assert_eq!(v, ring.version(), "processes and the library agree on the version");
+    assert_eq!(
+        v,
+        ring.version(),
+        "processes and the library agree on the version"
+    );
 
     // Ownership agrees between the processes and the library.
     for owner in ["a", "b", "c"] {
@@ -222,8 +263,12 @@ fn three_probes_form_forward_broadcast_and_survive_a_kill() {
     // Admin events reach every peer; handoffs reach their target.
     let l = a.ask("broadcast key-9", "broadcast ");
     assert_eq!(field(&l, "delivered"), Some("b,c"), "{l}");
-    b.wait_line(Duration::from_secs(5), |l| l == "admin key_changed key=key-9");
-    c.wait_line(Duration::from_secs(5), |l| l == "admin key_changed key=key-9");
+    b.wait_line(Duration::from_secs(5), |l| {
+        l == "admin key_changed key=key-9"
+    });
+    c.wait_line(Duration::from_secs(5), |l| {
+        l == "admin key_changed key=key-9"
+    });
     let l = a.ask("handoff b hk-1", "handoff_sent ");
     assert_eq!(field(&l, "ok"), Some("true"), "{l}");
     b.wait_line(Duration::from_secs(5), |l| l == "handoff from=a keys=hk-1");
@@ -243,15 +288,25 @@ fn three_probes_form_forward_broadcast_and_survive_a_kill() {
     eprintln!("kill noticed after {:?}", killed.elapsed());
     // Its keys are answered by their next owner.
     let new_owner = Ring::new("a", ["b"]).owner(&key_c).to_string();
-    let l = a.ask(&format!("forward {key_c}"), &format!("forward key={key_c} "));
+    let l = a.ask(
+        &format!("forward {key_c}"),
+        &format!("forward key={key_c} "),
+    );
     assert_eq!(field(&l, "answered_by"), Some(new_owner.as_str()), "{l}");
 
     // c comes back (a new life on the same address): all three converge again.
     c.restart();
     let v2 = converge(&[&a, &b, &c], &["a", "b", "c"], CONVERGE);
     assert_eq!(v2, v);
-    let l = a.ask(&format!("forward {key_c}"), &format!("forward key={key_c} "));
-    assert_eq!(field(&l, "answered_by"), Some("c"), "its keys move back: {l}");
+    let l = a.ask(
+        &format!("forward {key_c}"),
+        &format!("forward key={key_c} "),
+    );
+    assert_eq!(
+        field(&l, "answered_by"),
+        Some("c"),
+        "its keys move back: {l}"
+    );
 }
 
 #[test]
@@ -264,12 +319,21 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     let stopped = Instant::now();
     converge(&[&a, &c], &["a", "c"], HEARTBEAT_TIMEOUT + SLACK);
     eprintln!("frozen peer dropped after {:?}", stopped.elapsed());
-    assert!(stopped.elapsed() >= HEARTBEAT_TIMEOUT / 2, "dropped too early for a heartbeat timeout");
+    assert!(
+        stopped.elapsed() >= HEARTBEAT_TIMEOUT / 2,
+        "dropped too early for a heartbeat timeout"
+    );
     // Its sessions were stopped (ractor_cluster would have kept them open).
     for p in [&a, &c] {
         let deadline = Instant::now() + SLACK;
-        while !p.err.lock().unwrap().iter().any(|l| l.contains("stopping the cluster session of a peer that missed its heartbeats")) {
-            assert!(Instant::now() < deadline, "{} did not stop b's session", p.name);
+        while !p.err.lock().unwrap().iter().any(|l| {
+            l.contains("stopping the cluster session of a peer that missed its heartbeats")
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop b's session",
+                p.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -289,13 +353,18 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     c.ask("announce", "announced");
     converge(&[&a, &b, &c], &["a", "b"], SLACK);
     eprintln!("graceful leave seen after {:?}", announced.elapsed());
-    let l = c.ask(&format!("forward {key_c}"), &format!("forward key={key_c} "));
+    let l = c.ask(
+        &format!("forward {key_c}"),
+        &format!("forward key={key_c} "),
+    );
     assert_eq!(field(&l, "owner"), Some(new_owner.as_str()), "{l}");
     assert_eq!(field(&l, "answered_by"), Some(new_owner.as_str()), "{l}");
     let l = c.ask(&format!("handoff {new_owner} {key_c}"), "handoff_sent ");
     assert_eq!(field(&l, "ok"), Some("true"), "{l}");
     let owner_probe = if new_owner == "a" { &a } else { &b };
-    owner_probe.wait_line(Duration::from_secs(5), |l| l == format!("handoff from=c keys={key_c}"));
+    owner_probe.wait_line(Duration::from_secs(5), |l| {
+        l == format!("handoff from=c keys={key_c}")
+    });
     // Second half: c stops; the others' rings do not change again.
     c.send("leave");
     c.wait_line(Duration::from_secs(5), |l| l == "left");

@@ -9,10 +9,15 @@ use std::sync::Arc;
 async fn hammer(algorithm: &str, window_ms: u64) -> (usize, usize) {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
-    let (_, key) = node.create_key(json!([limit("exact", algorithm, 100, window_ms)])).await;
+    let (_, key) = node
+        .create_key(json!([limit("exact", algorithm, 100, window_ms)]))
+        .await;
     if algorithm == "fixed_window" {
         // Fixed windows are aligned to the epoch: do not straddle a boundary.
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let left = window_ms - now % window_ms;
         if left < 20_000 {
             tokio::time::sleep(std::time::Duration::from_millis(left + 10)).await;
@@ -26,7 +31,15 @@ async fn hammer(algorithm: &str, window_ms: u64) -> (usize, usize) {
         .map(|i| {
             let c = clients[i % clients.len()].clone();
             let (url, body) = (Arc::clone(&url), Arc::clone(&body));
-            tokio::spawn(async move { c.post(url.as_str()).json(body.as_ref()).send().await.unwrap().status().as_u16() })
+            tokio::spawn(async move {
+                c.post(url.as_str())
+                    .json(body.as_ref())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
         })
         .collect();
     let mut ok = 0;

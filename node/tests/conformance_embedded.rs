@@ -3,7 +3,9 @@
 
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::conformance::{Fixture, SCENARIOS};
-use ringlimit_actors::storage::{KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow, UsageStore};
+use ringlimit_actors::storage::{
+    KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow, UsageStore,
+};
 use ringlimit_node::store::embedded::{EmbeddedStore, FILE_NAME};
 use ringlimit_protocol::admin::{Granularity, KeyStatus, Metadata, UsageBucket};
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
@@ -55,40 +57,105 @@ async fn everything_survives_reopen() {
     let key = sample_key();
     let tier = TierRecord {
         name: "pro".into(),
-        limits: vec![LimitSpec { name: "rpm".into(), algorithm: AlgorithmKind::Gcra, limit: 60, window_ms: 60_000, burst: None }],
+        limits: vec![LimitSpec {
+            name: "rpm".into(),
+            algorithm: AlgorithmKind::Gcra,
+            limit: 60,
+            window_ms: 60_000,
+            burst: None,
+        }],
     };
     let usage = [
-        UsageRow { key_id: "k1".into(), granularity: Granularity::Minute, bucket_start_ms: 60_000, writer: "a".into(), units: 3 },
-        UsageRow { key_id: "k1".into(), granularity: Granularity::Minute, bucket_start_ms: 60_000, writer: "b".into(), units: 4 },
-        UsageRow { key_id: "k1".into(), granularity: Granularity::Hour, bucket_start_ms: 0, writer: "a".into(), units: 7 },
+        UsageRow {
+            key_id: "k1".into(),
+            granularity: Granularity::Minute,
+            bucket_start_ms: 60_000,
+            writer: "a".into(),
+            units: 3,
+        },
+        UsageRow {
+            key_id: "k1".into(),
+            granularity: Granularity::Minute,
+            bucket_start_ms: 60_000,
+            writer: "b".into(),
+            units: 4,
+        },
+        UsageRow {
+            key_id: "k1".into(),
+            granularity: Granularity::Hour,
+            bucket_start_ms: 0,
+            writer: "a".into(),
+            units: 7,
+        },
     ];
     {
         let store = EmbeddedStore::open(&data).expect("open (creates nested directories)");
         assert!(data.join(FILE_NAME).is_file());
         store.put_key(&key).await.expect("put_key");
         store.put_tier(&tier).await.expect("put_tier");
-        store.save_snapshots(&[("k1".into(), vec![1, 2, 3]), ("k2".into(), vec![4])]).await.expect("save_snapshots");
+        store
+            .save_snapshots(&[("k1".into(), vec![1, 2, 3]), ("k2".into(), vec![4])])
+            .await
+            .expect("save_snapshots");
         store.delete_snapshot("k2").await.expect("delete_snapshot");
         store.write_usage(&usage).await.expect("write_usage");
     }
     // Dropped: the file is closed. Open it again.
     let store = EmbeddedStore::open(&data).expect("reopen");
-    assert_eq!(store.get_key("k1").await.expect("get_key"), Some(key.clone()));
-    assert_eq!(store.load_all_keys().await.expect("load_all_keys"), vec![key]);
-    assert_eq!(store.key_id_by_hash(&SecretHash::of("s1")).await.expect("by hash").as_deref(), Some("k1"));
-    assert_eq!(store.key_id_by_hash(&SecretHash::of("s2")).await.expect("by hash").as_deref(), Some("k1"));
-    assert_eq!(store.list_tiers().await.expect("list_tiers"), vec![tier]);
-    assert_eq!(store.load_snapshot("k1").await.expect("load_snapshot"), Some(vec![1, 2, 3]));
-    assert_eq!(store.load_snapshot("k2").await.expect("load_snapshot"), None);
     assert_eq!(
-        store.usage_history("k1", Granularity::Minute, 0, u64::MAX).await.expect("usage_history"),
-        vec![UsageBucket { start_ms: 60_000, units: 7 }]
+        store.get_key("k1").await.expect("get_key"),
+        Some(key.clone())
+    );
+    assert_eq!(
+        store.load_all_keys().await.expect("load_all_keys"),
+        vec![key]
+    );
+    assert_eq!(
+        store
+            .key_id_by_hash(&SecretHash::of("s1"))
+            .await
+            .expect("by hash")
+            .as_deref(),
+        Some("k1")
+    );
+    assert_eq!(
+        store
+            .key_id_by_hash(&SecretHash::of("s2"))
+            .await
+            .expect("by hash")
+            .as_deref(),
+        Some("k1")
+    );
+    assert_eq!(store.list_tiers().await.expect("list_tiers"), vec![tier]);
+    assert_eq!(
+        store.load_snapshot("k1").await.expect("load_snapshot"),
+        Some(vec![1, 2, 3])
+    );
+    assert_eq!(
+        store.load_snapshot("k2").await.expect("load_snapshot"),
+        None
+    );
+    assert_eq!(
+        store
+            .usage_history("k1", Granularity::Minute, 0, u64::MAX)
+            .await
+            .expect("usage_history"),
+        vec![UsageBucket {
+            start_ms: 60_000,
+            units: 7
+        }]
     );
     // Rewriting the same absolute rows after a restart does not double count.
     store.write_usage(&usage).await.expect("write_usage again");
     assert_eq!(
-        store.usage_history("k1", Granularity::Hour, 0, u64::MAX).await.expect("usage_history"),
-        vec![UsageBucket { start_ms: 0, units: 7 }]
+        store
+            .usage_history("k1", Granularity::Hour, 0, u64::MAX)
+            .await
+            .expect("usage_history"),
+        vec![UsageBucket {
+            start_ms: 0,
+            units: 7
+        }]
     );
 }
 
@@ -99,26 +166,44 @@ fn survives_process_exit() {
     const ENV: &str = "RINGLIMIT_EMBEDDED_CHILD_DIR";
     if let Ok(dir) = std::env::var(ENV) {
         // Child: write, then exit without any explicit close.
-        tokio::runtime::Runtime::new().expect("runtime").block_on(async {
-            let store = EmbeddedStore::open(std::path::Path::new(&dir)).expect("child open");
-            store.put_key(&sample_key()).await.expect("child put_key");
-            store.save_snapshots(&[("k1".into(), vec![42])]).await.expect("child save_snapshots");
-        });
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let store = EmbeddedStore::open(std::path::Path::new(&dir)).expect("child open");
+                store.put_key(&sample_key()).await.expect("child put_key");
+                store
+                    .save_snapshots(&[("k1".into(), vec![42])])
+                    .await
+                    .expect("child save_snapshots");
+            });
         std::process::exit(0);
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let status = std::process::Command::new(std::env::current_exe().expect("current exe"))
-        .args(["--exact", "survives_process_exit", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "survives_process_exit",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV, dir.path())
         .stdout(std::process::Stdio::null())
         .status()
         .expect("run child");
     assert!(status.success(), "child failed: {status}");
-    tokio::runtime::Runtime::new().expect("runtime").block_on(async {
-        let store = EmbeddedStore::open(dir.path()).expect("open after child exit");
-        assert_eq!(store.get_key("k1").await.expect("get_key"), Some(sample_key()));
-        assert_eq!(store.load_snapshot("k1").await.expect("load_snapshot"), Some(vec![42]));
-    });
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let store = EmbeddedStore::open(dir.path()).expect("open after child exit");
+            assert_eq!(
+                store.get_key("k1").await.expect("get_key"),
+                Some(sample_key())
+            );
+            assert_eq!(
+                store.load_snapshot("k1").await.expect("load_snapshot"),
+                Some(vec![42])
+            );
+        });
 }
 
 #[test]
@@ -153,14 +238,24 @@ async fn concurrent_writers_and_readers() {
                     units: i + 1,
                 };
                 s.write_usage(&[row]).await.expect("write_usage");
-                s.usage_history("hot", Granularity::Minute, 0, u64::MAX).await.expect("usage_history");
+                s.usage_history("hot", Granularity::Minute, 0, u64::MAX)
+                    .await
+                    .expect("usage_history");
             }
         }));
     }
     for t in tasks {
         t.await.expect("task");
     }
-    let hist = shared.usage_history("hot", Granularity::Minute, 0, u64::MAX).await.expect("usage_history");
-    let want: Vec<UsageBucket> = (0..20u64).map(|i| UsageBucket { start_ms: i * 60_000, units: 8 * (i + 1) }).collect();
+    let hist = shared
+        .usage_history("hot", Granularity::Minute, 0, u64::MAX)
+        .await
+        .expect("usage_history");
+    let want: Vec<UsageBucket> = (0..20u64)
+        .map(|i| UsageBucket {
+            start_ms: i * 60_000,
+            units: 8 * (i + 1),
+        })
+        .collect();
     assert_eq!(hist, want);
 }

@@ -23,15 +23,15 @@ use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::conformance::{Fixture, SCENARIOS};
 use ringlimit_actors::storage::{KeyStore, SnapshotStore, StoreError, UsageRow, UsageStore};
 use ringlimit_node::store::scylla::{
-    DEFAULT_REPLICATION, MIGRATIONS, STORE_SCHEMA_VERSION, ScyllaOptions, ScyllaStore, connect_session, migrate,
-    migrate_to, migrations,
+    DEFAULT_REPLICATION, MIGRATIONS, STORE_SCHEMA_VERSION, ScyllaOptions, ScyllaStore,
+    connect_session, migrate, migrate_to, migrations,
 };
 use ringlimit_protocol::admin::{Granularity, KeyStatus, Metadata};
 use scylla::client::session::Session;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const ENV_ADDR: &str = "RINGLIMIT_TEST_CQL";
@@ -65,20 +65,33 @@ fn cql_addr() -> String {
 }
 
 fn test_opts() -> ScyllaOptions {
-    ScyllaOptions { consistency: scylla::statement::Consistency::One, ..ScyllaOptions::default() }
+    ScyllaOptions {
+        consistency: scylla::statement::Consistency::One,
+        ..ScyllaOptions::default()
+    }
 }
 
 /// A keyspace name no other test (of this or another process) uses.
 fn unique_keyspace() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("rl_test_{secs}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "rl_test_{secs}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn exec(session: &Session, cql: &str) {
     let mut st = scylla::statement::Statement::new(cql);
     st.set_request_timeout(Some(Duration::from_secs(60)));
-    session.query_unpaged(st, ()).await.unwrap_or_else(|e| panic!("{cql}: {e}"));
+    session
+        .query_unpaged(st, ())
+        .await
+        .unwrap_or_else(|e| panic!("{cql}: {e}"));
 }
 
 async fn keyspaces(session: &Session) -> Vec<String> {
@@ -88,7 +101,10 @@ async fn keyspaces(session: &Session) -> Vec<String> {
         .expect("list keyspaces")
         .into_rows_result()
         .expect("rows");
-    rows.rows::<(String,)>().expect("typed rows").map(|r| r.expect("row").0).collect()
+    rows.rows::<(String,)>()
+        .expect("typed rows")
+        .map(|r| r.expect("row").0)
+        .collect()
 }
 
 /// Drops `rl_test_*` keyspaces left by killed runs (once per process).
@@ -97,10 +113,19 @@ async fn drop_stale_keyspaces(session: &Session) {
     if DONE.swap(true, Ordering::SeqCst) {
         return;
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for ks in keyspaces(session).await {
-        let Some(rest) = ks.strip_prefix("rl_test_") else { continue };
-        let created: u64 = rest.split('_').next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+        let Some(rest) = ks.strip_prefix("rl_test_") else {
+            continue;
+        };
+        let created: u64 = rest
+            .split('_')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
         if created.saturating_add(STALE_AFTER_SECS) < now {
             exec(session, &format!("DROP KEYSPACE IF EXISTS \"{ks}\"")).await;
         }
@@ -116,7 +141,10 @@ struct KeyspaceGuard {
 
 impl Drop for KeyspaceGuard {
     fn drop(&mut self) {
-        let (session, cql) = (Arc::clone(&self.session), format!("DROP KEYSPACE IF EXISTS \"{}\"", self.keyspace));
+        let (session, cql) = (
+            Arc::clone(&self.session),
+            format!("DROP KEYSPACE IF EXISTS \"{}\"", self.keyspace),
+        );
         let handle = self.handle.clone();
         let t = Instant::now();
         // Dropped inside the test's `block_on` on a multi-threaded runtime:
@@ -125,13 +153,21 @@ impl Drop for KeyspaceGuard {
             handle.block_on(async move {
                 let mut st = scylla::statement::Statement::new(cql);
                 st.set_request_timeout(Some(Duration::from_secs(60)));
-                session.query_unpaged(st, ()).await.map(drop).map_err(|e| e.to_string())
+                session
+                    .query_unpaged(st, ())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             })
         });
         eprintln!("keyspace {} dropped in {:?}", self.keyspace, t.elapsed());
         if let Err(e) = result {
             // Never panic in drop (it may run while unwinding); the next run cleans up.
-            let _ = writeln!(std::io::stderr(), "warning: could not drop test keyspace {}: {e}", self.keyspace);
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: could not drop test keyspace {}: {e}",
+                self.keyspace
+            );
         }
     }
 }
@@ -145,17 +181,39 @@ async fn fresh() -> Fixture {
 /// A migrated, empty store on its own keyspace, and the guard that drops it.
 async fn fresh_store() -> (ScyllaStore, KeyspaceGuard) {
     let addr = cql_addr();
-    let session = Arc::new(connect_session(&[addr], &test_opts()).await.expect("connect to the CQL server"));
+    let session = Arc::new(
+        connect_session(&[addr], &test_opts())
+            .await
+            .expect("connect to the CQL server"),
+    );
     drop_stale_keyspaces(&session).await;
     let keyspace = unique_keyspace();
-    let guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
+    let guard = KeyspaceGuard {
+        session: Arc::clone(&session),
+        keyspace: keyspace.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
     let t = Instant::now();
     // Only the migrations the store needs (creating the pipelines' tables too
     // would add a second per test on Cassandra); the full set is tested below.
-    migrate_to(&session, &keyspace, DEFAULT_REPLICATION, STORE_SCHEMA_VERSION).await.expect("migrate");
-    let store = ScyllaStore::with_session(session, &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
-        .await
-        .expect("prepare");
+    migrate_to(
+        &session,
+        &keyspace,
+        DEFAULT_REPLICATION,
+        STORE_SCHEMA_VERSION,
+    )
+    .await
+    .expect("migrate");
+    let store = ScyllaStore::with_session(
+        session,
+        &keyspace,
+        ScyllaOptions {
+            migrate: false,
+            ..test_opts()
+        },
+    )
+    .await
+    .expect("prepare");
     eprintln!("keyspace {keyspace} migrated in {:?}", t.elapsed());
     (store, guard)
 }
@@ -170,7 +228,11 @@ fn suite_has_scenarios() {
 // ---------------------------------------------------------------- adapter specifics
 
 fn key_with(id: &str, owner: &str, status: KeyStatus) -> KeyRecord {
-    KeyRecord { owner: owner.to_owned(), status, ..sample_key(id) }
+    KeyRecord {
+        owner: owner.to_owned(),
+        status,
+        ..sample_key(id)
+    }
 }
 
 /// The suite's key ids all start with `k` (one listing partition); here ids
@@ -179,10 +241,24 @@ fn key_with(id: &str, owner: &str, status: KeyStatus) -> KeyRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_walks_shards_in_key_id_order() {
     let (store, _guard) = fresh_store().await;
-    let mut ids: Vec<String> = ["0", "09", "A", "Z_", "a", "a0", "b-1", "k", "k10", "z", "zz", "\u{e9}t\u{e9}", "\u{1f511}"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut ids: Vec<String> = [
+        "0",
+        "09",
+        "A",
+        "Z_",
+        "a",
+        "a0",
+        "b-1",
+        "k",
+        "k10",
+        "z",
+        "zz",
+        "\u{e9}t\u{e9}",
+        "\u{1f511}",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     // And a few hundred generated-looking ids.
     for i in 0..150u32 {
         let c = b"abcdefghijklmnopqrstuvwxyz0123456789"[(i * 7 % 36) as usize] as char;
@@ -193,7 +269,10 @@ async fn listing_walks_shards_in_key_id_order() {
     order.sort_by_key(|i| (i * 37) % ids.len());
     for &i in &order {
         let owner = if i % 3 == 0 { "alice" } else { "bob" };
-        store.put_key(&key_with(&ids[i], owner, KeyStatus::Active)).await.expect("put_key");
+        store
+            .put_key(&key_with(&ids[i], owner, KeyStatus::Active))
+            .await
+            .expect("put_key");
     }
     let owner_of = |id: &str| {
         let i = ids.iter().position(|x| x == id).expect("known id");
@@ -205,15 +284,25 @@ async fn listing_walks_shards_in_key_id_order() {
     for (filter, want) in [
         (Default::default(), sorted.clone()),
         (
-            ringlimit_actors::storage::KeyFilter { owner: Some("alice".into()), ..Default::default() },
-            sorted.iter().filter(|id| owner_of(id) == "alice").cloned().collect::<Vec<_>>(),
+            ringlimit_actors::storage::KeyFilter {
+                owner: Some("alice".into()),
+                ..Default::default()
+            },
+            sorted
+                .iter()
+                .filter(|id| owner_of(id) == "alice")
+                .cloned()
+                .collect::<Vec<_>>(),
         ),
     ] {
         for page_size in [1usize, 7, 1_000] {
             let mut got = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
-                let page = store.list_keys(&filter, cursor.as_deref(), page_size).await.expect("list_keys");
+                let page = store
+                    .list_keys(&filter, cursor.as_deref(), page_size)
+                    .await
+                    .expect("list_keys");
                 assert!(page.len() <= page_size);
                 if page.is_empty() {
                     break;
@@ -229,17 +318,33 @@ async fn listing_walks_shards_in_key_id_order() {
     let after = |c: &str, n: usize| {
         let store = store.clone();
         let c = c.to_owned();
-        async move { store.list_keys(&Default::default(), Some(&c), n).await.expect("list_keys").into_iter().map(|k| k.key_id).collect::<Vec<_>>() }
+        async move {
+            store
+                .list_keys(&Default::default(), Some(&c), n)
+                .await
+                .expect("list_keys")
+                .into_iter()
+                .map(|k| k.key_id)
+                .collect::<Vec<_>>()
+        }
     };
     for c in ["!", "0", "00", "1", "Y", "a", "a0", "k0", "y", "z"] {
-        let want: Vec<String> = sorted.iter().filter(|id| id.as_str() > c).take(3).cloned().collect();
+        let want: Vec<String> = sorted
+            .iter()
+            .filter(|id| id.as_str() > c)
+            .take(3)
+            .cloned()
+            .collect();
         assert_eq!(after(c, 3).await, want, "after {c:?}");
     }
     assert_eq!(after("Y", 2).await, ["Z_", "a"]);
     assert_eq!(after("zz", 5).await, ["\u{e9}t\u{e9}", "\u{1f511}"]);
     assert!(after("\u{1f511}", 5).await.is_empty());
     assert_eq!(after("", 1).await, ["0"], "an empty cursor is no cursor");
-    assert_eq!(store.load_all_keys().await.expect("load_all_keys").len(), ids.len());
+    assert_eq!(
+        store.load_all_keys().await.expect("load_all_keys").len(),
+        ids.len()
+    );
 }
 
 /// A hash index entry whose key no longer has that hash (left by an
@@ -255,19 +360,43 @@ async fn stale_hash_entries_are_not_trusted() {
     for (h, id) in [(stale, "k1"), (orphan, "ghost")] {
         store
             .session()
-            .query_unpaged(format!("INSERT INTO \"{ks}\".keys_by_hash (secret_hash, key_id) VALUES (?, ?)"), (h.0.as_slice(), id))
+            .query_unpaged(
+                format!("INSERT INTO \"{ks}\".keys_by_hash (secret_hash, key_id) VALUES (?, ?)"),
+                (h.0.as_slice(), id),
+            )
             .await
             .expect("insert index entry");
     }
-    assert_eq!(store.key_id_by_hash(&k.secret_hash).await.expect("by hash").as_deref(), Some("k1"));
+    assert_eq!(
+        store
+            .key_id_by_hash(&k.secret_hash)
+            .await
+            .expect("by hash")
+            .as_deref(),
+        Some("k1")
+    );
     assert_eq!(store.key_id_by_hash(&stale).await.expect("by hash"), None);
     assert_eq!(store.key_id_by_hash(&orphan).await.expect("by hash"), None);
     // A rotation that lists the old hash as previous makes it valid again.
-    let rotated = KeyRecord { previous_hash: Some(stale), previous_expires_at_ms: Some(9), ..k.clone() };
+    let rotated = KeyRecord {
+        previous_hash: Some(stale),
+        previous_expires_at_ms: Some(9),
+        ..k.clone()
+    };
     store.put_key(&rotated).await.expect("put_key");
-    assert_eq!(store.key_id_by_hash(&stale).await.expect("by hash").as_deref(), Some("k1"));
+    assert_eq!(
+        store
+            .key_id_by_hash(&stale)
+            .await
+            .expect("by hash")
+            .as_deref(),
+        Some("k1")
+    );
     assert_eq!(store.get_key("").await.expect("empty id"), None);
-    assert!(store.put_key(&sample_key("")).await.is_err(), "an empty key id is refused");
+    assert!(
+        store.put_key(&sample_key("")).await.is_err(),
+        "an empty key id is refused"
+    );
 }
 
 /// History across many partitions (days, 32-day hour periods), batches larger
@@ -279,7 +408,13 @@ async fn usage_across_partitions_and_large_batches() {
     const HOUR: u64 = 3_600_000;
     const DAY: u64 = 86_400_000;
     let t0 = 1_699_999_980_000 - 1_699_999_980_000 % DAY;
-    let row = |g: Granularity, start: u64, writer: &str, units: u64| UsageRow { key_id: "k1".into(), granularity: g, bucket_start_ms: start, writer: writer.into(), units };
+    let row = |g: Granularity, start: u64, writer: &str, units: u64| UsageRow {
+        key_id: "k1".into(),
+        granularity: g,
+        bucket_start_ms: start,
+        writer: writer.into(),
+        units,
+    };
 
     // 3 days of minutes around midnights, 100 rows per writer and day: several CQL batches per partition.
     let mut rows = Vec::new();
@@ -293,39 +428,89 @@ async fn usage_across_partitions_and_large_batches() {
     // The same row twice in one call: the last value wins.
     rows.push(row(Granularity::Minute, t0 + DAY, "a", 40));
     store.write_usage(&rows).await.expect("write_usage");
-    let hist = store.usage_history("k1", Granularity::Minute, 0, u64::MAX).await.expect("history");
+    let hist = store
+        .usage_history("k1", Granularity::Minute, 0, u64::MAX)
+        .await
+        .expect("history");
     // 3 × 100 buckets, but day d's last 50 overlap day d+1's first 50.
     let mut want: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     for d in 0..3 {
         for m in 0..100 {
-            *want.entry(t0 + d * DAY + DAY - 50 * MIN + m * MIN).or_default() = 3;
+            *want
+                .entry(t0 + d * DAY + DAY - 50 * MIN + m * MIN)
+                .or_default() = 3;
         }
     }
     *want.get_mut(&(t0 + DAY)).expect("bucket") = 42;
     let got: Vec<(u64, u64)> = hist.iter().map(|b| (b.start_ms, b.units)).collect();
     assert_eq!(got, want.into_iter().collect::<Vec<_>>());
     // A window inside one partition, and one across a midnight.
-    let part = store.usage_history("k1", Granularity::Minute, t0 + DAY + MIN, t0 + DAY + 4 * MIN).await.expect("history");
+    let part = store
+        .usage_history(
+            "k1",
+            Granularity::Minute,
+            t0 + DAY + MIN,
+            t0 + DAY + 4 * MIN,
+        )
+        .await
+        .expect("history");
     assert_eq!(part.iter().map(|b| b.units).collect::<Vec<_>>(), [3, 3, 3]);
-    let across = store.usage_history("k1", Granularity::Minute, t0 + DAY - 2 * MIN, t0 + DAY + 2 * MIN).await.expect("history");
-    assert_eq!(across.iter().map(|b| b.units).collect::<Vec<_>>(), [3, 3, 42, 3]);
+    let across = store
+        .usage_history(
+            "k1",
+            Granularity::Minute,
+            t0 + DAY - 2 * MIN,
+            t0 + DAY + 2 * MIN,
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        across.iter().map(|b| b.units).collect::<Vec<_>>(),
+        [3, 3, 42, 3]
+    );
 
     // Hours over 100 days (several 32-day partitions), days over 3 years (two 1024-day partitions).
-    let hours: Vec<UsageRow> = (0..100).map(|d| row(Granularity::Hour, t0 + d * DAY + 5 * HOUR, "a", d + 1)).collect();
-    let days: Vec<UsageRow> = (0..1_100).step_by(100).map(|d| row(Granularity::Day, t0 + d * DAY, "a", d + 1)).collect();
+    let hours: Vec<UsageRow> = (0..100)
+        .map(|d| row(Granularity::Hour, t0 + d * DAY + 5 * HOUR, "a", d + 1))
+        .collect();
+    let days: Vec<UsageRow> = (0..1_100)
+        .step_by(100)
+        .map(|d| row(Granularity::Day, t0 + d * DAY, "a", d + 1))
+        .collect();
     store.write_usage(&hours).await.expect("write hours");
     store.write_usage(&days).await.expect("write days");
-    let h = store.usage_history("k1", Granularity::Hour, t0, t0 + 100 * DAY).await.expect("hours");
+    let h = store
+        .usage_history("k1", Granularity::Hour, t0, t0 + 100 * DAY)
+        .await
+        .expect("hours");
     assert_eq!(h.len(), 100);
-    assert_eq!(h.iter().map(|b| b.units).sum::<u64>(), (1..=100).sum::<u64>());
-    assert!(h.windows(2).all(|w| w[0].start_ms < w[1].start_ms), "time order");
-    let d = store.usage_history("k1", Granularity::Day, 0, u64::MAX).await.expect("days");
-    assert_eq!(d.iter().map(|b| b.start_ms).collect::<Vec<_>>(), days.iter().map(|r| r.bucket_start_ms).collect::<Vec<_>>());
+    assert_eq!(
+        h.iter().map(|b| b.units).sum::<u64>(),
+        (1..=100).sum::<u64>()
+    );
+    assert!(
+        h.windows(2).all(|w| w[0].start_ms < w[1].start_ms),
+        "time order"
+    );
+    let d = store
+        .usage_history("k1", Granularity::Day, 0, u64::MAX)
+        .await
+        .expect("days");
+    assert_eq!(
+        d.iter().map(|b| b.start_ms).collect::<Vec<_>>(),
+        days.iter().map(|r| r.bucket_start_ms).collect::<Vec<_>>()
+    );
 
     // Out-of-range values are refused, not wrapped.
-    let err = store.write_usage(&[row(Granularity::Minute, u64::MAX, "a", 1)]).await.expect_err("bucket out of range");
+    let err = store
+        .write_usage(&[row(Granularity::Minute, u64::MAX, "a", 1)])
+        .await
+        .expect_err("bucket out of range");
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
-    let err = store.write_usage(&[row(Granularity::Minute, t0, "a", u64::MAX)]).await.expect_err("units out of range");
+    let err = store
+        .write_usage(&[row(Granularity::Minute, t0, "a", u64::MAX)])
+        .await
+        .expect_err("units out of range");
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
 }
 
@@ -335,47 +520,97 @@ async fn usage_across_partitions_and_large_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_and_are_recorded() {
     let addr = cql_addr();
-    let session = Arc::new(connect_session(std::slice::from_ref(&addr), &test_opts()).await.expect("connect"));
+    let session = Arc::new(
+        connect_session(std::slice::from_ref(&addr), &test_opts())
+            .await
+            .expect("connect"),
+    );
     let keyspace = unique_keyspace();
-    let guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
+    let guard = KeyspaceGuard {
+        session: Arc::clone(&session),
+        keyspace: keyspace.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
     let all: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
 
     // Nothing there yet: a store that must not migrate refuses clearly.
-    let err = ScyllaStore::with_session(Arc::clone(&session), &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
-        .await
-        .expect_err("no schema");
-    assert!(matches!(err, StoreError::Backend(ref m) if m.contains("ringlimit migrate")), "{err:?}");
-    assert!(migrations::applied_versions(&session, &keyspace).await.expect("versions").is_empty());
+    let err = ScyllaStore::with_session(
+        Arc::clone(&session),
+        &keyspace,
+        ScyllaOptions {
+            migrate: false,
+            ..test_opts()
+        },
+    )
+    .await
+    .expect_err("no schema");
+    assert!(
+        matches!(err, StoreError::Backend(ref m) if m.contains("ringlimit migrate")),
+        "{err:?}"
+    );
+    assert!(
+        migrations::applied_versions(&session, &keyspace)
+            .await
+            .expect("versions")
+            .is_empty()
+    );
 
     // Up to a version, then the rest.
-    let partial = migrate_to(&session, &keyspace, DEFAULT_REPLICATION, 2).await.expect("migrate to 2");
-    assert_eq!(partial.applied, [1, 2]);
-    let err = ScyllaStore::with_session(Arc::clone(&session), &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
+    let partial = migrate_to(&session, &keyspace, DEFAULT_REPLICATION, 2)
         .await
-        .expect_err("schema too old");
-    assert!(matches!(err, StoreError::Backend(ref m) if m.contains("[3, 4]")), "{err:?}");
-    let rest = migrate(&session, &keyspace, DEFAULT_REPLICATION).await.expect("the rest");
+        .expect("migrate to 2");
+    assert_eq!(partial.applied, [1, 2]);
+    let err = ScyllaStore::with_session(
+        Arc::clone(&session),
+        &keyspace,
+        ScyllaOptions {
+            migrate: false,
+            ..test_opts()
+        },
+    )
+    .await
+    .expect_err("schema too old");
+    assert!(
+        matches!(err, StoreError::Backend(ref m) if m.contains("[3, 4]")),
+        "{err:?}"
+    );
+    let rest = migrate(&session, &keyspace, DEFAULT_REPLICATION)
+        .await
+        .expect("the rest");
     assert_eq!(rest.applied, all[2..]);
     assert_eq!(rest.already_applied, [1, 2]);
     drop(guard);
     // And from scratch on a fresh keyspace.
     let keyspace = unique_keyspace();
-    let _guard = KeyspaceGuard { session: Arc::clone(&session), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
+    let _guard = KeyspaceGuard {
+        session: Arc::clone(&session),
+        keyspace: keyspace.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
 
     let t = Instant::now();
-    let first = migrate(&session, &keyspace, DEFAULT_REPLICATION).await.expect("first migrate");
+    let first = migrate(&session, &keyspace, DEFAULT_REPLICATION)
+        .await
+        .expect("first migrate");
     eprintln!("first migration run: {:?}", t.elapsed());
     assert_eq!(first.applied, all);
-    assert!(first.already_applied.is_empty() && first.changed_since_applied.is_empty(), "{first:?}");
+    assert!(
+        first.already_applied.is_empty() && first.changed_since_applied.is_empty(),
+        "{first:?}"
+    );
 
     let t = Instant::now();
-    let second = migrate(&session, &keyspace, DEFAULT_REPLICATION).await.expect("second migrate");
+    let second = migrate(&session, &keyspace, DEFAULT_REPLICATION)
+        .await
+        .expect("second migrate");
     eprintln!("second migration run: {:?}", t.elapsed());
     assert!(second.applied.is_empty(), "second run applied {second:?}");
     assert_eq!(second.already_applied, all);
     assert!(second.changed_since_applied.is_empty());
 
-    let recorded = migrations::applied_versions(&session, &keyspace).await.expect("versions");
+    let recorded = migrations::applied_versions(&session, &keyspace)
+        .await
+        .expect("versions");
     assert_eq!(recorded.keys().copied().collect::<Vec<_>>(), all);
     for m in MIGRATIONS {
         assert_eq!(recorded[&m.version], m.checksum(), "checksum of {}", m.name);
@@ -391,37 +626,82 @@ async fn migrations_apply_once_and_are_recorded() {
         .expect("tables")
         .into_rows_result()
         .expect("rows");
-    let tables: std::collections::BTreeMap<String, i32> =
-        rows.rows::<(String, i32)>().expect("typed").map(|r| r.expect("row")).collect();
+    let tables: std::collections::BTreeMap<String, i32> = rows
+        .rows::<(String, i32)>()
+        .expect("typed")
+        .map(|r| r.expect("row"))
+        .collect();
     for t in [
-        "schema_migrations", "keys", "keys_by_hash", "keys_by_page", "tiers", "counter_snapshots", "usage_minute",
-        "usage_hour", "usage_day", "usage_partitions", "violations", "alerts", "alerts_by_key", "billing_records",
-        "billing_by_owner", "audit_log", "dead_letters",
+        "schema_migrations",
+        "keys",
+        "keys_by_hash",
+        "keys_by_page",
+        "tiers",
+        "counter_snapshots",
+        "usage_minute",
+        "usage_hour",
+        "usage_day",
+        "usage_partitions",
+        "violations",
+        "alerts",
+        "alerts_by_key",
+        "billing_records",
+        "billing_by_owner",
+        "audit_log",
+        "dead_letters",
     ] {
         assert!(tables.contains_key(t), "table {t} missing: {tables:?}");
     }
     assert_eq!(tables["usage_minute"], 30 * 86_400);
-    assert!(tables["usage_hour"] > tables["usage_minute"] && tables["usage_day"] > tables["usage_hour"]);
+    assert!(
+        tables["usage_hour"] > tables["usage_minute"] && tables["usage_day"] > tables["usage_hour"]
+    );
     let rows = session
         .query_unpaged("SELECT compaction FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'usage_minute'", (keyspace.as_str(),))
         .await
         .expect("compaction")
         .into_rows_result()
         .expect("rows");
-    let (compaction,): (std::collections::HashMap<String, String>,) = rows.single_row().expect("one row");
-    assert!(compaction.get("class").is_some_and(|c| c.ends_with("TimeWindowCompactionStrategy")), "{compaction:?}");
+    let (compaction,): (std::collections::HashMap<String, String>,) =
+        rows.single_row().expect("one row");
+    assert!(
+        compaction
+            .get("class")
+            .is_some_and(|c| c.ends_with("TimeWindowCompactionStrategy")),
+        "{compaction:?}"
+    );
 
     // The migrated keyspace serves a store that does not migrate.
-    let store = ScyllaStore::with_session(Arc::clone(&session), &keyspace, ScyllaOptions { migrate: false, ..test_opts() })
-        .await
-        .expect("store on the migrated keyspace");
+    let store = ScyllaStore::with_session(
+        Arc::clone(&session),
+        &keyspace,
+        ScyllaOptions {
+            migrate: false,
+            ..test_opts()
+        },
+    )
+    .await
+    .expect("store on the migrated keyspace");
     store.ping().await.expect("ping");
-    assert!(store.load_all_keys().await.expect("load_all_keys").is_empty());
+    assert!(
+        store
+            .load_all_keys()
+            .await
+            .expect("load_all_keys")
+            .is_empty()
+    );
 
     // Connecting (which migrates) again changes nothing either.
-    let again = ScyllaStore::connect(&[addr], &keyspace.to_uppercase(), test_opts()).await.expect("connect again");
+    let again = ScyllaStore::connect(&[addr], &keyspace.to_uppercase(), test_opts())
+        .await
+        .expect("connect again");
     assert_eq!(again.keyspace(), keyspace);
-    assert_eq!(migrations::applied_versions(&session, &keyspace).await.expect("versions"), recorded);
+    assert_eq!(
+        migrations::applied_versions(&session, &keyspace)
+            .await
+            .expect("versions"),
+        recorded
+    );
 }
 
 // ---------------------------------------------------------------- failing fast
@@ -438,10 +718,16 @@ fn fast_opts() -> ScyllaOptions {
 /// A closed port: connect fails at once with `Unavailable`. Needs no server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_port_is_unavailable_at_once() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     // The listener is dropped: nothing listens on `port` any more.
     let t = Instant::now();
-    let err = ScyllaStore::connect(&[format!("127.0.0.1:{port}")], "rl_closed", fast_opts()).await.expect_err("no server");
+    let err = ScyllaStore::connect(&[format!("127.0.0.1:{port}")], "rl_closed", fast_opts())
+        .await
+        .expect_err("no server");
     let took = t.elapsed();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(err.is_transient());
@@ -453,7 +739,9 @@ async fn closed_port_is_unavailable_at_once() {
 /// within its bound with `Unavailable`. Needs no server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_server_is_unavailable_within_the_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let holder = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -465,10 +753,15 @@ async fn silent_server_is_unavailable_within_the_timeout() {
     // connect_timeout × (nodes + 1) + request_timeout, see connect_session.
     let bound = opts.connect_timeout * 2 + opts.request_timeout;
     let t = Instant::now();
-    let err = ScyllaStore::connect(&[addr.to_string()], "rl_silent", opts).await.expect_err("silent server");
+    let err = ScyllaStore::connect(&[addr.to_string()], "rl_silent", opts)
+        .await
+        .expect_err("silent server");
     let took = t.elapsed();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert!(took <= bound + Duration::from_millis(500), "took {took:?}, bound {bound:?}");
+    assert!(
+        took <= bound + Duration::from_millis(500),
+        "took {took:?}, bound {bound:?}"
+    );
     eprintln!("silent server: {err} after {took:?}");
     holder.abort();
 }
@@ -477,18 +770,33 @@ async fn silent_server_is_unavailable_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_fails_fast() {
     let t = Instant::now();
-    let err = ScyllaStore::connect(&["no-such-host.invalid:9042".to_owned()], "rl_nohost", fast_opts())
-        .await
-        .expect_err("unknown host");
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    let err = ScyllaStore::connect(
+        &["no-such-host.invalid:9042".to_owned()],
+        "rl_nohost",
+        fast_opts(),
+    )
+    .await
+    .expect_err("unknown host");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     eprintln!("unknown host: {err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_are_refused_before_connecting() {
-    let err = ScyllaStore::connect(&["127.0.0.1:1".to_owned()], "bad-name", fast_opts()).await.expect_err("bad keyspace");
-    assert!(matches!(err, StoreError::Backend(ref m) if m.contains("keyspace")), "{err:?}");
-    let err = ScyllaStore::connect(&[], "rl", fast_opts()).await.expect_err("no nodes");
+    let err = ScyllaStore::connect(&["127.0.0.1:1".to_owned()], "bad-name", fast_opts())
+        .await
+        .expect_err("bad keyspace");
+    assert!(
+        matches!(err, StoreError::Backend(ref m) if m.contains("keyspace")),
+        "{err:?}"
+    );
+    let err = ScyllaStore::connect(&[], "rl", fast_opts())
+        .await
+        .expect_err("no nodes");
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
 }
 
@@ -515,7 +823,9 @@ struct Proxy {
 
 impl Proxy {
     async fn start(target: String) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (mode, rx) = tokio::sync::watch::channel(Mode::Up);
         let task = tokio::spawn(async move {
@@ -527,7 +837,9 @@ impl Proxy {
                     if now == Mode::Down {
                         return; // accepted and closed at once
                     }
-                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
@@ -602,16 +914,28 @@ fn sample_key(id: &str) -> KeyRecord {
 
 /// Every kind of operation, each returning its error if any.
 async fn touch_everything(store: &ScyllaStore, i: u64) -> Vec<Result<(), StoreError>> {
-    let row = UsageRow { key_id: "k1".into(), granularity: Granularity::Minute, bucket_start_ms: 60_000 * i, writer: "w".into(), units: i };
+    let row = UsageRow {
+        key_id: "k1".into(),
+        granularity: Granularity::Minute,
+        bucket_start_ms: 60_000 * i,
+        writer: "w".into(),
+        units: i,
+    };
     vec![
         store.put_key(&sample_key(&format!("k{i}"))).await,
         store.get_key("k1").await.map(drop),
         store.key_id_by_hash(&SecretHash::of("k1")).await.map(drop),
-        store.list_keys(&Default::default(), None, 10).await.map(drop),
+        store
+            .list_keys(&Default::default(), None, 10)
+            .await
+            .map(drop),
         store.save_snapshots(&[("k1".into(), vec![i as u8])]).await,
         store.load_snapshot("k1").await.map(drop),
         store.write_usage(&[row]).await,
-        store.usage_history("k1", Granularity::Minute, 0, u64::MAX).await.map(drop),
+        store
+            .usage_history("k1", Granularity::Minute, 0, u64::MAX)
+            .await
+            .map(drop),
     ]
 }
 
@@ -622,10 +946,20 @@ async fn touch_everything(store: &ScyllaStore, i: u64) -> Vec<Result<(), StoreEr
 async fn outage_fails_fast_and_recovers() {
     let addr = cql_addr();
     let proxy = Proxy::start(addr.clone()).await;
-    let admin = Arc::new(connect_session(&[addr], &test_opts()).await.expect("connect"));
+    let admin = Arc::new(
+        connect_session(&[addr], &test_opts())
+            .await
+            .expect("connect"),
+    );
     let keyspace = unique_keyspace();
-    let _guard = KeyspaceGuard { session: Arc::clone(&admin), keyspace: keyspace.clone(), handle: tokio::runtime::Handle::current() };
-    migrate(&admin, &keyspace, DEFAULT_REPLICATION).await.expect("migrate");
+    let _guard = KeyspaceGuard {
+        session: Arc::clone(&admin),
+        keyspace: keyspace.clone(),
+        handle: tokio::runtime::Handle::current(),
+    };
+    migrate(&admin, &keyspace, DEFAULT_REPLICATION)
+        .await
+        .expect("migrate");
     let opts = ScyllaOptions {
         request_timeout: Duration::from_millis(500),
         operation_timeout: Duration::from_millis(1_500),
@@ -633,7 +967,9 @@ async fn outage_fails_fast_and_recovers() {
         migrate: false,
         ..test_opts()
     };
-    let store = ScyllaStore::connect(&[proxy.addr.to_string()], &keyspace, opts.clone()).await.expect("connect via proxy");
+    let store = ScyllaStore::connect(&[proxy.addr.to_string()], &keyspace, opts.clone())
+        .await
+        .expect("connect via proxy");
     // The driver must talk to the node through the proxy only (one node: the
     // contact point is the node's address).
     for r in touch_everything(&store, 1).await {
@@ -653,10 +989,19 @@ async fn outage_fails_fast_and_recovers() {
             }
         }
         // Eight operations, each bounded by operation_timeout.
-        assert!(took <= opts.operation_timeout * 8 + Duration::from_secs(1), "{name}: took {took:?}");
-        eprintln!("{name}: 8 operations failed with Unavailable in {took:?}; e.g. {:?}", results[1]);
+        assert!(
+            took <= opts.operation_timeout * 8 + Duration::from_secs(1),
+            "{name}: took {took:?}"
+        );
+        eprintln!(
+            "{name}: 8 operations failed with Unavailable in {took:?}; e.g. {:?}",
+            results[1]
+        );
         if mode == Mode::Down {
-            assert!(took < Duration::from_secs(1), "a stopped server must fail at once, took {took:?}");
+            assert!(
+                took < Duration::from_secs(1),
+                "a stopped server must fail at once, took {took:?}"
+            );
         }
 
         // Back up: the same store recovers by itself.
@@ -667,10 +1012,19 @@ async fn outage_fails_fast_and_recovers() {
             if results.iter().all(Result::is_ok) {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "{name}: no recovery after 30 s: {results:?}");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{name}: no recovery after 30 s: {results:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        eprintln!("{name}: recovered {:?} after the server came back", t.elapsed());
+        eprintln!(
+            "{name}: recovered {:?} after the server came back",
+            t.elapsed()
+        );
     }
-    assert_eq!(store.get_key("k3").await.expect("get_key"), Some(sample_key("k3")));
+    assert_eq!(
+        store.get_key("k3").await.expect("get_key"),
+        Some(sample_key("k3"))
+    );
 }

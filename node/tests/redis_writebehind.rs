@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn script(args: &[&str]) -> String {
@@ -20,7 +20,11 @@ fn script(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run scripts/redis.sh");
-    assert!(out.status.success(), "scripts/redis.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scripts/redis.sh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -34,12 +38,20 @@ impl Redis {
     fn start() -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let url = script(&["start", dir.path().to_str().unwrap()]);
-        Redis { dir, url, cluster: false }
+        Redis {
+            dir,
+            url,
+            cluster: false,
+        }
     }
     fn start_cluster() -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let nodes = script(&["start-cluster", dir.path().to_str().unwrap()]);
-        Redis { dir, url: nodes, cluster: true }
+        Redis {
+            dir,
+            url: nodes,
+            cluster: true,
+        }
     }
     fn stop(&self) {
         script(&["stop", self.dir.path().to_str().unwrap()]);
@@ -48,7 +60,11 @@ impl Redis {
         script(&["start", self.dir.path().to_str().unwrap()]);
     }
     fn env(&self) -> (&'static str, &str) {
-        if self.cluster { ("RINGLIMIT_REDIS_CLUSTER_NODES", &self.url) } else { ("RINGLIMIT_REDIS_URL", &self.url) }
+        if self.cluster {
+            ("RINGLIMIT_REDIS_CLUSTER_NODES", &self.url)
+        } else {
+            ("RINGLIMIT_REDIS_URL", &self.url)
+        }
     }
     /// Whether Redis holds the state of `key_id`.
     fn has_state(&self, key_id: &str) -> bool {
@@ -77,7 +93,9 @@ impl Drop for Redis {
 }
 
 async fn used(node: &Node, id: &str) -> u64 {
-    let (s, v) = node.admin(Method::GET, &format!("/api/v1/usage/{id}/current"), None).await;
+    let (s, v) = node
+        .admin(Method::GET, &format!("/api/v1/usage/{id}/current"), None)
+        .await;
     assert_eq!(s, 200, "{v}");
     v["limits"][0]["used"].as_u64().unwrap()
 }
@@ -85,20 +103,32 @@ async fn used(node: &Node, id: &str) -> u64 {
 async fn sigkill_recovery(redis: &Redis, data: &Path) {
     let env = [redis.env(), ("RINGLIMIT_FLUSH_INTERVAL_MS", "100")];
     let mut node = Node::start(data, &env);
-    let (id, key) = node.create_key(json!([limit("per-minute", "sliding_log", 100, 60_000)])).await;
+    let (id, key) = node
+        .create_key(json!([limit("per-minute", "sliding_log", 100, 60_000)]))
+        .await;
     for _ in 0..60 {
         assert_eq!(node.validate(&key, 1).await.0, 200);
     }
     // Wait more than one flush interval, and until Redis holds the state.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(eventually(5, async || redis.has_state(&id)).await, "the state reached Redis");
+    assert!(
+        eventually(5, async || redis.has_state(&id)).await,
+        "the state reached Redis"
+    );
     node.signal_and_wait(SIGKILL);
 
     let node = Node::start(data, &env);
-    assert_eq!(used(&node, &id).await, 60, "the count continues from Redis after SIGKILL");
+    assert_eq!(
+        used(&node, &id).await,
+        60,
+        "the count continues from Redis after SIGKILL"
+    );
     let (s, b) = node.validate(&key, 1).await;
     assert_eq!(s, 200);
-    assert_eq!(b["limits"][0]["remaining"], 39, "40 were left, this check spent one: {b}");
+    assert_eq!(
+        b["limits"][0]["remaining"], 39,
+        "40 were left, this check spent one: {b}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +152,14 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
     let flush_ms = 100u64;
     let env = [redis.env(), ("RINGLIMIT_FLUSH_INTERVAL_MS", "100")];
     let mut node = Node::start(data.path(), &env);
-    let (id, key) = node.create_key(json!([limit("per-hour", "sliding_log", 100_000, 3_600_000)])).await;
+    let (id, key) = node
+        .create_key(json!([limit(
+            "per-hour",
+            "sliding_log",
+            100_000,
+            3_600_000
+        )]))
+        .await;
     let url = format!("{}/api/v1/validate", node.data);
     let stop = Arc::new(AtomicBool::new(false));
     let admitted = Arc::new(AtomicU64::new(0));
@@ -131,7 +168,13 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
     let times = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
     let workers: Vec<_> = (0..8)
         .map(|_| {
-            let (url, key, stop, admitted, times) = (url.clone(), key.clone(), stop.clone(), admitted.clone(), times.clone());
+            let (url, key, stop, admitted, times) = (
+                url.clone(),
+                key.clone(),
+                stop.clone(),
+                admitted.clone(),
+                times.clone(),
+            );
             tokio::spawn(async move {
                 let c = reqwest::Client::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -158,7 +201,11 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
     // Admits the node answered in the last two flush intervals before the kill
     // (one interval plus the time a flush takes, with margin).
     let window_us = 2 * flush_ms * 1_000;
-    let recent = times.lock().iter().filter(|&&t| t + window_us >= kill_at).count() as u64;
+    let recent = times
+        .lock()
+        .iter()
+        .filter(|&&t| t + window_us >= kill_at)
+        .count() as u64;
 
     let node = Node::start(data.path(), &env);
     let recovered = used(&node, &id).await;
@@ -168,8 +215,14 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
          {recent} admits in the last {} ms before the kill",
         2 * flush_ms
     );
-    assert!(recovered <= client_admitted + 8, "never more than admitted (8 may be in flight unanswered)");
-    assert!(lost <= recent, "lost {lost} > admits of the last flush interval(s) {recent}");
+    assert!(
+        recovered <= client_admitted + 8,
+        "never more than admitted (8 may be in flight unanswered)"
+    );
+    assert!(
+        lost <= recent,
+        "lost {lost} > admits of the last flush interval(s) {recent}"
+    );
     assert!(client_admitted > 100, "the load did run");
 }
 
@@ -177,10 +230,21 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
 async fn redis_outage_fails_no_validate_and_state_flushes_after_recovery() {
     let redis = Redis::start();
     let data = tempfile::tempdir().unwrap();
-    let node = Node::start(data.path(), &[redis.env(), ("RINGLIMIT_FLUSH_INTERVAL_MS", "50")]);
+    let node = Node::start(
+        data.path(),
+        &[redis.env(), ("RINGLIMIT_FLUSH_INTERVAL_MS", "50")],
+    );
     let mut keys = Vec::new();
     for _ in 0..6 {
-        keys.push(node.create_key(json!([limit("per-hour", "sliding_log", 100_000, 3_600_000)])).await);
+        keys.push(
+            node.create_key(json!([limit(
+                "per-hour",
+                "sliding_log",
+                100_000,
+                3_600_000
+            )]))
+            .await,
+        );
     }
     let (before, during) = keys.split_at(3);
     let mut sent = 0;
@@ -204,8 +268,15 @@ async fn redis_outage_fails_no_validate_and_state_flushes_after_recovery() {
     go(during, 60).await;
     redis.restart();
     go(during, 30).await;
-    assert!(failed.is_empty(), "{} of {sent} validates failed during the outage: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} validates failed during the outage: {failed:?}",
+        failed.len()
+    );
     for (id, _) in &keys {
-        assert!(eventually(10, async || redis.has_state(id)).await, "state of {id} reached Redis after it came back");
+        assert!(
+            eventually(10, async || redis.has_state(id)).await,
+            "state of {id} reached Redis after it came back"
+        );
     }
 }

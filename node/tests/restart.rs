@@ -11,12 +11,22 @@ use serde_json::json;
 async fn sigterm_restart_keeps_keys_revocations_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(dir.path(), &[]);
-    let (_, key) = node.create_key(json!([limit("per-hour", "sliding_log", 10, 3_600_000)])).await;
-    let (gone_id, gone_key) = node.create_key(json!([limit("per-hour", "sliding_log", 10, 3_600_000)])).await;
+    let (_, key) = node
+        .create_key(json!([limit("per-hour", "sliding_log", 10, 3_600_000)]))
+        .await;
+    let (gone_id, gone_key) = node
+        .create_key(json!([limit("per-hour", "sliding_log", 10, 3_600_000)]))
+        .await;
     for _ in 0..6 {
         assert_eq!(node.validate(&key, 1).await.0, 200);
     }
-    let r = node.http.delete(format!("{}/api/v1/keys/{gone_id}", node.admin)).bearer_auth(TOKEN).send().await.unwrap();
+    let r = node
+        .http
+        .delete(format!("{}/api/v1/keys/{gone_id}", node.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let status = node.signal_and_wait(SIGTERM);
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
@@ -24,12 +34,23 @@ async fn sigterm_restart_keeps_keys_revocations_and_counts() {
     let node = Node::start(dir.path(), &[]);
     let (s, b) = node.validate(&key, 1).await;
     assert_eq!(s, 200, "created keys still validate: {b}");
-    assert_eq!(b["limits"][0]["remaining"], 3, "counts continue where they were: {b}");
-    assert_eq!(node.validate(&gone_key, 1).await.0, 401, "revoked keys stay revoked");
+    assert_eq!(
+        b["limits"][0]["remaining"], 3,
+        "counts continue where they were: {b}"
+    );
+    assert_eq!(
+        node.validate(&gone_key, 1).await.0,
+        401,
+        "revoked keys stay revoked"
+    );
     for _ in 0..3 {
         assert_eq!(node.validate(&key, 1).await.0, 200);
     }
-    assert_eq!(node.validate(&key, 1).await.0, 429, "no fresh quota after a restart");
+    assert_eq!(
+        node.validate(&key, 1).await.0,
+        429,
+        "no fresh quota after a restart"
+    );
     let (_, v) = node.admin(Method::GET, "/api/v1/keys", None).await;
     assert_eq!(v["keys"].as_array().unwrap().len(), 2);
 }

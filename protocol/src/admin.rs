@@ -60,14 +60,19 @@ pub struct UpdateKeyRequest {
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<T: Serialize, S: Serializer>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T: Serialize, S: Serializer>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             None => s.serialize_none(),
             Some(inner) => inner.serialize(s),
         }
     }
 
-    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)
     }
 }
@@ -234,6 +239,9 @@ mod tests {
 
     #[test]
     fn create_rejects_unknown_fields() {
-        assert!(serde_json::from_str::<CreateKeyRequest>(r#"{"owner":"a","tier":"free","x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<CreateKeyRequest>(r#"{"owner":"a","tier":"free","x":1}"#)
+                .is_err()
+        );
     }
 }

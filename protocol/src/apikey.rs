@@ -16,7 +16,9 @@ pub const MAX_API_KEY_LEN: usize = PREFIX.len() + KEY_ID_LEN + 1 + SECRET_LEN;
 
 /// Whether `s` is a well-formed key_id.
 pub fn is_key_id(s: &str) -> bool {
-    s.len() == KEY_ID_LEN && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    s.len() == KEY_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Splits an api_key into `(key_id, secret)`; `None` when malformed.

@@ -41,9 +41,14 @@ impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameError::Empty => f.write_str("empty cluster frame"),
-            FrameError::TooLarge { len, max } => write!(f, "cluster frame of {len} bytes is over the cap of {max}"),
+            FrameError::TooLarge { len, max } => {
+                write!(f, "cluster frame of {len} bytes is over the cap of {max}")
+            }
             FrameError::NotAMap { first_byte } => {
-                write!(f, "cluster frame does not start with a MessagePack map (first byte 0x{first_byte:02x})")
+                write!(
+                    f,
+                    "cluster frame does not start with a MessagePack map (first byte 0x{first_byte:02x})"
+                )
             }
         }
     }
@@ -57,7 +62,10 @@ pub fn check_frame(buf: &[u8], max: usize) -> Result<(), FrameError> {
         return Err(FrameError::Empty);
     };
     if buf.len() > max {
-        return Err(FrameError::TooLarge { len: buf.len(), max });
+        return Err(FrameError::TooLarge {
+            len: buf.len(),
+            max,
+        });
     }
     // fixmap 0x80..=0x8f, map16 0xde, map32 0xdf.
     if (0x80..=0x8f).contains(&first) || first == 0xde || first == 0xdf {
@@ -217,39 +225,86 @@ mod tests {
             allowed: false,
             key_id: Some("k".into()),
             tier: Some("free".into()),
-            limits: vec![LimitStatus { name: "per-minute".into(), limit: 100, remaining: 0, reset_after_ms: 17, window_ms: 60_000 }],
+            limits: vec![LimitStatus {
+                name: "per-minute".into(),
+                limit: 100,
+                remaining: 0,
+                reset_after_ms: 17,
+                window_ms: 60_000,
+            }],
             retry_after_ms: Some(17),
             denied_by: Some("per-minute".into()),
-            error: Some(ErrorDetail { code: ErrorCode::RateLimited, message: "slow down".into() }),
+            error: Some(ErrorDetail {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+            }),
             suspended_until_ms: None,
         }
     }
 
     #[test]
     fn every_payload_round_trips() {
-        round_trip(&Hello { name: "a".into(), addr: "127.0.0.1:7000".into(), incarnation: 7 });
+        round_trip(&Hello {
+            name: "a".into(),
+            addr: "127.0.0.1:7000".into(),
+            incarnation: 7,
+        });
         round_trip(&Heartbeat {
             from: "a".into(),
             incarnation: 3,
             members: vec!["a".into(), "b".into()],
             ring_version: u64::MAX,
             addr: "127.0.0.1:7000".into(),
-            peers: vec![PeerAddr { name: "b".into(), addr: "127.0.0.1:7001".into() }],
+            peers: vec![PeerAddr {
+                name: "b".into(),
+                addr: "127.0.0.1:7001".into(),
+            }],
         });
-        round_trip(&Leave { from: "a".into(), incarnation: 1 });
-        round_trip(&Ack { ok: true, error: None });
-        round_trip(&Ack { ok: false, error: Some("no".into()) });
+        round_trip(&Leave {
+            from: "a".into(),
+            incarnation: 1,
+        });
+        round_trip(&Ack {
+            ok: true,
+            error: None,
+        });
+        round_trip(&Ack {
+            ok: false,
+            error: Some("no".into()),
+        });
         round_trip(&check(1));
-        round_trip(&ForwardBatch { from: "a".into(), ring_version: 42, checks: (0..5).map(check).collect() });
-        round_trip(&ForwardOutcome::Decided { status: 429, body: body() });
+        round_trip(&ForwardBatch {
+            from: "a".into(),
+            ring_version: 42,
+            checks: (0..5).map(check).collect(),
+        });
+        round_trip(&ForwardOutcome::Decided {
+            status: 429,
+            body: body(),
+        });
         round_trip(&ForwardOutcome::NotOwner { ring_version: 9 });
         round_trip(&ForwardReply {
-            results: vec![ForwardOutcome::Decided { status: 200, body: body() }, ForwardOutcome::NotOwner { ring_version: 1 }],
+            results: vec![
+                ForwardOutcome::Decided {
+                    status: 200,
+                    body: body(),
+                },
+                ForwardOutcome::NotOwner { ring_version: 1 },
+            ],
         });
-        round_trip(&AdminEvent::KeyChanged { key_id: "k1".into() });
+        round_trip(&AdminEvent::KeyChanged {
+            key_id: "k1".into(),
+        });
         round_trip(&AdminEvent::TierChanged { name: "pro".into() });
-        round_trip(&Handoff { from: "a".into(), ring_version: 5, states: vec![("k".into(), vec![1, 2, 3]), ("e".into(), vec![])] });
-        round_trip(&HandoffAck { accepted: 2, error: None });
+        round_trip(&Handoff {
+            from: "a".into(),
+            ring_version: 5,
+            states: vec![("k".into(), vec![1, 2, 3]), ("e".into(), vec![])],
+        });
+        round_trip(&HandoffAck {
+            accepted: 2,
+            error: None,
+        });
     }
 
     #[test]
@@ -261,7 +316,12 @@ mod tests {
             members: Vec<String>,
             ring_version: u64,
         }
-        let old = OldHeartbeat { from: "a".into(), incarnation: 1, members: vec!["a".into()], ring_version: 2 };
+        let old = OldHeartbeat {
+            from: "a".into(),
+            incarnation: 1,
+            members: vec!["a".into()],
+            ring_version: 2,
+        };
         let bytes = rmp_serde::to_vec_named(&old).expect("encode");
         let hb: Heartbeat = rmp_serde::from_slice(&bytes).expect("decode");
         assert_eq!(hb.addr, "");
@@ -271,24 +331,48 @@ mod tests {
     #[test]
     fn frame_check_refuses_cheaply() {
         assert_eq!(check_frame(&[], 10), Err(FrameError::Empty));
-        assert_eq!(check_frame(&[0x80; 11], 10), Err(FrameError::TooLarge { len: 11, max: 10 }));
-        assert_eq!(check_frame(&[0x01, 0x02], 10), Err(FrameError::NotAMap { first_byte: 0x01 }));
-        assert_eq!(check_frame(&[0x93, 1, 2, 3], 10), Err(FrameError::NotAMap { first_byte: 0x93 }));
+        assert_eq!(
+            check_frame(&[0x80; 11], 10),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
+        );
+        assert_eq!(
+            check_frame(&[0x01, 0x02], 10),
+            Err(FrameError::NotAMap { first_byte: 0x01 })
+        );
+        assert_eq!(
+            check_frame(&[0x93, 1, 2, 3], 10),
+            Err(FrameError::NotAMap { first_byte: 0x93 })
+        );
         assert!(check_frame(&[0x80], 10).is_ok());
         assert!(check_frame(&[0xde, 0, 0], 10).is_ok());
         assert!(check_frame(&[0xdf, 0, 0, 0, 0], 10).is_ok());
-        assert!(!FrameError::TooLarge { len: 11, max: 10 }.to_string().is_empty());
+        assert!(
+            !FrameError::TooLarge { len: 11, max: 10 }
+                .to_string()
+                .is_empty()
+        );
     }
 
     #[test]
     fn garbage_and_truncation_are_errors_not_panics() {
-        let bytes = rmp_serde::to_vec_named(&ForwardBatch { from: "a".into(), ring_version: 1, checks: (0..3).map(check).collect() })
-            .expect("encode");
+        let bytes = rmp_serde::to_vec_named(&ForwardBatch {
+            from: "a".into(),
+            ring_version: 1,
+            checks: (0..3).map(check).collect(),
+        })
+        .expect("encode");
         for cut in 0..bytes.len() {
-            assert!(rmp_serde::from_slice::<ForwardBatch>(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                rmp_serde::from_slice::<ForwardBatch>(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         // A valid map of the wrong type.
-        let hb = rmp_serde::to_vec_named(&Leave { from: "a".into(), incarnation: 1 }).expect("encode");
+        let hb = rmp_serde::to_vec_named(&Leave {
+            from: "a".into(),
+            incarnation: 1,
+        })
+        .expect("encode");
         assert!(rmp_serde::from_slice::<ForwardBatch>(&hb).is_err());
         // Random bytes.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -110,7 +110,10 @@ impl LimitSpec {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return err("name", "may contain only ASCII letters, digits, '-', '_' and '.'".into());
+            return err(
+                "name",
+                "may contain only ASCII letters, digits, '-', '_' and '.'".into(),
+            );
         }
         if self.limit == 0 || self.limit > MAX_LIMIT {
             return err("limit", format!("must be between 1 and {MAX_LIMIT}"));
@@ -118,15 +121,26 @@ impl LimitSpec {
         if self.algorithm == AlgorithmKind::SlidingLog && self.limit > MAX_SLIDING_LOG_LIMIT {
             return err(
                 "limit",
-                format!("sliding_log keeps one entry per unit; use at most {MAX_SLIDING_LOG_LIMIT} or another algorithm"),
+                format!(
+                    "sliding_log keeps one entry per unit; use at most {MAX_SLIDING_LOG_LIMIT} or another algorithm"
+                ),
             );
         }
         if self.window_ms == 0 || self.window_ms > MAX_WINDOW_MS {
-            return err("window_ms", format!("must be between 1 and {MAX_WINDOW_MS}"));
+            return err(
+                "window_ms",
+                format!("must be between 1 and {MAX_WINDOW_MS}"),
+            );
         }
         if let Some(b) = self.burst {
             if !self.algorithm.uses_burst() {
-                return err("burst", format!("is only meaningful for token_bucket and gcra, not {}", self.algorithm.as_str()));
+                return err(
+                    "burst",
+                    format!(
+                        "is only meaningful for token_bucket and gcra, not {}",
+                        self.algorithm.as_str()
+                    ),
+                );
             }
             if b == 0 || b > MAX_LIMIT {
                 return err("burst", format!("must be between 1 and {MAX_LIMIT}"));
@@ -139,15 +153,24 @@ impl LimitSpec {
 /// Validates a list of limits: non-empty, each valid, names unique.
 pub fn validate_limits(limits: &[LimitSpec]) -> Result<(), LimitSpecError> {
     if limits.is_empty() {
-        return Err(LimitSpecError { field: "limits", message: "must hold at least one limit".into() });
+        return Err(LimitSpecError {
+            field: "limits",
+            message: "must hold at least one limit".into(),
+        });
     }
     if limits.len() > 16 {
-        return Err(LimitSpecError { field: "limits", message: "at most 16 limits per key or tier".into() });
+        return Err(LimitSpecError {
+            field: "limits",
+            message: "at most 16 limits per key or tier".into(),
+        });
     }
     for (i, l) in limits.iter().enumerate() {
         l.validate()?;
         if limits[..i].iter().any(|o| o.name == l.name) {
-            return Err(LimitSpecError { field: "name", message: format!("limit name '{}' is used twice", l.name) });
+            return Err(LimitSpecError {
+                field: "name",
+                message: format!("limit name '{}' is used twice", l.name),
+            });
         }
     }
     Ok(())
@@ -177,13 +200,55 @@ mod tests {
 
     #[test]
     fn ranges_are_checked() {
-        let ok = LimitSpec { name: "a".into(), algorithm: AlgorithmKind::TokenBucket, limit: 10, window_ms: 1000, burst: Some(20) };
+        let ok = LimitSpec {
+            name: "a".into(),
+            algorithm: AlgorithmKind::TokenBucket,
+            limit: 10,
+            window_ms: 1000,
+            burst: Some(20),
+        };
         assert!(ok.validate().is_ok());
         assert_eq!(ok.capacity(), 20);
-        assert_eq!(LimitSpec { limit: 0, ..ok.clone() }.validate().unwrap_err().field, "limit");
-        assert_eq!(LimitSpec { window_ms: 0, ..ok.clone() }.validate().unwrap_err().field, "window_ms");
-        assert_eq!(LimitSpec { algorithm: AlgorithmKind::FixedWindow, ..ok.clone() }.validate().unwrap_err().field, "burst");
-        assert_eq!(LimitSpec { name: "a b".into(), ..ok.clone() }.validate().unwrap_err().field, "name");
+        assert_eq!(
+            LimitSpec {
+                limit: 0,
+                ..ok.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "limit"
+        );
+        assert_eq!(
+            LimitSpec {
+                window_ms: 0,
+                ..ok.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "window_ms"
+        );
+        assert_eq!(
+            LimitSpec {
+                algorithm: AlgorithmKind::FixedWindow,
+                ..ok.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "burst"
+        );
+        assert_eq!(
+            LimitSpec {
+                name: "a b".into(),
+                ..ok.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .field,
+            "name"
+        );
         assert!(validate_limits(&[ok.clone(), ok]).is_err());
         assert!(validate_limits(&[]).is_err());
     }

@@ -155,7 +155,11 @@ mod tests {
         assert!(cost("-5").unwrap_err().contains("not negative"));
         assert!(cost("1.5").unwrap_err().contains("whole"));
         assert!(cost("1e30").unwrap_err().contains("at most"));
-        assert!(cost("99999999999999999999999").unwrap_err().contains("at most"));
+        assert!(
+            cost("99999999999999999999999")
+                .unwrap_err()
+                .contains("at most")
+        );
         assert!(cost("\"1\"").is_err());
         let r: ValidateRequest = serde_json::from_str(r#"{"api_key":"k"}"#).unwrap();
         assert_eq!(r.cost, Cost(1));

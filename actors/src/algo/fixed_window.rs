@@ -39,7 +39,13 @@ pub struct FixedWindow {
 impl FixedWindow {
     /// A fresh (empty) fixed window. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64) -> Self {
-        FixedWindow { limit, window_us: window_us.max(1), window: 0, count: 0, last_us: 0 }
+        FixedWindow {
+            limit,
+            window_us: window_us.max(1),
+            window: 0,
+            count: 0,
+            last_us: 0,
+        }
     }
 
     /// Changes the limit, keeping what was spent in the current window.
@@ -54,7 +60,11 @@ impl FixedWindow {
 
     /// Units spent in the window of `now` (already clamped to `last_us`).
     fn count_at(&self, now: Micros) -> u64 {
-        if now / self.window_us == self.window { self.count } else { 0 }
+        if now / self.window_us == self.window {
+            self.count
+        } else {
+            0
+        }
     }
 }
 
@@ -64,7 +74,11 @@ impl Algorithm for FixedWindow {
         let count = self.count_at(now);
         let to_window_end = self.window_us - now % self.window_us;
         let allowed = cost <= self.limit && count.saturating_add(cost) <= self.limit;
-        let used = if allowed { count.saturating_add(cost) } else { count };
+        let used = if allowed {
+            count.saturating_add(cost)
+        } else {
+            count
+        };
         let reset_after_us = if used == 0 { 0 } else { to_window_end };
         let retry_after_us = if allowed {
             0
@@ -121,7 +135,13 @@ mod tests {
         let d = s.check(now + 1, 1);
         assert_eq!(
             d,
-            Decision { allowed: false, limit: 3, remaining: 0, reset_after_us: 749_999, retry_after_us: 749_999 }
+            Decision {
+                allowed: false,
+                limit: 3,
+                remaining: 0,
+                reset_after_us: 749_999,
+                retry_after_us: 749_999
+            }
         );
         assert_eq!(s, before);
     }
@@ -150,9 +170,15 @@ mod tests {
         assert!(s.check(T0 + 10, 3).allowed);
         // A cost above the limit never fits: retry is the time until full.
         let d = FixedWindow::new(10, W).evaluate(T0, 11);
-        assert_eq!((d.allowed, d.remaining, d.reset_after_us, d.retry_after_us), (false, 10, 0, 0));
+        assert_eq!(
+            (d.allowed, d.remaining, d.reset_after_us, d.retry_after_us),
+            (false, 10, 0, 0)
+        );
         let d = s.evaluate(T0 + 10, 11);
-        assert_eq!((d.allowed, d.reset_after_us, d.retry_after_us), (false, W - 10, W - 10));
+        assert_eq!(
+            (d.allowed, d.reset_after_us, d.retry_after_us),
+            (false, W - 10, W - 10)
+        );
     }
 
     #[test]

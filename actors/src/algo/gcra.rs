@@ -42,7 +42,13 @@ pub struct Gcra {
 impl Gcra {
     /// A fresh (empty) meter. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64, burst: u64) -> Self {
-        Gcra { limit, window_us: window_us.max(1), burst, tat: 0, last_us: 0 }
+        Gcra {
+            limit,
+            window_us: window_us.max(1),
+            burst,
+            tat: 0,
+            last_us: 0,
+        }
     }
 
     /// Changes rate and tolerance, keeping what was spent (the debt
@@ -53,7 +59,9 @@ impl Gcra {
         if window_us.max(1) != self.window_us {
             return false;
         }
-        let debt = self.debt_at(self.last_us).min(u128::from(burst) * u128::from(self.window_us));
+        let debt = self
+            .debt_at(self.last_us)
+            .min(u128::from(burst) * u128::from(self.window_us));
         self.limit = limit;
         self.burst = burst;
         self.tat = self.scaled(self.last_us).saturating_add(debt);
@@ -101,7 +109,10 @@ impl Algorithm for Gcra {
     fn commit(&mut self, now: Micros, cost: u64) {
         let now = now.max(self.last_us);
         self.last_us = now;
-        self.tat = self.tat.max(self.scaled(now)).saturating_add(u128::from(cost) * u128::from(self.window_us));
+        self.tat = self
+            .tat
+            .max(self.scaled(now))
+            .saturating_add(u128::from(cost) * u128::from(self.window_us));
     }
 
     fn capacity(&self) -> u64 {
@@ -124,12 +135,27 @@ mod tests {
             let d = s.check(T0, 1);
             assert_eq!(
                 d,
-                Decision { allowed: true, limit: 5, remaining: left, reset_after_us: (5 - left) * W / 10, retry_after_us: 0 }
+                Decision {
+                    allowed: true,
+                    limit: 5,
+                    remaining: left,
+                    reset_after_us: (5 - left) * W / 10,
+                    retry_after_us: 0
+                }
             );
         }
         let before = s.clone();
         let d = s.check(T0, 1);
-        assert_eq!(d, Decision { allowed: false, limit: 5, remaining: 0, reset_after_us: W / 2, retry_after_us: W / 10 });
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                limit: 5,
+                remaining: 0,
+                reset_after_us: W / 2,
+                retry_after_us: W / 10
+            }
+        );
         assert_eq!(s, before);
         assert!(!s.evaluate(T0 + W / 10 - 1, 1).allowed);
         assert!(s.check(T0 + W / 10, 1).allowed);
@@ -142,7 +168,10 @@ mod tests {
         let mut s = Gcra::new(3, W, 1);
         assert!(s.check(T0, 1).allowed);
         let d = s.evaluate(T0 + 1, 1);
-        assert_eq!((d.allowed, d.retry_after_us, d.reset_after_us), (false, 333_333, 333_333));
+        assert_eq!(
+            (d.allowed, d.retry_after_us, d.reset_after_us),
+            (false, 333_333, 333_333)
+        );
         assert!(!s.evaluate(T0 + 333_333, 1).allowed);
         assert!(s.check(T0 + 333_334, 1).allowed);
         // With a burst of 1 the 0.67 µs of lateness is lost: the next pass is
@@ -156,7 +185,10 @@ mod tests {
         let mut s = Gcra::new(1, W, 10);
         assert!(s.check(T0, 6).allowed);
         let d = s.check(T0, 5);
-        assert_eq!((d.allowed, d.remaining, d.retry_after_us, d.reset_after_us), (false, 4, W, 6 * W));
+        assert_eq!(
+            (d.allowed, d.remaining, d.retry_after_us, d.reset_after_us),
+            (false, 4, W, 6 * W)
+        );
         let d = s.evaluate(T0, 11);
         assert_eq!((d.allowed, d.retry_after_us), (false, 6 * W));
         let d = Gcra::new(1, W, 10).evaluate(T0, 11);

@@ -123,13 +123,25 @@ impl AlgoState {
     pub fn new(spec: &LimitSpec) -> Self {
         let window_us = spec.window_ms.saturating_mul(US_PER_MS);
         match spec.algorithm {
-            AlgorithmKind::SlidingWindow => AlgoState::SlidingWindow(SlidingWindow::new(spec.limit, window_us)),
-            AlgorithmKind::SlidingLog => AlgoState::SlidingLog(SlidingLog::new(spec.limit, window_us)),
-            AlgorithmKind::TokenBucket => {
-                AlgoState::TokenBucket(TokenBucket::new(spec.limit, window_us, spec.burst.unwrap_or(spec.limit)))
+            AlgorithmKind::SlidingWindow => {
+                AlgoState::SlidingWindow(SlidingWindow::new(spec.limit, window_us))
             }
-            AlgorithmKind::Gcra => AlgoState::Gcra(Gcra::new(spec.limit, window_us, spec.burst.unwrap_or(spec.limit))),
-            AlgorithmKind::FixedWindow => AlgoState::FixedWindow(FixedWindow::new(spec.limit, window_us)),
+            AlgorithmKind::SlidingLog => {
+                AlgoState::SlidingLog(SlidingLog::new(spec.limit, window_us))
+            }
+            AlgorithmKind::TokenBucket => AlgoState::TokenBucket(TokenBucket::new(
+                spec.limit,
+                window_us,
+                spec.burst.unwrap_or(spec.limit),
+            )),
+            AlgorithmKind::Gcra => AlgoState::Gcra(Gcra::new(
+                spec.limit,
+                window_us,
+                spec.burst.unwrap_or(spec.limit),
+            )),
+            AlgorithmKind::FixedWindow => {
+                AlgoState::FixedWindow(FixedWindow::new(spec.limit, window_us))
+            }
         }
     }
 
@@ -151,11 +163,21 @@ impl AlgoState {
         let window_us = spec.window_ms.saturating_mul(US_PER_MS);
         let burst = spec.burst.unwrap_or(spec.limit);
         let kept = match self {
-            AlgoState::SlidingWindow(s) if spec.algorithm == AlgorithmKind::SlidingWindow => s.set_quota(spec.limit, window_us),
-            AlgoState::SlidingLog(s) if spec.algorithm == AlgorithmKind::SlidingLog => s.set_quota(spec.limit, window_us),
-            AlgoState::TokenBucket(s) if spec.algorithm == AlgorithmKind::TokenBucket => s.set_quota(spec.limit, window_us, burst),
-            AlgoState::Gcra(s) if spec.algorithm == AlgorithmKind::Gcra => s.set_quota(spec.limit, window_us, burst),
-            AlgoState::FixedWindow(s) if spec.algorithm == AlgorithmKind::FixedWindow => s.set_quota(spec.limit, window_us),
+            AlgoState::SlidingWindow(s) if spec.algorithm == AlgorithmKind::SlidingWindow => {
+                s.set_quota(spec.limit, window_us)
+            }
+            AlgoState::SlidingLog(s) if spec.algorithm == AlgorithmKind::SlidingLog => {
+                s.set_quota(spec.limit, window_us)
+            }
+            AlgoState::TokenBucket(s) if spec.algorithm == AlgorithmKind::TokenBucket => {
+                s.set_quota(spec.limit, window_us, burst)
+            }
+            AlgoState::Gcra(s) if spec.algorithm == AlgorithmKind::Gcra => {
+                s.set_quota(spec.limit, window_us, burst)
+            }
+            AlgoState::FixedWindow(s) if spec.algorithm == AlgorithmKind::FixedWindow => {
+                s.set_quota(spec.limit, window_us)
+            }
             _ => false,
         };
         if !kept {

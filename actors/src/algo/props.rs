@@ -75,7 +75,13 @@ struct Model {
 
 /// Feeds `ops` to `alg` from instant `t0`, checking every step against
 /// `model`; returns the admitted `(effective instant, cost)` list.
-fn run<A, M>(mut alg: A, w: u64, t0: u64, ops: &[Op], model: M) -> Result<Vec<(u64, u64)>, TestCaseError>
+fn run<A, M>(
+    mut alg: A,
+    w: u64,
+    t0: u64,
+    ops: &[Op],
+    model: M,
+) -> Result<Vec<(u64, u64)>, TestCaseError>
 where
     A: Algorithm + Clone + PartialEq + Debug + Serialize + DeserializeOwned,
     M: Fn(&[(u64, u64)], u64, u64) -> Model,
@@ -91,10 +97,21 @@ where
         let full = |a: &A, at: u64| a.evaluate(at, cap).allowed;
 
         let d = alg.evaluate(t, c);
-        prop_assert_eq!(d, alg.evaluate(te, c), "a backwards step decides as the latest instant");
+        prop_assert_eq!(
+            d,
+            alg.evaluate(te, c),
+            "a backwards step decides as the latest instant"
+        );
         prop_assert_eq!(d.limit, cap);
         let m = model(&admitted, te, c);
-        prop_assert_eq!(d.allowed, m.allowed, "model disagrees at step {} (t={}, cost={})", i, te, c);
+        prop_assert_eq!(
+            d.allowed,
+            m.allowed,
+            "model disagrees at step {} (t={}, cost={})",
+            i,
+            te,
+            c
+        );
         prop_assert_eq!(d.remaining, m.available - if m.allowed { c } else { 0 });
         if d.allowed {
             prop_assert_eq!(d.retry_after_us, 0);
@@ -104,7 +121,10 @@ where
             prop_assert!(d.retry_after_us > 0);
             if let Some(at) = te.checked_add(d.retry_after_us) {
                 prop_assert!(alg.evaluate(at, c).allowed, "passes after retry_after_us");
-                prop_assert!(!alg.evaluate(at - 1, c).allowed, "retry_after_us is the least wait");
+                prop_assert!(
+                    !alg.evaluate(at - 1, c).allowed,
+                    "retry_after_us is the least wait"
+                );
             }
         }
 
@@ -115,7 +135,11 @@ where
             admitted.push((te, c));
             let mut at_latest = before;
             at_latest.commit(te, c);
-            prop_assert_eq!(&alg, &at_latest, "a backwards commit spends at the latest instant");
+            prop_assert_eq!(
+                &alg,
+                &at_latest,
+                "a backwards commit spends at the latest instant"
+            );
         } else {
             prop_assert_eq!(&alg, &before, "a denied check consumes nothing");
         }
@@ -136,13 +160,16 @@ where
 
         // Serde round trips preserve the state (and so the behaviour).
         let json = serde_json::to_string(&alg).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let from_json: A = serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let from_json: A =
+            serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&from_json, &alg);
         let value = serde_json::to_value(&alg).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let from_value: A = serde_json::from_value(value).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let from_value: A =
+            serde_json::from_value(value).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&from_value, &alg);
         let mp = rmp_serde::to_vec(&alg).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let from_mp: A = rmp_serde::from_slice(&mp).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let from_mp: A =
+            rmp_serde::from_slice(&mp).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&from_mp, &alg);
         alg = if i % 2 == 0 { from_json } else { from_mp };
     }
@@ -151,22 +178,36 @@ where
 
 /// Units admitted at instants in `[from, to)` (u128 bounds, so `to` may pass `u64::MAX`).
 fn sum_in(admitted: &[(u64, u64)], from: u128, to: u128) -> u64 {
-    admitted.iter().filter(|&&(t, _)| from <= u128::from(t) && u128::from(t) < to).map(|&(_, c)| c).sum()
+    admitted
+        .iter()
+        .filter(|&&(t, _)| from <= u128::from(t) && u128::from(t) < to)
+        .map(|&(_, c)| c)
+        .sum()
 }
 
 fn fixed_window_model(limit: u64, w: u64) -> impl Fn(&[(u64, u64)], u64, u64) -> Model {
     move |admitted, t, c| {
         let start = u128::from(t / w * w);
         let used = sum_in(admitted, start, start + u128::from(w));
-        Model { allowed: c <= limit && used + c <= limit, available: limit.saturating_sub(used) }
+        Model {
+            allowed: c <= limit && used + c <= limit,
+            available: limit.saturating_sub(used),
+        }
     }
 }
 
 fn sliding_log_model(limit: u64, w: u64) -> impl Fn(&[(u64, u64)], u64, u64) -> Model {
     move |admitted, t, c| {
         // Live: now < s + W, i.e. s in (t - W, t].
-        let live = sum_in(admitted, (u128::from(t) + 1).saturating_sub(u128::from(w)), u128::from(t) + 1);
-        Model { allowed: c <= limit && live + c <= limit, available: limit.saturating_sub(live) }
+        let live = sum_in(
+            admitted,
+            (u128::from(t) + 1).saturating_sub(u128::from(w)),
+            u128::from(t) + 1,
+        );
+        Model {
+            allowed: c <= limit && live + c <= limit,
+            available: limit.saturating_sub(live),
+        }
     }
 }
 
@@ -174,7 +215,11 @@ fn sliding_window_model(limit: u64, w: u64) -> impl Fn(&[(u64, u64)], u64, u64) 
     move |admitted, t, c| {
         let (w128, k) = (u128::from(w), u128::from(t / w));
         let curr = sum_in(admitted, k * w128, (k + 1) * w128);
-        let prev = if k == 0 { 0 } else { sum_in(admitted, (k - 1) * w128, k * w128) };
+        let prev = if k == 0 {
+            0
+        } else {
+            sum_in(admitted, (k - 1) * w128, k * w128)
+        };
         let e = u128::from(t % w);
         let est = u128::from(prev) * (w128 - e) + u128::from(curr) * w128;
         let quota = u128::from(limit) * w128;
@@ -191,10 +236,17 @@ fn bucket_model(rate: u64, w: u64, burst: u64) -> impl Fn(&[(u64, u64)], u64, u6
     move |admitted, t, c| {
         let (w, rate) = (i128::from(w), i128::from(rate));
         let level_from = |a: u64| {
-            let spent: u64 = admitted.iter().filter(|&&(s, _)| s >= a).map(|&(_, c)| c).sum();
+            let spent: u64 = admitted
+                .iter()
+                .filter(|&&(s, _)| s >= a)
+                .map(|&(_, c)| c)
+                .sum();
             i128::from(burst) * w + rate * i128::from(t - a) - w * i128::from(spent)
         };
-        let level = admitted.iter().map(|&(a, _)| level_from(a)).fold(level_from(t), i128::min);
+        let level = admitted
+            .iter()
+            .map(|&(a, _)| level_from(a))
+            .fold(level_from(t), i128::min);
         assert!(level >= 0, "the bucket never goes negative");
         Model {
             allowed: c <= burst && i128::from(c) * w <= level,
@@ -204,20 +256,36 @@ fn bucket_model(rate: u64, w: u64, burst: u64) -> impl Fn(&[(u64, u64)], u64, u6
 }
 
 /// Over any `[a, b]` at most `burst + floor(rate * (b - a) / W)` units pass.
-fn check_bucket_intervals(admitted: &[(u64, u64)], rate: u64, w: u64, burst: u64) -> Result<(), TestCaseError> {
+fn check_bucket_intervals(
+    admitted: &[(u64, u64)],
+    rate: u64,
+    w: u64,
+    burst: u64,
+) -> Result<(), TestCaseError> {
     for (i, &(a, _)) in admitted.iter().enumerate() {
         let mut units = 0u128;
         for &(b, c) in &admitted[i..] {
             units += u128::from(c);
             let allowed = u128::from(burst) + u128::from(rate) * u128::from(b - a) / u128::from(w);
-            prop_assert!(units <= allowed, "{} units in [{}, {}], bound {}", units, a, b, allowed);
+            prop_assert!(
+                units <= allowed,
+                "{} units in [{}, {}], bound {}",
+                units,
+                a,
+                b,
+                allowed
+            );
         }
     }
     Ok(())
 }
 
 /// The sliding-window counter's documented bounds (see `sliding_window`).
-fn check_sliding_window_bounds(admitted: &[(u64, u64)], limit: u64, w: u64) -> Result<(), TestCaseError> {
+fn check_sliding_window_bounds(
+    admitted: &[(u64, u64)],
+    limit: u64,
+    w: u64,
+) -> Result<(), TestCaseError> {
     let (l, w) = (u128::from(limit), u128::from(w));
     let mut starts = Vec::new();
     for &(t, _) in admitted {
@@ -227,22 +295,45 @@ fn check_sliding_window_bounds(admitted: &[(u64, u64)], limit: u64, w: u64) -> R
         let n = u128::from(sum_in(admitted, k * w, (k + 1) * w));
         prop_assert!(n <= l, "aligned window {} holds {} > {}", k, n, l);
         // Interval starts where the admitted counts or the split change.
-        starts.extend([t, t + 1, (t + 1).saturating_sub(w), k * w + 1, (k + 1) * w + 1]);
+        starts.extend([
+            t,
+            t + 1,
+            (t + 1).saturating_sub(w),
+            k * w + 1,
+            (k + 1) * w + 1,
+        ]);
         if k > 0 {
             starts.push((k - 1) * w + 1);
         }
     }
-    let total_bound = if w == 1 { l } else { 2 * l - (2 * l).div_ceil(w) };
+    let total_bound = if w == 1 {
+        l
+    } else {
+        2 * l - (2 * l).div_ceil(w)
+    };
     for s in starts {
         let sigma = s % w;
         let split = s - sigma + w; // k * W: start of the next aligned window
         let a = u128::from(sum_in(admitted, s, split));
         let b = u128::from(sum_in(admitted, split, s + w));
-        prop_assert!(a + b <= total_bound.max(l), "[{}, {}) holds {} > {}", s, s + w, a + b, total_bound);
+        prop_assert!(
+            a + b <= total_bound.max(l),
+            "[{}, {}) holds {} > {}",
+            s,
+            s + w,
+            a + b,
+            total_bound
+        );
         prop_assert!(a + b < 2 * l);
         if sigma > 0 {
             // (2) W (A + B) <= W L + A (σ - 1).
-            prop_assert!(w * (a + b) <= w * l + a * (sigma - 1), "fine bound at s={}: A={} B={}", s, a, b);
+            prop_assert!(
+                w * (a + b) <= w * l + a * (sigma - 1),
+                "fine bound at s={}: A={} B={}",
+                s,
+                a,
+                b
+            );
         }
     }
     Ok(())
@@ -261,7 +352,12 @@ fn small() -> impl Strategy<Value = (u64, u64, u64, u64)> {
 /// Quotas and windows up to the accepted maxima.
 fn large() -> impl Strategy<Value = (u64, u64, u64, u64)> {
     let max_w = ringlimit_protocol::limits::MAX_WINDOW_MS * US_PER_MS;
-    (1u64..=1_000_000_000_000, 1u64..=max_w, 1u64..=1_000_000_000_000, any::<u64>())
+    (
+        1u64..=1_000_000_000_000,
+        1u64..=max_w,
+        1u64..=1_000_000_000_000,
+        any::<u64>(),
+    )
 }
 
 fn params() -> impl Strategy<Value = (u64, u64, u64, u64)> {
@@ -340,14 +436,26 @@ proptest! {
 }
 
 fn spec(algorithm: AlgorithmKind, limit: u64, window_ms: u64, burst: Option<u64>) -> LimitSpec {
-    LimitSpec { name: "l".into(), algorithm, limit, window_ms, burst }
+    LimitSpec {
+        name: "l".into(),
+        algorithm,
+        limit,
+        window_ms,
+        burst,
+    }
 }
 
 #[test]
 fn algo_state_dispatches_and_round_trips() {
     use AlgorithmKind as K;
     let now = 1_700_000_000_000_000;
-    for kind in [K::SlidingWindow, K::SlidingLog, K::TokenBucket, K::Gcra, K::FixedWindow] {
+    for kind in [
+        K::SlidingWindow,
+        K::SlidingLog,
+        K::TokenBucket,
+        K::Gcra,
+        K::FixedWindow,
+    ] {
         let mut s = AlgoState::new(&spec(kind, 3, 1_000, None));
         assert_eq!(s.kind(), kind);
         assert_eq!(s.capacity(), 3);
@@ -358,9 +466,15 @@ fn algo_state_dispatches_and_round_trips() {
         }
         assert!(!s.check(now, 1).allowed, "{kind:?}");
         let json = serde_json::to_string(&s).expect("json encodes");
-        assert_eq!(serde_json::from_str::<AlgoState>(&json).expect("json decodes"), s);
+        assert_eq!(
+            serde_json::from_str::<AlgoState>(&json).expect("json decodes"),
+            s
+        );
         let mp = rmp_serde::to_vec_named(&s).expect("msgpack encodes");
-        assert_eq!(rmp_serde::from_slice::<AlgoState>(&mp).expect("msgpack decodes"), s);
+        assert_eq!(
+            rmp_serde::from_slice::<AlgoState>(&mp).expect("msgpack decodes"),
+            s
+        );
     }
     let s = AlgoState::new(&spec(K::TokenBucket, 3, 1_000, Some(7)));
     assert_eq!(s.capacity(), 7);
@@ -370,7 +484,13 @@ fn algo_state_dispatches_and_round_trips() {
 fn reconfigure_keeps_spent_units_only_for_the_same_algorithm_and_window() {
     use AlgorithmKind as K;
     let now = 1_700_000_000_000_000;
-    for kind in [K::SlidingWindow, K::SlidingLog, K::TokenBucket, K::Gcra, K::FixedWindow] {
+    for kind in [
+        K::SlidingWindow,
+        K::SlidingLog,
+        K::TokenBucket,
+        K::Gcra,
+        K::FixedWindow,
+    ] {
         let mut s = AlgoState::new(&spec(kind, 10, 60_000, None));
         assert!(s.check(now, 4).allowed);
         // Same algorithm and window: what was spent stays spent.

@@ -42,7 +42,13 @@ pub struct SlidingLog {
 impl SlidingLog {
     /// A fresh (empty) log. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64) -> Self {
-        SlidingLog { limit, window_us: window_us.max(1), entries: VecDeque::new(), total: 0, last_us: 0 }
+        SlidingLog {
+            limit,
+            window_us: window_us.max(1),
+            entries: VecDeque::new(),
+            total: 0,
+            last_us: 0,
+        }
     }
 
     /// Changes the limit, keeping the log. Returns false (the caller starts
@@ -87,7 +93,11 @@ impl Algorithm for SlidingLog {
         let live = self.total.saturating_sub(expired_units);
         let allowed = cost <= self.limit && live.saturating_add(cost) <= self.limit;
         let spent = allowed && cost > 0;
-        let used = if spent { live.saturating_add(cost) } else { live };
+        let used = if spent {
+            live.saturating_add(cost)
+        } else {
+            live
+        };
         let reset_after_us = if spent {
             self.window_us
         } else {
@@ -115,7 +125,13 @@ impl Algorithm for SlidingLog {
             }
             retry
         };
-        Decision { allowed, limit: self.limit, remaining: self.limit.saturating_sub(used), reset_after_us, retry_after_us }
+        Decision {
+            allowed,
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(used),
+            reset_after_us,
+            retry_after_us,
+        }
     }
 
     fn commit(&mut self, now: Micros, cost: u64) {
@@ -155,14 +171,29 @@ mod tests {
         let mut s = SlidingLog::new(3, W);
         for (i, left) in [2, 1, 0].into_iter().enumerate() {
             let d = s.check(T0 + 100 * i as u64, 1);
-            assert_eq!(d, Decision { allowed: true, limit: 3, remaining: left, reset_after_us: W, retry_after_us: 0 });
+            assert_eq!(
+                d,
+                Decision {
+                    allowed: true,
+                    limit: 3,
+                    remaining: left,
+                    reset_after_us: W,
+                    retry_after_us: 0
+                }
+            );
         }
         let before = s.clone();
         let d = s.check(T0 + 500, 1);
         // The oldest entry (T0) expires at T0 + W.
         assert_eq!(
             d,
-            Decision { allowed: false, limit: 3, remaining: 0, reset_after_us: W - 300, retry_after_us: W - 500 }
+            Decision {
+                allowed: false,
+                limit: 3,
+                remaining: 0,
+                reset_after_us: W - 300,
+                retry_after_us: W - 500
+            }
         );
         assert_eq!(s, before);
     }
@@ -191,7 +222,10 @@ mod tests {
         assert!(s.check(T0 + 200, 4).allowed);
         // Needs 5 units freed: the first two entries (6 units) expire at T0 + 100 + W.
         let d = s.evaluate(T0 + 300, 5);
-        assert_eq!((d.allowed, d.remaining, d.retry_after_us, d.reset_after_us), (false, 0, W - 200, W - 100));
+        assert_eq!(
+            (d.allowed, d.remaining, d.retry_after_us, d.reset_after_us),
+            (false, 0, W - 200, W - 100)
+        );
         assert!(!s.evaluate(T0 + 100 + W - 1, 5).allowed);
         assert!(s.evaluate(T0 + 100 + W, 5).allowed);
         // A cost above the limit never fits: retry is the time until full.
@@ -227,7 +261,10 @@ mod tests {
         assert!(s.check(T0, 4).allowed);
         assert!(s.set_quota(3, W));
         let d = s.evaluate(T0 + 1, 1);
-        assert_eq!((d.allowed, d.remaining, d.retry_after_us), (false, 0, W - 1));
+        assert_eq!(
+            (d.allowed, d.remaining, d.retry_after_us),
+            (false, 0, W - 1)
+        );
         assert!(s.set_quota(6, W));
         assert_eq!(s.evaluate(T0 + 1, 2).remaining, 0);
         assert!(!s.set_quota(6, W + 1));

@@ -85,7 +85,14 @@ pub struct SlidingWindow {
 impl SlidingWindow {
     /// A fresh (empty) counter. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64) -> Self {
-        SlidingWindow { limit, window_us: window_us.max(1), window: 0, prev: 0, curr: 0, last_us: 0 }
+        SlidingWindow {
+            limit,
+            window_us: window_us.max(1),
+            window: 0,
+            prev: 0,
+            curr: 0,
+            last_us: 0,
+        }
     }
 
     /// Changes the limit, keeping both counts. Returns false (the caller
@@ -117,7 +124,10 @@ impl SlidingWindow {
         let w = u128::from(self.window_us);
         let to_next = self.window_us - elapsed;
         // Rest of this window: prev * (W - e) <= (limit - curr - cost) * W.
-        if let Some(room) = self.limit.checked_sub(curr).and_then(|r| r.checked_sub(cost))
+        if let Some(room) = self
+            .limit
+            .checked_sub(curr)
+            .and_then(|r| r.checked_sub(cost))
             && prev > 0
         {
             let q = u128::from(room) * w / u128::from(prev);
@@ -129,7 +139,12 @@ impl SlidingWindow {
         // Next window (prev := curr, curr := 0): curr * (W - e) <= (limit - cost) * W.
         // At its end (e = W) the estimate is zero and any cost <= limit passes.
         let room = u128::from(self.limit.saturating_sub(cost)) * w;
-        let e_min = if curr == 0 { 0 } else { self.window_us.saturating_sub(super::sat_u64(room / u128::from(curr))) };
+        let e_min = if curr == 0 {
+            0
+        } else {
+            self.window_us
+                .saturating_sub(super::sat_u64(room / u128::from(curr)))
+        };
         to_next.saturating_add(e_min)
     }
 }
@@ -144,8 +159,16 @@ impl Algorithm for SlidingWindow {
         let used = u128::from(prev) * u128::from(self.window_us - elapsed) + u128::from(curr) * w;
         let quota = u128::from(self.limit) * w;
         let allowed = cost <= self.limit && used.saturating_add(u128::from(cost) * w) <= quota;
-        let curr_after = if allowed { curr.saturating_add(cost) } else { curr };
-        let used_after = if allowed { used.saturating_add(u128::from(cost) * w) } else { used };
+        let curr_after = if allowed {
+            curr.saturating_add(cost)
+        } else {
+            curr
+        };
+        let used_after = if allowed {
+            used.saturating_add(u128::from(cost) * w)
+        } else {
+            used
+        };
         let reset_after_us = if curr_after > 0 {
             self.window_us.saturating_mul(2) - elapsed
         } else if prev > 0 {
@@ -195,14 +218,29 @@ mod tests {
         let mut s = SlidingWindow::new(4, W);
         for left in (0..4).rev() {
             let d = s.check(T0 + 100, 1);
-            assert_eq!(d, Decision { allowed: true, limit: 4, remaining: left, reset_after_us: 2 * W - 100, retry_after_us: 0 });
+            assert_eq!(
+                d,
+                Decision {
+                    allowed: true,
+                    limit: 4,
+                    remaining: left,
+                    reset_after_us: 2 * W - 100,
+                    retry_after_us: 0
+                }
+            );
         }
         let before = s.clone();
         let d = s.check(T0 + 200, 1);
         // Next window at e: 4 * (W - e) <= 3 * W  <=>  e >= W / 4.
         assert_eq!(
             d,
-            Decision { allowed: false, limit: 4, remaining: 0, reset_after_us: 2 * W - 200, retry_after_us: W - 200 + W / 4 }
+            Decision {
+                allowed: false,
+                limit: 4,
+                remaining: 0,
+                reset_after_us: 2 * W - 200,
+                retry_after_us: W - 200 + W / 4
+            }
         );
         assert_eq!(s, before);
         assert!(!s.evaluate(T0 + W + W / 4 - 1, 1).allowed);
@@ -215,7 +253,10 @@ mod tests {
         assert!(s.check(T0 + W - 1, 10).allowed);
         // 30% into the next window the previous one weighs 7 units.
         let d = s.evaluate(T0 + W + 300_000, 3);
-        assert_eq!((d.allowed, d.remaining, d.reset_after_us), (true, 0, 2 * W - 300_000));
+        assert_eq!(
+            (d.allowed, d.remaining, d.reset_after_us),
+            (true, 0, 2 * W - 300_000)
+        );
         assert!(!s.evaluate(T0 + W + 300_000, 4).allowed);
         let d = s.check(T0 + W + 300_000, 2);
         assert_eq!((d.allowed, d.remaining), (true, 1));
@@ -248,7 +289,10 @@ mod tests {
         assert_eq!((d.allowed, d.reset_after_us), (false, 2 * W - 5));
         // Window k+1: only the previous window weighs; it is empty at 2W.
         let d = s.evaluate(T0 + W + 10, 3);
-        assert_eq!((d.allowed, d.remaining, d.reset_after_us, d.retry_after_us), (false, 0, W - 10, W - 10));
+        assert_eq!(
+            (d.allowed, d.remaining, d.reset_after_us, d.retry_after_us),
+            (false, 0, W - 10, W - 10)
+        );
         let d = s.evaluate(T0 + 2 * W, 2);
         assert!(d.allowed);
         assert_eq!(SlidingWindow::new(2, W).evaluate(T0, 3).retry_after_us, 0);

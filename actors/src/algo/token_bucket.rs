@@ -45,7 +45,13 @@ impl TokenBucket {
     /// A fresh (full) bucket. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64, burst: u64) -> Self {
         let window_us = window_us.max(1);
-        TokenBucket { limit, window_us, burst, level: u128::from(burst) * u128::from(window_us), last_us: 0 }
+        TokenBucket {
+            limit,
+            window_us,
+            burst,
+            level: u128::from(burst) * u128::from(window_us),
+            last_us: 0,
+        }
     }
 
     /// Changes rate and capacity, keeping what was spent (the deficit below
@@ -92,12 +98,20 @@ impl Algorithm for TokenBucket {
         } else {
             ceil_div_us(take - level, rate)
         };
-        Decision { allowed, limit: self.burst, remaining: sat_u64(after / w), reset_after_us, retry_after_us }
+        Decision {
+            allowed,
+            limit: self.burst,
+            remaining: sat_u64(after / w),
+            reset_after_us,
+            retry_after_us,
+        }
     }
 
     fn commit(&mut self, now: Micros, cost: u64) {
         let now = now.max(self.last_us);
-        self.level = self.level_at(now).saturating_sub(u128::from(cost) * u128::from(self.window_us));
+        self.level = self
+            .level_at(now)
+            .saturating_sub(u128::from(cost) * u128::from(self.window_us));
         self.last_us = now;
     }
 
@@ -121,12 +135,27 @@ mod tests {
             let d = s.check(T0, 1);
             assert_eq!(
                 d,
-                Decision { allowed: true, limit: 5, remaining: left, reset_after_us: (5 - left) * W / 10, retry_after_us: 0 }
+                Decision {
+                    allowed: true,
+                    limit: 5,
+                    remaining: left,
+                    reset_after_us: (5 - left) * W / 10,
+                    retry_after_us: 0
+                }
             );
         }
         let before = s.clone();
         let d = s.check(T0, 1);
-        assert_eq!(d, Decision { allowed: false, limit: 5, remaining: 0, reset_after_us: W / 2, retry_after_us: W / 10 });
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                limit: 5,
+                remaining: 0,
+                reset_after_us: W / 2,
+                retry_after_us: W / 10
+            }
+        );
         assert_eq!(s, before);
     }
 
@@ -136,7 +165,10 @@ mod tests {
         let mut s = TokenBucket::new(3, W, 3);
         assert!(s.check(T0, 3).allowed);
         let d = s.evaluate(T0 + 1, 1);
-        assert_eq!((d.allowed, d.retry_after_us, d.reset_after_us), (false, 333_333, 999_999));
+        assert_eq!(
+            (d.allowed, d.retry_after_us, d.reset_after_us),
+            (false, 333_333, 999_999)
+        );
         assert!(!s.evaluate(T0 + 333_333, 1).allowed);
         assert!(s.evaluate(T0 + 333_334, 1).allowed);
         let d = s.evaluate(T0 + W, 3);
@@ -151,7 +183,10 @@ mod tests {
         let mut s = TokenBucket::new(1, W, 10);
         assert!(s.check(T0, 6).allowed);
         let d = s.check(T0, 5);
-        assert_eq!((d.allowed, d.remaining, d.retry_after_us, d.reset_after_us), (false, 4, W, 6 * W));
+        assert_eq!(
+            (d.allowed, d.remaining, d.retry_after_us, d.reset_after_us),
+            (false, 4, W, 6 * W)
+        );
         let d = s.evaluate(T0, 11);
         assert_eq!((d.allowed, d.retry_after_us), (false, 6 * W));
         let d = TokenBucket::new(1, W, 10).evaluate(T0, 11);
@@ -184,7 +219,10 @@ mod tests {
         let mut s = TokenBucket::new(0, W, 2);
         assert!(s.check(T0, 2).allowed);
         let d = s.evaluate(u64::MAX, 1);
-        assert_eq!((d.allowed, d.retry_after_us, d.reset_after_us), (false, u64::MAX, u64::MAX));
+        assert_eq!(
+            (d.allowed, d.retry_after_us, d.reset_after_us),
+            (false, u64::MAX, u64::MAX)
+        );
     }
 
     #[test]

@@ -51,12 +51,18 @@ pub struct Fixture {
 impl Fixture {
     /// A store that needs nothing else kept alive.
     pub fn new<S: Store>(store: S) -> Self {
-        Fixture { store: Box::new(store), _guard: None }
+        Fixture {
+            store: Box::new(store),
+            _guard: None,
+        }
     }
 
     /// A store and a guard (temporary directory, keyspace handle, …) dropped after it.
     pub fn with_guard<S: Store, G: Send + 'static>(store: S, guard: G) -> Self {
-        Fixture { store: Box::new(store), _guard: Some(Box::new(guard)) }
+        Fixture {
+            store: Box::new(store),
+            _guard: Some(Box::new(guard)),
+        }
     }
 
     /// The store under test.
@@ -67,7 +73,9 @@ impl Fixture {
 
 impl std::fmt::Debug for Fixture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fixture").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Fixture")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,8 +168,20 @@ macro_rules! storage_conformance_suite {
 
 // ---------------------------------------------------------------- helpers
 
-fn limit(name: &str, algorithm: AlgorithmKind, limit: u64, window_ms: u64, burst: Option<u64>) -> LimitSpec {
-    LimitSpec { name: name.to_owned(), algorithm, limit, window_ms, burst }
+fn limit(
+    name: &str,
+    algorithm: AlgorithmKind,
+    limit: u64,
+    window_ms: u64,
+    burst: Option<u64>,
+) -> LimitSpec {
+    LimitSpec {
+        name: name.to_owned(),
+        algorithm,
+        limit,
+        window_ms,
+        burst,
+    }
 }
 
 /// A plain active key with secret `secret-{id}`.
@@ -187,7 +207,10 @@ fn key(id: &str, owner: &str, tier: &str, status: KeyStatus) -> KeyRecord {
 fn full_key(id: &str) -> KeyRecord {
     let mut metadata = Metadata::new();
     metadata.insert("team".into(), serde_json::json!("payments"));
-    metadata.insert("nested".into(), serde_json::json!({"a": [1, 2, 3], "b": {"c": null, "d": 1.5, "e": true}}));
+    metadata.insert(
+        "nested".into(),
+        serde_json::json!({"a": [1, 2, 3], "b": {"c": null, "d": 1.5, "e": true}}),
+    );
     metadata.insert("unicode".into(), serde_json::json!("ключ 🔑 \"quoted\""));
     KeyRecord {
         key_id: id.to_owned(),
@@ -195,8 +218,20 @@ fn full_key(id: &str) -> KeyRecord {
         tier: "pro".into(),
         status: KeyStatus::Suspended,
         limits: Some(vec![
-            limit("per-second", AlgorithmKind::TokenBucket, 10, 1_000, Some(20)),
-            limit("per-day", AlgorithmKind::FixedWindow, 100_000, 86_400_000, None),
+            limit(
+                "per-second",
+                AlgorithmKind::TokenBucket,
+                10,
+                1_000,
+                Some(20),
+            ),
+            limit(
+                "per-day",
+                AlgorithmKind::FixedWindow,
+                100_000,
+                86_400_000,
+                None,
+            ),
         ]),
         metadata,
         secret_hash: SecretHash::of("new-secret"),
@@ -209,12 +244,27 @@ fn full_key(id: &str) -> KeyRecord {
     }
 }
 
-fn row(key_id: &str, granularity: Granularity, bucket_start_ms: u64, writer: &str, units: u64) -> UsageRow {
-    UsageRow { key_id: key_id.to_owned(), granularity, bucket_start_ms, writer: writer.to_owned(), units }
+fn row(
+    key_id: &str,
+    granularity: Granularity,
+    bucket_start_ms: u64,
+    writer: &str,
+    units: u64,
+) -> UsageRow {
+    UsageRow {
+        key_id: key_id.to_owned(),
+        granularity,
+        bucket_start_ms,
+        writer: writer.to_owned(),
+        units,
+    }
 }
 
 fn buckets(pairs: &[(u64, u64)]) -> Vec<UsageBucket> {
-    pairs.iter().map(|&(start_ms, units)| UsageBucket { start_ms, units }).collect()
+    pairs
+        .iter()
+        .map(|&(start_ms, units)| UsageBucket { start_ms, units })
+        .collect()
 }
 
 fn ids(keys: &[KeyRecord]) -> Vec<String> {
@@ -227,8 +277,17 @@ async fn put_all(store: &dyn Store, keys: &[KeyRecord]) {
     }
 }
 
-async fn history(store: &dyn Store, key_id: &str, g: Granularity, from: u64, to: u64) -> Vec<UsageBucket> {
-    store.usage_history(key_id, g, from, to).await.expect("usage_history")
+async fn history(
+    store: &dyn Store,
+    key_id: &str,
+    g: Granularity,
+    from: u64,
+    to: u64,
+) -> Vec<UsageBucket> {
+    store
+        .usage_history(key_id, g, from, to)
+        .await
+        .expect("usage_history")
 }
 
 const MIN: u64 = 60_000;
@@ -244,12 +303,23 @@ pub async fn key_round_trip(store: &dyn Store) {
     let k = full_key("k-full");
     store.put_key(&k).await.expect("put_key");
     let got = store.get_key("k-full").await.expect("get_key");
-    assert_eq!(got.as_ref(), Some(&k), "stored key differs from the one put");
+    assert_eq!(
+        got.as_ref(),
+        Some(&k),
+        "stored key differs from the one put"
+    );
 
     let plain = key("k-plain", "bob", "free", KeyStatus::Active);
     store.put_key(&plain).await.expect("put_key");
-    assert_eq!(store.get_key("k-plain").await.expect("get_key"), Some(plain));
-    assert_eq!(store.get_key("k-full").await.expect("get_key"), Some(k), "another put changed the first key");
+    assert_eq!(
+        store.get_key("k-plain").await.expect("get_key"),
+        Some(plain)
+    );
+    assert_eq!(
+        store.get_key("k-full").await.expect("get_key"),
+        Some(k),
+        "another put changed the first key"
+    );
 }
 
 /// Putting a key again replaces every field.
@@ -259,18 +329,38 @@ pub async fn key_overwrite(store: &dyn Store) {
     let mut k2 = key("k1", "other-owner", "free", KeyStatus::Revoked);
     k2.updated_at_ms = 9_999;
     store.put_key(&k2).await.expect("put_key again");
-    assert_eq!(store.get_key("k1").await.expect("get_key"), Some(k2.clone()), "fields not replaced");
-    assert_eq!(store.load_all_keys().await.expect("load_all_keys"), vec![k2], "overwrite duplicated the key");
+    assert_eq!(
+        store.get_key("k1").await.expect("get_key"),
+        Some(k2.clone()),
+        "fields not replaced"
+    );
+    assert_eq!(
+        store.load_all_keys().await.expect("load_all_keys"),
+        vec![k2],
+        "overwrite duplicated the key"
+    );
 }
 
 /// An unknown key id is `None`, not an error.
 pub async fn get_missing_key(store: &dyn Store) {
-    assert_eq!(store.get_key("nope").await.expect("get_key on empty store"), None);
-    store.put_key(&key("k1", "o", "free", KeyStatus::Active)).await.expect("put_key");
+    assert_eq!(
+        store.get_key("nope").await.expect("get_key on empty store"),
+        None
+    );
+    store
+        .put_key(&key("k1", "o", "free", KeyStatus::Active))
+        .await
+        .expect("put_key");
     assert_eq!(store.get_key("nope").await.expect("get_key"), None);
     assert_eq!(store.get_key("k").await.expect("get_key of a prefix"), None);
-    assert_eq!(store.get_key("k10").await.expect("get_key of an extension"), None);
-    assert_eq!(store.get_key("").await.expect("get_key of the empty id"), None);
+    assert_eq!(
+        store.get_key("k10").await.expect("get_key of an extension"),
+        None
+    );
+    assert_eq!(
+        store.get_key("").await.expect("get_key of the empty id"),
+        None
+    );
 }
 
 /// Both the current and the previous secret hash lead to the key.
@@ -280,23 +370,69 @@ pub async fn key_by_hash_current_and_previous(store: &dyn Store) {
     let other = key("k-other", "o", "free", KeyStatus::Active);
     store.put_key(&other).await.expect("put_key");
 
-    assert_eq!(store.key_id_by_hash(&SecretHash::of("new-secret")).await.expect("by hash").as_deref(), Some("k-full"));
-    assert_eq!(store.key_id_by_hash(&SecretHash::of("old-secret")).await.expect("by hash").as_deref(), Some("k-full"));
-    assert_eq!(store.key_id_by_hash(&other.secret_hash).await.expect("by hash").as_deref(), Some("k-other"));
+    assert_eq!(
+        store
+            .key_id_by_hash(&SecretHash::of("new-secret"))
+            .await
+            .expect("by hash")
+            .as_deref(),
+        Some("k-full")
+    );
+    assert_eq!(
+        store
+            .key_id_by_hash(&SecretHash::of("old-secret"))
+            .await
+            .expect("by hash")
+            .as_deref(),
+        Some("k-full")
+    );
+    assert_eq!(
+        store
+            .key_id_by_hash(&other.secret_hash)
+            .await
+            .expect("by hash")
+            .as_deref(),
+        Some("k-other")
+    );
 }
 
 /// A hash no key has is `None`.
 pub async fn key_by_hash_unknown(store: &dyn Store) {
-    assert_eq!(store.key_id_by_hash(&SecretHash::of("x")).await.expect("by hash on empty store"), None);
-    store.put_key(&key("k1", "o", "free", KeyStatus::Active)).await.expect("put_key");
-    assert_eq!(store.key_id_by_hash(&SecretHash::of("x")).await.expect("by hash"), None);
-    assert_eq!(store.key_id_by_hash(&SecretHash([0; 32])).await.expect("by hash"), None);
+    assert_eq!(
+        store
+            .key_id_by_hash(&SecretHash::of("x"))
+            .await
+            .expect("by hash on empty store"),
+        None
+    );
+    store
+        .put_key(&key("k1", "o", "free", KeyStatus::Active))
+        .await
+        .expect("put_key");
+    assert_eq!(
+        store
+            .key_id_by_hash(&SecretHash::of("x"))
+            .await
+            .expect("by hash"),
+        None
+    );
+    assert_eq!(
+        store
+            .key_id_by_hash(&SecretHash([0; 32]))
+            .await
+            .expect("by hash"),
+        None
+    );
 }
 
 /// Rotation: new hash current, old hash previous; once the previous hash is
 /// dropped from the record it no longer finds the key.
 pub async fn key_by_hash_stale_removed_after_rotation(store: &dyn Store) {
-    let (h1, h2, h3) = (SecretHash::of("s1"), SecretHash::of("s2"), SecretHash::of("s3"));
+    let (h1, h2, h3) = (
+        SecretHash::of("s1"),
+        SecretHash::of("s2"),
+        SecretHash::of("s3"),
+    );
     let by = |h: SecretHash| async move { store.key_id_by_hash(&h).await.expect("key_id_by_hash") };
     let some = || Some("k1".to_owned());
 
@@ -318,7 +454,11 @@ pub async fn key_by_hash_stale_removed_after_rotation(store: &dyn Store) {
     k.previous_hash = None;
     k.previous_expires_at_ms = None;
     store.put_key(&k).await.expect("put_key (clear previous)");
-    assert_eq!(by(h1).await, None, "stale previous hash still finds the key");
+    assert_eq!(
+        by(h1).await,
+        None,
+        "stale previous hash still finds the key"
+    );
     assert_eq!(by(h2).await, some());
 
     // Rotate twice in a row: s3 current, s2 previous.
@@ -332,9 +472,16 @@ pub async fn key_by_hash_stale_removed_after_rotation(store: &dyn Store) {
     // Rotate with no grace period: s1 again current (reused), nothing previous.
     k.secret_hash = h1;
     k.previous_hash = None;
-    store.put_key(&k).await.expect("put_key (rotate without grace)");
+    store
+        .put_key(&k)
+        .await
+        .expect("put_key (rotate without grace)");
     assert_eq!(by(h1).await, some());
-    assert_eq!(by(h2).await, None, "stale previous hash still finds the key");
+    assert_eq!(
+        by(h2).await,
+        None,
+        "stale previous hash still finds the key"
+    );
     assert_eq!(by(h3).await, None, "stale current hash still finds the key");
     assert_eq!(store.get_key("k1").await.expect("get_key"), Some(k));
 }
@@ -345,7 +492,10 @@ pub async fn list_keys_order_and_paging(store: &dyn Store) {
     let mut order: Vec<usize> = (0..25).collect();
     order.sort_by_key(|i| (i * 7) % 25);
     for i in order {
-        store.put_key(&key(&format!("key-{i:02}"), "o", "free", KeyStatus::Active)).await.expect("put_key");
+        store
+            .put_key(&key(&format!("key-{i:02}"), "o", "free", KeyStatus::Active))
+            .await
+            .expect("put_key");
     }
     let all: Vec<String> = (0..25).map(|i| format!("key-{i:02}")).collect();
     let none = KeyFilter::default();
@@ -353,8 +503,15 @@ pub async fn list_keys_order_and_paging(store: &dyn Store) {
     let mut pages = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = store.list_keys(&none, cursor.as_deref(), 10).await.expect("list_keys");
-        assert!(page.len() <= 10, "page larger than the limit: {}", page.len());
+        let page = store
+            .list_keys(&none, cursor.as_deref(), 10)
+            .await
+            .expect("list_keys");
+        assert!(
+            page.len() <= 10,
+            "page larger than the limit: {}",
+            page.len()
+        );
         if page.is_empty() {
             break;
         }
@@ -362,23 +519,50 @@ pub async fn list_keys_order_and_paging(store: &dyn Store) {
         pages.push(ids(&page));
         assert!(pages.len() <= 3, "more pages than expected: {pages:?}");
     }
-    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 5], "page sizes");
-    assert_eq!(pages.concat(), all, "paging must visit every key once, in key_id order");
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 5],
+        "page sizes"
+    );
+    assert_eq!(
+        pages.concat(),
+        all,
+        "paging must visit every key once, in key_id order"
+    );
 
     // Whole records come back.
     let first = store.list_keys(&none, None, 1).await.expect("list_keys");
     assert_eq!(first, vec![key("key-00", "o", "free", KeyStatus::Active)]);
 
     // The cursor is exclusive, and need not be an existing key.
-    let page = store.list_keys(&none, Some("key-09"), 3).await.expect("list_keys");
+    let page = store
+        .list_keys(&none, Some("key-09"), 3)
+        .await
+        .expect("list_keys");
     assert_eq!(ids(&page), ["key-10", "key-11", "key-12"]);
-    let page = store.list_keys(&none, Some("key-09x"), 2).await.expect("list_keys");
+    let page = store
+        .list_keys(&none, Some("key-09x"), 2)
+        .await
+        .expect("list_keys");
     assert_eq!(ids(&page), ["key-10", "key-11"]);
-    let page = store.list_keys(&none, Some("a"), 2).await.expect("list_keys");
+    let page = store
+        .list_keys(&none, Some("a"), 2)
+        .await
+        .expect("list_keys");
     assert_eq!(ids(&page), ["key-00", "key-01"]);
-    let page = store.list_keys(&none, Some("key-24"), 10).await.expect("list_keys");
-    assert!(page.is_empty(), "nothing after the last key: {:?}", ids(&page));
-    let page = store.list_keys(&none, Some("zzz"), 10).await.expect("list_keys");
+    let page = store
+        .list_keys(&none, Some("key-24"), 10)
+        .await
+        .expect("list_keys");
+    assert!(
+        page.is_empty(),
+        "nothing after the last key: {:?}",
+        ids(&page)
+    );
+    let page = store
+        .list_keys(&none, Some("zzz"), 10)
+        .await
+        .expect("list_keys");
     assert!(page.is_empty());
     let page = store.list_keys(&none, None, 100).await.expect("list_keys");
     assert_eq!(ids(&page), all);
@@ -391,28 +575,51 @@ pub async fn list_keys_filters(store: &dyn Store) {
     let statuses = [KeyStatus::Active, KeyStatus::Suspended, KeyStatus::Revoked];
     let mut keys = Vec::new();
     for i in 0..30 {
-        keys.push(key(&format!("k{i:02}"), owners[i % 3], tiers[i % 2], statuses[i % 5 % 3]));
+        keys.push(key(
+            &format!("k{i:02}"),
+            owners[i % 3],
+            tiers[i % 2],
+            statuses[i % 5 % 3],
+        ));
     }
     put_all(store, &keys).await;
 
     let check = |filter: KeyFilter| {
         let keys = &keys;
         async move {
-            let want: Vec<String> = keys.iter().filter(|k| filter.matches(k)).map(|k| k.key_id.clone()).collect();
-            let got = store.list_keys(&filter, None, 1_000).await.expect("list_keys");
-            assert!(got.iter().all(|k| filter.matches(k)), "{filter:?} let through {:?}", ids(&got));
+            let want: Vec<String> = keys
+                .iter()
+                .filter(|k| filter.matches(k))
+                .map(|k| k.key_id.clone())
+                .collect();
+            let got = store
+                .list_keys(&filter, None, 1_000)
+                .await
+                .expect("list_keys");
+            assert!(
+                got.iter().all(|k| filter.matches(k)),
+                "{filter:?} let through {:?}",
+                ids(&got)
+            );
             assert_eq!(ids(&got), want, "list_keys({filter:?})");
             // Paging by 2 (scanning past non-matching keys) gives the same keys.
             let mut paged = Vec::new();
             let mut cursor: Option<String> = None;
             for _ in 0..=want.len() {
-                let page = store.list_keys(&filter, cursor.as_deref(), 2).await.expect("list_keys");
+                let page = store
+                    .list_keys(&filter, cursor.as_deref(), 2)
+                    .await
+                    .expect("list_keys");
                 assert!(page.len() <= 2);
                 if page.is_empty() {
                     break;
                 }
                 if paged.len() + 2 <= want.len() {
-                    assert_eq!(page.len(), 2, "a page that is not the last one must be full ({filter:?})");
+                    assert_eq!(
+                        page.len(),
+                        2,
+                        "a page that is not the last one must be full ({filter:?})"
+                    );
                 }
                 cursor = page.last().map(|k| k.key_id.clone());
                 paged.extend(ids(&page));
@@ -440,9 +647,23 @@ pub async fn list_keys_filters(store: &dyn Store) {
 
 /// `load_all_keys` returns every key exactly once.
 pub async fn load_all_keys(store: &dyn Store) {
-    assert!(store.load_all_keys().await.expect("load_all_keys on empty store").is_empty());
-    let mut keys: Vec<KeyRecord> =
-        (0..40).map(|i| key(&format!("k{i:03}"), "o", if i % 2 == 0 { "free" } else { "pro" }, KeyStatus::Active)).collect();
+    assert!(
+        store
+            .load_all_keys()
+            .await
+            .expect("load_all_keys on empty store")
+            .is_empty()
+    );
+    let mut keys: Vec<KeyRecord> = (0..40)
+        .map(|i| {
+            key(
+                &format!("k{i:03}"),
+                "o",
+                if i % 2 == 0 { "free" } else { "pro" },
+                KeyStatus::Active,
+            )
+        })
+        .collect();
     keys.push(full_key("k-full"));
     put_all(store, &keys).await;
     // Overwrites do not duplicate.
@@ -462,33 +683,70 @@ pub async fn tiers_put_list_overwrite(store: &dyn Store) {
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     };
-    assert!(store.list_tiers().await.expect("list_tiers on empty store").is_empty());
+    assert!(
+        store
+            .list_tiers()
+            .await
+            .expect("list_tiers on empty store")
+            .is_empty()
+    );
 
-    let free = TierRecord { name: "free".into(), limits: vec![limit("rps", AlgorithmKind::SlidingWindow, 10, 1_000, None)] };
+    let free = TierRecord {
+        name: "free".into(),
+        limits: vec![limit("rps", AlgorithmKind::SlidingWindow, 10, 1_000, None)],
+    };
     let pro = TierRecord {
         name: "pro".into(),
         limits: vec![
             limit("rps", AlgorithmKind::TokenBucket, 100, 1_000, Some(200)),
-            limit("daily", AlgorithmKind::FixedWindow, 1_000_000, 86_400_000, None),
+            limit(
+                "daily",
+                AlgorithmKind::FixedWindow,
+                1_000_000,
+                86_400_000,
+                None,
+            ),
         ],
     };
-    let empty = TierRecord { name: "internal".into(), limits: vec![] };
+    let empty = TierRecord {
+        name: "internal".into(),
+        limits: vec![],
+    };
     for t in [&free, &pro, &empty] {
         store.put_tier(t).await.expect("put_tier");
     }
-    assert_eq!(sorted(store.list_tiers().await.expect("list_tiers")), vec![free.clone(), empty.clone(), pro.clone()]);
+    assert_eq!(
+        sorted(store.list_tiers().await.expect("list_tiers")),
+        vec![free.clone(), empty.clone(), pro.clone()]
+    );
 
-    let free2 = TierRecord { name: "free".into(), limits: vec![limit("rpm", AlgorithmKind::Gcra, 60, 60_000, Some(5))] };
+    let free2 = TierRecord {
+        name: "free".into(),
+        limits: vec![limit("rpm", AlgorithmKind::Gcra, 60, 60_000, Some(5))],
+    };
     store.put_tier(&free2).await.expect("put_tier (overwrite)");
-    assert_eq!(sorted(store.list_tiers().await.expect("list_tiers")), vec![free2, empty, pro], "overwrite by name");
+    assert_eq!(
+        sorted(store.list_tiers().await.expect("list_tiers")),
+        vec![free2, empty, pro],
+        "overwrite by name"
+    );
 }
 
 // ---------------------------------------------------------------- snapshots
 
 /// A batch is saved, each snapshot loads back, deletes are per key.
 pub async fn snapshots_save_load_delete(store: &dyn Store) {
-    assert_eq!(store.load_snapshot("k1").await.expect("load_snapshot on empty store"), None);
-    store.save_snapshots(&[]).await.expect("save an empty batch");
+    assert_eq!(
+        store
+            .load_snapshot("k1")
+            .await
+            .expect("load_snapshot on empty store"),
+        None
+    );
+    store
+        .save_snapshots(&[])
+        .await
+        .expect("save an empty batch");
 
     let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     let batch: Vec<(String, Vec<u8>)> = vec![
@@ -498,30 +756,76 @@ pub async fn snapshots_save_load_delete(store: &dyn Store) {
     ];
     store.save_snapshots(&batch).await.expect("save_snapshots");
     for (id, bytes) in &batch {
-        assert_eq!(store.load_snapshot(id).await.expect("load_snapshot").as_ref(), Some(bytes), "snapshot of {id}");
+        assert_eq!(
+            store
+                .load_snapshot(id)
+                .await
+                .expect("load_snapshot")
+                .as_ref(),
+            Some(bytes),
+            "snapshot of {id}"
+        );
     }
     assert_eq!(store.load_snapshot("k").await.expect("load_snapshot"), None);
-    assert_eq!(store.load_snapshot("k4").await.expect("load_snapshot"), None);
+    assert_eq!(
+        store.load_snapshot("k4").await.expect("load_snapshot"),
+        None
+    );
 
     store.delete_snapshot("k2").await.expect("delete_snapshot");
-    assert_eq!(store.load_snapshot("k2").await.expect("load_snapshot"), None, "deleted snapshot still there");
-    assert_eq!(store.load_snapshot("k1").await.expect("load_snapshot"), Some(vec![1, 2, 3]));
-    assert_eq!(store.load_snapshot("k3").await.expect("load_snapshot"), Some(big));
+    assert_eq!(
+        store.load_snapshot("k2").await.expect("load_snapshot"),
+        None,
+        "deleted snapshot still there"
+    );
+    assert_eq!(
+        store.load_snapshot("k1").await.expect("load_snapshot"),
+        Some(vec![1, 2, 3])
+    );
+    assert_eq!(
+        store.load_snapshot("k3").await.expect("load_snapshot"),
+        Some(big)
+    );
     // Deleting what is not there is not an error.
-    store.delete_snapshot("k2").await.expect("delete_snapshot twice");
-    store.delete_snapshot("never").await.expect("delete_snapshot of an unknown key");
+    store
+        .delete_snapshot("k2")
+        .await
+        .expect("delete_snapshot twice");
+    store
+        .delete_snapshot("never")
+        .await
+        .expect("delete_snapshot of an unknown key");
 }
 
 /// A later save replaces the snapshot; untouched keys keep theirs.
 pub async fn snapshots_overwrite(store: &dyn Store) {
-    store.save_snapshots(&[("k1".into(), vec![1; 100]), ("k2".into(), vec![2; 10])]).await.expect("save_snapshots");
-    store.save_snapshots(&[("k1".into(), vec![9, 9])]).await.expect("save_snapshots (overwrite)");
-    assert_eq!(store.load_snapshot("k1").await.expect("load_snapshot"), Some(vec![9, 9]), "shorter snapshot must replace");
-    assert_eq!(store.load_snapshot("k2").await.expect("load_snapshot"), Some(vec![2; 10]));
+    store
+        .save_snapshots(&[("k1".into(), vec![1; 100]), ("k2".into(), vec![2; 10])])
+        .await
+        .expect("save_snapshots");
+    store
+        .save_snapshots(&[("k1".into(), vec![9, 9])])
+        .await
+        .expect("save_snapshots (overwrite)");
+    assert_eq!(
+        store.load_snapshot("k1").await.expect("load_snapshot"),
+        Some(vec![9, 9]),
+        "shorter snapshot must replace"
+    );
+    assert_eq!(
+        store.load_snapshot("k2").await.expect("load_snapshot"),
+        Some(vec![2; 10])
+    );
     // Save after delete.
     store.delete_snapshot("k2").await.expect("delete_snapshot");
-    store.save_snapshots(&[("k2".into(), vec![3])]).await.expect("save_snapshots");
-    assert_eq!(store.load_snapshot("k2").await.expect("load_snapshot"), Some(vec![3]));
+    store
+        .save_snapshots(&[("k2".into(), vec![3])])
+        .await
+        .expect("save_snapshots");
+    assert_eq!(
+        store.load_snapshot("k2").await.expect("load_snapshot"),
+        Some(vec![3])
+    );
 }
 
 // ---------------------------------------------------------------- usage
@@ -530,16 +834,42 @@ pub async fn snapshots_overwrite(store: &dyn Store) {
 pub async fn usage_idempotent_absolute_writes(store: &dyn Store) {
     let m = Granularity::Minute;
     let r = row("k1", m, T0, "node-a@1", 5);
-    store.write_usage(std::slice::from_ref(&r)).await.expect("write_usage");
-    store.write_usage(std::slice::from_ref(&r)).await.expect("write_usage (retry)");
-    store.write_usage(&[r.clone(), r.clone()]).await.expect("write_usage (duplicated in one batch)");
-    assert_eq!(history(store, "k1", m, T0, T0 + MIN).await, buckets(&[(T0, 5)]), "same row must count once");
+    store
+        .write_usage(std::slice::from_ref(&r))
+        .await
+        .expect("write_usage");
+    store
+        .write_usage(std::slice::from_ref(&r))
+        .await
+        .expect("write_usage (retry)");
+    store
+        .write_usage(&[r.clone(), r.clone()])
+        .await
+        .expect("write_usage (duplicated in one batch)");
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + MIN).await,
+        buckets(&[(T0, 5)]),
+        "same row must count once"
+    );
 
     // The writer's counter grew: the new absolute value replaces the old one.
-    store.write_usage(&[row("k1", m, T0, "node-a@1", 8)]).await.expect("write_usage");
-    assert_eq!(history(store, "k1", m, T0, T0 + MIN).await, buckets(&[(T0, 8)]), "absolute value must replace");
-    store.write_usage(&[]).await.expect("write_usage of an empty batch");
-    assert_eq!(history(store, "k1", m, T0, T0 + MIN).await, buckets(&[(T0, 8)]));
+    store
+        .write_usage(&[row("k1", m, T0, "node-a@1", 8)])
+        .await
+        .expect("write_usage");
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + MIN).await,
+        buckets(&[(T0, 8)]),
+        "absolute value must replace"
+    );
+    store
+        .write_usage(&[])
+        .await
+        .expect("write_usage of an empty batch");
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + MIN).await,
+        buckets(&[(T0, 8)])
+    );
 }
 
 /// Rows of different writers for the same bucket are summed.
@@ -554,31 +884,92 @@ pub async fn usage_writers_summed(store: &dyn Store) {
         .await
         .expect("write_usage");
     // A restarted node is a new writer: its rows add to the old boot's.
-    store.write_usage(&[row("k1", m, T0, "node-a@2", 100)]).await.expect("write_usage");
+    store
+        .write_usage(&[row("k1", m, T0, "node-a@2", 100)])
+        .await
+        .expect("write_usage");
     // Rewriting one writer's value changes only its share.
-    store.write_usage(&[row("k1", m, T0, "node-b@7", 9)]).await.expect("write_usage");
-    assert_eq!(history(store, "k1", m, T0, T0 + 2 * MIN).await, buckets(&[(T0, 114), (T0 + MIN, 1)]));
+    store
+        .write_usage(&[row("k1", m, T0, "node-b@7", 9)])
+        .await
+        .expect("write_usage");
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + 2 * MIN).await,
+        buckets(&[(T0, 114), (T0 + MIN, 1)])
+    );
 }
 
 /// `[from, to)`: a bucket starting at `from` is in, one starting at `to` is out; time order.
 pub async fn usage_range_boundaries(store: &dyn Store) {
     let m = Granularity::Minute;
     // Written out of order, over two batches.
-    let rows: Vec<UsageRow> = [5u64, 0, 3, 1, 4, 2].iter().map(|&i| row("k1", m, T0 + i * MIN, "w", 10 + i)).collect();
+    let rows: Vec<UsageRow> = [5u64, 0, 3, 1, 4, 2]
+        .iter()
+        .map(|&i| row("k1", m, T0 + i * MIN, "w", 10 + i))
+        .collect();
     store.write_usage(&rows[..3]).await.expect("write_usage");
     store.write_usage(&rows[3..]).await.expect("write_usage");
-    let all = buckets(&[(T0, 10), (T0 + MIN, 11), (T0 + 2 * MIN, 12), (T0 + 3 * MIN, 13), (T0 + 4 * MIN, 14), (T0 + 5 * MIN, 15)]);
+    let all = buckets(&[
+        (T0, 10),
+        (T0 + MIN, 11),
+        (T0 + 2 * MIN, 12),
+        (T0 + 3 * MIN, 13),
+        (T0 + 4 * MIN, 14),
+        (T0 + 5 * MIN, 15),
+    ]);
 
-    assert_eq!(history(store, "k1", m, T0, T0 + 6 * MIN).await, all, "whole range, in time order");
-    assert_eq!(history(store, "k1", m, 0, u64::MAX).await, all, "unbounded range");
-    assert_eq!(history(store, "k1", m, T0 + MIN, T0 + 3 * MIN).await, all[1..3], "from inclusive, to exclusive");
-    assert_eq!(history(store, "k1", m, T0 + MIN - 1, T0 + 3 * MIN + 1).await, all[1..4], "bucket start is what counts");
-    assert_eq!(history(store, "k1", m, T0 + MIN + 1, T0 + 3 * MIN).await, all[2..3], "bucket starting before from is out");
-    assert_eq!(history(store, "k1", m, T0 + 5 * MIN, T0 + 6 * MIN).await, all[5..], "last bucket alone");
-    assert!(history(store, "k1", m, T0 + 2 * MIN, T0 + 2 * MIN).await.is_empty(), "empty range");
-    assert!(history(store, "k1", m, T0 + 3 * MIN, T0 + 2 * MIN).await.is_empty(), "reversed range");
-    assert!(history(store, "k1", m, 0, T0).await.is_empty(), "before the first bucket");
-    assert!(history(store, "k1", m, T0 + 6 * MIN, u64::MAX).await.is_empty(), "after the last bucket");
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + 6 * MIN).await,
+        all,
+        "whole range, in time order"
+    );
+    assert_eq!(
+        history(store, "k1", m, 0, u64::MAX).await,
+        all,
+        "unbounded range"
+    );
+    assert_eq!(
+        history(store, "k1", m, T0 + MIN, T0 + 3 * MIN).await,
+        all[1..3],
+        "from inclusive, to exclusive"
+    );
+    assert_eq!(
+        history(store, "k1", m, T0 + MIN - 1, T0 + 3 * MIN + 1).await,
+        all[1..4],
+        "bucket start is what counts"
+    );
+    assert_eq!(
+        history(store, "k1", m, T0 + MIN + 1, T0 + 3 * MIN).await,
+        all[2..3],
+        "bucket starting before from is out"
+    );
+    assert_eq!(
+        history(store, "k1", m, T0 + 5 * MIN, T0 + 6 * MIN).await,
+        all[5..],
+        "last bucket alone"
+    );
+    assert!(
+        history(store, "k1", m, T0 + 2 * MIN, T0 + 2 * MIN)
+            .await
+            .is_empty(),
+        "empty range"
+    );
+    assert!(
+        history(store, "k1", m, T0 + 3 * MIN, T0 + 2 * MIN)
+            .await
+            .is_empty(),
+        "reversed range"
+    );
+    assert!(
+        history(store, "k1", m, 0, T0).await.is_empty(),
+        "before the first bucket"
+    );
+    assert!(
+        history(store, "k1", m, T0 + 6 * MIN, u64::MAX)
+            .await
+            .is_empty(),
+        "after the last bucket"
+    );
 }
 
 /// Minute, hour and day buckets are kept apart even when their starts coincide.
@@ -595,25 +986,61 @@ pub async fn usage_granularities_separate(store: &dyn Store) {
         .await
         .expect("write_usage");
     let (from, to) = (day0, day0 + DAY);
-    assert_eq!(history(store, "k1", Granularity::Minute, from, to).await, buckets(&[(day0, 1), (day0 + MIN, 2)]));
-    assert_eq!(history(store, "k1", Granularity::Hour, from, to).await, buckets(&[(day0, 20), (day0 + HOUR, 40)]));
-    assert_eq!(history(store, "k1", Granularity::Day, from, to).await, buckets(&[(day0, 300)]));
+    assert_eq!(
+        history(store, "k1", Granularity::Minute, from, to).await,
+        buckets(&[(day0, 1), (day0 + MIN, 2)])
+    );
+    assert_eq!(
+        history(store, "k1", Granularity::Hour, from, to).await,
+        buckets(&[(day0, 20), (day0 + HOUR, 40)])
+    );
+    assert_eq!(
+        history(store, "k1", Granularity::Day, from, to).await,
+        buckets(&[(day0, 300)])
+    );
 }
 
 /// Usage of one key never shows up under another, not even under a prefix or extension of its id.
 pub async fn usage_other_keys_empty(store: &dyn Store) {
     let m = Granularity::Minute;
-    assert!(history(store, "k1", m, 0, u64::MAX).await.is_empty(), "empty store");
+    assert!(
+        history(store, "k1", m, 0, u64::MAX).await.is_empty(),
+        "empty store"
+    );
     store
-        .write_usage(&[row("k1", m, T0, "w", 3), row("k10", m, T0, "w", 5), row("k", m, T0 + MIN, "w", 7)])
+        .write_usage(&[
+            row("k1", m, T0, "w", 3),
+            row("k10", m, T0, "w", 5),
+            row("k", m, T0 + MIN, "w", 7),
+        ])
         .await
         .expect("write_usage");
-    assert_eq!(history(store, "k1", m, 0, u64::MAX).await, buckets(&[(T0, 3)]));
-    assert_eq!(history(store, "k10", m, 0, u64::MAX).await, buckets(&[(T0, 5)]));
-    assert_eq!(history(store, "k", m, 0, u64::MAX).await, buckets(&[(T0 + MIN, 7)]));
-    assert!(history(store, "k2", m, 0, u64::MAX).await.is_empty(), "unknown key");
-    assert!(history(store, "", m, 0, u64::MAX).await.is_empty(), "empty key id");
-    assert!(history(store, "k1", Granularity::Hour, 0, u64::MAX).await.is_empty(), "other granularity");
+    assert_eq!(
+        history(store, "k1", m, 0, u64::MAX).await,
+        buckets(&[(T0, 3)])
+    );
+    assert_eq!(
+        history(store, "k10", m, 0, u64::MAX).await,
+        buckets(&[(T0, 5)])
+    );
+    assert_eq!(
+        history(store, "k", m, 0, u64::MAX).await,
+        buckets(&[(T0 + MIN, 7)])
+    );
+    assert!(
+        history(store, "k2", m, 0, u64::MAX).await.is_empty(),
+        "unknown key"
+    );
+    assert!(
+        history(store, "", m, 0, u64::MAX).await.is_empty(),
+        "empty key id"
+    );
+    assert!(
+        history(store, "k1", Granularity::Hour, 0, u64::MAX)
+            .await
+            .is_empty(),
+        "other granularity"
+    );
 }
 
 /// Buckets whose writers all wrote zero are left out.
@@ -629,10 +1056,19 @@ pub async fn usage_zero_buckets_left_out(store: &dyn Store) {
         ])
         .await
         .expect("write_usage");
-    assert_eq!(history(store, "k1", m, T0, T0 + 3 * MIN).await, buckets(&[(T0 + MIN, 4), (T0 + 2 * MIN, 6)]));
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + 3 * MIN).await,
+        buckets(&[(T0 + MIN, 4), (T0 + 2 * MIN, 6)])
+    );
     // A writer overwriting its value with zero empties the bucket.
-    store.write_usage(&[row("k1", m, T0 + 2 * MIN, "a", 0)]).await.expect("write_usage");
-    assert_eq!(history(store, "k1", m, T0, T0 + 3 * MIN).await, buckets(&[(T0 + MIN, 4)]));
+    store
+        .write_usage(&[row("k1", m, T0 + 2 * MIN, "a", 0)])
+        .await
+        .expect("write_usage");
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + 3 * MIN).await,
+        buckets(&[(T0 + MIN, 4)])
+    );
 }
 
 #[cfg(test)]
@@ -671,7 +1107,12 @@ mod tests {
                 .find(|k| k.secret_hash == *hash || k.previous_hash == Some(*hash))
                 .map(|k| k.key_id.clone()))
         }
-        async fn list_keys(&self, filter: &KeyFilter, after: Option<&str>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+        async fn list_keys(
+            &self,
+            filter: &KeyFilter,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<KeyRecord>, StoreError> {
             Ok(self
                 .keys
                 .lock()
@@ -717,7 +1158,15 @@ mod tests {
         async fn write_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
             let mut usage = self.usage.lock();
             for r in rows {
-                usage.insert((r.key_id.clone(), r.granularity, r.bucket_start_ms, r.writer.clone()), r.units);
+                usage.insert(
+                    (
+                        r.key_id.clone(),
+                        r.granularity,
+                        r.bucket_start_ms,
+                        r.writer.clone(),
+                    ),
+                    r.units,
+                );
             }
             Ok(())
         }
@@ -734,7 +1183,11 @@ mod tests {
                     *sums.entry(*start).or_default() += units;
                 }
             }
-            Ok(sums.into_iter().filter(|&(_, u)| u > 0).map(|(start_ms, units)| UsageBucket { start_ms, units }).collect())
+            Ok(sums
+                .into_iter()
+                .filter(|&(_, u)| u > 0)
+                .map(|(start_ms, units)| UsageBucket { start_ms, units })
+                .collect())
         }
     }
 
@@ -760,7 +1213,10 @@ mod tests {
         struct Guard(Arc<AtomicBool>);
         impl Drop for Guard {
             fn drop(&mut self) {
-                assert!(self.0.load(Ordering::SeqCst), "guard dropped before the store");
+                assert!(
+                    self.0.load(Ordering::SeqCst),
+                    "guard dropped before the store"
+                );
             }
         }
         #[async_trait]
@@ -771,10 +1227,18 @@ mod tests {
             async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
                 self.0.get_key(key_id).await
             }
-            async fn key_id_by_hash(&self, hash: &SecretHash) -> Result<Option<String>, StoreError> {
+            async fn key_id_by_hash(
+                &self,
+                hash: &SecretHash,
+            ) -> Result<Option<String>, StoreError> {
                 self.0.key_id_by_hash(hash).await
             }
-            async fn list_keys(&self, f: &KeyFilter, after: Option<&str>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+            async fn list_keys(
+                &self,
+                f: &KeyFilter,
+                after: Option<&str>,
+                limit: usize,
+            ) -> Result<Vec<KeyRecord>, StoreError> {
                 self.0.list_keys(f, after, limit).await
             }
             async fn load_all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -807,14 +1271,23 @@ mod tests {
             async fn write_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
                 self.0.write_usage(rows).await
             }
-            async fn usage_history(&self, k: &str, g: Granularity, from: u64, to: u64) -> Result<Vec<UsageBucket>, StoreError> {
+            async fn usage_history(
+                &self,
+                k: &str,
+                g: Granularity,
+                from: u64,
+                to: u64,
+            ) -> Result<Vec<UsageBucket>, StoreError> {
                 self.0.usage_history(k, g, from, to).await
             }
         }
 
         let flag = Arc::new(AtomicBool::new(false));
         runtime().block_on(async {
-            let fixture = Fixture::with_guard(Flagged(ModelStore::default(), Arc::clone(&flag)), Guard(Arc::clone(&flag)));
+            let fixture = Fixture::with_guard(
+                Flagged(ModelStore::default(), Arc::clone(&flag)),
+                Guard(Arc::clone(&flag)),
+            );
             key_round_trip(fixture.store()).await;
             drop(fixture);
         });
@@ -832,13 +1305,19 @@ mod tests {
             .map(|rest| rest.split('(').next().unwrap_or_default().trim())
             .collect();
         let mut listed = SCENARIOS.to_vec();
-        assert!(defined.len() >= 15, "scenario scan found too few: {defined:?}");
+        assert!(
+            defined.len() >= 15,
+            "scenario scan found too few: {defined:?}"
+        );
         let mut defined_sorted = defined.clone();
         defined_sorted.sort_unstable();
         listed.sort_unstable();
         let mut dedup = listed.clone();
         dedup.dedup();
         assert_eq!(dedup, listed, "a scenario is listed twice");
-        assert_eq!(defined_sorted, listed, "scenario functions and the scenario list differ");
+        assert_eq!(
+            defined_sorted, listed,
+            "scenario functions and the scenario list differ"
+        );
     }
 }

@@ -37,7 +37,11 @@ impl<T> Batcher<T> {
             max_batch: limits.max_batch.max(1),
             max_queue: limits.max_queue,
         };
-        Batcher { limits, in_flight: 0, queue: VecDeque::new() }
+        Batcher {
+            limits,
+            in_flight: 0,
+            queue: VecDeque::new(),
+        }
     }
 
     /// Batches outstanding.
@@ -92,7 +96,11 @@ mod tests {
     use super::*;
 
     fn b(k: usize, max_batch: usize, max_queue: usize) -> Batcher<u32> {
-        Batcher::new(BatchLimits { max_in_flight: k, max_batch, max_queue })
+        Batcher::new(BatchLimits {
+            max_in_flight: k,
+            max_batch,
+            max_queue,
+        })
     }
 
     #[test]

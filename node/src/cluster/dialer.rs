@@ -24,7 +24,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2) }
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        }
     }
 }
 
@@ -62,7 +65,11 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(local: &str, seeds: &[String], backoff: Backoff) -> Dialer {
-        let mut d = Dialer { backoff, local: local.to_string(), targets: Vec::new() };
+        let mut d = Dialer {
+            backoff,
+            local: local.to_string(),
+            targets: Vec::new(),
+        };
         for s in seeds {
             if !d.targets.iter().any(|t| &t.addr == s) {
                 d.targets.push(Target {
@@ -88,14 +95,26 @@ impl Dialer {
         if name == self.local || addr.is_empty() {
             return;
         }
-        if self.targets.iter().any(|t| t.name.as_deref() == Some(name) && t.addr == addr) {
+        if self
+            .targets
+            .iter()
+            .any(|t| t.name.as_deref() == Some(name) && t.addr == addr)
+        {
             return;
         }
-        if let Some(t) = self.targets.iter_mut().find(|t| t.name.is_none() && t.addr == addr) {
+        if let Some(t) = self
+            .targets
+            .iter_mut()
+            .find(|t| t.name.is_none() && t.addr == addr)
+        {
             t.name = Some(name.to_string());
             return;
         }
-        if let Some(t) = self.targets.iter_mut().find(|t| t.name.as_deref() == Some(name) && !t.seed) {
+        if let Some(t) = self
+            .targets
+            .iter_mut()
+            .find(|t| t.name.as_deref() == Some(name) && !t.seed)
+        {
             // The peer moved: dial its new address.
             t.addr = addr.to_string();
             t.resolved = None;
@@ -129,7 +148,11 @@ impl Dialer {
             }
             t.name = Some(name.to_string());
         }
-        for t in self.targets.iter_mut().filter(|t| t.name.as_deref() == Some(name)) {
+        for t in self
+            .targets
+            .iter_mut()
+            .filter(|t| t.name.as_deref() == Some(name))
+        {
             t.attempt = 0;
             // Not immediately: a peer that drops right after the handshake is
             // not redialed in a tight loop.
@@ -197,7 +220,11 @@ mod tests {
     #[test]
     fn seeds_are_dialed_at_once_then_backed_off() {
         let t0 = Instant::now();
-        let mut d = Dialer::new("a", &["h:1".into(), "h:2".into(), "h:1".into()], Backoff::default());
+        let mut d = Dialer::new(
+            "a",
+            &["h:1".into(), "h:2".into(), "h:1".into()],
+            Backoff::default(),
+        );
         assert_eq!(d.targets().len(), 2);
         assert_eq!(d.due(t0, |_| true), ["h:1", "h:2"]);
         // In flight: not again.

@@ -10,14 +10,16 @@
 //! machines answer it applies: publish the new ring (and log the change),
 //! open or close PeerLinks, and stop the sessions of a peer that timed out.
 
+use super::Shared;
 use super::dialer::Dialer;
-use super::gateway::{GatewayMsg, GROUP, SCOPE};
+use super::gateway::{GROUP, GatewayMsg, SCOPE};
 use super::membership::{DownReason, MemberEvent, Membership, MembershipConfig};
 use super::ring::RingChange;
 use super::wire::{decode, encode};
-use super::Shared;
 use ractor::rpc::CallResult;
-use ractor::{pg, Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, pg,
+};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage, NodeSessionMessage};
 use ringlimit_protocol::cluster::{Heartbeat, Hello, Leave, PeerAddr};
@@ -36,13 +38,33 @@ pub(crate) enum CoreMsg {
     Heartbeat(Heartbeat),
     PeerLeaving(Leave),
     Hello(Hello),
-    SessionOpened { actor: ActorRef<NodeSessionMessage> },
-    SessionAuthenticated { actor: ActorRef<NodeSessionMessage>, name: String, conn: String, peer_addr: String, is_server: bool },
-    SessionClosed { id: ActorId },
+    SessionOpened {
+        actor: ActorRef<NodeSessionMessage>,
+    },
+    SessionAuthenticated {
+        actor: ActorRef<NodeSessionMessage>,
+        name: String,
+        conn: String,
+        peer_addr: String,
+        is_server: bool,
+    },
+    SessionClosed {
+        id: ActorId,
+    },
     Sessions(Vec<(ActorRef<NodeSessionMessage>, String)>),
-    Identified { cell: ActorCell, hello: Hello },
-    IdentifyFailed { id: ActorId },
-    Dialed { addr: String, resolved: Option<SocketAddr>, error: Option<String>, is_self: bool },
+    Identified {
+        cell: ActorCell,
+        hello: Hello,
+    },
+    IdentifyFailed {
+        id: ActorId,
+    },
+    Dialed {
+        addr: String,
+        resolved: Option<SocketAddr>,
+        error: Option<String>,
+        is_self: bool,
+    },
     /// Tell peers this node leaves; keep sessions for handoffs.
     AnnounceLeave(RpcReplyPort<()>),
 }
@@ -63,7 +85,9 @@ impl NodeEventSubscription for Events {
     }
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let _ = self.0.cast(CoreMsg::SessionClosed { id: ses.actor.get_id() });
+        let _ = self.0.cast(CoreMsg::SessionClosed {
+            id: ses.actor.get_id(),
+        });
     }
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
@@ -113,21 +137,34 @@ impl Actor for Core {
     type State = CoreState;
     type Arguments = CoreArgs;
 
-    async fn pre_start(&self, me: ActorRef<CoreMsg>, args: CoreArgs) -> Result<CoreState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<CoreMsg>,
+        args: CoreArgs,
+    ) -> Result<CoreState, ActorProcessingErr> {
         let shared = args.shared;
         let cfg = &shared.cfg;
         let membership = Membership::new(
             &shared.name,
             shared.incarnation,
-            MembershipConfig { heartbeat_interval: cfg.heartbeat_interval, heartbeat_timeout: cfg.heartbeat_timeout },
+            MembershipConfig {
+                heartbeat_interval: cfg.heartbeat_interval,
+                heartbeat_timeout: cfg.heartbeat_timeout,
+            },
         );
-        let seeds: Vec<String> = cfg.seeds.iter().filter(|s| **s != shared.addr && **s != cfg.cluster_addr.to_string()).cloned().collect();
+        let seeds: Vec<String> = cfg
+            .seeds
+            .iter()
+            .filter(|s| **s != shared.addr && **s != cfg.cluster_addr.to_string())
+            .cloned()
+            .collect();
         let dialer = Dialer::new(&shared.name, &seeds, cfg.reconnect);
         pg::monitor_scope(SCOPE.to_string(), me.get_cell());
-        args.node_server.cast(NodeServerMessage::SubscribeToEvents {
-            id: "ringlimit-cluster".to_string(),
-            subscription: Box::new(Events(me.clone())),
-        })?;
+        args.node_server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "ringlimit-cluster".to_string(),
+                subscription: Box::new(Events(me.clone())),
+            })?;
         Ok(CoreState {
             shared,
             node_server: args.node_server,
@@ -145,15 +182,24 @@ impl Actor for Core {
         })
     }
 
-    async fn post_start(&self, me: ActorRef<CoreMsg>, st: &mut CoreState) -> Result<(), ActorProcessingErr> {
-        let tick = (st.shared.cfg.heartbeat_interval / 5).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    async fn post_start(
+        &self,
+        me: ActorRef<CoreMsg>,
+        st: &mut CoreState,
+    ) -> Result<(), ActorProcessingErr> {
+        let tick = (st.shared.cfg.heartbeat_interval / 5)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
         st.ticker = Some(me.send_interval(tick, || CoreMsg::Tick));
         st.publish_members(Instant::now());
         let _ = me.cast(CoreMsg::Tick);
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<CoreMsg>, st: &mut CoreState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<CoreMsg>,
+        st: &mut CoreState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = st.ticker.take() {
             t.abort();
         }
@@ -161,15 +207,24 @@ impl Actor for Core {
         Ok(())
     }
 
-    async fn handle_supervisor_evt(&self, me: ActorRef<CoreMsg>, ev: SupervisionEvent, st: &mut CoreState) -> Result<(), ActorProcessingErr> {
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<CoreMsg>,
+        ev: SupervisionEvent,
+        st: &mut CoreState,
+    ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ProcessGroupChanged(change) = ev {
             match change {
-                pg::GroupChangeMessage::Join(scope, group, cells) if scope == SCOPE && group == GROUP => {
+                pg::GroupChangeMessage::Join(scope, group, cells)
+                    if scope == SCOPE && group == GROUP =>
+                {
                     for c in cells {
                         st.identify(&me, c);
                     }
                 }
-                pg::GroupChangeMessage::Leave(scope, group, cells) if scope == SCOPE && group == GROUP => {
+                pg::GroupChangeMessage::Leave(scope, group, cells)
+                    if scope == SCOPE && group == GROUP =>
+                {
                     for c in cells {
                         st.gateway_gone(c.get_id());
                     }
@@ -180,7 +235,12 @@ impl Actor for Core {
         Ok(())
     }
 
-    async fn handle(&self, me: ActorRef<CoreMsg>, msg: CoreMsg, st: &mut CoreState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<CoreMsg>,
+        msg: CoreMsg,
+        st: &mut CoreState,
+    ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         match msg {
             CoreMsg::Tick => st.tick(&me, now),
@@ -204,12 +264,19 @@ impl Actor for Core {
             CoreMsg::SessionOpened { actor } => {
                 st.pending.insert(actor.get_id(), (actor, now));
             }
-            CoreMsg::SessionAuthenticated { actor, name, conn, peer_addr, is_server } => {
+            CoreMsg::SessionAuthenticated {
+                actor,
+                name,
+                conn,
+                peer_addr,
+                is_server,
+            } => {
                 st.pending.remove(&actor.get_id());
                 if name == st.shared.name {
                     tracing::debug!("dropping a session to ourselves");
                     actor.stop(Some("self".into()));
-                    st.dialer.connected(&name, (!is_server).then_some(peer_addr.as_str()), now);
+                    st.dialer
+                        .connected(&name, (!is_server).then_some(peer_addr.as_str()), now);
                     return Ok(());
                 }
                 if st.leaving {
@@ -218,7 +285,8 @@ impl Actor for Core {
                 }
                 tracing::debug!(peer = %name, %peer_addr, is_server, "cluster session authenticated");
                 st.membership.session_opened(&name, actor.get_id().pid());
-                st.dialer.connected(&name, (!is_server).then_some(peer_addr.as_str()), now);
+                st.dialer
+                    .connected(&name, (!is_server).then_some(peer_addr.as_str()), now);
                 st.dialer.learn(&name, &conn);
                 st.sessions.insert(actor.get_id(), (name, actor));
             }
@@ -232,10 +300,16 @@ impl Actor for Core {
             }
             CoreMsg::Sessions(list) => {
                 for (actor, name) in list {
-                    if name == st.shared.name || st.sessions.contains_key(&actor.get_id()) || st.leaving {
+                    if name == st.shared.name
+                        || st.sessions.contains_key(&actor.get_id())
+                        || st.leaving
+                    {
                         continue;
                     }
-                    if matches!(actor.get_status(), ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped) {
+                    if matches!(
+                        actor.get_status(),
+                        ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
+                    ) {
                         continue;
                     }
                     st.pending.remove(&actor.get_id());
@@ -266,7 +340,12 @@ impl Actor for Core {
             CoreMsg::IdentifyFailed { id } => {
                 st.identifying.remove(&id);
             }
-            CoreMsg::Dialed { addr, resolved, error, is_self } => {
+            CoreMsg::Dialed {
+                addr,
+                resolved,
+                error,
+                is_self,
+            } => {
                 if is_self {
                     tracing::info!(%addr, "seed is this node; not dialing it");
                     st.dialer.forget(&addr);
@@ -275,7 +354,8 @@ impl Actor for Core {
                 if let Some(e) = &error {
                     tracing::debug!(%addr, error = %e, "dial failed");
                 }
-                st.dialer.attempted(&addr, resolved.map(|r| r.to_string()), now);
+                st.dialer
+                    .attempted(&addr, resolved.map(|r| r.to_string()), now);
             }
             CoreMsg::AnnounceLeave(reply) => {
                 st.announce_leave().await;
@@ -296,8 +376,12 @@ impl CoreState {
 
         // Handshakes that did not finish in time (a frozen peer accepts TCP).
         let limit = self.shared.cfg.heartbeat_timeout;
-        let stale: Vec<ActorId> =
-            self.pending.iter().filter(|(_, (_, at))| now.saturating_duration_since(*at) >= limit).map(|(id, _)| *id).collect();
+        let stale: Vec<ActorId> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= limit)
+            .map(|(id, _)| *id)
+            .collect();
         for id in stale {
             if let Some((actor, _)) = self.pending.remove(&id) {
                 tracing::debug!("stopping a cluster session whose handshake did not finish");
@@ -305,7 +389,10 @@ impl CoreState {
             }
         }
 
-        if self.last_heartbeat.is_none_or(|t| now.saturating_duration_since(t) >= self.shared.cfg.heartbeat_interval) {
+        if self
+            .last_heartbeat
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.shared.cfg.heartbeat_interval)
+        {
             self.last_heartbeat = Some(now);
             if let Ok(b) = encode(&self.heartbeat()) {
                 for (_, gw) in self.gateways.values() {
@@ -319,20 +406,32 @@ impl CoreState {
         }
 
         let membership = &self.membership;
-        let due = self.dialer.due(now, |n| !membership.is_connected(n) && !membership.has_left(n));
+        let due = self.dialer.due(now, |n| {
+            !membership.is_connected(n) && !membership.has_left(n)
+        });
         for addr in due {
             self.dial(me, addr);
         }
 
-        if self.last_reconcile.is_none_or(|t| now.saturating_duration_since(t) >= RECONCILE_EVERY) {
+        if self
+            .last_reconcile
+            .is_none_or(|t| now.saturating_duration_since(t) >= RECONCILE_EVERY)
+        {
             self.last_reconcile = Some(now);
             let ns = self.node_server.clone();
             let me = me.clone();
             tokio::spawn(async move {
-                if let Ok(CallResult::Success(map)) = ns.call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1))).await {
+                if let Ok(CallResult::Success(map)) = ns
+                    .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
+                    .await
+                {
                     let list = map
                         .into_values()
-                        .filter_map(|s| s.peer_name.as_ref().map(|n| (s.actor.clone(), node_part(&n.name).to_string())))
+                        .filter_map(|s| {
+                            s.peer_name
+                                .as_ref()
+                                .map(|n| (s.actor.clone(), node_part(&n.name).to_string()))
+                        })
                         .collect();
                     let _ = me.cast(CoreMsg::Sessions(list));
                 }
@@ -350,7 +449,10 @@ impl CoreState {
             .filter_map(|t| {
                 let n = t.name.as_ref()?;
                 self.membership.state(n).filter(|s| s.in_ring())?;
-                Some(PeerAddr { name: n.clone(), addr: t.addr.clone() })
+                Some(PeerAddr {
+                    name: n.clone(),
+                    addr: t.addr.clone(),
+                })
             })
             .collect();
         Heartbeat {
@@ -365,7 +467,12 @@ impl CoreState {
 
     fn identify(&mut self, me: &ActorRef<CoreMsg>, cell: ActorCell) {
         let id = cell.get_id();
-        if id.is_local() || self.leaving || self.gateways.contains_key(&id) || self.identifying.contains(&id) || self.shunned.contains(&id) {
+        if id.is_local()
+            || self.leaving
+            || self.gateways.contains_key(&id)
+            || self.identifying.contains(&id)
+            || self.shunned.contains(&id)
+        {
             return;
         }
         self.identifying.insert(id);
@@ -376,7 +483,9 @@ impl CoreState {
             let gw: ActorRef<GatewayMsg> = cell.clone().into();
             let msg = match encode(&hello) {
                 Ok(b) => match gw.call(|r| GatewayMsg::Identify(b, r), Some(timeout)).await {
-                    Ok(CallResult::Success(b)) => decode::<Hello>(&b).ok().map(|hello| CoreMsg::Identified { cell, hello }),
+                    Ok(CallResult::Success(b)) => decode::<Hello>(&b)
+                        .ok()
+                        .map(|hello| CoreMsg::Identified { cell, hello }),
                     _ => None,
                 },
                 Err(_) => None,
@@ -392,7 +501,11 @@ impl CoreState {
             return;
         };
         // Another session's gateway of the same peer takes over, if any.
-        let other = self.gateways.iter().find(|(_, (n, _))| *n == name).map(|(i, (_, g))| (*i, g.clone()));
+        let other = self
+            .gateways
+            .iter()
+            .find(|(_, (n, _))| *n == name)
+            .map(|(i, (_, g))| (*i, g.clone()));
         match other {
             Some((oid, g)) => self.shared.set_peer_gateway(&name, oid, g),
             None => self.shared.drop_peer_if(&name, id),
@@ -410,12 +523,27 @@ impl CoreState {
                 Err(_) => Vec::new(),
             };
             if resolved.is_empty() {
-                let _ = me.cast(CoreMsg::Dialed { addr, resolved: None, error: Some("cannot resolve".into()), is_self: false });
+                let _ = me.cast(CoreMsg::Dialed {
+                    addr,
+                    resolved: None,
+                    error: Some("cannot resolve".into()),
+                    is_self: false,
+                });
                 return;
             }
-            let is_self = |sa: &SocketAddr| *sa == own || (own.ip().is_unspecified() && sa.port() == own.port() && sa.ip().is_loopback());
+            let is_self = |sa: &SocketAddr| {
+                *sa == own
+                    || (own.ip().is_unspecified()
+                        && sa.port() == own.port()
+                        && sa.ip().is_loopback())
+            };
             if resolved.iter().any(is_self) {
-                let _ = me.cast(CoreMsg::Dialed { addr, resolved: resolved.first().copied(), error: None, is_self: true });
+                let _ = me.cast(CoreMsg::Dialed {
+                    addr,
+                    resolved: resolved.first().copied(),
+                    error: None,
+                    is_self: true,
+                });
                 return;
             }
             // Every address the name resolves to, in order, until one connects.
@@ -423,7 +551,9 @@ impl CoreState {
             let mut used = resolved[0];
             for sa in resolved {
                 used = sa;
-                error = match tokio::time::timeout(timeout, ractor_cluster::client_connect(&ns, sa)).await {
+                error = match tokio::time::timeout(timeout, ractor_cluster::client_connect(&ns, sa))
+                    .await
+                {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some("connect timed out".to_string()),
@@ -432,7 +562,12 @@ impl CoreState {
                     break;
                 }
             }
-            let _ = me.cast(CoreMsg::Dialed { addr, resolved: Some(used), error, is_self: false });
+            let _ = me.cast(CoreMsg::Dialed {
+                addr,
+                resolved: Some(used),
+                error,
+                is_self: false,
+            });
         });
     }
 
@@ -453,7 +588,12 @@ impl CoreState {
                     if reason == DownReason::Timeout {
                         self.stop_sessions_of(&name);
                     }
-                    let ids: Vec<ActorId> = self.gateways.iter().filter(|(_, (n, _))| *n == name).map(|(i, _)| *i).collect();
+                    let ids: Vec<ActorId> = self
+                        .gateways
+                        .iter()
+                        .filter(|(_, (n, _))| *n == name)
+                        .map(|(i, _)| *i)
+                        .collect();
                     for id in ids {
                         self.gateways.remove(&id);
                         if reason == DownReason::Timeout {
@@ -494,9 +634,15 @@ impl CoreState {
         let ns = self.node_server.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            if let Ok(CallResult::Success(map)) = ns.call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1))).await {
+            if let Ok(CallResult::Success(map)) = ns
+                .call(NodeServerMessage::GetSessions, Some(Duration::from_secs(1)))
+                .await
+            {
                 for s in map.into_values() {
-                    if s.peer_name.as_ref().is_some_and(|n| node_part(&n.name) == name) {
+                    if s.peer_name
+                        .as_ref()
+                        .is_some_and(|n| node_part(&n.name) == name)
+                    {
                         s.actor.stop(Some("heartbeat timeout".into()));
                     }
                 }
@@ -522,7 +668,10 @@ impl CoreState {
         }
         self.leaving = true;
         tracing::info!("leaving the cluster");
-        let leave = Leave { from: self.shared.name.clone(), incarnation: self.shared.incarnation };
+        let leave = Leave {
+            from: self.shared.name.clone(),
+            incarnation: self.shared.incarnation,
+        };
         if let Ok(b) = encode(&leave) {
             let timeout = self.shared.cfg.forward_timeout;
             let calls = self.gateways.values().map(|(name, gw)| {

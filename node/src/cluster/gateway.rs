@@ -9,13 +9,14 @@
 //! [`ClusterHandler`](super::ClusterHandler) in tasks of their own, so a slow
 //! handler never blocks heartbeats.
 
+use super::Shared;
 use super::driver::CoreMsg;
 use super::wire::{decode, encode};
-use super::Shared;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use ringlimit_protocol::cluster::{
-    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, HandoffAck, Heartbeat, Hello, Leave,
+    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, HandoffAck, Heartbeat,
+    Hello, Leave,
 };
 use ringlimit_protocol::validate::ValidateResponse;
 use ringlimit_protocol::{ErrorCode, ErrorDetail};
@@ -94,7 +95,12 @@ impl Actor for Gateway {
         Ok(GatewayState { shared, core })
     }
 
-    async fn handle(&self, _me: ActorRef<GatewayMsg>, msg: GatewayMsg, st: &mut GatewayState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<GatewayMsg>,
+        msg: GatewayMsg,
+        st: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             GatewayMsg::Identify(b, reply) => {
                 match decode::<Hello>(&b) {
@@ -111,9 +117,15 @@ impl Actor for Gateway {
                 let ack = match decode::<Leave>(&b) {
                     Ok(l) => {
                         st.to_core(CoreMsg::PeerLeaving(l));
-                        Ack { ok: true, error: None }
+                        Ack {
+                            ok: true,
+                            error: None,
+                        }
                     }
-                    Err(e) => Ack { ok: false, error: Some(e.to_string()) },
+                    Err(e) => Ack {
+                        ok: false,
+                        error: Some(e.to_string()),
+                    },
                 };
                 let _ = reply.send(encode(&ack).unwrap_or_default());
             }
@@ -130,9 +142,15 @@ impl Actor for Gateway {
                     let ack = match decode::<AdminEvent>(&b) {
                         Ok(ev) => {
                             shared.handler.admin_event(ev).await;
-                            Ack { ok: true, error: None }
+                            Ack {
+                                ok: true,
+                                error: None,
+                            }
                         }
-                        Err(e) => Ack { ok: false, error: Some(e.to_string()) },
+                        Err(e) => Ack {
+                            ok: false,
+                            error: Some(e.to_string()),
+                        },
                     };
                     let _ = reply.send(encode(&ack).unwrap_or_default());
                 });
@@ -144,11 +162,20 @@ impl Actor for Gateway {
                         Ok(h) => {
                             let n = h.states.len() as u64;
                             match shared.handler.handoff(h).await {
-                                Ok(()) => HandoffAck { accepted: n, error: None },
-                                Err(e) => HandoffAck { accepted: 0, error: Some(e) },
+                                Ok(()) => HandoffAck {
+                                    accepted: n,
+                                    error: None,
+                                },
+                                Err(e) => HandoffAck {
+                                    accepted: 0,
+                                    error: Some(e),
+                                },
                             }
                         }
-                        Err(e) => HandoffAck { accepted: 0, error: Some(e.to_string()) },
+                        Err(e) => HandoffAck {
+                            accepted: 0,
+                            error: Some(e.to_string()),
+                        },
                     };
                     let _ = reply.send(encode(&ack).unwrap_or_default());
                 });
@@ -183,7 +210,9 @@ pub(crate) async fn answer_batch(shared: &Shared, batch: ForwardBatch) -> Forwar
             owned_at.push(i);
             owned.push(c);
         } else {
-            results[i] = Some(ForwardOutcome::NotOwner { ring_version: ring.version() });
+            results[i] = Some(ForwardOutcome::NotOwner {
+                ring_version: ring.version(),
+            });
         }
     }
     if batch.ring_version != ring.version() {
@@ -193,21 +222,32 @@ pub(crate) async fn answer_batch(shared: &Shared, batch: ForwardBatch) -> Forwar
         let want = owned.len();
         let reply = shared
             .handler
-            .check_batch(ForwardBatch { from: batch.from, ring_version: ring.version(), checks: owned })
+            .check_batch(ForwardBatch {
+                from: batch.from,
+                ring_version: ring.version(),
+                checks: owned,
+            })
             .await;
         if reply.results.len() == want {
             for (i, r) in owned_at.into_iter().zip(reply.results) {
                 results[i] = Some(r);
             }
         } else {
-            tracing::error!(want, got = reply.results.len(), "cluster handler answered the wrong number of checks");
+            tracing::error!(
+                want,
+                got = reply.results.len(),
+                "cluster handler answered the wrong number of checks"
+            );
             for i in owned_at {
                 results[i] = Some(internal_error("owner answered the wrong number of checks"));
             }
         }
     }
     ForwardReply {
-        results: results.into_iter().map(|r| r.unwrap_or_else(|| internal_error("unanswered check"))).collect(),
+        results: results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| internal_error("unanswered check")))
+            .collect(),
     }
 }
 
@@ -221,7 +261,10 @@ fn internal_error(msg: &str) -> ForwardOutcome {
             limits: Vec::new(),
             retry_after_ms: None,
             denied_by: None,
-            error: Some(ErrorDetail { code: ErrorCode::Internal, message: msg.to_string() }),
+            error: Some(ErrorDetail {
+                code: ErrorCode::Internal,
+                message: msg.to_string(),
+            }),
             suspended_until_ms: None,
         },
     }

@@ -11,8 +11,8 @@ use super::batcher::{BatchLimits, Batcher};
 use super::gateway::GatewayMsg;
 use super::wire::{decode, encode};
 use super::{ForwardError, Shared};
-use ractor::rpc::CallResult;
 use ractor::ActorRef;
+use ractor::rpc::CallResult;
 use ringlimit_protocol::cluster::{ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -101,7 +101,9 @@ impl LinkTask {
                     Ok(Some(batch)) => self.send(batch),
                     Ok(None) => {}
                     Err(p) => {
-                        let _ = p.tx.send(Err(ForwardError::Overloaded { peer: self.peer.clone() }));
+                        let _ = p.tx.send(Err(ForwardError::Overloaded {
+                            peer: self.peer.clone(),
+                        }));
                     }
                 },
                 LinkMsg::Done => {
@@ -112,7 +114,9 @@ impl LinkTask {
                 LinkMsg::SetGateway(g) => self.gateway = g,
                 LinkMsg::Close => {
                     for p in self.batcher.drain() {
-                        let _ = p.tx.send(Err(ForwardError::Unreachable { peer: self.peer.clone() }));
+                        let _ = p.tx.send(Err(ForwardError::Unreachable {
+                            peer: self.peer.clone(),
+                        }));
                     }
                     break;
                 }
@@ -131,7 +135,17 @@ impl LinkTask {
             let (checks, txs): (Vec<ForwardCheck>, Vec<oneshot::Sender<Answer>>) =
                 batch.into_iter().map(|p| (p.check, p.tx)).unzip();
             let n = checks.len();
-            let result = call_batch(&gateway, ForwardBatch { from, ring_version, checks }, timeout, &peer).await;
+            let result = call_batch(
+                &gateway,
+                ForwardBatch {
+                    from,
+                    ring_version,
+                    checks,
+                },
+                timeout,
+                &peer,
+            )
+            .await;
             match result {
                 Ok(reply) if reply.results.len() == n => {
                     for (tx, r) in txs.into_iter().zip(reply.results) {
@@ -139,7 +153,10 @@ impl LinkTask {
                     }
                 }
                 Ok(reply) => {
-                    let e = ForwardError::Protocol(format!("{peer} answered {} of {n} checks", reply.results.len()));
+                    let e = ForwardError::Protocol(format!(
+                        "{peer} answered {} of {n} checks",
+                        reply.results.len()
+                    ));
                     for tx in txs {
                         let _ = tx.send(Err(e.clone()));
                     }
@@ -162,9 +179,18 @@ async fn call_batch(
     peer: &str,
 ) -> Result<ForwardReply, ForwardError> {
     let bytes = encode(&batch).map_err(|e| ForwardError::Protocol(e.to_string()))?;
-    match gateway.call(|r| GatewayMsg::CheckBatch(bytes, r), Some(timeout)).await {
-        Ok(CallResult::Success(b)) => decode::<ForwardReply>(&b).map_err(|e| ForwardError::Protocol(format!("{peer}: {e}"))),
-        Ok(CallResult::Timeout) => Err(ForwardError::Timeout { peer: peer.to_string() }),
-        Ok(CallResult::SenderError) | Err(_) => Err(ForwardError::Unreachable { peer: peer.to_string() }),
+    match gateway
+        .call(|r| GatewayMsg::CheckBatch(bytes, r), Some(timeout))
+        .await
+    {
+        Ok(CallResult::Success(b)) => {
+            decode::<ForwardReply>(&b).map_err(|e| ForwardError::Protocol(format!("{peer}: {e}")))
+        }
+        Ok(CallResult::Timeout) => Err(ForwardError::Timeout {
+            peer: peer.to_string(),
+        }),
+        Ok(CallResult::SenderError) | Err(_) => Err(ForwardError::Unreachable {
+            peer: peer.to_string(),
+        }),
     }
 }

@@ -40,7 +40,10 @@ pub struct MembershipConfig {
 
 impl Default for MembershipConfig {
     fn default() -> Self {
-        MembershipConfig { heartbeat_interval: Duration::from_millis(500), heartbeat_timeout: Duration::from_secs(2) }
+        MembershipConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_timeout: Duration::from_secs(2),
+        }
     }
 }
 
@@ -194,12 +197,17 @@ impl Membership {
 
     /// Whether `name` left gracefully and has not come back.
     pub fn has_left(&self, name: &str) -> bool {
-        self.peers.get(name).is_some_and(|p| p.state == MemberState::Down && p.down_reason == Some(DownReason::Left))
+        self.peers.get(name).is_some_and(|p| {
+            p.state == MemberState::Down && p.down_reason == Some(DownReason::Left)
+        })
     }
 
     /// Peers in the ring.
     pub fn live_peers(&self) -> impl Iterator<Item = &str> {
-        self.peers.iter().filter(|(_, p)| p.state.in_ring()).map(|(n, _)| n.as_str())
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.state.in_ring())
+            .map(|(n, _)| n.as_str())
     }
 
     /// A session to `name` was authenticated.
@@ -207,7 +215,11 @@ impl Membership {
         if name == self.local {
             return;
         }
-        self.peers.entry(name.to_string()).or_insert_with(Peer::new).sessions.insert(session);
+        self.peers
+            .entry(name.to_string())
+            .or_insert_with(Peer::new)
+            .sessions
+            .insert(session);
     }
 
     /// A session to `name` closed. When it was the last one, the peer is down.
@@ -220,7 +232,10 @@ impl Membership {
         }
         p.state = MemberState::Down;
         p.down_reason = Some(DownReason::Disconnected);
-        let mut ev = vec![MemberEvent::PeerDown { name: name.to_string(), reason: DownReason::Disconnected }];
+        let mut ev = vec![MemberEvent::PeerDown {
+            name: name.to_string(),
+            reason: DownReason::Disconnected,
+        }];
         ev.extend(self.rebuild());
         ev
     }
@@ -231,7 +246,10 @@ impl Membership {
             return Vec::new();
         }
         let p = self.peers.entry(name.to_string()).or_insert_with(Peer::new);
-        if p.sessions.is_empty() || incarnation < p.incarnation || p.left_incarnation.is_some_and(|l| incarnation <= l) {
+        if p.sessions.is_empty()
+            || incarnation < p.incarnation
+            || p.left_incarnation.is_some_and(|l| incarnation <= l)
+        {
             return Vec::new();
         }
         let restarted = incarnation > p.incarnation && p.incarnation != 0;
@@ -242,7 +260,10 @@ impl Membership {
         p.down_reason = None;
         let mut ev = Vec::new();
         if was == MemberState::Down || restarted {
-            ev.push(MemberEvent::PeerUp { name: name.to_string(), incarnation });
+            ev.push(MemberEvent::PeerUp {
+                name: name.to_string(),
+                incarnation,
+            });
         }
         if !was.in_ring() {
             ev.extend(self.rebuild());
@@ -266,7 +287,10 @@ impl Membership {
         p.down_reason = Some(DownReason::Left);
         let mut ev = Vec::new();
         if was.in_ring() {
-            ev.push(MemberEvent::PeerDown { name: name.to_string(), reason: DownReason::Left });
+            ev.push(MemberEvent::PeerDown {
+                name: name.to_string(),
+                reason: DownReason::Left,
+            });
             ev.extend(self.rebuild());
         }
         ev
@@ -283,12 +307,17 @@ impl Membership {
             if !p.state.in_ring() {
                 continue;
             }
-            let age = p.last_heartbeat.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+            let age = p
+                .last_heartbeat
+                .map_or(Duration::MAX, |t| now.saturating_duration_since(t));
             if age >= timeout {
                 p.state = MemberState::Down;
                 p.down_reason = Some(DownReason::Timeout);
                 p.sessions.clear();
-                ev.push(MemberEvent::PeerDown { name: name.clone(), reason: DownReason::Timeout });
+                ev.push(MemberEvent::PeerDown {
+                    name: name.clone(),
+                    reason: DownReason::Timeout,
+                });
                 changed = true;
             } else if age >= suspect && p.state == MemberState::Up {
                 p.state = MemberState::Suspect;
@@ -312,20 +341,30 @@ impl Membership {
             connected: true,
             local: true,
         }];
-        v.extend(self.peers.iter().map(|(n, p)| MemberView {
-            name: n.clone(),
-            state: p.state,
-            incarnation: p.incarnation,
-            last_heartbeat_ms_ago: p.last_heartbeat.map(|t| now.saturating_duration_since(t).as_millis() as u64),
-            down_reason: p.down_reason,
-            connected: !p.sessions.is_empty(),
-            local: false,
+        v.extend(self.peers.iter().map(|(n, p)| {
+            MemberView {
+                name: n.clone(),
+                state: p.state,
+                incarnation: p.incarnation,
+                last_heartbeat_ms_ago: p
+                    .last_heartbeat
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                down_reason: p.down_reason,
+                connected: !p.sessions.is_empty(),
+                local: false,
+            }
         }));
         v
     }
 
     fn rebuild(&mut self) -> Option<MemberEvent> {
-        let new = Ring::new(&self.local, self.peers.iter().filter(|(_, p)| p.state.in_ring()).map(|(n, _)| n.clone()));
+        let new = Ring::new(
+            &self.local,
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.state.in_ring())
+                .map(|(n, _)| n.clone()),
+        );
         let change = RingChange::between(&self.ring, &new)?;
         self.ring = Arc::new(new);
         Some(MemberEvent::RingChanged(change))
@@ -341,7 +380,10 @@ mod tests {
     }
 
     fn setup() -> (Membership, Instant) {
-        (Membership::new("a", 1, MembershipConfig::default()), Instant::now())
+        (
+            Membership::new("a", 1, MembershipConfig::default()),
+            Instant::now(),
+        )
     }
 
     fn ring_changes(ev: &[MemberEvent]) -> Vec<&RingChange> {
@@ -361,7 +403,13 @@ mod tests {
         assert!(m.heartbeat("b", 10, t0).is_empty());
         m.session_opened("b", 1);
         let ev = m.heartbeat("b", 10, t0);
-        assert_eq!(ev[0], MemberEvent::PeerUp { name: "b".into(), incarnation: 10 });
+        assert_eq!(
+            ev[0],
+            MemberEvent::PeerUp {
+                name: "b".into(),
+                incarnation: 10
+            }
+        );
         let ch = ring_changes(&ev);
         assert_eq!(ch.len(), 1);
         assert_eq!(ch[0].added, ["b"]);
@@ -381,13 +429,22 @@ mod tests {
         m.session_opened("b", 1);
         m.heartbeat("b", 10, t0);
         assert!(m.tick(t0 + ms(999)).is_empty());
-        assert_eq!(m.tick(t0 + ms(1000)), vec![MemberEvent::PeerSuspect { name: "b".into() }]);
+        assert_eq!(
+            m.tick(t0 + ms(1000)),
+            vec![MemberEvent::PeerSuspect { name: "b".into() }]
+        );
         assert_eq!(m.state("b"), Some(MemberState::Suspect));
         assert!(m.ring().contains("b"), "a suspect stays in the ring");
         // Suspect is reported once.
         assert!(m.tick(t0 + ms(1500)).is_empty());
         let ev = m.tick(t0 + ms(2000));
-        assert_eq!(ev[0], MemberEvent::PeerDown { name: "b".into(), reason: DownReason::Timeout });
+        assert_eq!(
+            ev[0],
+            MemberEvent::PeerDown {
+                name: "b".into(),
+                reason: DownReason::Timeout
+            }
+        );
         assert_eq!(ring_changes(&ev)[0].removed, ["b"]);
         assert_eq!(m.ring().members(), ["a"]);
         assert!(!m.is_connected("b"));
@@ -406,7 +463,10 @@ mod tests {
         m.tick(t0 + ms(1200));
         assert!(m.heartbeat("b", 10, t0 + ms(1300)).is_empty());
         assert_eq!(m.state("b"), Some(MemberState::Up));
-        assert!(m.tick(t0 + ms(2100)).is_empty(), "the clock restarted at the last heartbeat");
+        assert!(
+            m.tick(t0 + ms(2100)).is_empty(),
+            "the clock restarted at the last heartbeat"
+        );
     }
 
     #[test]
@@ -419,7 +479,13 @@ mod tests {
         assert!(m.session_closed("b", 1).is_empty());
         assert!(m.is_connected("b"));
         let ev = m.session_closed("b", 2);
-        assert_eq!(ev[0], MemberEvent::PeerDown { name: "b".into(), reason: DownReason::Disconnected });
+        assert_eq!(
+            ev[0],
+            MemberEvent::PeerDown {
+                name: "b".into(),
+                reason: DownReason::Disconnected
+            }
+        );
         assert_eq!(ring_changes(&ev)[0].removed, ["b"]);
         // Unknown sessions and peers are ignored.
         assert!(m.session_closed("b", 3).is_empty());
@@ -440,7 +506,13 @@ mod tests {
         // SIGCONT: same incarnation, new session.
         m.session_opened("b", 7);
         let ev = m.heartbeat("b", 10, t0 + ms(5000));
-        assert_eq!(ev[0], MemberEvent::PeerUp { name: "b".into(), incarnation: 10 });
+        assert_eq!(
+            ev[0],
+            MemberEvent::PeerUp {
+                name: "b".into(),
+                incarnation: 10
+            }
+        );
         assert_eq!(ring_changes(&ev)[0].added, ["b"]);
         assert_eq!(m.ring().version(), full);
     }
@@ -453,13 +525,25 @@ mod tests {
         assert!(m.heartbeat("b", 9, t0 + ms(10)).is_empty());
         // The older life does not refresh the clock.
         m.heartbeat("b", 9, t0 + ms(1900));
-        assert_eq!(m.tick(t0 + ms(2000))[0], MemberEvent::PeerDown { name: "b".into(), reason: DownReason::Timeout });
+        assert_eq!(
+            m.tick(t0 + ms(2000))[0],
+            MemberEvent::PeerDown {
+                name: "b".into(),
+                reason: DownReason::Timeout
+            }
+        );
         // A restart while up: reported, ring unchanged.
         let (mut m, t0) = setup();
         m.session_opened("b", 1);
         m.heartbeat("b", 10, t0);
         let ev = m.heartbeat("b", 11, t0 + ms(100));
-        assert_eq!(ev, vec![MemberEvent::PeerUp { name: "b".into(), incarnation: 11 }]);
+        assert_eq!(
+            ev,
+            vec![MemberEvent::PeerUp {
+                name: "b".into(),
+                incarnation: 11
+            }]
+        );
     }
 
     #[test]
@@ -468,7 +552,13 @@ mod tests {
         m.session_opened("b", 1);
         m.heartbeat("b", 10, t0);
         let ev = m.left("b", 10);
-        assert_eq!(ev[0], MemberEvent::PeerDown { name: "b".into(), reason: DownReason::Left });
+        assert_eq!(
+            ev[0],
+            MemberEvent::PeerDown {
+                name: "b".into(),
+                reason: DownReason::Left
+            }
+        );
         assert_eq!(ring_changes(&ev)[0].removed, ["b"]);
         assert!(m.has_left("b"));
         // Late heartbeats of the same life are ignored.
@@ -478,7 +568,13 @@ mod tests {
         assert!(m.left("b", 3).is_empty());
         // A new life rejoins.
         let ev = m.heartbeat("b", 11, t0 + ms(100));
-        assert_eq!(ev[0], MemberEvent::PeerUp { name: "b".into(), incarnation: 11 });
+        assert_eq!(
+            ev[0],
+            MemberEvent::PeerUp {
+                name: "b".into(),
+                incarnation: 11
+            }
+        );
         assert!(m.ring().contains("b"));
         assert!(!m.has_left("b"));
     }
@@ -503,13 +599,22 @@ mod tests {
 
     #[test]
     fn custom_timing() {
-        let cfg = MembershipConfig { heartbeat_interval: ms(100), heartbeat_timeout: ms(150) };
+        let cfg = MembershipConfig {
+            heartbeat_interval: ms(100),
+            heartbeat_timeout: ms(150),
+        };
         assert_eq!(cfg.suspect_after(), ms(150));
         let mut m = Membership::new("a", 1, cfg);
         let t0 = Instant::now();
         m.session_opened("b", 1);
         m.heartbeat("b", 1, t0);
         assert!(m.tick(t0 + ms(149)).is_empty());
-        assert_eq!(m.tick(t0 + ms(150))[0], MemberEvent::PeerDown { name: "b".into(), reason: DownReason::Timeout });
+        assert_eq!(
+            m.tick(t0 + ms(150))[0],
+            MemberEvent::PeerDown {
+                name: "b".into(),
+                reason: DownReason::Timeout
+            }
+        );
     }
 }

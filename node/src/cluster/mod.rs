@@ -45,14 +45,16 @@ pub mod ring;
 pub mod wire;
 
 pub use dialer::Backoff;
-pub use gateway::{GatewayMsg, GROUP, SCOPE};
+pub use gateway::{GROUP, GatewayMsg, SCOPE};
 pub use membership::{DownReason, MemberState, MemberView};
 pub use ring::{Ring, RingChange};
-pub use ringlimit_protocol::cluster::{AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff};
+pub use ringlimit_protocol::cluster::{
+    AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
+};
 
 use driver::{Core, CoreArgs, CoreMsg};
 use gateway::Gateway;
-use link::{Pending, PeerLink};
+use link::{PeerLink, Pending};
 use parking_lot::RwLock;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorRef};
@@ -101,7 +103,12 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// A config with the defaults.
-    pub fn new(node_name: impl Into<String>, cluster_addr: SocketAddr, cookie: impl Into<String>, seeds: Vec<String>) -> ClusterConfig {
+    pub fn new(
+        node_name: impl Into<String>,
+        cluster_addr: SocketAddr,
+        cookie: impl Into<String>,
+        seeds: Vec<String>,
+    ) -> ClusterConfig {
         ClusterConfig {
             node_name: node_name.into(),
             cluster_addr,
@@ -121,7 +128,9 @@ impl ClusterConfig {
 
     /// The address peers dial.
     pub fn advertised(&self) -> String {
-        self.advertise_addr.clone().unwrap_or_else(|| self.cluster_addr.to_string())
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.cluster_addr.to_string())
     }
 
     pub fn validate(&self) -> Result<(), ClusterError> {
@@ -145,7 +154,10 @@ impl ClusterConfig {
             return bad("reconnect back-off must start above zero and cap at or above its start");
         }
         let adv = self.advertised();
-        if adv.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if adv
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
             return bad("advertise_addr must be host:port");
         }
         Ok(())
@@ -237,7 +249,11 @@ impl Shared {
     }
 
     pub fn hello(&self) -> Hello {
-        Hello { name: self.name.clone(), addr: self.addr.clone(), incarnation: self.incarnation }
+        Hello {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            incarnation: self.incarnation,
+        }
     }
 
     fn set_ring(&self, r: Arc<Ring>) {
@@ -260,7 +276,14 @@ impl Shared {
             }
             None => {
                 let link = PeerLink::spawn(name.to_string(), gw.clone(), self);
-                peers.insert(name.to_string(), PeerHandle { gateway_id: id, gateway: gw, link });
+                peers.insert(
+                    name.to_string(),
+                    PeerHandle {
+                        gateway_id: id,
+                        gateway: gw,
+                        link,
+                    },
+                );
             }
         }
     }
@@ -303,24 +326,35 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("node", &self.shared.name).field("ring", &self.shared.ring()).finish()
+        f.debug_struct("Cluster")
+            .field("node", &self.shared.name)
+            .field("ring", &self.shared.ring())
+            .finish()
     }
 }
 
 /// This process's incarnation: microseconds since the Unix epoch at start,
 /// so a restarted node has a larger one than its previous life.
 fn new_incarnation() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
 }
 
 impl Cluster {
     /// Binds the cluster listener, starts the driver and the gateway, and
     /// starts dialing the seeds. Returns once the listener is bound; peers
     /// join the ring as their heartbeats arrive.
-    pub async fn start(cfg: ClusterConfig, handler: Arc<dyn ClusterHandler>) -> Result<Cluster, ClusterError> {
+    pub async fn start(
+        cfg: ClusterConfig,
+        handler: Arc<dyn ClusterHandler>,
+    ) -> Result<Cluster, ClusterError> {
         cfg.validate()?;
         let addr = cfg.advertised();
-        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).to_string();
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(h, _)| h)
+            .to_string();
         let shared = Arc::new(Shared {
             name: cfg.node_name.clone(),
             addr,
@@ -342,24 +376,38 @@ impl Cluster {
         )
         .with_listen_addr(cfg.cluster_addr.ip())
         .with_max_inbound_frame_size((MAX_FRAME_BYTES as u64) * 2);
-        let (node_server, _) = Actor::spawn(None, server, ())
-            .await
-            .map_err(|e| ClusterError::Listen { addr: cfg.cluster_addr, message: e.to_string() })?;
-        let (core, _) = match Actor::spawn(None, Core, CoreArgs { shared: shared.clone(), node_server: node_server.clone() }).await {
+        let (node_server, _) =
+            Actor::spawn(None, server, ())
+                .await
+                .map_err(|e| ClusterError::Listen {
+                    addr: cfg.cluster_addr,
+                    message: e.to_string(),
+                })?;
+        let (core, _) = match Actor::spawn(
+            None,
+            Core,
+            CoreArgs {
+                shared: shared.clone(),
+                node_server: node_server.clone(),
+            },
+        )
+        .await
+        {
             Ok(x) => x,
             Err(e) => {
                 node_server.stop(None);
                 return Err(ClusterError::Spawn(e.to_string()));
             }
         };
-        let (gateway, _) = match Actor::spawn(None, Gateway, (shared.clone(), Some(core.clone()))).await {
-            Ok(x) => x,
-            Err(e) => {
-                core.stop(None);
-                node_server.stop(None);
-                return Err(ClusterError::Spawn(e.to_string()));
-            }
-        };
+        let (gateway, _) =
+            match Actor::spawn(None, Gateway, (shared.clone(), Some(core.clone()))).await {
+                Ok(x) => x,
+                Err(e) => {
+                    core.stop(None);
+                    node_server.stop(None);
+                    return Err(ClusterError::Spawn(e.to_string()));
+                }
+            };
         tracing::info!(
             node = %shared.name,
             addr = %shared.addr,
@@ -368,7 +416,12 @@ impl Cluster {
             ring_version = shared.ring().version(),
             "cluster layer started"
         );
-        Ok(Cluster { shared, core, gateway, node_server })
+        Ok(Cluster {
+            shared,
+            core,
+            gateway,
+            node_server,
+        })
     }
 
     pub fn node_name(&self) -> &str {
@@ -407,22 +460,36 @@ impl Cluster {
     }
 
     /// Sends `check` to `owner` through its PeerLink and waits for the answer.
-    pub async fn forward(&self, owner: &str, check: ForwardCheck) -> Result<ForwardOutcome, ForwardError> {
+    pub async fn forward(
+        &self,
+        owner: &str,
+        check: ForwardCheck,
+    ) -> Result<ForwardOutcome, ForwardError> {
         if owner == self.shared.name {
             return Err(ForwardError::Local);
         }
         let link = match self.shared.peers.read().get(owner) {
             Some(h) => h.link.clone(),
-            None => return Err(ForwardError::Unreachable { peer: owner.to_string() }),
+            None => {
+                return Err(ForwardError::Unreachable {
+                    peer: owner.to_string(),
+                });
+            }
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         if !link.submit(Pending { check, tx }) {
-            return Err(ForwardError::Unreachable { peer: owner.to_string() });
+            return Err(ForwardError::Unreachable {
+                peer: owner.to_string(),
+            });
         }
         match tokio::time::timeout(self.shared.cfg.forward_timeout * 2, rx).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(ForwardError::Unreachable { peer: owner.to_string() }),
-            Err(_) => Err(ForwardError::Timeout { peer: owner.to_string() }),
+            Ok(Err(_)) => Err(ForwardError::Unreachable {
+                peer: owner.to_string(),
+            }),
+            Err(_) => Err(ForwardError::Timeout {
+                peer: owner.to_string(),
+            }),
         }
     }
 
@@ -433,12 +500,19 @@ impl Cluster {
         let bytes = match encode(&ev) {
             Ok(b) => b,
             Err(e) => {
-                report.failed.push((String::new(), ForwardError::Protocol(e.to_string())));
+                report
+                    .failed
+                    .push((String::new(), ForwardError::Protocol(e.to_string())));
                 return report;
             }
         };
-        let targets: Vec<(String, ActorRef<GatewayMsg>)> =
-            self.shared.peers.read().iter().map(|(n, h)| (n.clone(), h.gateway.clone())).collect();
+        let targets: Vec<(String, ActorRef<GatewayMsg>)> = self
+            .shared
+            .peers
+            .read()
+            .iter()
+            .map(|(n, h)| (n.clone(), h.gateway.clone()))
+            .collect();
         let timeout = self.shared.cfg.forward_timeout;
         let calls = targets.into_iter().map(|(name, gw)| {
             let b = bytes.clone();
@@ -446,7 +520,9 @@ impl Cluster {
                 let r = match gw.call(|r| GatewayMsg::Admin(b, r), Some(timeout)).await {
                     Ok(CallResult::Success(b)) => match decode::<Ack>(&b) {
                         Ok(Ack { ok: true, .. }) => Ok(()),
-                        Ok(Ack { error, .. }) => Err(ForwardError::Protocol(error.unwrap_or_default())),
+                        Ok(Ack { error, .. }) => {
+                            Err(ForwardError::Protocol(error.unwrap_or_default()))
+                        }
                         Err(e) => Err(ForwardError::Protocol(e.to_string())),
                     },
                     Ok(CallResult::Timeout) => Err(ForwardError::Timeout { peer: name.clone() }),
@@ -472,18 +548,38 @@ impl Cluster {
             return Err(ForwardError::Local);
         }
         let Some(gw) = self.shared.gateway_of(to) else {
-            return Err(ForwardError::Unreachable { peer: to.to_string() });
+            return Err(ForwardError::Unreachable {
+                peer: to.to_string(),
+            });
         };
         for chunk in chunk_handoff(h, MAX_FRAME_BYTES / 4) {
             let b = encode(&chunk).map_err(|e| ForwardError::Protocol(e.to_string()))?;
-            match gw.call(|r| GatewayMsg::Handoff(b, r), Some(self.shared.cfg.handoff_timeout)).await {
+            match gw
+                .call(
+                    |r| GatewayMsg::Handoff(b, r),
+                    Some(self.shared.cfg.handoff_timeout),
+                )
+                .await
+            {
                 Ok(CallResult::Success(b)) => match decode::<HandoffAck>(&b) {
                     Ok(HandoffAck { error: None, .. }) => {}
-                    Ok(HandoffAck { error: Some(e), .. }) => return Err(ForwardError::Protocol(format!("{to} refused the handoff: {e}"))),
+                    Ok(HandoffAck { error: Some(e), .. }) => {
+                        return Err(ForwardError::Protocol(format!(
+                            "{to} refused the handoff: {e}"
+                        )));
+                    }
                     Err(e) => return Err(ForwardError::Protocol(e.to_string())),
                 },
-                Ok(CallResult::Timeout) => return Err(ForwardError::Timeout { peer: to.to_string() }),
-                _ => return Err(ForwardError::Unreachable { peer: to.to_string() }),
+                Ok(CallResult::Timeout) => {
+                    return Err(ForwardError::Timeout {
+                        peer: to.to_string(),
+                    });
+                }
+                _ => {
+                    return Err(ForwardError::Unreachable {
+                        peer: to.to_string(),
+                    });
+                }
             }
         }
         Ok(())
@@ -531,13 +627,21 @@ fn chunk_handoff(h: Handoff, budget: usize) -> Vec<Handoff> {
         // MessagePack encodes bytes of a Vec<u8> as integers: up to 2 bytes each.
         let sz = k.len() + s.len() * 2 + 16;
         if !cur.is_empty() && size + sz > budget {
-            out.push(Handoff { from: h.from.clone(), ring_version: h.ring_version, states: std::mem::take(&mut cur) });
+            out.push(Handoff {
+                from: h.from.clone(),
+                ring_version: h.ring_version,
+                states: std::mem::take(&mut cur),
+            });
             size = 0;
         }
         size += sz;
         cur.push((k, s));
     }
-    out.push(Handoff { from: h.from, ring_version: h.ring_version, states: cur });
+    out.push(Handoff {
+        from: h.from,
+        ring_version: h.ring_version,
+        states: cur,
+    });
     out
 }
 
@@ -570,13 +674,28 @@ mod tests {
 
     #[test]
     fn handoffs_are_chunked_by_size() {
-        let h = Handoff { from: "a".into(), ring_version: 1, states: (0..10).map(|i| (format!("k{i}"), vec![0u8; 100])).collect() };
+        let h = Handoff {
+            from: "a".into(),
+            ring_version: 1,
+            states: (0..10).map(|i| (format!("k{i}"), vec![0u8; 100])).collect(),
+        };
         let parts = chunk_handoff(h.clone(), 450);
         assert!(parts.len() > 1);
-        assert!(parts.iter().all(|p| p.from == "a" && p.ring_version == 1 && !p.states.is_empty()));
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.from == "a" && p.ring_version == 1 && !p.states.is_empty())
+        );
         let all: Vec<_> = parts.into_iter().flat_map(|p| p.states).collect();
         assert_eq!(all, h.states);
-        let empty = chunk_handoff(Handoff { from: "a".into(), ring_version: 1, states: vec![] }, 10);
+        let empty = chunk_handoff(
+            Handoff {
+                from: "a".into(),
+                ring_version: 1,
+                states: vec![],
+            },
+            10,
+        );
         assert_eq!(empty.len(), 1);
     }
 
@@ -620,10 +739,20 @@ mod tests {
     }
 
     fn recorder(name: &str, delay_ms: u64) -> Arc<Recorder> {
-        Arc::new(Recorder { name: name.into(), delay: Duration::from_millis(delay_ms), sizes: parking_lot::Mutex::new(vec![]) })
+        Arc::new(Recorder {
+            name: name.into(),
+            delay: Duration::from_millis(delay_ms),
+            sizes: parking_lot::Mutex::new(vec![]),
+        })
     }
 
-    fn shared(name: &str, peers: &[&str], handler: Arc<dyn ClusterHandler>, k: usize, max_batch: usize) -> Arc<Shared> {
+    fn shared(
+        name: &str,
+        peers: &[&str],
+        handler: Arc<dyn ClusterHandler>,
+        k: usize,
+        max_batch: usize,
+    ) -> Arc<Shared> {
         let mut cfg = ClusterConfig::new(name, "127.0.0.1:1".parse().expect("addr"), "c", vec![]);
         cfg.max_in_flight_batches = k;
         cfg.max_batch = max_batch;
@@ -641,7 +770,15 @@ mod tests {
     }
 
     fn check(key: &str) -> ForwardCheck {
-        ForwardCheck { id: 0, key_id: key.into(), secret_hash: [1; 32], cost: 1, now_us: 0, resource: None, client_ip: None }
+        ForwardCheck {
+            id: 0,
+            key_id: key.into(),
+            secret_hash: [1; 32],
+            cost: 1,
+            now_us: 0,
+            resource: None,
+            client_ip: None,
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -649,15 +786,40 @@ mod tests {
         let rec = recorder("a", 0);
         let sh = shared("a", &["b"], rec.clone(), 4, 256);
         let ring = sh.ring();
-        let mine = (0..).map(|i| format!("k{i}")).find(|k| ring.owner(k) == "a").expect("a key of a");
-        let theirs = (0..).map(|i| format!("k{i}")).find(|k| ring.owner(k) == "b").expect("a key of b");
-        let batch = ForwardBatch { from: "b".into(), ring_version: 7, checks: vec![check(&mine), check(&theirs), check(&mine)] };
+        let mine = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| ring.owner(k) == "a")
+            .expect("a key of a");
+        let theirs = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| ring.owner(k) == "b")
+            .expect("a key of b");
+        let batch = ForwardBatch {
+            from: "b".into(),
+            ring_version: 7,
+            checks: vec![check(&mine), check(&theirs), check(&mine)],
+        };
         let reply = gateway::answer_batch(&sh, batch).await;
         assert_eq!(reply.results.len(), 3);
-        assert!(matches!(&reply.results[0], ForwardOutcome::Decided { status: 200, .. }));
-        assert_eq!(reply.results[1], ForwardOutcome::NotOwner { ring_version: ring.version() });
-        assert!(matches!(&reply.results[2], ForwardOutcome::Decided { status: 200, .. }));
-        assert_eq!(*rec.sizes.lock(), vec![2], "the handler sees owned checks only");
+        assert!(matches!(
+            &reply.results[0],
+            ForwardOutcome::Decided { status: 200, .. }
+        ));
+        assert_eq!(
+            reply.results[1],
+            ForwardOutcome::NotOwner {
+                ring_version: ring.version()
+            }
+        );
+        assert!(matches!(
+            &reply.results[2],
+            ForwardOutcome::Decided { status: 200, .. }
+        ));
+        assert_eq!(
+            *rec.sizes.lock(),
+            vec![2],
+            "the handler sees owned checks only"
+        );
         // A bad frame is an empty answer, not a panic.
         assert!(gateway::serve_batch(&sh, &[0x01, 0x02]).await.is_empty());
     }
@@ -665,22 +827,32 @@ mod tests {
     async fn link_batches(k: usize, max_batch: usize, then: usize) -> Vec<usize> {
         let owner_handler = recorder("o", 100);
         let owner = shared("o", &[], owner_handler.clone(), 4, 256);
-        let (gw, _) = Actor::spawn(None, Gateway, (owner, None)).await.expect("gateway");
+        let (gw, _) = Actor::spawn(None, Gateway, (owner, None))
+            .await
+            .expect("gateway");
         let sender = shared("s", &["o"], recorder("s", 0), k, max_batch);
         let link = PeerLink::spawn("o".into(), gw.clone(), &sender);
         let mut rxs = Vec::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        assert!(link.submit(Pending { check: check("first"), tx }));
+        assert!(link.submit(Pending {
+            check: check("first"),
+            tx
+        }));
         rxs.push(rx);
         tokio::time::sleep(Duration::from_millis(30)).await;
         for i in 0..then {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            assert!(link.submit(Pending { check: check(&format!("k{i}")), tx }));
+            assert!(link.submit(Pending {
+                check: check(&format!("k{i}")),
+                tx
+            }));
             rxs.push(rx);
         }
         for rx in rxs {
             match rx.await.expect("answered") {
-                Ok(ForwardOutcome::Decided { body, .. }) => assert_eq!(body.tier.as_deref(), Some("o")),
+                Ok(ForwardOutcome::Decided { body, .. }) => {
+                    assert_eq!(body.tier.as_deref(), Some("o"))
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -702,36 +874,93 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_closed_link_fails_queued_checks_as_unreachable() {
         let owner = shared("o", &[], recorder("o", 300), 4, 256);
-        let (gw, _) = Actor::spawn(None, Gateway, (owner, None)).await.expect("gateway");
+        let (gw, _) = Actor::spawn(None, Gateway, (owner, None))
+            .await
+            .expect("gateway");
         let sender = shared("s", &["o"], recorder("s", 0), 1, 256);
         let link = PeerLink::spawn("o".into(), gw.clone(), &sender);
         let (tx1, rx1) = tokio::sync::oneshot::channel();
         let (tx2, rx2) = tokio::sync::oneshot::channel();
-        assert!(link.submit(Pending { check: check("a"), tx: tx1 }));
+        assert!(link.submit(Pending {
+            check: check("a"),
+            tx: tx1
+        }));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(link.submit(Pending { check: check("b"), tx: tx2 }));
+        assert!(link.submit(Pending {
+            check: check("b"),
+            tx: tx2
+        }));
         link.close();
-        assert_eq!(rx2.await.expect("answered"), Err(ForwardError::Unreachable { peer: "o".into() }));
-        assert!(matches!(rx1.await.expect("answered"), Ok(ForwardOutcome::Decided { .. })), "in flight completes");
+        assert_eq!(
+            rx2.await.expect("answered"),
+            Err(ForwardError::Unreachable { peer: "o".into() })
+        );
+        assert!(
+            matches!(
+                rx1.await.expect("answered"),
+                Ok(ForwardOutcome::Decided { .. })
+            ),
+            "in flight completes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         let (tx3, _rx3) = tokio::sync::oneshot::channel();
-        assert!(!link.submit(Pending { check: check("c"), tx: tx3 }), "closed");
+        assert!(
+            !link.submit(Pending {
+                check: check("c"),
+                tx: tx3
+            }),
+            "closed"
+        );
         gw.stop(None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_single_node_starts_owns_everything_and_leaves() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let cfg = ClusterConfig::new("solo", addr, "cookie", vec![addr.to_string(), "127.0.0.1:1".into()]);
-        let c = Cluster::start(cfg.clone(), recorder("solo", 0)).await.expect("start");
+        let cfg = ClusterConfig::new(
+            "solo",
+            addr,
+            "cookie",
+            vec![addr.to_string(), "127.0.0.1:1".into()],
+        );
+        let c = Cluster::start(cfg.clone(), recorder("solo", 0))
+            .await
+            .expect("start");
         assert_eq!(c.ring().members(), ["solo"]);
         assert_eq!(c.ring().owner("anything"), "solo");
-        assert_eq!(c.forward("solo", check("k")).await, Err(ForwardError::Local));
-        assert_eq!(c.forward("ghost", check("k")).await, Err(ForwardError::Unreachable { peer: "ghost".into() }));
-        let h = Handoff { from: "solo".into(), ring_version: 1, states: vec![] };
-        assert_eq!(c.send_handoff("ghost", h).await, Err(ForwardError::Unreachable { peer: "ghost".into() }));
-        assert_eq!(c.broadcast(AdminEvent::TierChanged { name: "free".into() }).await, BroadcastReport::default());
+        assert_eq!(
+            c.forward("solo", check("k")).await,
+            Err(ForwardError::Local)
+        );
+        assert_eq!(
+            c.forward("ghost", check("k")).await,
+            Err(ForwardError::Unreachable {
+                peer: "ghost".into()
+            })
+        );
+        let h = Handoff {
+            from: "solo".into(),
+            ring_version: 1,
+            states: vec![],
+        };
+        assert_eq!(
+            c.send_handoff("ghost", h).await,
+            Err(ForwardError::Unreachable {
+                peer: "ghost".into()
+            })
+        );
+        assert_eq!(
+            c.broadcast(AdminEvent::TierChanged {
+                name: "free".into()
+            })
+            .await,
+            BroadcastReport::default()
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
         let m = c.members();
         assert_eq!(m.len(), 1);
@@ -739,11 +968,19 @@ mod tests {
         // The port is taken: a second node there cannot start.
         let mut other = cfg.clone();
         other.node_name = "other".into();
-        assert!(matches!(Cluster::start(other, recorder("other", 0)).await, Err(ClusterError::Listen { .. })));
-        tokio::time::timeout(Duration::from_secs(3), c.leave()).await.expect("leave is bounded");
+        assert!(matches!(
+            Cluster::start(other, recorder("other", 0)).await,
+            Err(ClusterError::Listen { .. })
+        ));
+        tokio::time::timeout(Duration::from_secs(3), c.leave())
+            .await
+            .expect("leave is bounded");
         let mut bad = cfg;
         bad.cookie.clear();
-        assert!(matches!(Cluster::start(bad, recorder("x", 0)).await, Err(ClusterError::InvalidConfig(_))));
+        assert!(matches!(
+            Cluster::start(bad, recorder("x", 0)).await,
+            Err(ClusterError::InvalidConfig(_))
+        ));
     }
 
     #[test]

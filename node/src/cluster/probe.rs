@@ -26,7 +26,10 @@
 //!   forwards everything), `announced`
 //! - `leave` → graceful leave, `left`, exit.
 
-use super::{AdminEvent, Cluster, ClusterConfig, ClusterHandler, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff, Ring, RingChange};
+use super::{
+    AdminEvent, Cluster, ClusterConfig, ClusterHandler, ForwardBatch, ForwardCheck, ForwardOutcome,
+    ForwardReply, Handoff, Ring, RingChange,
+};
 use crate::cli::Flags;
 use ringlimit_protocol::validate::ValidateResponse;
 use std::io::Write;
@@ -101,14 +104,19 @@ impl ClusterHandler for ProbeHandler {
 
     async fn admin_event(&self, ev: AdminEvent) {
         match ev {
-            AdminEvent::KeyChanged { key_id } => self.out.line(&format!("admin key_changed key={key_id}")),
-            AdminEvent::TierChanged { name } => self.out.line(&format!("admin tier_changed name={name}")),
+            AdminEvent::KeyChanged { key_id } => {
+                self.out.line(&format!("admin key_changed key={key_id}"))
+            }
+            AdminEvent::TierChanged { name } => {
+                self.out.line(&format!("admin tier_changed name={name}"))
+            }
         }
     }
 
     async fn handoff(&self, h: Handoff) -> Result<(), String> {
         let keys: Vec<&str> = h.states.iter().map(|(k, _)| k.as_str()).collect();
-        self.out.line(&format!("handoff from={} keys={}", h.from, keys.join(",")));
+        self.out
+            .line(&format!("handoff from={} keys={}", h.from, keys.join(",")));
         Ok(())
     }
 
@@ -117,13 +125,29 @@ impl ClusterHandler for ProbeHandler {
     }
 }
 
-fn config(flags: &Flags, args: &ProbeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<ClusterConfig, String> {
-    let pick = |flag: &Option<String>, var: &str| flag.clone().or_else(|| env(var)).filter(|s| !s.is_empty());
-    let name = pick(&flags.node_name, "RINGLIMIT_NODE_NAME").ok_or("--node-name (RINGLIMIT_NODE_NAME) is required")?;
-    let addr = pick(&flags.cluster_addr, "RINGLIMIT_CLUSTER_ADDR").ok_or("--cluster-addr (RINGLIMIT_CLUSTER_ADDR) is required")?;
-    let addr: SocketAddr = addr.parse().map_err(|e| format!("cluster address {addr}: {e}"))?;
+fn config(
+    flags: &Flags,
+    args: &ProbeArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ClusterConfig, String> {
+    let pick = |flag: &Option<String>, var: &str| {
+        flag.clone().or_else(|| env(var)).filter(|s| !s.is_empty())
+    };
+    let name = pick(&flags.node_name, "RINGLIMIT_NODE_NAME")
+        .ok_or("--node-name (RINGLIMIT_NODE_NAME) is required")?;
+    let addr = pick(&flags.cluster_addr, "RINGLIMIT_CLUSTER_ADDR")
+        .ok_or("--cluster-addr (RINGLIMIT_CLUSTER_ADDR) is required")?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("cluster address {addr}: {e}"))?;
     let seeds = pick(&flags.seeds, "RINGLIMIT_SEEDS")
-        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let cookie = pick(&flags.cookie, "RINGLIMIT_COOKIE").unwrap_or_else(|| "ringlimit".into());
     let mut cfg = ClusterConfig::new(name, addr, cookie, seeds);
@@ -144,7 +168,10 @@ pub fn main(flags: &Flags, args: &ProbeArgs) -> ExitCode {
         .or_else(|| std::env::var("RINGLIMIT_LOG_LEVEL").ok())
         .unwrap_or_else(|| "info,ractor_cluster=warn,ractor=warn".into());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .try_init();
@@ -155,7 +182,11 @@ pub fn main(flags: &Flags, args: &ProbeArgs) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ringlimit cluster-probe: {e}");
@@ -166,8 +197,18 @@ pub fn main(flags: &Flags, args: &ProbeArgs) -> ExitCode {
 }
 
 fn check(key: &str, id: u64) -> ForwardCheck {
-    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    ForwardCheck { id, key_id: key.to_string(), secret_hash: [0; 32], cost: 1, now_us, resource: None, client_ip: None }
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    ForwardCheck {
+        id,
+        key_id: key.to_string(),
+        secret_hash: [0; 32],
+        cost: 1,
+        now_us,
+        resource: None,
+        client_ip: None,
+    }
 }
 
 /// Routes a check as the service will: to the owner by this ring, retried
@@ -179,12 +220,20 @@ async fn route(cluster: &Cluster, key: &str) -> (String, Result<String, String>)
             return (owner.clone(), Ok(owner));
         }
         match cluster.forward(&owner, check(key, attempt)).await {
-            Ok(ForwardOutcome::Decided { body, .. }) => return (owner, Ok(body.tier.unwrap_or_default())),
+            Ok(ForwardOutcome::Decided { body, .. }) => {
+                return (owner, Ok(body.tier.unwrap_or_default()));
+            }
             Ok(ForwardOutcome::NotOwner { ring_version }) => {
                 let ring = cluster.ring();
                 let next = ring.owner(key).to_string();
                 if next == owner {
-                    return (owner, Err(format!("not_owner their_version={ring_version} our_version={}", ring.version())));
+                    return (
+                        owner,
+                        Err(format!(
+                            "not_owner their_version={ring_version} our_version={}",
+                            ring.version()
+                        )),
+                    );
                 }
                 owner = next;
             }
@@ -196,7 +245,13 @@ async fn route(cluster: &Cluster, key: &str) -> (String, Result<String, String>)
 
 async fn bench(cluster: &Arc<Cluster>, peer: &str, n: usize, c: usize) -> String {
     let ring = cluster.ring();
-    let keys: Arc<Vec<String>> = Arc::new((0..100_000).map(|i| format!("bench-{i}")).filter(|k| ring.owner(k) == peer).take(1024).collect());
+    let keys: Arc<Vec<String>> = Arc::new(
+        (0..100_000)
+            .map(|i| format!("bench-{i}"))
+            .filter(|k| ring.owner(k) == peer)
+            .take(1024)
+            .collect(),
+    );
     if keys.is_empty() {
         return format!("bench peer={peer} error=owns_no_keys");
     }
@@ -232,7 +287,11 @@ async fn bench(cluster: &Arc<Cluster>, peer: &str, n: usize, c: usize) -> String
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     format!(
         "bench peer={peer} n={n} c={c} ok={} errors={errors} p50_us={} p99_us={} per_sec={:.0}",
         lat.len(),
@@ -245,7 +304,10 @@ async fn bench(cluster: &Arc<Cluster>, peer: &str, n: usize, c: usize) -> String
 async fn run(cfg: ClusterConfig, probe_key: Option<String>) -> ExitCode {
     let out = Out;
     let name = cfg.node_name.clone();
-    let handler = Arc::new(ProbeHandler { name: name.clone(), out: out.clone() });
+    let handler = Arc::new(ProbeHandler {
+        name: name.clone(),
+        out: out.clone(),
+    });
     let cluster = match Cluster::start(cfg, handler).await {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -253,7 +315,11 @@ async fn run(cfg: ClusterConfig, probe_key: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    out.line(&format!("ready name={name} addr={} incarnation={}", cluster.advertised_addr(), cluster.incarnation()));
+    out.line(&format!(
+        "ready name={name} addr={} incarnation={}",
+        cluster.advertised_addr(),
+        cluster.incarnation()
+    ));
     out.line(&format!("ring {}", cluster.ring().describe()));
 
     if let Some(key) = probe_key {
@@ -308,33 +374,62 @@ async fn run(cfg: ClusterConfig, probe_key: Option<String>) -> ExitCode {
                 let m: Vec<String> = cluster
                     .members()
                     .iter()
-                    .map(|m| format!("{}:{}:{}", m.name, m.state.as_str(), m.last_heartbeat_ms_ago.map_or("-".into(), |x| x.to_string())))
+                    .map(|m| {
+                        format!(
+                            "{}:{}:{}",
+                            m.name,
+                            m.state.as_str(),
+                            m.last_heartbeat_ms_ago
+                                .map_or("-".into(), |x| x.to_string())
+                        )
+                    })
                     .collect();
                 out.line(&format!("members {}", m.join(",")));
             }
             ["owner", key] => {
                 let r = cluster.ring();
-                out.line(&format!("owner key={key} owner={} version={}", r.owner(key), r.version()));
+                out.line(&format!(
+                    "owner key={key} owner={} version={}",
+                    r.owner(key),
+                    r.version()
+                ));
             }
             ["forward", key] => {
                 let s = tokio::time::Instant::now();
                 let (owner, r) = route(&cluster, key).await;
                 let us = s.elapsed().as_micros();
                 match r {
-                    Ok(by) => out.line(&format!("forward key={key} owner={owner} answered_by={by} us={us}")),
+                    Ok(by) => out.line(&format!(
+                        "forward key={key} owner={owner} answered_by={by} us={us}"
+                    )),
                     Err(e) => out.line(&format!("forward key={key} owner={owner} error={e}")),
                 }
             }
             ["broadcast", key] => {
-                let rep = cluster.broadcast(AdminEvent::KeyChanged { key_id: key.to_string() }).await;
+                let rep = cluster
+                    .broadcast(AdminEvent::KeyChanged {
+                        key_id: key.to_string(),
+                    })
+                    .await;
                 let failed: Vec<String> = rep.failed.iter().map(|(n, _)| n.clone()).collect();
-                out.line(&format!("broadcast delivered={} failed={}", rep.delivered.join(","), failed.join(",")));
+                out.line(&format!(
+                    "broadcast delivered={} failed={}",
+                    rep.delivered.join(","),
+                    failed.join(",")
+                ));
             }
             ["handoff", peer, key] => {
-                let h = Handoff { from: name.clone(), ring_version: cluster.ring().version(), states: vec![(key.to_string(), b"state".to_vec())] };
+                let h = Handoff {
+                    from: name.clone(),
+                    ring_version: cluster.ring().version(),
+                    states: vec![(key.to_string(), b"state".to_vec())],
+                };
                 match cluster.send_handoff(peer, h).await {
                     Ok(()) => out.line(&format!("handoff_sent to={peer} ok=true")),
-                    Err(e) => out.line(&format!("handoff_sent to={peer} error={}", e.to_string().replace(' ', "_"))),
+                    Err(e) => out.line(&format!(
+                        "handoff_sent to={peer} error={}",
+                        e.to_string().replace(' ', "_")
+                    )),
                 }
             }
             ["bench", peer, n, c] => {

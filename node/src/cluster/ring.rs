@@ -104,7 +104,10 @@ pub struct Ring {
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring").field("version", &self.version).field("members", &self.members).finish()
+        f.debug_struct("Ring")
+            .field("version", &self.version)
+            .field("members", &self.members)
+            .finish()
     }
 }
 
@@ -126,11 +129,19 @@ impl Ring {
         for (idx, m) in members.iter().enumerate() {
             let name: Arc<str> = Arc::from(m.as_str());
             for i in 0..VNODES_PER_MEMBER {
-                vnodes.push(VNode { name: name.clone(), idx: idx as u32, i });
+                vnodes.push(VNode {
+                    name: name.clone(),
+                    idx: idx as u32,
+                    i,
+                });
             }
         }
         ring.batch_add(vnodes);
-        Ring { members, version, ring }
+        Ring {
+            members,
+            version,
+            ring,
+        }
     }
 
     /// The ring of a non-empty member list; `None` when it is empty.
@@ -164,7 +175,9 @@ impl Ring {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.members.binary_search_by(|m| m.as_str().cmp(name)).is_ok()
+        self.members
+            .binary_search_by(|m| m.as_str().cmp(name))
+            .is_ok()
     }
 
     /// The hash of the sorted member names: equal on every node with the same membership.
@@ -174,7 +187,11 @@ impl Ring {
 
     /// `ring version=V members=a,b,c`, the line the cluster logs and the probe prints.
     pub fn describe(&self) -> String {
-        format!("version={} members={}", self.version, self.members.join(","))
+        format!(
+            "version={} members={}",
+            self.version,
+            self.members.join(",")
+        )
     }
 }
 
@@ -204,9 +221,24 @@ impl RingChange {
         if old.members == new.members {
             return None;
         }
-        let added = new.members.iter().filter(|m| !old.contains(m)).cloned().collect();
-        let removed = old.members.iter().filter(|m| !new.contains(m)).cloned().collect();
-        Some(RingChange { added, removed, old_version: old.version, new_version: new.version })
+        let added = new
+            .members
+            .iter()
+            .filter(|m| !old.contains(m))
+            .cloned()
+            .collect();
+        let removed = old
+            .members
+            .iter()
+            .filter(|m| !new.contains(m))
+            .cloned()
+            .collect();
+        Some(RingChange {
+            added,
+            removed,
+            old_version: old.version,
+            new_version: new.version,
+        })
     }
 }
 
@@ -271,18 +303,35 @@ mod tests {
         }
         assert_ne!(a.version(), Ring::new("a", ["b"]).version());
         // The version hashes names with a separator: ["ab"] is not ["a","b"].
-        assert_ne!(Ring::new("ab", Vec::<String>::new()).version(), Ring::new("a", ["b"]).version());
+        assert_ne!(
+            Ring::new("ab", Vec::<String>::new()).version(),
+            Ring::new("a", ["b"]).version()
+        );
     }
 
     #[test]
     fn the_hash_is_stable_across_builds() {
         // Pinned values: if these change, keys move between versions.
-        assert_eq!(stable_hash(b"key-1"), PINNED_KEY_1, "{:#x}", stable_hash(b"key-1"));
+        assert_eq!(
+            stable_hash(b"key-1"),
+            PINNED_KEY_1,
+            "{:#x}",
+            stable_hash(b"key-1")
+        );
         let v = Ring::new("a", ["b", "c"]).version();
-        assert_eq!(v, ring_version(&["a".to_string(), "b".to_string(), "c".to_string()]));
-        assert_eq!(v, PINNED_ABC_VERSION, "ring version of a,b,c changed: {v:#x}");
+        assert_eq!(
+            v,
+            ring_version(&["a".to_string(), "b".to_string(), "c".to_string()])
+        );
+        assert_eq!(
+            v, PINNED_ABC_VERSION,
+            "ring version of a,b,c changed: {v:#x}"
+        );
         let r = Ring::new("a", ["b", "c"]);
-        let owners: Vec<&str> = ["k0", "k1", "k2", "k3", "k4", "k5"].iter().map(|k| r.owner(k)).collect();
+        let owners: Vec<&str> = ["k0", "k1", "k2", "k3", "k4", "k5"]
+            .iter()
+            .map(|k| r.owner(k))
+            .collect();
         assert_eq!(owners.join(","), PINNED_OWNERS, "owners moved");
     }
 
@@ -295,7 +344,10 @@ mod tests {
         let three = Ring::new("a", ["b", "c"]);
         let four = Ring::new("a", ["b", "c", "d"]);
         let ks = keys(10_000, 99);
-        let moved = ks.iter().filter(|k| three.owner(k) != four.owner(k)).count();
+        let moved = ks
+            .iter()
+            .filter(|k| three.owner(k) != four.owner(k))
+            .count();
         let frac = moved as f64 / ks.len() as f64;
         assert!((0.18..=0.32).contains(&frac), "moved {frac}");
         // Only keys that go to the new member move.

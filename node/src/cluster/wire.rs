@@ -2,9 +2,9 @@
 //! [`ringlimit_protocol::cluster`]: named fields, a cheap frame check before
 //! decoding, and errors as values.
 
-use ringlimit_protocol::cluster::{check_frame, FrameError, MAX_FRAME_BYTES};
-use serde::de::DeserializeOwned;
+use ringlimit_protocol::cluster::{FrameError, MAX_FRAME_BYTES, check_frame};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Why a payload could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +23,10 @@ pub enum WireError {
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
     let b = rmp_serde::to_vec_named(v)?;
     if b.len() > MAX_FRAME_BYTES {
-        return Err(WireError::TooLarge { len: b.len(), max: MAX_FRAME_BYTES });
+        return Err(WireError::TooLarge {
+            len: b.len(),
+            max: MAX_FRAME_BYTES,
+        });
     }
     Ok(b)
 }
@@ -41,13 +44,29 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let l = Leave { from: "a".into(), incarnation: 3 };
+        let l = Leave {
+            from: "a".into(),
+            incarnation: 3,
+        };
         let b = encode(&l).expect("encode");
         assert_eq!(decode::<Leave>(&b).expect("decode"), l);
-        assert!(matches!(decode::<Leave>(&[]), Err(WireError::Frame(FrameError::Empty))));
-        assert!(matches!(decode::<Leave>(&[1, 2, 3]), Err(WireError::Frame(_))));
-        assert!(matches!(decode::<Leave>(&b[..b.len() - 1]), Err(WireError::Decode(_))));
-        let big = Handoff { from: "a".into(), ring_version: 1, states: vec![("k".into(), vec![0; MAX_FRAME_BYTES])] };
+        assert!(matches!(
+            decode::<Leave>(&[]),
+            Err(WireError::Frame(FrameError::Empty))
+        ));
+        assert!(matches!(
+            decode::<Leave>(&[1, 2, 3]),
+            Err(WireError::Frame(_))
+        ));
+        assert!(matches!(
+            decode::<Leave>(&b[..b.len() - 1]),
+            Err(WireError::Decode(_))
+        ));
+        let big = Handoff {
+            from: "a".into(),
+            ring_version: 1,
+            states: vec![("k".into(), vec![0; MAX_FRAME_BYTES])],
+        };
         assert!(matches!(encode(&big), Err(WireError::TooLarge { .. })));
     }
 }

@@ -1,19 +1,19 @@
 //! The admin plane: keys, tiers, usage. Every route needs the bearer token.
 
+use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::AppState;
+use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use ringlimit_actors::storage::KeyFilter;
-use ringlimit_protocol::admin::{
-    CreateKeyRequest, Granularity, KeyStatus, RotateRequest, TierList, UpdateKeyRequest, UpdateTierRequest, UsageCurrent,
-    UsageHistory,
-};
 use ringlimit_protocol::ErrorCode;
+use ringlimit_protocol::admin::{
+    CreateKeyRequest, Granularity, KeyStatus, RotateRequest, TierList, UpdateKeyRequest,
+    UpdateTierRequest, UsageCurrent, UsageHistory,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -31,8 +31,13 @@ pub async fn require_token(State(app): State<AppState>, req: Request, next: Next
         None => false,
     };
     if !ok {
-        let msg = if presented.is_none() { "missing bearer admin token" } else { "wrong admin token" };
-        return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, msg).into_response();
+        let msg = if presented.is_none() {
+            "missing bearer admin token"
+        } else {
+            "wrong admin token"
+        };
+        return ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, msg)
+            .into_response();
     }
     next.run(req).await
 }
@@ -47,22 +52,40 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-pub async fn create_key(State(app): State<AppState>, ApiJson(req): ApiJson<CreateKeyRequest>) -> Result<Response, ApiError> {
+pub async fn create_key(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<CreateKeyRequest>,
+) -> Result<Response, ApiError> {
     let k = app.service.create_key(req).await?;
     tracing::info!(key_id = %k.key.key_id, owner = %k.key.owner, tier = %k.key.tier, "key created");
     Ok((StatusCode::CREATED, Json(k)).into_response())
 }
 
-pub async fn list_keys(State(app): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Response, ApiError> {
-    let filter = KeyFilter { owner: q.owner, tier: q.tier, status: q.status };
+pub async fn list_keys(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let filter = KeyFilter {
+        owner: q.owner,
+        tier: q.tier,
+        status: q.status,
+    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
-    Ok(Json(app.service.list_keys(&filter, q.page.as_deref(), limit).await?).into_response())
+    Ok(Json(
+        app.service
+            .list_keys(&filter, q.page.as_deref(), limit)
+            .await?,
+    )
+    .into_response())
 }
 
-pub async fn get_key(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+pub async fn get_key(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(app.service.get_key(&id).await?).into_response())
 }
 
@@ -76,7 +99,10 @@ pub async fn update_key(
     Ok(Json(v).into_response())
 }
 
-pub async fn revoke_key(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+pub async fn revoke_key(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
     app.service.revoke_key(&id).await?;
     tracing::info!(key_id = %id, "key revoked");
     Ok(StatusCode::NO_CONTENT)
@@ -92,12 +118,18 @@ pub async fn rotate_key(
     Ok(Json(k).into_response())
 }
 
-pub async fn usage_current(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+pub async fn usage_current(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
     let limits = app.service.usage_current(&id).await?;
     Ok(Json(UsageCurrent { key_id: id, limits }).into_response())
 }
 
-pub async fn usage_limits(State(app): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+pub async fn usage_limits(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(app.service.usage_limits(&id).await?).into_response())
 }
 
@@ -120,23 +152,46 @@ pub async fn usage_history(
     let granularity = q.granularity.unwrap_or(Granularity::Hour);
     let now = app.service.clock.now_us() / 1_000;
     let to_ms = q.to.unwrap_or(now + 1);
-    let from_ms = q.from.unwrap_or_else(|| to_ms.saturating_sub(granularity.millis() * 24));
+    let from_ms = q
+        .from
+        .unwrap_or_else(|| to_ms.saturating_sub(granularity.millis() * 24));
     if from_ms >= to_ms {
-        return Err(ApiError::invalid("from must be before to (both in ms since the Unix epoch)"));
+        return Err(ApiError::invalid(
+            "from must be before to (both in ms since the Unix epoch)",
+        ));
     }
     if (to_ms - from_ms) / granularity.millis() > MAX_HISTORY_BUCKETS {
-        return Err(ApiError::invalid(format!("the range spans more than {MAX_HISTORY_BUCKETS} {} buckets", granularity.as_str())));
+        return Err(ApiError::invalid(format!(
+            "the range spans more than {MAX_HISTORY_BUCKETS} {} buckets",
+            granularity.as_str()
+        )));
     }
-    let buckets = app.service.usage_history(&id, granularity, from_ms, to_ms).await?;
+    let buckets = app
+        .service
+        .usage_history(&id, granularity, from_ms, to_ms)
+        .await?;
     let total = buckets.iter().map(|b| b.units).sum();
-    Ok(Json(UsageHistory { key_id: id, granularity, from_ms, to_ms, total, buckets }).into_response())
+    Ok(Json(UsageHistory {
+        key_id: id,
+        granularity,
+        from_ms,
+        to_ms,
+        total,
+        buckets,
+    })
+    .into_response())
 }
 
 pub async fn list_tiers(State(app): State<AppState>) -> Json<TierList> {
-    Json(TierList { tiers: app.service.list_tiers() })
+    Json(TierList {
+        tiers: app.service.list_tiers(),
+    })
 }
 
-pub async fn get_tier(State(app): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+pub async fn get_tier(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(app.service.get_tier(&name)?).into_response())
 }
 
@@ -209,7 +264,10 @@ pub struct OwnerQuery {
 }
 
 /// `GET /api/v1/cluster/owner?key_id=`: the key's owner on this node's ring.
-pub async fn cluster_owner(State(app): State<AppState>, ApiQuery(q): ApiQuery<OwnerQuery>) -> Result<Response, ApiError> {
+pub async fn cluster_owner(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<OwnerQuery>,
+) -> Result<Response, ApiError> {
     if q.key_id.is_empty() || q.key_id.len() > 256 {
         return Err(ApiError::invalid("key_id must be 1 to 256 characters"));
     }
@@ -220,16 +278,27 @@ pub async fn cluster_owner(State(app): State<AppState>, ApiQuery(q): ApiQuery<Ow
         }
         None => (app.config.node_name.clone(), 0),
     };
-    Ok(Json(serde_json::json!({"key_id": q.key_id, "owner": owner, "ring_version": version})).into_response())
+    Ok(
+        Json(serde_json::json!({"key_id": q.key_id, "owner": owner, "ring_version": version}))
+            .into_response(),
+    )
 }
 
 /// `POST /api/v1/cluster/drain`: hand this node's keys over and leave the ring.
 pub async fn cluster_drain(State(app): State<AppState>) -> Result<Response, ApiError> {
     if app.router.cluster().is_none() {
-        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, "this node is not part of a cluster"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            "this node is not part of a cluster",
+        ));
     }
     let r = app.router.clone();
     tokio::spawn(async move { r.drain().await });
     tracing::info!("drain requested through the admin API");
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"draining": true}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"draining": true})),
+    )
+        .into_response())
 }

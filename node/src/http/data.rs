@@ -1,15 +1,17 @@
 //! The data plane: `POST /api/v1/validate` and `/api/v1/validate/batch`.
 
+use super::AppState;
 use super::error::ApiError;
 use super::extract::ApiJson;
-use super::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use ringlimit_actors::limitset::{CheckError, CheckResult};
 use ringlimit_actors::service::ValidateOutcome;
-use ringlimit_protocol::validate::{BatchRequest, BatchResponse, BatchResult, LimitStatus, ValidateRequest, ValidateResponse};
+use ringlimit_protocol::validate::{
+    BatchRequest, BatchResponse, BatchResult, LimitStatus, ValidateRequest, ValidateResponse,
+};
 use ringlimit_protocol::{ErrorCode, ErrorDetail};
 
 /// Longest api_key looked at; longer ones are malformed, not unknown.
@@ -23,7 +25,12 @@ pub mod metric {
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-fn body(allowed: bool, key_id: Option<String>, tier: Option<String>, r: Option<&CheckResult>) -> ValidateResponse {
+fn body(
+    allowed: bool,
+    key_id: Option<String>,
+    tier: Option<String>,
+    r: Option<&CheckResult>,
+) -> ValidateResponse {
     ValidateResponse {
         allowed,
         key_id,
@@ -36,8 +43,15 @@ fn body(allowed: bool, key_id: Option<String>, tier: Option<String>, r: Option<&
     }
 }
 
-fn with_error(mut b: ValidateResponse, code: ErrorCode, message: impl Into<String>) -> ValidateResponse {
-    b.error = Some(ErrorDetail { code, message: message.into() });
+fn with_error(
+    mut b: ValidateResponse,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> ValidateResponse {
+    b.error = Some(ErrorDetail {
+        code,
+        message: message.into(),
+    });
     b
 }
 
@@ -53,21 +67,51 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
     };
     metrics::counter!(metric::VALIDATE, "outcome" => label).increment(1);
     match outcome {
-        ValidateOutcome::Allowed { key, result } => {
-            (StatusCode::OK, body(true, Some(key.key_id.clone()), Some(key.tier.clone()), Some(&result)))
-        }
+        ValidateOutcome::Allowed { key, result } => (
+            StatusCode::OK,
+            body(
+                true,
+                Some(key.key_id.clone()),
+                Some(key.tier.clone()),
+                Some(&result),
+            ),
+        ),
         ValidateOutcome::Denied { key, result } => {
-            let msg = format!("rate limit '{}' exceeded", result.denied_by.as_deref().unwrap_or("?"));
-            let b = body(false, Some(key.key_id.clone()), Some(key.tier.clone()), Some(&result));
-            (StatusCode::TOO_MANY_REQUESTS, with_error(b, ErrorCode::RateLimited, msg))
+            let msg = format!(
+                "rate limit '{}' exceeded",
+                result.denied_by.as_deref().unwrap_or("?")
+            );
+            let b = body(
+                false,
+                Some(key.key_id.clone()),
+                Some(key.tier.clone()),
+                Some(&result),
+            );
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                with_error(b, ErrorCode::RateLimited, msg),
+            )
         }
-        ValidateOutcome::Unauthorized => {
-            (StatusCode::UNAUTHORIZED, with_error(body(false, None, None, None), ErrorCode::Unauthorized, "unknown or revoked api_key"))
-        }
+        ValidateOutcome::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            with_error(
+                body(false, None, None, None),
+                ErrorCode::Unauthorized,
+                "unknown or revoked api_key",
+            ),
+        ),
         ValidateOutcome::Suspended { key, until_ms } => {
-            let reason = key.suspended_reason.clone().unwrap_or_else(|| "suspended by an operator".into());
+            let reason = key
+                .suspended_reason
+                .clone()
+                .unwrap_or_else(|| "suspended by an operator".into());
             let mut b = with_error(
-                body(false, Some(key.key_id.clone()), Some(key.tier.clone()), None),
+                body(
+                    false,
+                    Some(key.key_id.clone()),
+                    Some(key.tier.clone()),
+                    None,
+                ),
                 ErrorCode::Suspended,
                 format!("the key is suspended: {reason}"),
             );
@@ -75,17 +119,30 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
             (StatusCode::FORBIDDEN, b)
         }
         ValidateOutcome::Rejected { key, error } => {
-            let b = body(false, Some(key.key_id.clone()), Some(key.tier.clone()), None);
+            let b = body(
+                false,
+                Some(key.key_id.clone()),
+                Some(key.tier.clone()),
+                None,
+            );
             match error {
-                e @ CheckError::CostExceedsCapacity { .. } => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, with_error(b, ErrorCode::CostExceedsCapacity, e.to_string()))
-                }
-                e @ CheckError::NoLimits => (StatusCode::SERVICE_UNAVAILABLE, with_error(b, ErrorCode::Unavailable, e.to_string())),
+                e @ CheckError::CostExceedsCapacity { .. } => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    with_error(b, ErrorCode::CostExceedsCapacity, e.to_string()),
+                ),
+                e @ CheckError::NoLimits => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    with_error(b, ErrorCode::Unavailable, e.to_string()),
+                ),
             }
         }
         ValidateOutcome::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
-            with_error(body(false, None, None, None), ErrorCode::Unavailable, "the key limiter is unavailable; retry"),
+            with_error(
+                body(false, None, None, None),
+                ErrorCode::Unavailable,
+                "the key limiter is unavailable; retry",
+            ),
         ),
     }
 }
@@ -107,8 +164,20 @@ pub fn ratelimit_headers(limits: &[LimitStatus], headers: &mut HeaderMap) {
             state.push_str(", ");
         }
         use std::fmt::Write;
-        let _ = write!(policy, "\"{}\";q={};w={}", l.name, l.limit, window_secs(l.window_ms));
-        let _ = write!(state, "\"{}\";r={};t={}", l.name, l.remaining, l.reset_after_ms.div_ceil(1_000));
+        let _ = write!(
+            policy,
+            "\"{}\";q={};w={}",
+            l.name,
+            l.limit,
+            window_secs(l.window_ms)
+        );
+        let _ = write!(
+            state,
+            "\"{}\";r={};t={}",
+            l.name,
+            l.remaining,
+            l.reset_after_ms.div_ceil(1_000)
+        );
     }
     if let Ok(v) = HeaderValue::from_str(&policy) {
         headers.insert(RATELIMIT_POLICY.clone(), v);
@@ -123,21 +192,28 @@ fn check_request(req: &ValidateRequest) -> Result<(), ApiError> {
         return Err(ApiError::invalid("api_key must not be empty"));
     }
     if req.api_key.len() > MAX_API_KEY_CHARS {
-        return Err(ApiError::invalid(format!("api_key is longer than {MAX_API_KEY_CHARS} characters")));
+        return Err(ApiError::invalid(format!(
+            "api_key is longer than {MAX_API_KEY_CHARS} characters"
+        )));
     }
     if req.resource.as_ref().is_some_and(|r| r.len() > 256) {
         return Err(ApiError::invalid("resource is longer than 256 characters"));
     }
     if let Some(ip) = &req.client_ip {
         if ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(ApiError::invalid("client_ip is not an IPv4 or IPv6 address"));
+            return Err(ApiError::invalid(
+                "client_ip is not an IPv4 or IPv6 address",
+            ));
         }
     }
     Ok(())
 }
 
 /// `POST /api/v1/validate`.
-pub async fn validate(State(app): State<AppState>, ApiJson(req): ApiJson<ValidateRequest>) -> Result<Response, ApiError> {
+pub async fn validate(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<ValidateRequest>,
+) -> Result<Response, ApiError> {
     check_request(&req)?;
     let (status, b) = app.router.validate(&req.api_key, req.cost.0).await;
     let mut headers = HeaderMap::new();
@@ -150,18 +226,34 @@ pub async fn validate(State(app): State<AppState>, ApiJson(req): ApiJson<Validat
 }
 
 /// `POST /api/v1/validate/batch`: every check answered, in order.
-pub async fn validate_batch(State(app): State<AppState>, ApiJson(req): ApiJson<BatchRequest>) -> Result<Json<BatchResponse>, ApiError> {
+pub async fn validate_batch(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
     if req.checks.is_empty() {
         return Err(ApiError::invalid("checks must hold at least one check"));
     }
     if req.checks.len() > app.config.max_batch {
-        return Err(ApiError::invalid(format!("checks holds {} checks; at most {} per request", req.checks.len(), app.config.max_batch)));
+        return Err(ApiError::invalid(format!(
+            "checks holds {} checks; at most {} per request",
+            req.checks.len(),
+            app.config.max_batch
+        )));
     }
     for (i, c) in req.checks.iter().enumerate() {
         check_request(c).map_err(|e| ApiError::invalid(format!("checks[{i}]: {}", e.message)))?;
     }
-    let futures = req.checks.iter().map(|c| app.router.validate(&c.api_key, c.cost.0));
+    let futures = req
+        .checks
+        .iter()
+        .map(|c| app.router.validate(&c.api_key, c.cost.0));
     let outcomes = futures_util::future::join_all(futures).await;
-    let results = outcomes.into_iter().map(|(status, body)| BatchResult { status: status.as_u16(), body }).collect();
+    let results = outcomes
+        .into_iter()
+        .map(|(status, body)| BatchResult {
+            status: status.as_u16(),
+            body,
+        })
+        .collect();
     Ok(Json(BatchResponse { results }))
 }

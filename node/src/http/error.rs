@@ -1,8 +1,8 @@
 //! The HTTP error type: `{"error":{"code":"…","message":"…"}}` with a status.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use ringlimit_actors::service::AdminError;
 use ringlimit_protocol::{ErrorBody, ErrorCode};
 
@@ -16,11 +16,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest, message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+            message,
+        )
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -41,15 +49,19 @@ impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
         match e {
             AdminError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
-            AdminError::Invalid { field, message } => ApiError::invalid(format!("{field}: {message}")),
+            AdminError::Invalid { field, message } => {
+                ApiError::invalid(format!("{field}: {message}"))
+            }
             AdminError::Store(s) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
                 format!("the store is unavailable, try again later ({s})"),
             ),
-            AdminError::Unavailable => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "the key limiter is unavailable")
-            }
+            AdminError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "the key limiter is unavailable",
+            ),
         }
     }
 }
@@ -63,5 +75,9 @@ pub async fn no_route(uri: axum::http::Uri) -> ApiError {
 /// 405 for a known route with another method.
 pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     let path: String = uri.path().chars().take(200).collect();
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {path}"),
+    )
 }

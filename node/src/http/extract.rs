@@ -3,8 +3,8 @@
 
 use super::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use ringlimit_protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 
@@ -16,14 +16,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "the request body is larger than the configured limit")
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, format!("could not read the body: {r}"))
-            }
-        })?;
-        let slice: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::PayloadTooLarge,
+                        "the request body is larger than the configured limit",
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::InvalidRequest,
+                        format!("could not read the body: {r}"),
+                    )
+                }
+            })?;
+        let slice: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
         parse(slice).map(ApiJson)
     }
 }
@@ -35,17 +49,27 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut *de);
     if result.is_ok() {
         // Trailing characters after the value are a syntax error too.
-        de.end().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("malformed JSON: {e}")))?;
+        de.end().map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidJson,
+                format!("malformed JSON: {e}"),
+            )
+        })?;
     }
     result.map_err(|e| {
         use serde_json::error::Category;
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("malformed JSON: {inner}"))
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidJson,
+                format!("malformed JSON: {inner}"),
+            ),
+            Category::Data if path == "." || path.is_empty() => {
+                ApiError::invalid(format!("invalid request: {inner}"))
             }
-            Category::Data if path == "." || path.is_empty() => ApiError::invalid(format!("invalid request: {inner}")),
             Category::Data => ApiError::invalid(format!("invalid request: {path}: {inner}")),
         }
     })
@@ -62,7 +86,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, format!("invalid query: {}", e.body_text())))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidRequest,
+                    format!("invalid query: {}", e.body_text()),
+                )
+            })
     }
 }
 
@@ -77,6 +107,12 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| ApiPath(p.0))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, format!("invalid path: {}", e.body_text())))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidRequest,
+                    format!("invalid path: {}", e.body_text()),
+                )
+            })
     }
 }

@@ -14,9 +14,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use ringlimit_actors::service::Service;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 /// What every handler can reach.
@@ -41,14 +43,20 @@ pub struct RequestIds {
 
 impl RequestIds {
     pub fn new(prefix: String) -> Self {
-        RequestIds { prefix: prefix.into(), next: Arc::new(AtomicU64::new(1)) }
+        RequestIds {
+            prefix: prefix.into(),
+            next: Arc::new(AtomicU64::new(1)),
+        }
     }
 }
 
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.prefix).parse().ok().map(RequestId::new)
+        format!("{}-{n:x}", self.prefix)
+            .parse()
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -74,7 +82,10 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Va
     if app.ready.load(Ordering::Acquire) {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "not ready"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready"})),
+        )
     }
 }
 
@@ -85,8 +96,14 @@ async fn metrics(State(app): State<AppState>) -> String {
 /// The data plane router.
 pub fn data_router(state: AppState, ids: RequestIds) -> Router {
     let r = Router::new()
-        .route("/api/v1/validate", post(data::validate).fallback(error::wrong_method))
-        .route("/api/v1/validate/batch", post(data::validate_batch).fallback(error::wrong_method))
+        .route(
+            "/api/v1/validate",
+            post(data::validate).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/validate/batch",
+            post(data::validate_batch).fallback(error::wrong_method),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state.clone());
@@ -96,22 +113,63 @@ pub fn data_router(state: AppState, ids: RequestIds) -> Router {
 /// The admin plane router.
 pub fn admin_router(state: AppState, ids: RequestIds) -> Router {
     let api = Router::new()
-        .route("/api/v1/keys", post(admin::create_key).get(admin::list_keys).fallback(error::wrong_method))
+        .route(
+            "/api/v1/keys",
+            post(admin::create_key)
+                .get(admin::list_keys)
+                .fallback(error::wrong_method),
+        )
         .route(
             "/api/v1/keys/{key_id}",
-            get(admin::get_key).patch(admin::update_key).put(admin::update_key).delete(admin::revoke_key).fallback(error::wrong_method),
+            get(admin::get_key)
+                .patch(admin::update_key)
+                .put(admin::update_key)
+                .delete(admin::revoke_key)
+                .fallback(error::wrong_method),
         )
-        .route("/api/v1/keys/{key_id}/rotate", post(admin::rotate_key).fallback(error::wrong_method))
-        .route("/api/v1/usage/{key_id}/current", get(admin::usage_current).fallback(error::wrong_method))
-        .route("/api/v1/usage/{key_id}/history", get(admin::usage_history).fallback(error::wrong_method))
-        .route("/api/v1/usage/{key_id}/limits", get(admin::usage_limits).fallback(error::wrong_method))
-        .route("/api/v1/tiers", get(admin::list_tiers).fallback(error::wrong_method))
-        .route("/api/v1/tiers/{name}", get(admin::get_tier).put(admin::put_tier).fallback(error::wrong_method))
+        .route(
+            "/api/v1/keys/{key_id}/rotate",
+            post(admin::rotate_key).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/usage/{key_id}/current",
+            get(admin::usage_current).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/usage/{key_id}/history",
+            get(admin::usage_history).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/usage/{key_id}/limits",
+            get(admin::usage_limits).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/tiers",
+            get(admin::list_tiers).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/tiers/{name}",
+            get(admin::get_tier)
+                .put(admin::put_tier)
+                .fallback(error::wrong_method),
+        )
         .route("/api/v1/node", get(admin::node_info))
-        .route("/api/v1/cluster", get(admin::cluster_view).fallback(error::wrong_method))
-        .route("/api/v1/cluster/owner", get(admin::cluster_owner).fallback(error::wrong_method))
-        .route("/api/v1/cluster/drain", post(admin::cluster_drain).fallback(error::wrong_method))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_token));
+        .route(
+            "/api/v1/cluster",
+            get(admin::cluster_view).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/cluster/owner",
+            get(admin::cluster_owner).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/cluster/drain",
+            post(admin::cluster_drain).fallback(error::wrong_method),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
     let r = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -68,7 +68,9 @@ pub struct EmbeddedStore {
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -79,8 +81,9 @@ impl EmbeddedStore {
     /// unclean shutdown redb checks and repairs the file here, which can take
     /// a while on a large file.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Backend(format!("create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Backend(format!("create data directory {}: {e}", dir.display()))
+        })?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
@@ -99,7 +102,10 @@ impl EmbeddedStore {
             tx.open_table(USAGE).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
-        Ok(EmbeddedStore { db: Arc::new(db), path })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path,
+        })
     }
 
     /// The database file.
@@ -116,7 +122,9 @@ impl EmbeddedStore {
         let db = Arc::clone(&self.db);
         match tokio::task::spawn_blocking(move || f(&db)).await {
             Ok(r) => r,
-            Err(e) if e.is_cancelled() => Err(StoreError::Unavailable("store task cancelled (shutting down)".into())),
+            Err(e) if e.is_cancelled() => Err(StoreError::Unavailable(
+                "store task cancelled (shutting down)".into(),
+            )),
             Err(e) => Err(StoreError::Backend(format!("store task panicked: {e}"))),
         }
     }
@@ -131,7 +139,10 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
         redb::Error::Io(io)
             if matches!(
                 io.kind(),
-                ErrorKind::Interrupted | ErrorKind::TimedOut | ErrorKind::WouldBlock | ErrorKind::ResourceBusy
+                ErrorKind::Interrupted
+                    | ErrorKind::TimedOut
+                    | ErrorKind::WouldBlock
+                    | ErrorKind::ResourceBusy
             ) =>
         {
             StoreError::Unavailable(format!("redb I/O: {io}"))
@@ -175,7 +186,9 @@ impl KeyStore for EmbeddedStore {
             {
                 let mut keys = tx.open_table(KEYS).map_err(db_err)?;
                 let mut index = tx.open_table(KEY_HASHES).map_err(db_err)?;
-                let old = keys.insert(key.key_id.as_str(), json.as_slice()).map_err(db_err)?;
+                let old = keys
+                    .insert(key.key_id.as_str(), json.as_slice())
+                    .map_err(db_err)?;
                 let old = match old {
                     // An undecodable old record cannot tell its hashes; it is replaced
                     // anyway, and its stale index entries (if any) lead to this key only.
@@ -185,7 +198,10 @@ impl KeyStore for EmbeddedStore {
                 let new: Vec<SecretHash> = hashes(&key).collect();
                 for stale in old.iter().flat_map(hashes).filter(|h| !new.contains(h)) {
                     // Remove only entries that still point at this key.
-                    let ours = index.get(stale.0).map_err(db_err)?.is_some_and(|v| v.value() == key.key_id);
+                    let ours = index
+                        .get(stale.0)
+                        .map_err(db_err)?
+                        .is_some_and(|v| v.value() == key.key_id);
                     if ours {
                         index.remove(stale.0).map_err(db_err)?;
                     }
@@ -217,12 +233,20 @@ impl KeyStore for EmbeddedStore {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
             let index = tx.open_table(KEY_HASHES).map_err(db_err)?;
-            Ok(index.get(hash.0).map_err(db_err)?.map(|v| v.value().to_owned()))
+            Ok(index
+                .get(hash.0)
+                .map_err(db_err)?
+                .map(|v| v.value().to_owned()))
         })
         .await
     }
 
-    async fn list_keys(&self, filter: &KeyFilter, after: Option<&str>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         let filter = filter.clone();
         let after = after.map(str::to_owned);
         self.blocking(move |db| {
@@ -236,7 +260,10 @@ impl KeyStore for EmbeddedStore {
                 Some(a) => Bound::Excluded(a),
                 None => Bound::Unbounded,
             };
-            for entry in keys.range::<&str>((lower, Bound::Unbounded)).map_err(db_err)? {
+            for entry in keys
+                .range::<&str>((lower, Bound::Unbounded))
+                .map_err(db_err)?
+            {
                 let (k, v) = entry.map_err(db_err)?;
                 let rec = decode_key(k.value(), v.value())?;
                 if filter.matches(&rec) {
@@ -255,7 +282,8 @@ impl KeyStore for EmbeddedStore {
         self.blocking(|db| {
             let tx = db.begin_read().map_err(db_err)?;
             let keys = tx.open_table(KEYS).map_err(db_err)?;
-            let mut out = Vec::with_capacity(usize::try_from(keys.len().map_err(db_err)?).unwrap_or(0));
+            let mut out =
+                Vec::with_capacity(usize::try_from(keys.len().map_err(db_err)?).unwrap_or(0));
             for entry in keys.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 out.push(decode_key(k.value(), v.value())?);
@@ -273,7 +301,10 @@ impl TierStore for EmbeddedStore {
         let json = encode("tier", &name, tier)?;
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
-            tx.open_table(TIERS).map_err(db_err)?.insert(name.as_str(), json.as_slice()).map_err(db_err)?;
+            tx.open_table(TIERS)
+                .map_err(db_err)?
+                .insert(name.as_str(), json.as_slice())
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)
         })
         .await
@@ -286,7 +317,9 @@ impl TierStore for EmbeddedStore {
             let mut out = Vec::new();
             for entry in tiers.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
-                out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt("tier", k.value(), e))?);
+                out.push(
+                    serde_json::from_slice(v.value()).map_err(|e| corrupt("tier", k.value(), e))?,
+                );
             }
             Ok(out)
         })
@@ -306,7 +339,9 @@ impl SnapshotStore for EmbeddedStore {
             {
                 let mut snaps = tx.open_table(SNAPSHOTS).map_err(db_err)?;
                 for (key_id, bytes) in &batch {
-                    snaps.insert(key_id.as_str(), bytes.as_slice()).map_err(db_err)?;
+                    snaps
+                        .insert(key_id.as_str(), bytes.as_slice())
+                        .map_err(db_err)?;
                 }
             }
             tx.commit().map_err(db_err)
@@ -319,7 +354,10 @@ impl SnapshotStore for EmbeddedStore {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
             let snaps = tx.open_table(SNAPSHOTS).map_err(db_err)?;
-            Ok(snaps.get(key_id.as_str()).map_err(db_err)?.map(|v| v.value().to_vec()))
+            Ok(snaps
+                .get(key_id.as_str())
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec()))
         })
         .await
     }
@@ -328,7 +366,10 @@ impl SnapshotStore for EmbeddedStore {
         let key_id = key_id.to_owned();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
-            tx.open_table(SNAPSHOTS).map_err(db_err)?.remove(key_id.as_str()).map_err(db_err)?;
+            tx.open_table(SNAPSHOTS)
+                .map_err(db_err)?
+                .remove(key_id.as_str())
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)
         })
         .await
@@ -347,7 +388,12 @@ impl UsageStore for EmbeddedStore {
             {
                 let mut usage = tx.open_table(USAGE).map_err(db_err)?;
                 for r in &rows {
-                    let k = (r.key_id.as_str(), granularity_code(r.granularity), r.bucket_start_ms, r.writer.as_str());
+                    let k = (
+                        r.key_id.as_str(),
+                        granularity_code(r.granularity),
+                        r.bucket_start_ms,
+                        r.writer.as_str(),
+                    );
                     usage.insert(k, r.units).map_err(db_err)?;
                 }
             }
@@ -398,7 +444,10 @@ mod tests {
 
     #[test]
     fn granularity_codes_are_distinct_and_ordered() {
-        let codes: Vec<u8> = Granularity::all().into_iter().map(granularity_code).collect();
+        let codes: Vec<u8> = Granularity::all()
+            .into_iter()
+            .map(granularity_code)
+            .collect();
         assert_eq!(codes, [0, 1, 2]);
     }
 
@@ -407,7 +456,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(dir.path()).expect("open");
         let err = EmbeddedStore::open(dir.path()).expect_err("second open must fail");
-        assert!(matches!(err, StoreError::Backend(ref m) if m.contains("already open")), "{err:?}");
+        assert!(
+            matches!(err, StoreError::Backend(ref m) if m.contains("already open")),
+            "{err:?}"
+        );
         drop(store);
         EmbeddedStore::open(dir.path()).expect("reopen after drop");
     }

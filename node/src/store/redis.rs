@@ -41,7 +41,14 @@ pub const TTL_MARGIN_MS: u64 = 3_600_000;
 /// TTL of a snapshot: its longest window plus [`TTL_MARGIN_MS`].
 pub fn ttl_ms(snapshot: &[u8]) -> u64 {
     let longest = Snapshot::decode(snapshot)
-        .map(|s| s.limits.entries.iter().map(|e| e.spec.window_ms).max().unwrap_or(0))
+        .map(|s| {
+            s.limits
+                .entries
+                .iter()
+                .map(|e| e.spec.window_ms)
+                .max()
+                .unwrap_or(0)
+        })
         .unwrap_or(0);
     longest.max(60_000) + TTL_MARGIN_MS
 }
@@ -49,7 +56,10 @@ pub fn ttl_ms(snapshot: &[u8]) -> u64 {
 /// CRC16 (XMODEM) of Redis Cluster, on the hash tag when there is one.
 pub fn slot(key: &str) -> u16 {
     let b = key.as_bytes();
-    let tagged = match (b.iter().position(|&c| c == b'{'), b.iter().rposition(|&c| c == b'}')) {
+    let tagged = match (
+        b.iter().position(|&c| c == b'{'),
+        b.iter().rposition(|&c| c == b'}'),
+    ) {
         (Some(open), _) => match b[open + 1..].iter().position(|&c| c == b'}') {
             Some(len) if len > 0 => &b[open + 1..open + 1 + len],
             _ => b,
@@ -60,7 +70,11 @@ pub fn slot(key: &str) -> u16 {
     for &byte in tagged {
         crc ^= (byte as u16) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc % 16_384
@@ -82,7 +96,10 @@ pub struct RedisSnapshots {
 
 impl std::fmt::Debug for RedisSnapshots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSnapshots").field("target", &self.target).field("timeout", &self.timeout).finish()
+        f.debug_struct("RedisSnapshots")
+            .field("target", &self.target)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -94,16 +111,22 @@ impl RedisSnapshots {
     /// Connects to one Redis. The connection manager reconnects by itself;
     /// the first connection must succeed within `timeout`.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Backend(format!("redis url: {e}")))?;
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Backend(format!("redis url: {e}")))?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
             .set_number_of_retries(1);
-        let conn = tokio::time::timeout(timeout * 2, ConnectionManager::new_with_config(client, cfg))
-            .await
-            .map_err(|_| unavailable("connect timed out"))?
-            .map_err(unavailable)?;
-        Ok(RedisSnapshots { conn: Conn::Single(conn), timeout, target: url.to_string() })
+        let conn =
+            tokio::time::timeout(timeout * 2, ConnectionManager::new_with_config(client, cfg))
+                .await
+                .map_err(|_| unavailable("connect timed out"))?
+                .map_err(unavailable)?;
+        Ok(RedisSnapshots {
+            conn: Conn::Single(conn),
+            timeout,
+            target: url.to_string(),
+        })
     }
 
     /// Connects to a Redis Cluster through its seed nodes (`host:port`).
@@ -119,7 +142,11 @@ impl RedisSnapshots {
             .await
             .map_err(|_| unavailable("cluster connect timed out"))?
             .map_err(unavailable)?;
-        Ok(RedisSnapshots { conn: Conn::Cluster(conn), timeout, target: nodes.join(",") })
+        Ok(RedisSnapshots {
+            conn: Conn::Cluster(conn),
+            timeout,
+            target: nodes.join(","),
+        })
     }
 
     async fn pipe(&self, p: redis::Pipeline) -> Result<(), StoreError> {
@@ -129,7 +156,10 @@ impl RedisSnapshots {
                 Conn::Cluster(mut c) => p.query_async::<()>(&mut c).await,
             }
         };
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| unavailable("timed out"))?.map_err(unavailable)
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| unavailable("timed out"))?
+            .map_err(unavailable)
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
@@ -139,7 +169,10 @@ impl RedisSnapshots {
                 Conn::Cluster(mut c) => cmd.query_async::<T>(&mut c).await,
             }
         };
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| unavailable("timed out"))?.map_err(unavailable)
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| unavailable("timed out"))?
+            .map_err(unavailable)
     }
 
     /// `PING`, for readiness checks and tests.
@@ -150,7 +183,12 @@ impl RedisSnapshots {
 }
 
 fn set_cmd(p: &mut redis::Pipeline, key_id: &str, bytes: &[u8]) {
-    p.cmd("SET").arg(state_key(key_id)).arg(bytes).arg("PX").arg(ttl_ms(bytes)).ignore();
+    p.cmd("SET")
+        .arg(state_key(key_id))
+        .arg(bytes)
+        .arg("PX")
+        .arg(ttl_ms(bytes))
+        .ignore();
 }
 
 #[async_trait]
@@ -170,9 +208,17 @@ impl SnapshotStore for RedisSnapshots {
             Conn::Cluster(_) => {
                 let mut by_slot: HashMap<u16, redis::Pipeline> = HashMap::new();
                 for (k, v) in batch {
-                    set_cmd(by_slot.entry(slot(&state_key(k))).or_insert_with(redis::pipe), k, v);
+                    set_cmd(
+                        by_slot
+                            .entry(slot(&state_key(k)))
+                            .or_insert_with(redis::pipe),
+                        k,
+                        v,
+                    );
                 }
-                let results = futures_util::future::join_all(by_slot.into_values().map(|p| self.pipe(p))).await;
+                let results =
+                    futures_util::future::join_all(by_slot.into_values().map(|p| self.pipe(p)))
+                        .await;
                 results.into_iter().collect()
             }
         }
@@ -209,8 +255,17 @@ mod tests {
     fn ttl_covers_the_longest_window() {
         use ringlimit_actors::limitset::LimitSet;
         use ringlimit_protocol::{AlgorithmKind, LimitSpec};
-        let spec = |w| LimitSpec { name: format!("w{w}"), algorithm: AlgorithmKind::FixedWindow, limit: 1, window_ms: w, burst: None };
-        let snap = Snapshot { limits: LimitSet::new(&[spec(1_000), spec(86_400_000)]), usage: Default::default() };
+        let spec = |w| LimitSpec {
+            name: format!("w{w}"),
+            algorithm: AlgorithmKind::FixedWindow,
+            limit: 1,
+            window_ms: w,
+            burst: None,
+        };
+        let snap = Snapshot {
+            limits: LimitSet::new(&[spec(1_000), spec(86_400_000)]),
+            usage: Default::default(),
+        };
         assert_eq!(ttl_ms(&snap.encode()), 86_400_000 + TTL_MARGIN_MS);
         assert_eq!(ttl_ms(b"garbage"), 60_000 + TTL_MARGIN_MS);
     }

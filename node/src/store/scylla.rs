@@ -77,7 +77,9 @@
 pub mod errors;
 pub mod migrations;
 
-pub use migrations::{DEFAULT_REPLICATION, MIGRATIONS, Migration, MigrationReport, migrate, migrate_to};
+pub use migrations::{
+    DEFAULT_REPLICATION, MIGRATIONS, Migration, MigrationReport, migrate, migrate_to,
+};
 
 /// The schema versions the store reads and writes: migrations 1 to this one
 /// (later ones add the pipelines' tables).
@@ -89,7 +91,9 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
-use ringlimit_actors::storage::{KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow, UsageStore};
+use ringlimit_actors::storage::{
+    KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow, UsageStore,
+};
 use ringlimit_protocol::LimitSpec;
 use ringlimit_protocol::admin::{Granularity, UsageBucket};
 use scylla::client::execution_profile::ExecutionProfile;
@@ -197,9 +201,14 @@ impl std::fmt::Debug for ScyllaOptions {
 /// Builds a driver session to `nodes` (`host:port` each) with the timeouts,
 /// retry and load-balancing policies of `opts`. Fails with
 /// [`StoreError::Unavailable`] when no node answers, within a bounded time.
-pub async fn connect_session(nodes: &[String], opts: &ScyllaOptions) -> Result<Session, StoreError> {
+pub async fn connect_session(
+    nodes: &[String],
+    opts: &ScyllaOptions,
+) -> Result<Session, StoreError> {
     if nodes.is_empty() {
-        return Err(StoreError::Backend("no ScyllaDB contact points given".into()));
+        return Err(StoreError::Backend(
+            "no ScyllaDB contact points given".into(),
+        ));
     }
     let mut lb = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &opts.local_datacenter {
@@ -228,7 +237,10 @@ pub async fn connect_session(nodes: &[String], opts: &ScyllaOptions) -> Result<S
     }
     // The driver tries the contact points one after another; bound the whole.
     let n = u32::try_from(nodes.len()).unwrap_or(u32::MAX).min(8);
-    let deadline = opts.connect_timeout.saturating_mul(n + 1).saturating_add(opts.request_timeout);
+    let deadline = opts
+        .connect_timeout
+        .saturating_mul(n + 1)
+        .saturating_add(opts.request_timeout);
     match tokio::time::timeout(deadline, builder.build()).await {
         Ok(Ok(session)) => Ok(session),
         Ok(Err(e)) => Err(errors::new_session(e)),
@@ -240,7 +252,11 @@ pub async fn connect_session(nodes: &[String], opts: &ScyllaOptions) -> Result<S
 }
 
 /// Connects and applies the migrations, for `ringlimit migrate`.
-pub async fn migrate_cluster(nodes: &[String], keyspace: &str, opts: &ScyllaOptions) -> Result<MigrationReport, StoreError> {
+pub async fn migrate_cluster(
+    nodes: &[String],
+    keyspace: &str,
+    opts: &ScyllaOptions,
+) -> Result<MigrationReport, StoreError> {
     let session = connect_session(nodes, opts).await?;
     migrate(&session, keyspace, &opts.replication).await
 }
@@ -336,7 +352,9 @@ pub struct ScyllaStore {
 
 impl std::fmt::Debug for ScyllaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScyllaStore").field("keyspace", &self.inner.keyspace).finish_non_exhaustive()
+        f.debug_struct("ScyllaStore")
+            .field("keyspace", &self.inner.keyspace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -348,14 +366,22 @@ impl ScyllaStore {
     /// reached (within about `connect_timeout × (nodes + 1) + request_timeout`),
     /// and with [`StoreError::Backend`] for bad settings or a schema that is
     /// not there (with `migrate` off).
-    pub async fn connect(nodes: &[String], keyspace: &str, opts: ScyllaOptions) -> Result<Self, StoreError> {
+    pub async fn connect(
+        nodes: &[String],
+        keyspace: &str,
+        opts: ScyllaOptions,
+    ) -> Result<Self, StoreError> {
         migrations::keyspace_ident(keyspace)?;
         let session = connect_session(nodes, &opts).await?;
         Self::with_session(Arc::new(session), keyspace, opts).await
     }
 
     /// Like [`connect`](Self::connect), over an existing session.
-    pub async fn with_session(session: Arc<Session>, keyspace: &str, opts: ScyllaOptions) -> Result<Self, StoreError> {
+    pub async fn with_session(
+        session: Arc<Session>,
+        keyspace: &str,
+        opts: ScyllaOptions,
+    ) -> Result<Self, StoreError> {
         let ks = migrations::keyspace_ident(keyspace)?;
         if opts.migrate {
             let report = migrate(&session, keyspace, &opts.replication).await?;
@@ -364,7 +390,9 @@ impl ScyllaStore {
             }
         } else {
             let applied = migrations::applied_versions(&session, keyspace).await?;
-            let missing: Vec<i32> = (1..=STORE_SCHEMA_VERSION).filter(|v| !applied.contains_key(v)).collect();
+            let missing: Vec<i32> = (1..=STORE_SCHEMA_VERSION)
+                .filter(|v| !applied.contains_key(v))
+                .collect();
             if !missing.is_empty() {
                 return Err(StoreError::Backend(format!(
                     "keyspace {keyspace} lacks CQL migrations {missing:?}: run `ringlimit migrate` (or start with migrations on)"
@@ -411,7 +439,11 @@ impl ScyllaStore {
         let mut st = Statement::new("SELECT release_version FROM system.local");
         st.set_is_idempotent(true);
         self.bounded("ping", self.inner.opts.operation_timeout, async {
-            self.inner.session.query_unpaged(st, ()).await.map_err(|e| errors::execution("ping", e))?;
+            self.inner
+                .session
+                .query_unpaged(st, ())
+                .await
+                .map_err(|e| errors::execution("ping", e))?;
             Ok(())
         })
         .await
@@ -426,27 +458,56 @@ impl ScyllaStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!("ScyllaDB {op}: no answer within {limit:?}"))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "ScyllaDB {op}: no answer within {limit:?}"
+            ))),
         }
     }
 
-    async fn exec(&self, what: &str, st: &PreparedStatement, values: impl SerializeRow) -> Result<(), StoreError> {
-        self.inner.session.execute_unpaged(st, values).await.map_err(|e| errors::execution(what, e))?;
+    async fn exec(
+        &self,
+        what: &str,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(|e| errors::execution(what, e))?;
         Ok(())
     }
 
     /// All rows of an unpaged (single-partition) read.
-    async fn rows<R>(&self, what: &str, st: &PreparedStatement, values: impl SerializeRow) -> Result<Vec<R>, StoreError>
+    async fn rows<R>(
+        &self,
+        what: &str,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
     where
         R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
     {
-        let res = self.inner.session.execute_unpaged(st, values).await.map_err(|e| errors::execution(what, e))?;
-        let res = res.into_rows_result().map_err(|e| errors::decode(what, e))?;
+        let res = self
+            .inner
+            .session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(|e| errors::execution(what, e))?;
+        let res = res
+            .into_rows_result()
+            .map_err(|e| errors::decode(what, e))?;
         let rows = res.rows::<R>().map_err(|e| errors::decode(what, e))?;
-        rows.map(|r| r.map_err(|e| errors::decode(what, e))).collect()
+        rows.map(|r| r.map_err(|e| errors::decode(what, e)))
+            .collect()
     }
 
-    async fn row<R>(&self, what: &str, st: &PreparedStatement, values: impl SerializeRow) -> Result<Option<R>, StoreError>
+    async fn row<R>(
+        &self,
+        what: &str,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Option<R>, StoreError>
     where
         R: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
     {
@@ -456,7 +517,10 @@ impl ScyllaStore {
     /// Runs futures with at most `concurrency` in flight; the first error wins.
     /// (Boxed futures: closures returning futures inside `async_trait` bodies
     /// trip the compiler's higher-ranked lifetime checks.)
-    async fn run_all(&self, futs: Vec<BoxFuture<'_, Result<(), StoreError>>>) -> Result<(), StoreError> {
+    async fn run_all(
+        &self,
+        futs: Vec<BoxFuture<'_, Result<(), StoreError>>>,
+    ) -> Result<(), StoreError> {
         let mut s = stream::iter(futs).buffer_unordered(self.inner.opts.concurrency.max(1));
         while let Some(r) = s.next().await {
             r?;
@@ -468,7 +532,9 @@ impl ScyllaStore {
         if key_id.is_empty() {
             return Ok(None);
         }
-        let row: Option<(Option<String>,)> = self.row("get_key", &self.inner.st.get_key, (key_id,)).await?;
+        let row: Option<(Option<String>,)> = self
+            .row("get_key", &self.inner.st.get_key, (key_id,))
+            .await?;
         match row {
             Some((Some(json),)) => decode_key(key_id, &json).map(Some),
             Some((None,)) => Err(StoreError::Corrupt(format!("key {key_id:?}: no record"))),
@@ -477,7 +543,13 @@ impl ScyllaStore {
     }
 
     async fn hash_owner(&self, hash: &SecretHash) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> = self.row("key_id_by_hash", &self.inner.st.get_hash, (hash.0.as_slice(),)).await?;
+        let row: Option<(Option<String>,)> = self
+            .row(
+                "key_id_by_hash",
+                &self.inner.st.get_hash,
+                (hash.0.as_slice(),),
+            )
+            .await?;
         Ok(row.and_then(|(k,)| k))
     }
 
@@ -489,7 +561,9 @@ impl ScyllaStore {
             .execute_iter(self.inner.st.shards.clone(), ())
             .await
             .map_err(|e| errors::pager("list_keys (shards)", e))?;
-        let mut rows = pager.rows_stream::<(i32,)>().map_err(|e| errors::decode("list_keys (shards)", e))?;
+        let mut rows = pager
+            .rows_stream::<(i32,)>()
+            .map_err(|e| errors::decode("list_keys (shards)", e))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().await {
             out.push(r.map_err(|e| errors::next_row("list_keys (shards)", e))?.0);
@@ -508,7 +582,8 @@ impl ScyllaStore {
         out: &mut Vec<KeyRecord>,
         limit: usize,
     ) -> Result<(), StoreError> {
-        let mut reads: Vec<BoxFuture<'_, Result<Option<KeyRecord>, StoreError>>> = Vec::with_capacity(ids.len());
+        let mut reads: Vec<BoxFuture<'_, Result<Option<KeyRecord>, StoreError>>> =
+            Vec::with_capacity(ids.len());
         for id in ids.drain(..) {
             reads.push(async move { self.read_key(&id).await }.boxed());
         }
@@ -525,7 +600,12 @@ impl ScyllaStore {
     }
 
     /// Writes the `usage_partitions` row of a partition unless done recently.
-    async fn index_partition(&self, g: Granularity, key_id: &str, day: i64) -> Result<(), StoreError> {
+    async fn index_partition(
+        &self,
+        g: Granularity,
+        key_id: &str,
+        day: i64,
+    ) -> Result<(), StoreError> {
         let cache_key = (gi(g), key_id.to_owned(), day);
         if let Some(at) = self.inner.indexed.get(&cache_key)
             && at.elapsed() < INDEX_REFRESH
@@ -533,7 +613,12 @@ impl ScyllaStore {
             return Ok(());
         }
         let ttl = self.inner.index_ttl[gi(g)];
-        self.exec("write_usage (partition index)", &self.inner.st.put_partition, (key_id, g.as_str(), day, ttl)).await?;
+        self.exec(
+            "write_usage (partition index)",
+            &self.inner.st.put_partition,
+            (key_id, g.as_str(), day, ttl),
+        )
+        .await?;
         if self.inner.indexed.len() >= INDEX_CACHE_MAX {
             self.inner.indexed.clear();
         }
@@ -541,13 +626,21 @@ impl ScyllaStore {
         Ok(())
     }
 
-    async fn write_usage_batch(&self, g: Granularity, rows: &[(&str, i64, i64, &str, i64)]) -> Result<(), StoreError> {
+    async fn write_usage_batch(
+        &self,
+        g: Granularity,
+        rows: &[(&str, i64, i64, &str, i64)],
+    ) -> Result<(), StoreError> {
         let mut batch = Batch::new(BatchType::Unlogged);
         for _ in rows {
             batch.append_statement(self.inner.st.put_usage[gi(g)].clone());
         }
         batch.set_is_idempotent(true);
-        self.inner.session.batch(&batch, rows).await.map_err(|e| errors::execution("write_usage", e))?;
+        self.inner
+            .session
+            .batch(&batch, rows)
+            .await
+            .map_err(|e| errors::execution("write_usage", e))?;
         Ok(())
     }
 
@@ -559,20 +652,31 @@ impl ScyllaStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        self.rows("usage_history", &self.inner.st.get_usage[gi(g)], (key_id, day, from, to)).await
+        self.rows(
+            "usage_history",
+            &self.inner.st.get_usage[gi(g)],
+            (key_id, day, from, to),
+        )
+        .await
     }
 }
 
 async fn table_ttl(session: &Session, keyspace: &str, table: &str) -> Result<i32, StoreError> {
-    let mut st = Statement::new("SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?");
+    let mut st = Statement::new(
+        "SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+    );
     st.set_is_idempotent(true);
     let what = "read table options";
     let res = session
         .query_unpaged(st, (keyspace.to_ascii_lowercase(), table))
         .await
         .map_err(|e| errors::execution(what, e))?;
-    let res = res.into_rows_result().map_err(|e| errors::decode(what, e))?;
-    let row = res.maybe_first_row::<(Option<i32>,)>().map_err(|e| errors::decode(what, e))?;
+    let res = res
+        .into_rows_result()
+        .map_err(|e| errors::decode(what, e))?;
+    let row = res
+        .maybe_first_row::<(Option<i32>,)>()
+        .map_err(|e| errors::decode(what, e))?;
     match row {
         Some((ttl,)) => Ok(ttl.unwrap_or(0)),
         None => Err(StoreError::Backend(format!(
@@ -583,7 +687,10 @@ async fn table_ttl(session: &Session, keyspace: &str, table: &str) -> Result<i32
 
 async fn prepare_all(session: &Session, ks: &str) -> Result<Statements, StoreError> {
     let prep = |cql: String| async move {
-        let mut p = session.prepare(cql.as_str()).await.map_err(|e| errors::prepare(&format!("prepare `{cql}`"), e))?;
+        let mut p = session
+            .prepare(cql.as_str())
+            .await
+            .map_err(|e| errors::prepare(&format!("prepare `{cql}`"), e))?;
         p.set_is_idempotent(true);
         p.set_page_size(PAGE_SIZE);
         Ok::<_, StoreError>(p)
@@ -591,7 +698,9 @@ async fn prepare_all(session: &Session, ks: &str) -> Result<Statements, StoreErr
     let usage = |g: Granularity| {
         let t = usage_table(g);
         (
-            format!("INSERT INTO {ks}.{t} (key_id, day, bucket_start, writer, units) VALUES (?, ?, ?, ?, ?)"),
+            format!(
+                "INSERT INTO {ks}.{t} (key_id, day, bucket_start, writer, units) VALUES (?, ?, ?, ?, ?)"
+            ),
             format!(
                 "SELECT bucket_start, units FROM {ks}.{t} WHERE key_id = ? AND day = ? AND bucket_start >= ? AND bucket_start < ?"
             ),
@@ -643,7 +752,10 @@ fn decode_key(id: &str, json: &str) -> Result<KeyRecord, StoreError> {
 }
 
 fn now_ts() -> CqlTimestamp {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     CqlTimestamp(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
@@ -654,7 +766,8 @@ impl KeyStore for ScyllaStore {
         if id.is_empty() {
             return Err(StoreError::Backend("put_key: empty key_id".into()));
         }
-        let record = serde_json::to_string(key).map_err(|e| StoreError::Backend(format!("encode key {id:?}: {e}")))?;
+        let record = serde_json::to_string(key)
+            .map_err(|e| StoreError::Backend(format!("encode key {id:?}: {e}")))?;
         let work = Box::pin(async {
             let st = &self.inner.st;
             let old = match self.read_key(id).await {
@@ -668,36 +781,57 @@ impl KeyStore for ScyllaStore {
             // 1. The new hashes, so the key is findable as soon as its record is there.
             let mut writes = Vec::new();
             for h in &new {
-                writes.push(self.exec("put_key (hash index)", &st.put_hash, (h.0.as_slice(), id)).boxed());
+                writes.push(
+                    self.exec("put_key (hash index)", &st.put_hash, (h.0.as_slice(), id))
+                        .boxed(),
+                );
             }
             self.run_all(writes).await?;
             // 2. The record and its listing row.
-            let (owner, tier, status) = (key.owner.as_str(), key.tier.as_str(), key.status.as_str());
+            let (owner, tier, status) =
+                (key.owner.as_str(), key.tier.as_str(), key.status.as_str());
             let updated = to_i64(key.updated_at_ms);
             let (a, b) = tokio::join!(
-                self.exec("put_key", &st.put_key, (id, owner, tier, status, updated, record.as_str())),
-                self.exec("put_key (listing)", &st.put_page, (shard_of(id), id, owner, tier, status)),
+                self.exec(
+                    "put_key",
+                    &st.put_key,
+                    (id, owner, tier, status, updated, record.as_str())
+                ),
+                self.exec(
+                    "put_key (listing)",
+                    &st.put_page,
+                    (shard_of(id), id, owner, tier, status)
+                ),
             );
             a?;
             b?;
             // 3. Hashes the key no longer has, when they still lead to it.
             for stale in old.iter().flat_map(hashes).filter(|h| !new.contains(h)) {
                 if self.hash_owner(&stale).await?.as_deref() == Some(id) {
-                    self.exec("put_key (stale hash)", &st.del_hash, (stale.0.as_slice(),)).await?;
+                    self.exec("put_key (stale hash)", &st.del_hash, (stale.0.as_slice(),))
+                        .await?;
                 }
             }
             Ok(())
         });
-        self.bounded("put_key", self.inner.opts.operation_timeout, work).await
+        self.bounded("put_key", self.inner.opts.operation_timeout, work)
+            .await
     }
 
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        self.bounded("get_key", self.inner.opts.operation_timeout, self.read_key(key_id)).await
+        self.bounded(
+            "get_key",
+            self.inner.opts.operation_timeout,
+            self.read_key(key_id),
+        )
+        .await
     }
 
     async fn key_id_by_hash(&self, hash: &SecretHash) -> Result<Option<String>, StoreError> {
         self.bounded("key_id_by_hash", self.inner.opts.operation_timeout, async {
-            let Some(id) = self.hash_owner(hash).await? else { return Ok(None) };
+            let Some(id) = self.hash_owner(hash).await? else {
+                return Ok(None);
+            };
             // Confirm against the record: the entry may be left over from an
             // interrupted rotation.
             let confirmed = match self.read_key(&id).await? {
@@ -709,7 +843,12 @@ impl KeyStore for ScyllaStore {
         .await
     }
 
-    async fn list_keys(&self, filter: &KeyFilter, after: Option<&str>, limit: usize) -> Result<Vec<KeyRecord>, StoreError> {
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -717,37 +856,59 @@ impl KeyStore for ScyllaStore {
             let st = &self.inner.st;
             let after = after.filter(|a| !a.is_empty());
             let first = after.map_or(i32::MIN, shard_of);
-            let index_matches = |owner: &Option<String>, tier: &Option<String>, status: &Option<String>| {
-                filter.owner.as_ref().is_none_or(|o| owner.as_ref() == Some(o))
-                    && filter.tier.as_ref().is_none_or(|t| tier.as_ref() == Some(t))
-                    && filter.status.is_none_or(|s| status.as_deref() == Some(s.as_str()))
-            };
+            let index_matches =
+                |owner: &Option<String>, tier: &Option<String>, status: &Option<String>| {
+                    filter
+                        .owner
+                        .as_ref()
+                        .is_none_or(|o| owner.as_ref() == Some(o))
+                        && filter
+                            .tier
+                            .as_ref()
+                            .is_none_or(|t| tier.as_ref() == Some(t))
+                        && filter
+                            .status
+                            .is_none_or(|s| status.as_deref() == Some(s.as_str()))
+                };
             let mut out: Vec<KeyRecord> = Vec::new();
             let mut candidates: Vec<String> = Vec::new();
             for shard in self.shards().await?.into_iter().filter(|&s| s >= first) {
                 let pager = match after {
-                    Some(a) if shard == first => self.inner.session.execute_iter(st.page_after.clone(), (shard, a)).await,
-                    _ => self.inner.session.execute_iter(st.page_all.clone(), (shard,)).await,
+                    Some(a) if shard == first => {
+                        self.inner
+                            .session
+                            .execute_iter(st.page_after.clone(), (shard, a))
+                            .await
+                    }
+                    _ => {
+                        self.inner
+                            .session
+                            .execute_iter(st.page_all.clone(), (shard,))
+                            .await
+                    }
                 }
                 .map_err(|e| errors::pager("list_keys", e))?;
                 let mut rows = pager
                     .rows_stream::<(String, Option<String>, Option<String>, Option<String>)>()
                     .map_err(|e| errors::decode("list_keys", e))?;
                 while let Some(row) = rows.next().await {
-                    let (id, owner, tier, status) = row.map_err(|e| errors::next_row("list_keys", e))?;
+                    let (id, owner, tier, status) =
+                        row.map_err(|e| errors::next_row("list_keys", e))?;
                     if !index_matches(&owner, &tier, &status) {
                         continue;
                     }
                     candidates.push(id);
                     if out.len() + candidates.len() >= limit {
-                        self.fill_page(&mut candidates, filter, &mut out, limit).await?;
+                        self.fill_page(&mut candidates, filter, &mut out, limit)
+                            .await?;
                         if out.len() >= limit {
                             return Ok(out);
                         }
                     }
                 }
             }
-            self.fill_page(&mut candidates, filter, &mut out, limit).await?;
+            self.fill_page(&mut candidates, filter, &mut out, limit)
+                .await?;
             Ok(out)
         })
         .await
@@ -761,11 +922,14 @@ impl KeyStore for ScyllaStore {
                 .execute_iter(self.inner.st.all_keys.clone(), ())
                 .await
                 .map_err(|e| errors::pager("load_all_keys", e))?;
-            let mut rows = pager.rows_stream::<(String, Option<String>)>().map_err(|e| errors::decode("load_all_keys", e))?;
+            let mut rows = pager
+                .rows_stream::<(String, Option<String>)>()
+                .map_err(|e| errors::decode("load_all_keys", e))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().await {
                 let (id, json) = row.map_err(|e| errors::next_row("load_all_keys", e))?;
-                let json = json.ok_or_else(|| StoreError::Corrupt(format!("key {id:?}: no record")))?;
+                let json =
+                    json.ok_or_else(|| StoreError::Corrupt(format!("key {id:?}: no record")))?;
                 out.push(decode_key(&id, &json)?);
             }
             out.sort_by(|a, b| a.key_id.cmp(&b.key_id));
@@ -786,7 +950,11 @@ impl TierStore for ScyllaStore {
         self.bounded(
             "put_tier",
             self.inner.opts.operation_timeout,
-            self.exec("put_tier", &self.inner.st.put_tier, (tier.name.as_str(), limits, now_ts())),
+            self.exec(
+                "put_tier",
+                &self.inner.st.put_tier,
+                (tier.name.as_str(), limits, now_ts()),
+            ),
         )
         .await
     }
@@ -799,12 +967,15 @@ impl TierStore for ScyllaStore {
                 .execute_iter(self.inner.st.all_tiers.clone(), ())
                 .await
                 .map_err(|e| errors::pager("list_tiers", e))?;
-            let mut rows = pager.rows_stream::<(String, Option<String>)>().map_err(|e| errors::decode("list_tiers", e))?;
+            let mut rows = pager
+                .rows_stream::<(String, Option<String>)>()
+                .map_err(|e| errors::decode("list_tiers", e))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().await {
                 let (name, limits) = row.map_err(|e| errors::next_row("list_tiers", e))?;
-                let limits: Vec<LimitSpec> = serde_json::from_str(limits.as_deref().unwrap_or("[]"))
-                    .map_err(|e| StoreError::Corrupt(format!("tier {name:?}: {e}")))?;
+                let limits: Vec<LimitSpec> =
+                    serde_json::from_str(limits.as_deref().unwrap_or("[]"))
+                        .map_err(|e| StoreError::Corrupt(format!("tier {name:?}: {e}")))?;
                 out.push(TierRecord { name, limits });
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -824,13 +995,28 @@ impl SnapshotStore for ScyllaStore {
             return Err(StoreError::Backend("save_snapshots: empty key_id".into()));
         }
         // The last snapshot of a key repeated in one batch wins.
-        let latest: BTreeMap<&str, &[u8]> = batch.iter().map(|(id, b)| (id.as_str(), b.as_slice())).collect();
+        let latest: BTreeMap<&str, &[u8]> = batch
+            .iter()
+            .map(|(id, b)| (id.as_str(), b.as_slice()))
+            .collect();
         let at = now_ts();
         let mut writes = Vec::with_capacity(latest.len());
         for (id, bytes) in latest {
-            writes.push(self.exec("save_snapshots", &self.inner.st.put_snapshot, (id, bytes, at)).boxed());
+            writes.push(
+                self.exec(
+                    "save_snapshots",
+                    &self.inner.st.put_snapshot,
+                    (id, bytes, at),
+                )
+                .boxed(),
+            );
         }
-        self.bounded("save_snapshots", self.inner.opts.operation_timeout, self.run_all(writes)).await
+        self.bounded(
+            "save_snapshots",
+            self.inner.opts.operation_timeout,
+            self.run_all(writes),
+        )
+        .await
     }
 
     async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -838,7 +1024,9 @@ impl SnapshotStore for ScyllaStore {
             return Ok(None);
         }
         self.bounded("load_snapshot", self.inner.opts.operation_timeout, async {
-            let row: Option<(Option<Vec<u8>>,)> = self.row("load_snapshot", &self.inner.st.get_snapshot, (key_id,)).await?;
+            let row: Option<(Option<Vec<u8>>,)> = self
+                .row("load_snapshot", &self.inner.st.get_snapshot, (key_id,))
+                .await?;
             Ok(row.map(|(b,)| b.unwrap_or_default()))
         })
         .await
@@ -864,12 +1052,18 @@ impl UsageStore for ScyllaStore {
             return Ok(());
         }
         // (granularity, key, day) → (bucket_start, writer) → units; the last row wins.
-        let mut parts: BTreeMap<(usize, &str, i64), (Granularity, BTreeMap<(i64, &str), i64>)> = BTreeMap::new();
+        let mut parts: BTreeMap<(usize, &str, i64), (Granularity, BTreeMap<(i64, &str), i64>)> =
+            BTreeMap::new();
         for r in rows {
-            let start = i64::try_from(r.bucket_start_ms)
-                .map_err(|_| StoreError::Backend(format!("write_usage: bucket start {} out of range", r.bucket_start_ms)))?;
-            let units = i64::try_from(r.units)
-                .map_err(|_| StoreError::Backend(format!("write_usage: units {} out of range", r.units)))?;
+            let start = i64::try_from(r.bucket_start_ms).map_err(|_| {
+                StoreError::Backend(format!(
+                    "write_usage: bucket start {} out of range",
+                    r.bucket_start_ms
+                ))
+            })?;
+            let units = i64::try_from(r.units).map_err(|_| {
+                StoreError::Backend(format!("write_usage: units {} out of range", r.units))
+            })?;
             let day = partition_day(r.granularity, r.bucket_start_ms);
             parts
                 .entry((gi(r.granularity), r.key_id.as_str(), day))
@@ -886,8 +1080,10 @@ impl UsageStore for ScyllaStore {
             self.run_all(index).await?;
             let mut batches: Vec<(Granularity, Vec<(&str, i64, i64, &str, i64)>)> = Vec::new();
             for (&(_, key, day), (g, cells)) in &parts {
-                let cells: Vec<(&str, i64, i64, &str, i64)> =
-                    cells.iter().map(|(&(start, writer), &units)| (key, day, start, writer, units)).collect();
+                let cells: Vec<(&str, i64, i64, &str, i64)> = cells
+                    .iter()
+                    .map(|(&(start, writer), &units)| (key, day, start, writer, units))
+                    .collect();
                 for chunk in cells.chunks(USAGE_BATCH_ROWS) {
                     batches.push((*g, chunk.to_vec()));
                 }
@@ -959,7 +1155,10 @@ mod tests {
         let day = i64::try_from(T0 / DAY_MS).expect("day");
         assert_eq!(partition_day(Granularity::Minute, T0), day);
         assert_eq!(partition_day(Granularity::Hour, T0) % 32, 0);
-        assert!(partition_day(Granularity::Hour, T0) <= day && day < partition_day(Granularity::Hour, T0) + 32);
+        assert!(
+            partition_day(Granularity::Hour, T0) <= day
+                && day < partition_day(Granularity::Hour, T0) + 32
+        );
         assert_eq!(partition_day(Granularity::Day, T0) % 1024, 0);
         assert_eq!(partition_day(Granularity::Minute, 0), 0);
         assert_eq!(partition_day(Granularity::Minute, DAY_MS - 1), 0);
@@ -989,7 +1188,10 @@ mod tests {
 
     #[test]
     fn options_debug_hides_the_password() {
-        let o = ScyllaOptions { password: Some("hunter2".into()), ..Default::default() };
+        let o = ScyllaOptions {
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
         let s = format!("{o:?}");
         assert!(!s.contains("hunter2") && s.contains("redacted"), "{s}");
     }

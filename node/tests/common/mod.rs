@@ -2,7 +2,7 @@
 //! ports with its own data directory, and talk to it over HTTP.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,16 +39,25 @@ impl Node {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert!(line.starts_with("ringlimit listening"), "node did not start: {line:?}");
+        assert!(
+            line.starts_with("ringlimit listening"),
+            "node did not start: {line:?}"
+        );
         let field = |name: &str| {
-            line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_string()
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .to_string()
         };
         Node {
             data: format!("http://{}", field("data_addr")),
             admin: format!("http://{}", field("admin_addr")),
             child: Some(child),
             dir: dir.to_path_buf(),
-            http: reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .unwrap(),
         }
     }
 
@@ -63,8 +72,16 @@ impl Node {
         c.wait().unwrap()
     }
 
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.admin)).bearer_auth(TOKEN);
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.admin))
+            .bearer_auth(TOKEN);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -76,9 +93,18 @@ impl Node {
 
     /// Creates a key with the given limit override and returns (key_id, api_key).
     pub async fn create_key(&self, limits: Value) -> (String, String) {
-        let (s, v) = self.admin(reqwest::Method::POST, "/api/v1/keys", Some(json!({"owner":"test","tier":"free","limits":limits}))).await;
+        let (s, v) = self
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/keys",
+                Some(json!({"owner":"test","tier":"free","limits":limits})),
+            )
+            .await;
         assert_eq!(s, 201, "{v}");
-        (v["key_id"].as_str().unwrap().to_string(), v["api_key"].as_str().unwrap().to_string())
+        (
+            v["key_id"].as_str().unwrap().to_string(),
+            v["api_key"].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn validate(&self, api_key: &str, cost: u64) -> (u16, Value) {
@@ -94,7 +120,13 @@ impl Node {
     }
 
     pub async fn post_raw(&self, base: &str, path: &str, body: Vec<u8>) -> (u16, String) {
-        let resp = self.http.post(format!("{base}{path}")).body(body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(format!("{base}{path}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 }
@@ -110,7 +142,11 @@ impl Drop for Node {
 
 pub fn unsafe_kill(pid: i32, sig: i32) {
     // `kill` from the shell keeps this crate free of unsafe code.
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 

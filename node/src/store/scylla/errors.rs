@@ -9,8 +9,9 @@
 
 use ringlimit_actors::storage::StoreError;
 use scylla::errors::{
-    ConnectionPoolError, DbError, ExecutionError, MetadataError, NewSessionError, NextPageError, NextRowError,
-    PagerExecutionError, PrepareError, RequestAttemptError, RequestError, SchemaAgreementError, UseKeyspaceError,
+    ConnectionPoolError, DbError, ExecutionError, MetadataError, NewSessionError, NextPageError,
+    NextRowError, PagerExecutionError, PrepareError, RequestAttemptError, RequestError,
+    SchemaAgreementError, UseKeyspaceError,
 };
 use std::fmt::Display;
 
@@ -44,7 +45,8 @@ pub(crate) fn db_transient(e: &DbError) -> bool {
 
 fn attempt_transient(e: &RequestAttemptError) -> bool {
     match e {
-        RequestAttemptError::BrokenConnectionError(_) | RequestAttemptError::UnableToAllocStreamId => true,
+        RequestAttemptError::BrokenConnectionError(_)
+        | RequestAttemptError::UnableToAllocStreamId => true,
         RequestAttemptError::DbError(db, _) => db_transient(db),
         _ => false,
     }
@@ -83,7 +85,10 @@ fn use_keyspace_transient(e: &UseKeyspaceError) -> bool {
 fn metadata_transient(e: &MetadataError) -> bool {
     // No node answered the metadata queries, or it answered garbage; the
     // former is by far the common case (the cluster is down or unreachable).
-    matches!(e, MetadataError::ConnectionPoolError(_) | MetadataError::FetchError(_))
+    matches!(
+        e,
+        MetadataError::ConnectionPoolError(_) | MetadataError::FetchError(_)
+    )
 }
 
 fn request_transient(e: &RequestError) -> bool {
@@ -122,9 +127,9 @@ pub(crate) fn execution(what: &str, e: ExecutionError) -> StoreError {
 
 pub(crate) fn prepare(what: &str, e: PrepareError) -> StoreError {
     let hint = match &e {
-        PrepareError::AllAttemptsFailed { first_attempt: RequestAttemptError::DbError(DbError::Invalid, _) } => {
-            " (is the schema migrated? run `ringlimit migrate`)"
-        }
+        PrepareError::AllAttemptsFailed {
+            first_attempt: RequestAttemptError::DbError(DbError::Invalid, _),
+        } => " (is the schema migrated? run `ringlimit migrate`)",
         _ => "",
     };
     classify(what, prepare_transient(&e), format!("{e}{hint}"))
@@ -167,23 +172,57 @@ mod tests {
 
     #[test]
     fn timeouts_and_unreachable_are_transient() {
-        let t = execution("x", ExecutionError::RequestTimeout(std::time::Duration::from_secs(2)));
+        let t = execution(
+            "x",
+            ExecutionError::RequestTimeout(std::time::Duration::from_secs(2)),
+        );
         assert!(t.is_transient(), "{t:?}");
         assert!(execution("x", ExecutionError::EmptyPlan).is_transient());
-        assert!(execution("x", ExecutionError::ConnectionPoolError(ConnectionPoolError::Initializing)).is_transient());
+        assert!(
+            execution(
+                "x",
+                ExecutionError::ConnectionPoolError(ConnectionPoolError::Initializing)
+            )
+            .is_transient()
+        );
         let wt = RequestAttemptError::DbError(
-            DbError::Unavailable { consistency: Consistency::Quorum, required: 2, alive: 1 },
+            DbError::Unavailable {
+                consistency: Consistency::Quorum,
+                required: 2,
+                alive: 1,
+            },
             "down".into(),
         );
         assert!(execution("x", ExecutionError::LastAttemptError(wt)).is_transient());
-        assert!(execution("x", ExecutionError::LastAttemptError(RequestAttemptError::UnableToAllocStreamId)).is_transient());
+        assert!(
+            execution(
+                "x",
+                ExecutionError::LastAttemptError(RequestAttemptError::UnableToAllocStreamId)
+            )
+            .is_transient()
+        );
     }
 
     #[test]
     fn bad_statements_are_not_transient() {
-        let e = execution("x", ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, "no table".into())));
-        assert!(matches!(e, StoreError::Backend(ref m) if m.contains("no table")), "{e:?}");
-        let e = execution("x", ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::SyntaxError, "bad".into())));
+        let e = execution(
+            "x",
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::Invalid,
+                "no table".into(),
+            )),
+        );
+        assert!(
+            matches!(e, StoreError::Backend(ref m) if m.contains("no table")),
+            "{e:?}"
+        );
+        let e = execution(
+            "x",
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::SyntaxError,
+                "bad".into(),
+            )),
+        );
         assert!(!e.is_transient());
         let e = new_session(NewSessionError::EmptyKnownNodesList);
         assert!(matches!(e, StoreError::Backend(_)), "{e:?}");

@@ -44,7 +44,11 @@ pub struct Migration {
 
 macro_rules! migration {
     ($version:literal, $name:literal) => {
-        Migration { version: $version, name: $name, cql: include_str!(concat!("../../../../cql/", $name, ".cql")) }
+        Migration {
+            version: $version,
+            name: $name,
+            cql: include_str!(concat!("../../../../cql/", $name, ".cql")),
+        }
     };
 }
 
@@ -89,7 +93,12 @@ impl Migration {
 /// CQL identifiers are case-insensitive; lower-casing then quoting keeps that
 /// meaning and also allows names starting with a digit.
 pub fn keyspace_ident(keyspace: &str) -> Result<String, StoreError> {
-    if keyspace.is_empty() || keyspace.len() > 48 || !keyspace.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if keyspace.is_empty()
+        || keyspace.len() > 48
+        || !keyspace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(StoreError::Backend(format!(
             "invalid keyspace name {keyspace:?}: use 1 to 48 ASCII letters, digits and '_'"
         )));
@@ -100,7 +109,11 @@ pub fn keyspace_ident(keyspace: &str) -> Result<String, StoreError> {
 /// Checks the replication map: a `{…}` CQL map literal, one statement's worth.
 pub fn check_replication(replication: &str) -> Result<(), StoreError> {
     let r = replication.trim();
-    if !(r.starts_with('{') && r.ends_with('}')) || r.contains(';') || r.contains("--") || !r.contains("'class'") {
+    if !(r.starts_with('{') && r.ends_with('}'))
+        || r.contains(';')
+        || r.contains("--")
+        || !r.contains("'class'")
+    {
         return Err(StoreError::Backend(format!(
             "invalid replication {replication:?}: expected a CQL map such as {DEFAULT_REPLICATION}"
         )));
@@ -157,32 +170,58 @@ fn push_statement(out: &mut Vec<String>, raw: &str, keyspace_ident: &str, replic
         return;
     }
     // Keep statements on one line each for readable logs and errors.
-    let text = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n");
-    out.push(text.replace("{{keyspace}}", keyspace_ident).replace("{{replication}}", replication));
+    let text = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.push(
+        text.replace("{{keyspace}}", keyspace_ident)
+            .replace("{{replication}}", replication),
+    );
 }
 
 /// The applied versions and their recorded checksums; empty when the keyspace
 /// or its `schema_migrations` table does not exist yet.
-pub async fn applied_versions(session: &Session, keyspace: &str) -> Result<BTreeMap<i32, String>, StoreError> {
+pub async fn applied_versions(
+    session: &Session,
+    keyspace: &str,
+) -> Result<BTreeMap<i32, String>, StoreError> {
     let ident = keyspace_ident(keyspace)?;
     let name = keyspace.to_ascii_lowercase();
     let mut probe = Statement::new(
         "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'schema_migrations'",
     );
     probe.set_is_idempotent(true);
-    let rows = session.query_unpaged(probe, (name.as_str(),)).await.map_err(|e| errors::execution("read system_schema.tables", e))?;
-    let rows = rows.into_rows_result().map_err(|e| errors::decode("system_schema.tables", e))?;
+    let rows = session
+        .query_unpaged(probe, (name.as_str(),))
+        .await
+        .map_err(|e| errors::execution("read system_schema.tables", e))?;
+    let rows = rows
+        .into_rows_result()
+        .map_err(|e| errors::decode("system_schema.tables", e))?;
     if rows.rows_num() == 0 {
         return Ok(BTreeMap::new());
     }
-    let mut q = Statement::new(format!("SELECT version, checksum FROM {ident}.schema_migrations"));
+    let mut q = Statement::new(format!(
+        "SELECT version, checksum FROM {ident}.schema_migrations"
+    ));
     q.set_is_idempotent(true);
     // Read at the strongest level a single-DC cluster commonly offers, so a
     // version recorded through another coordinator is seen.
-    let rows = session.query_unpaged(q, ()).await.map_err(|e| errors::execution("read schema_migrations", e))?;
-    let rows = rows.into_rows_result().map_err(|e| errors::decode("schema_migrations", e))?;
+    let rows = session
+        .query_unpaged(q, ())
+        .await
+        .map_err(|e| errors::execution("read schema_migrations", e))?;
+    let rows = rows
+        .into_rows_result()
+        .map_err(|e| errors::decode("schema_migrations", e))?;
     let mut out = BTreeMap::new();
-    for row in rows.rows::<(i32, Option<String>)>().map_err(|e| errors::decode("schema_migrations", e))? {
+    for row in rows
+        .rows::<(i32, Option<String>)>()
+        .map_err(|e| errors::decode("schema_migrations", e))?
+    {
         let (version, checksum) = row.map_err(|e| errors::decode("schema_migrations", e))?;
         out.insert(version, checksum.unwrap_or_default());
     }
@@ -191,13 +230,22 @@ pub async fn applied_versions(session: &Session, keyspace: &str) -> Result<BTree
 
 /// Applies every migration not applied yet to `keyspace` (creating it with
 /// `replication` if needed) and records it. Idempotent.
-pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> Result<MigrationReport, StoreError> {
+pub async fn migrate(
+    session: &Session,
+    keyspace: &str,
+    replication: &str,
+) -> Result<MigrationReport, StoreError> {
     migrate_to(session, keyspace, replication, i32::MAX).await
 }
 
 /// Like [`migrate`], but only the versions up to `up_to` (inclusive): e.g.
 /// the versions a store needs ([`STORE_SCHEMA_VERSION`](super::STORE_SCHEMA_VERSION)).
-pub async fn migrate_to(session: &Session, keyspace: &str, replication: &str, up_to: i32) -> Result<MigrationReport, StoreError> {
+pub async fn migrate_to(
+    session: &Session,
+    keyspace: &str,
+    replication: &str,
+    up_to: i32,
+) -> Result<MigrationReport, StoreError> {
     let ident = keyspace_ident(keyspace)?;
     check_replication(replication)?;
     let applied = applied_versions(session, keyspace).await?;
@@ -219,25 +267,38 @@ pub async fn migrate_to(session: &Session, keyspace: &str, replication: &str, up
             let mut st = Statement::new(text.clone());
             st.set_is_idempotent(true);
             st.set_request_timeout(Some(DDL_TIMEOUT));
-            session
-                .query_unpaged(st, ())
-                .await
-                .map_err(|e| errors::execution(&format!("migration {} statement `{}`", m.name, first_line(&text)), e))?;
+            session.query_unpaged(st, ()).await.map_err(|e| {
+                errors::execution(
+                    &format!("migration {} statement `{}`", m.name, first_line(&text)),
+                    e,
+                )
+            })?;
         }
         let mut record = Statement::new(format!(
             "INSERT INTO {ident}.schema_migrations (version, name, checksum, applied_at, applied_by) VALUES (?, ?, ?, ?, ?)"
         ));
         record.set_is_idempotent(true);
         let now_ms = i64::try_from(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0),
         )
         .unwrap_or(i64::MAX);
         let by = concat!("ringlimit ", env!("CARGO_PKG_VERSION"));
         session
-            .query_unpaged(record, (m.version, m.name, m.checksum(), CqlTimestamp(now_ms), by))
+            .query_unpaged(
+                record,
+                (m.version, m.name, m.checksum(), CqlTimestamp(now_ms), by),
+            )
             .await
             .map_err(|e| errors::execution(&format!("record migration {}", m.name), e))?;
-        tracing::info!(keyspace, version = m.version, file = m.name, "applied CQL migration");
+        tracing::info!(
+            keyspace,
+            version = m.version,
+            file = m.name,
+            "applied CQL migration"
+        );
         report.applied.push(m.version);
     }
     Ok(report)
@@ -257,7 +318,12 @@ mod tests {
         for m in MIGRATIONS {
             assert!(m.version > last, "{} out of order", m.name);
             last = m.version;
-            assert_eq!(m.name[..4].parse::<i32>().ok(), Some(m.version), "{}: name must start with its version", m.name);
+            assert_eq!(
+                m.name[..4].parse::<i32>().ok(),
+                Some(m.version),
+                "{}: name must start with its version",
+                m.name
+            );
         }
         assert_eq!(MIGRATIONS.len(), 5);
     }
@@ -272,7 +338,10 @@ mod tests {
             .collect();
         files.sort();
         let listed: Vec<String> = MIGRATIONS.iter().map(|m| m.name.to_owned()).collect();
-        assert_eq!(files, listed, "every cql/*.cql file must be listed in MIGRATIONS");
+        assert_eq!(
+            files, listed,
+            "every cql/*.cql file must be listed in MIGRATIONS"
+        );
     }
 
     #[test]
@@ -283,21 +352,49 @@ mod tests {
             let st = statements(m.cql, &ident, DEFAULT_REPLICATION);
             assert!(!st.is_empty(), "{} has no statement", m.name);
             for s in &st {
-                assert!(!s.contains("{{") && !s.contains("}}"), "{}: placeholder left in {s}", m.name);
+                assert!(
+                    !s.contains("{{") && !s.contains("}}"),
+                    "{}: placeholder left in {s}",
+                    m.name
+                );
                 assert!(!s.contains("--"), "{}: comment left in {s}", m.name);
-                assert!(s.contains("IF NOT EXISTS"), "{}: not idempotent: {s}", m.name);
-                assert!(s.contains("\"rl_test\""), "{}: not qualified by the keyspace: {s}", m.name);
+                assert!(
+                    s.contains("IF NOT EXISTS"),
+                    "{}: not idempotent: {s}",
+                    m.name
+                );
+                assert!(
+                    s.contains("\"rl_test\""),
+                    "{}: not qualified by the keyspace: {s}",
+                    m.name
+                );
                 let upper = s.to_ascii_uppercase();
                 // ScyllaDB-only syntax and CQL counters stay out of the shared schema.
-                for banned in ["TABLETS", "TOMBSTONE_GC", "USING TIMEOUT", "SYNCHRONOUS_UPDATES", "CDC ="] {
+                for banned in [
+                    "TABLETS",
+                    "TOMBSTONE_GC",
+                    "USING TIMEOUT",
+                    "SYNCHRONOUS_UPDATES",
+                    "CDC =",
+                ] {
                     assert!(!upper.contains(banned), "{}: {banned} in {s}", m.name);
                 }
-                let words: Vec<&str> = upper.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).collect();
-                assert!(!words.contains(&"COUNTER"), "{}: CQL counter column in {s}", m.name);
+                let words: Vec<&str> = upper
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .collect();
+                assert!(
+                    !words.contains(&"COUNTER"),
+                    "{}: CQL counter column in {s}",
+                    m.name
+                );
             }
         }
         let first = statements(MIGRATIONS[0].cql, &ident, DEFAULT_REPLICATION);
-        assert!(first[0].starts_with("CREATE KEYSPACE IF NOT EXISTS \"rl_test\""), "{}", first[0]);
+        assert!(
+            first[0].starts_with("CREATE KEYSPACE IF NOT EXISTS \"rl_test\""),
+            "{}",
+            first[0]
+        );
         assert!(first[0].contains(DEFAULT_REPLICATION));
     }
 
@@ -305,7 +402,13 @@ mod tests {
     fn splitting_respects_quotes_and_comments() {
         let cql = "-- head; comment\nCREATE TABLE IF NOT EXISTS {{keyspace}}.t (a text); -- tail;\nINSERT INTO x (a) VALUES ('a;b -- c');\n\n";
         let st = statements(cql, "\"k\"", DEFAULT_REPLICATION);
-        assert_eq!(st, vec!["CREATE TABLE IF NOT EXISTS \"k\".t (a text)".to_owned(), "INSERT INTO x (a) VALUES ('a;b -- c')".to_owned()]);
+        assert_eq!(
+            st,
+            vec![
+                "CREATE TABLE IF NOT EXISTS \"k\".t (a text)".to_owned(),
+                "INSERT INTO x (a) VALUES ('a;b -- c')".to_owned()
+            ]
+        );
     }
 
     #[test]
@@ -316,7 +419,12 @@ mod tests {
         assert!(keyspace_ident("1abc").is_ok());
         check_replication(DEFAULT_REPLICATION).expect("default");
         check_replication("{'class': 'NetworkTopologyStrategy', 'dc1': 3}").expect("nts");
-        for bad in ["", "SimpleStrategy", "{'class':'x'}; DROP KEYSPACE k", "{'replication_factor': 1}"] {
+        for bad in [
+            "",
+            "SimpleStrategy",
+            "{'class':'x'}; DROP KEYSPACE k",
+            "{'replication_factor': 1}",
+        ] {
             assert!(check_replication(bad).is_err(), "{bad:?}");
         }
     }
