@@ -156,7 +156,10 @@ fn main() {
         let http = reqwest::Client::new();
         // Wait for the ring of two.
         for _ in 0..200 {
-            let v: Value = http.get(format!("{}/api/v1/cluster", nodes[0].2)).bearer_auth(TOKEN).send().await.ok().map(|r| r.json()).unwrap_or_else(|| Box::pin(async { Ok(Value::Null) })).await.unwrap_or(Value::Null);
+            let v: Value = match http.get(format!("{}/api/v1/cluster", nodes[0].2)).bearer_auth(TOKEN).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
             if v["ring_members"].as_array().map(|a| a.len()) == Some(2) && v["handoff_in_progress"] == false {
                 break;
             }
