@@ -1,0 +1,34 @@
+// sustained: a long steady run at RATE per second (default DURATION 30m), open loop.
+//   k6 run -e ADMIN_TOKEN=... -e RATE=2000 -e DURATION=2h loadtest/k6/sustained.js
+import { createKeys, deleteKeys, validateOne, RATE } from './lib.js';
+
+export const options = {
+  setupTimeout: '600s',
+  scenarios: {
+    sustained: {
+      executor: 'constant-arrival-rate',
+      rate: RATE,
+      timeUnit: '1s',
+      duration: __ENV.DURATION || '30m',
+      preAllocatedVUs: Math.max(10, Math.ceil(RATE / 50)),
+      maxVUs: Math.max(100, Math.ceil(RATE / 5)),
+    },
+  },
+  thresholds: {
+    checks: ['rate>0.999'],
+    'http_req_duration{name:validate}': ['p(99)<1000'],
+  },
+  summaryTrendStats: ['avg', 'med', 'p(90)', 'p(99)', 'p(99.9)', 'max'],
+};
+
+export function setup() {
+  return { keys: createKeys() };
+}
+
+export default function (data) {
+  validateOne(data.keys);
+}
+
+export function teardown(data) {
+  deleteKeys(data.keys);
+}
