@@ -11,11 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn required() -> bool {
-    std::env::var_os("CI").is_some()
-        || std::env::var("RINGLIMIT_REQUIRE_SERVERS").as_deref() == Ok("1")
-}
-
 fn servers() -> Option<(String, String)> {
     let cql = std::env::var("RINGLIMIT_TEST_CQL")
         .ok()
@@ -25,7 +20,7 @@ fn servers() -> Option<(String, String)> {
         .filter(|s| !s.is_empty());
     match (cql, redis) {
         (Some(c), Some(r)) => Some((c, r)),
-        _ if required() => panic!(
+        _ if servers_required() => panic!(
             "RINGLIMIT_TEST_CQL and RINGLIMIT_TEST_REDIS_URL must be set (scripts/test.sh sets them)"
         ),
         _ => {

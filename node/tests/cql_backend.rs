@@ -10,16 +10,11 @@ use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
-fn required() -> bool {
-    std::env::var_os("CI").is_some()
-        || std::env::var("RINGLIMIT_REQUIRE_SERVERS").as_deref() == Ok("1")
-}
-
 /// The shared CQL server of the test command.
 fn cql() -> Option<String> {
     match std::env::var("RINGLIMIT_TEST_CQL") {
         Ok(a) if !a.is_empty() => Some(a),
-        _ if required() => panic!(
+        _ if servers_required() => panic!(
             "RINGLIMIT_TEST_CQL is not set: run the suite through scripts/test.sh, which starts the CQL server"
         ),
         _ => {

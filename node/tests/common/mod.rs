@@ -168,3 +168,10 @@ pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Whether tests that need a server must fail (not skip) when it is missing:
+/// under CI, or with RINGLIMIT_REQUIRE_SERVERS=1 (scripts/test.sh sets it).
+pub fn servers_required() -> bool {
+    std::env::var_os("CI").is_some()
+        || std::env::var("RINGLIMIT_REQUIRE_SERVERS").as_deref() == Ok("1")
+}
