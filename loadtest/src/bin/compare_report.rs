@@ -281,6 +281,12 @@ fn run() -> Result<(), String> {
                 if v["over_admission"]["report"]["over_admitted"].as_bool() == Some(true) {
                     notes.push(format!("- {sys} ({kind}): **over-admission observed** (see its JSON result)."));
                 }
+                if kind == "closed" && v["client_cpu_pct"].as_f64().unwrap_or(0.0) >= 90.0 {
+                    notes.push(format!(
+                        "- {sys} (closed loop): the load generator used {:.0}% of its CPU, so this peak is a lower bound set by the client, and ratios against it flatter the others.",
+                        f(v, &["client_cpu_pct"])
+                    ));
+                }
                 if v["exit_code"].as_u64().unwrap_or(0) == 1 {
                     notes.push(format!("- {sys} ({kind}): no check got a decision."));
                 }
