@@ -384,22 +384,32 @@ async fn crash_and_freeze_move_keys_and_nodes_rejoin() {
         "the state was flushed to Redis before the kill, so nothing is re-admitted"
     );
 
-    // Freeze a survivor: the other drops it, then it rejoins on SIGCONT.
+    // The killed node comes back: it rejoins and its keys move back.
+    let dir = c._dirs[owner].path().to_path_buf();
+    c.nodes[owner] = Some(c.spawn(owner, &dir));
+    assert!(
+        c.converged(&[0, 1, 2], 15).await,
+        "the restarted node rejoins and all three converge"
+    );
+
+    // Freeze one node: the other two drop it and keep answering; on SIGCONT it
+    // rejoins and all three converge on one ring version.
     let frozen = others[1];
+    let live: Vec<usize> = (0..3).filter(|&i| i != frozen).collect();
     let pid = c.node(frozen).pid();
     unsafe_kill(pid, 19);
     assert!(
-        c.converged(&[others[0]], 4).await,
+        c.converged(&live, 4).await,
         "a frozen node leaves the ring within the timeout"
     );
-    let s = c.node(others[0]).validate(&key, 1).await.0;
+    let s = c.node(live[0]).validate(&key, 1).await.0;
     assert!(
         s == 200 || s == 429,
-        "the survivor keeps answering for the key, got {s}"
+        "the others keep answering for the key, got {s}"
     );
     unsafe_kill(pid, 18);
     assert!(
-        c.converged(&others, 15).await,
-        "after SIGCONT the node rejoins and the ring converges"
+        c.converged(&[0, 1, 2], 15).await,
+        "after SIGCONT the node rejoins and the ring converges on all three"
     );
 }
