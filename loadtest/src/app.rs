@@ -19,13 +19,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The tokio worker threads a run uses.
 pub fn threads(args: &Args) -> usize {
     args.threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
         .max(1)
 }
 
 /// Parses flags, runs, prints, writes files; returns the exit code.
 pub fn main_with(args: Args) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads(&args)).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads(&args))
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadtest: cannot start the runtime: {e}");
@@ -60,7 +68,9 @@ pub async fn run(args: Args) -> Result<u8, String> {
         window_ms: args.window_ms,
         burst: args.burst,
     };
-    limit.validate().map_err(|e| format!("the keys' limit: {e}"))?;
+    limit
+        .validate()
+        .map_err(|e| format!("the keys' limit: {e}"))?;
     let scenario = args.scenario;
     let duration = args.duration.unwrap_or_else(|| scenario.default_duration());
     if duration.is_zero() {
@@ -72,10 +82,17 @@ pub async fn run(args: Args) -> Result<u8, String> {
     }
     let batch = (scenario == Scenario::Batch).then_some(args.batch_size.max(1));
     let mode = match (args.rate, scenario) {
-        (None, Scenario::Spike) => return Err("the spike scenario is open loop: give --rate (the base rate)".into()),
+        (None, Scenario::Spike) => {
+            return Err("the spike scenario is open loop: give --rate (the base rate)".into());
+        }
         (None, _) => Mode::Closed,
         (Some(rate), Scenario::Spike) => {
-            let mut s = Schedule::with_centred_spike(rate, duration, Duration::from_secs_f64(args.spike_secs.max(0.0)), args.spike_factor);
+            let mut s = Schedule::with_centred_spike(
+                rate,
+                duration,
+                Duration::from_secs_f64(args.spike_secs.max(0.0)),
+                args.spike_factor,
+            );
             if let Some(sp) = s.spike.as_mut() {
                 sp.start += args.warmup;
             }
@@ -98,7 +115,10 @@ pub async fn run(args: Args) -> Result<u8, String> {
     let run_tag = format!(
         "{:x}-{:x}",
         args.seed,
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
     );
 
     // Keys.
@@ -107,41 +127,75 @@ pub async fn run(args: Args) -> Result<u8, String> {
         (System::Ringlimit, Some(url)) => {
             let mut t = Target::parse(url)?;
             t.resolve().await?;
-            let token = token(&args).ok_or("--admin needs --token (or LOADTEST_TOKEN / RINGLIMIT_ADMIN_TOKEN)")?;
-            let a = Admin { target: t, token, timeout: args.timeout.max(Duration::from_secs(10)), concurrency: args.create_concurrency };
+            let token = token(&args)
+                .ok_or("--admin needs --token (or LOADTEST_TOKEN / RINGLIMIT_ADMIN_TOKEN)")?;
+            let a = Admin {
+                target: t,
+                token,
+                timeout: args.timeout.max(Duration::from_secs(10)),
+                concurrency: args.create_concurrency,
+            };
             let started = std::time::Instant::now();
             if progress {
-                eprintln!("loadtest: creating {n_keys} keys ({} {} per {} ms) through {url}", limit.algorithm.as_str(), limit.limit, limit.window_ms);
+                eprintln!(
+                    "loadtest: creating {n_keys} keys ({} {} per {} ms) through {url}",
+                    limit.algorithm.as_str(),
+                    limit.limit,
+                    limit.window_ms
+                );
             }
             let k = keys::create_keys(&a, n_keys, &args.tier, &limit, &run_tag, progress).await?;
             if progress {
-                eprintln!("loadtest: {n_keys} keys created in {:.1}s", started.elapsed().as_secs_f64());
+                eprintln!(
+                    "loadtest: {n_keys} keys created in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
             }
             admin = Some(a);
             k
         }
         (System::Ringlimit, None) => {
             if progress {
-                eprintln!("loadtest: no --admin: using made-up keys (a real node answers 401 to them)");
+                eprintln!(
+                    "loadtest: no --admin: using made-up keys (a real node answers 401 to them)"
+                );
             }
-            (0..n_keys).map(|i| RunKey { key_id: String::new(), secret: format!("rl_loadtest{run_tag}x{i}_made_up") }).collect()
+            (0..n_keys)
+                .map(|i| RunKey {
+                    key_id: String::new(),
+                    secret: format!("rl_loadtest{run_tag}x{i}_made_up"),
+                })
+                .collect()
         }
-        (System::Gubernator, _) => {
-            (0..n_keys).map(|i| RunKey { key_id: String::new(), secret: format!("lt-{run_tag}-{i}") }).collect()
-        }
+        (System::Gubernator, _) => (0..n_keys)
+            .map(|i| RunKey {
+                key_id: String::new(),
+                secret: format!("lt-{run_tag}-{i}"),
+            })
+            .collect(),
     };
     let created = admin.is_some();
 
     // Items.
     let (guber_alg, guber_same) = protocol::gubernator_algorithm(algorithm);
     if args.system == System::Gubernator && !guber_same && progress {
-        eprintln!("loadtest: Gubernator has no {}: its keys use a token bucket of the same limit and window", algorithm.as_str());
+        eprintln!(
+            "loadtest: Gubernator has no {}: its keys use a token bucket of the same limit and window",
+            algorithm.as_str()
+        );
     }
     let items: Vec<Bytes> = keys
         .iter()
         .map(|k| match args.system {
             System::Ringlimit => protocol::ringlimit_item(&k.secret, u64::from(args.cost)),
-            System::Gubernator => protocol::gubernator_item(&k.secret, u64::from(args.cost), args.limit, args.window_ms, guber_alg, args.burst),
+            System::Gubernator => protocol::gubernator_item(
+                &k.secret,
+                u64::from(args.cost),
+                args.limit,
+                args.window_ms,
+                guber_alg,
+                args.burst,
+            ),
         })
         .collect();
 
@@ -156,7 +210,10 @@ pub async fn run(args: Args) -> Result<u8, String> {
     } else if args.system == System::Gubernator {
         Some("Gubernator runs token or leaky buckets, which have no exact window count".to_string())
     } else if exact.is_none() {
-        Some(format!("{} is not exact; only sliding_log and fixed_window are checked", algorithm.as_str()))
+        Some(format!(
+            "{} is not exact; only sliding_log and fixed_window are checked",
+            algorithm.as_str()
+        ))
     } else {
         None
     };
@@ -194,7 +251,11 @@ pub async fn run(args: Args) -> Result<u8, String> {
             },
             connections,
             duration.as_secs_f64(),
-            if args.warmup.is_zero() { String::new() } else { format!(" after {:.0}s warm-up", args.warmup.as_secs_f64()) }
+            if args.warmup.is_zero() {
+                String::new()
+            } else {
+                format!(" after {:.0}s warm-up", args.warmup.as_secs_f64())
+            }
         );
     }
     let out = runner::run(cfg).await;
@@ -206,7 +267,10 @@ pub async fn run(args: Args) -> Result<u8, String> {
         let failed = keys::delete_keys(a, &ids).await;
         deleted = failed == 0;
         if failed > 0 {
-            eprintln!("loadtest: {failed} of {} keys could not be deleted", ids.len());
+            eprintln!(
+                "loadtest: {failed} of {} keys could not be deleted",
+                ids.len()
+            );
         } else if progress {
             eprintln!("loadtest: {} keys deleted", ids.len());
         }
@@ -252,7 +316,10 @@ pub async fn run(args: Args) -> Result<u8, String> {
     };
     let report = RunReport {
         format: 1,
-        label: args.label.clone().unwrap_or_else(|| args.system_label().to_string()),
+        label: args
+            .label
+            .clone()
+            .unwrap_or_else(|| args.system_label().to_string()),
         system: args.system_label().to_string(),
         scenario: scenario.name().to_string(),
         mode: match mode {
@@ -286,7 +353,11 @@ pub async fn run(args: Args) -> Result<u8, String> {
         denied: c.denied,
         error_total: c.error_total(),
         errors: c.errors.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        status_counts: c.by_status.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        status_counts: c
+            .by_status
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
         latency_us: LatencySummary::of(&out.totals.latency),
         service_time_us: LatencySummary::of(&out.totals.service),
         timeline: out.timeline,
@@ -301,18 +372,26 @@ pub async fn run(args: Args) -> Result<u8, String> {
     };
     print_summary(&report);
     if out.unsent > 0 {
-        eprintln!("loadtest: the targets did not keep up: {} due requests were never sent (counted as errors 'unsent')", out.unsent);
+        eprintln!(
+            "loadtest: the targets did not keep up: {} due requests were never sent (counted as errors 'unsent')",
+            out.unsent
+        );
     }
     if decisions == 0 {
         eprintln!("loadtest: no check got a decision (allowed or denied): see the errors above");
     }
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
-    let svg_path = args.svg.clone().or_else(|| args.out.as_ref().map(|p| p.with_extension("svg")));
+    let svg_path = args
+        .svg
+        .clone()
+        .or_else(|| args.out.as_ref().map(|p| p.with_extension("svg")));
     if let Some(path) = svg_path {
-        std::fs::write(&path, report.svg()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(&path, report.svg())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(exit_code)
 }

@@ -156,7 +156,11 @@ pub fn check(spec: &CheckSpec, admissions: &mut [Admission]) -> CheckReport {
     }
     report.violation_count = violations.len() as u64;
     report.over_admitted = !violations.is_empty();
-    violations.sort_by(|a, b| b.admitted.cmp(&a.admitted).then(a.interval_start_ms.cmp(&b.interval_start_ms)));
+    violations.sort_by(|a, b| {
+        b.admitted
+            .cmp(&a.admitted)
+            .then(a.interval_start_ms.cmp(&b.interval_start_ms))
+    });
     // Keep the worst one per key first, so a report shows several keys if several failed.
     let mut seen = std::collections::HashSet::new();
     let (firsts, rest): (Vec<_>, Vec<_>) = violations.into_iter().partition(|v| seen.insert(v.key));
@@ -165,15 +169,26 @@ pub fn check(spec: &CheckSpec, admissions: &mut [Admission]) -> CheckReport {
 }
 
 /// One key's admissions, sorted by `sent_us`.
-fn sliding_log(spec: &CheckSpec, group: &[Admission], report: &mut CheckReport, out: &mut Vec<Violation>) {
+fn sliding_log(
+    spec: &CheckSpec,
+    group: &[Admission],
+    report: &mut CheckReport,
+    out: &mut Vec<Violation>,
+) {
     let tol = spec.tolerance_us;
     let window_us = spec.window_ms.saturating_mul(1000);
     let Some(w) = window_us.checked_sub(2 * tol).filter(|w| *w > 0) else {
         return;
     };
     // Widened brackets.
-    let lo: Vec<u64> = group.iter().map(|a| a.sent_us.saturating_sub(tol)).collect();
-    let hi: Vec<u64> = group.iter().map(|a| a.recv_us.max(a.sent_us) + tol).collect();
+    let lo: Vec<u64> = group
+        .iter()
+        .map(|a| a.sent_us.saturating_sub(tol))
+        .collect();
+    let hi: Vec<u64> = group
+        .iter()
+        .map(|a| a.recv_us.max(a.sent_us) + tol)
+        .collect();
     // Ranks of `hi` for the Fenwick tree.
     let mut hi_sorted = hi.clone();
     hi_sorted.sort_unstable();
@@ -208,7 +223,12 @@ fn sliding_log(spec: &CheckSpec, group: &[Admission], report: &mut CheckReport, 
 }
 
 /// One key's admissions, sorted by `sent_us`.
-fn fixed_window(spec: &CheckSpec, group: &[Admission], report: &mut CheckReport, out: &mut Vec<Violation>) {
+fn fixed_window(
+    spec: &CheckSpec,
+    group: &[Admission],
+    report: &mut CheckReport,
+    out: &mut Vec<Violation>,
+) {
     let tol = spec.tolerance_us;
     let window_us = spec.window_ms.saturating_mul(1000).max(1);
     let mut counts: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
@@ -243,12 +263,23 @@ mod tests {
     const ANCHOR: u64 = 1_700_000_000_000_000; // a round epoch µs: a multiple of 1 s
 
     fn spec(algorithm: ExactAlgorithm, limit: u64, window_ms: u64) -> CheckSpec {
-        CheckSpec { algorithm, limit, window_ms, anchor_epoch_us: ANCHOR, tolerance_us: 1_000 }
+        CheckSpec {
+            algorithm,
+            limit,
+            window_ms,
+            anchor_epoch_us: ANCHOR,
+            tolerance_us: 1_000,
+        }
     }
 
     /// An allowed check sent at `t_ms` with latency `lat_us`.
     fn adm(key: u32, t_ms: u64, lat_us: u64) -> Admission {
-        Admission { key, sent_us: t_ms * 1000, recv_us: t_ms * 1000 + lat_us, cost: 1 }
+        Admission {
+            key,
+            sent_us: t_ms * 1000,
+            recv_us: t_ms * 1000 + lat_us,
+            cost: 1,
+        }
     }
 
     /// What a correct sliding log (limit, window) admits of checks at the given times.
@@ -269,8 +300,11 @@ mod tests {
         let times: Vec<u64> = (0..5_000).step_by(7).collect();
         let ok = correct_sliding_log(10, 1_000, &times);
         assert!(ok.len() >= 50);
-        let mut a: Vec<Admission> =
-            ok.iter().map(|&t| adm(0, t, 300)).chain(ok.iter().map(|&t| adm(1, t, 900))).collect();
+        let mut a: Vec<Admission> = ok
+            .iter()
+            .map(|&t| adm(0, t, 300))
+            .chain(ok.iter().map(|&t| adm(1, t, 900)))
+            .collect();
         let r = check(&spec(ExactAlgorithm::SlidingLog, 10, 1_000), &mut a);
         assert!(!r.over_admitted, "{r:?}");
         assert_eq!(r.violation_count, 0);
@@ -290,14 +324,19 @@ mod tests {
         assert_eq!(r.worst[0].key, 3);
         assert_eq!(r.worst[0].admitted, 11);
         assert_eq!(r.worst[0].limit, 10);
-        assert_eq!(r.worst[0].interval_start_ms, (ANCHOR + 100_000 - 1_000) / 1000);
+        assert_eq!(
+            r.worst[0].interval_start_ms,
+            (ANCHOR + 100_000 - 1_000) / 1000
+        );
     }
 
     #[test]
     fn sliding_log_allows_a_window_apart_and_ignores_slow_brackets() {
         // Two bursts of 10, exactly one window apart: correct.
-        let mut a: Vec<Admission> =
-            (0..10).map(|i| adm(0, i, 100)).chain((0..10).map(|i| adm(0, 1_000 + i, 100))).collect();
+        let mut a: Vec<Admission> = (0..10)
+            .map(|i| adm(0, i, 100))
+            .chain((0..10).map(|i| adm(0, 1_000 + i, 100)))
+            .collect();
         let r = check(&spec(ExactAlgorithm::SlidingLog, 10, 1_000), &mut a);
         assert!(!r.over_admitted, "{r:?}");
         // A burst of 10 and an 11th whose answer took 600 ms: it may have been
@@ -316,8 +355,14 @@ mod tests {
     #[test]
     fn sliding_log_weighs_cost_and_ties() {
         // Same send instant for 3 checks of cost 4: 12 > 10.
-        let mut a: Vec<Admission> =
-            (0..3).map(|_| Admission { key: 0, sent_us: 5_000, recv_us: 5_100, cost: 4 }).collect();
+        let mut a: Vec<Admission> = (0..3)
+            .map(|_| Admission {
+                key: 0,
+                sent_us: 5_000,
+                recv_us: 5_100,
+                cost: 4,
+            })
+            .collect();
         let r = check(&spec(ExactAlgorithm::SlidingLog, 10, 1_000), &mut a);
         assert!(r.over_admitted);
         assert_eq!(r.max_in_window, 12);
@@ -340,8 +385,10 @@ mod tests {
     fn fixed_window_counts_aligned_windows_and_skips_boundaries() {
         // Window 1 s aligned to the epoch; the anchor is on a boundary.
         // 10 in [0, 1 s) and 10 in [1 s, 2 s): correct, even though 20 fall within 100 ms.
-        let mut a: Vec<Admission> =
-            (0..10).map(|i| adm(0, 950 + i * 4, 100)).chain((0..10).map(|i| adm(0, 1_002 + i * 4, 100))).collect();
+        let mut a: Vec<Admission> = (0..10)
+            .map(|i| adm(0, 950 + i * 4, 100))
+            .chain((0..10).map(|i| adm(0, 1_002 + i * 4, 100)))
+            .collect();
         let r = check(&spec(ExactAlgorithm::FixedWindow, 10, 1_000), &mut a);
         assert!(!r.over_admitted, "{r:?}");
         assert_eq!(r.max_in_window, 10);

@@ -197,7 +197,10 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
         Some(n) => (n, 1_000.0),
         None => (t, 1.0),
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a rate (e.g. 5000 or 5000/s)"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a rate (e.g. 5000 or 5000/s)"))?;
     let v = v * mult;
     if !(v.is_finite() && v > 0.0) {
         return Err(format!("rate '{s}' must be positive"));
@@ -212,7 +215,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&t[..i], &t[i..]),
         None => (t, "s"),
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
     let secs = match unit {
         "ms" => v / 1_000.0,
         "s" => v,
@@ -247,8 +253,17 @@ mod tests {
     #[test]
     fn flags_parse() {
         let a = Args::try_parse_from([
-            "loadtest", "--target", "http://127.0.0.1:1", "--target", "http://127.0.0.1:2", "--scenario", "hot-key",
-            "--rate", "1k", "--system", "gubernator",
+            "loadtest",
+            "--target",
+            "http://127.0.0.1:1",
+            "--target",
+            "http://127.0.0.1:2",
+            "--scenario",
+            "hot-key",
+            "--rate",
+            "1k",
+            "--system",
+            "gubernator",
         ])
         .expect("parse");
         assert_eq!(a.targets.len(), 2);

@@ -37,7 +37,9 @@ impl Target {
         if authority.is_empty() {
             return Err(format!("target '{url}': no host"));
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty())
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty())
             && !authority.ends_with(']')
         {
             authority.to_string()
@@ -56,8 +58,18 @@ impl Target {
     pub async fn resolve(&mut self) -> Result<SocketAddr, String> {
         let mut addrs = tokio::net::lookup_host(&self.authority)
             .await
-            .map_err(|e| format!("target '{}': cannot resolve {}: {e}", self.url, self.authority))?;
-        let a = addrs.next().ok_or_else(|| format!("target '{}': {} resolves to nothing", self.url, self.authority))?;
+            .map_err(|e| {
+                format!(
+                    "target '{}': cannot resolve {}: {e}",
+                    self.url, self.authority
+                )
+            })?;
+        let a = addrs.next().ok_or_else(|| {
+            format!(
+                "target '{}': {} resolves to nothing",
+                self.url, self.authority
+            )
+        })?;
         self.addr = Some(a);
         Ok(a)
     }
@@ -104,7 +116,12 @@ impl Conn {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(HttpError::Connect(e)),
-            Err(_) => return Err(HttpError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))),
+            Err(_) => {
+                return Err(HttpError::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )));
+            }
         };
         stream.set_nodelay(true).map_err(HttpError::Connect)?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
@@ -113,7 +130,10 @@ impl Conn {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Conn { sender, authority: target.authority.clone() })
+        Ok(Conn {
+            sender,
+            authority: target.authority.clone(),
+        })
     }
 
     /// Whether the connection can take another request.
@@ -130,16 +150,28 @@ impl Conn {
         bearer: Option<&str>,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), HttpError> {
-        let mut b = Request::builder().method(method).uri(path).header(HOST, &self.authority);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority);
         if !body.is_empty() {
             b = b.header(CONTENT_TYPE, "application/json");
         }
         if let Some(t) = bearer {
             b = b.header(AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = b.body(Full::new(body)).map_err(|e| HttpError::Io(format!("request: {e}")))?;
-        self.sender.ready().await.map_err(|e| HttpError::Io(format!("connection: {e}")))?;
-        let resp = self.sender.send_request(req).await.map_err(|e| HttpError::Io(format!("send: {e}")))?;
+        let req = b
+            .body(Full::new(body))
+            .map_err(|e| HttpError::Io(format!("request: {e}")))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| HttpError::Io(format!("connection: {e}")))?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| HttpError::Io(format!("send: {e}")))?;
         let status = resp.status();
         let body = resp
             .into_body()

@@ -4,10 +4,10 @@
 use crate::http::{Conn, HttpError, Target};
 use bytes::Bytes;
 use hyper::Method;
-use ringlimit_protocol::admin::{CreateKeyRequest, KeyWithSecret, Metadata};
 use ringlimit_protocol::LimitSpec;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use ringlimit_protocol::admin::{CreateKeyRequest, KeyWithSecret, Metadata};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// One key of the run.
@@ -28,7 +28,11 @@ pub struct Admin {
     pub concurrency: usize,
 }
 
-async fn with_retries<T, F, Fut>(admin: &Admin, conn: &mut Option<Conn>, mut f: F) -> Result<T, String>
+async fn with_retries<T, F, Fut>(
+    admin: &Admin,
+    conn: &mut Option<Conn>,
+    mut f: F,
+) -> Result<T, String>
 where
     F: FnMut(Conn) -> Fut,
     Fut: std::future::Future<Output = (Conn, Result<T, String>)>,
@@ -73,7 +77,10 @@ pub async fn create_keys(
     let next = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let mut metadata = Metadata::new();
-    metadata.insert("loadtest_run".into(), serde_json::Value::String(run_tag.to_string()));
+    metadata.insert(
+        "loadtest_run".into(),
+        serde_json::Value::String(run_tag.to_string()),
+    );
     let body = CreateKeyRequest {
         owner: format!("loadtest-{run_tag}"),
         tier: tier.to_string(),
@@ -85,7 +92,13 @@ pub async fn create_keys(
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..admin.concurrency.clamp(1, n.max(1)) {
-        let (admin, next, failed, body, done) = (admin.clone(), next.clone(), failed.clone(), body.clone(), done.clone());
+        let (admin, next, failed, body, done) = (
+            admin.clone(),
+            next.clone(),
+            failed.clone(),
+            body.clone(),
+            done.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
             let mut made = Vec::new();
@@ -96,19 +109,34 @@ pub async fn create_keys(
                 }
                 let path = admin.target.path("/api/v1/keys");
                 let r = with_retries(&admin, &mut conn, |mut c| {
-                    let (path, body, token, timeout) = (path.clone(), body.clone(), admin.token.clone(), admin.timeout);
+                    let (path, body, token, timeout) = (
+                        path.clone(),
+                        body.clone(),
+                        admin.token.clone(),
+                        admin.timeout,
+                    );
                     async move {
-                        let r = c.send_timeout(timeout, Method::POST, &path, Some(&token), body).await;
+                        let r = c
+                            .send_timeout(timeout, Method::POST, &path, Some(&token), body)
+                            .await;
                         let r = match r {
-                            Ok((s, b)) if s.as_u16() == 201 => serde_json::from_slice::<KeyWithSecret>(&b)
-                                .map_err(|e| format!("admin create answer: {e}: {}", String::from_utf8_lossy(&b))),
-                            Ok((s, b)) if s.is_server_error() => {
-                                Err(format!("retry:admin create: {s}: {}", String::from_utf8_lossy(&b)))
-                            }
-                            Ok((s, b)) => Err(format!("admin create: {s}: {}", String::from_utf8_lossy(&b))),
-                            Err(e @ (HttpError::Io(_) | HttpError::Timeout | HttpError::Connect(_))) => {
-                                Err(format!("retry:admin create: {e}"))
-                            }
+                            Ok((s, b)) if s.as_u16() == 201 => serde_json::from_slice::<
+                                KeyWithSecret,
+                            >(&b)
+                            .map_err(|e| {
+                                format!("admin create answer: {e}: {}", String::from_utf8_lossy(&b))
+                            }),
+                            Ok((s, b)) if s.is_server_error() => Err(format!(
+                                "retry:admin create: {s}: {}",
+                                String::from_utf8_lossy(&b)
+                            )),
+                            Ok((s, b)) => Err(format!(
+                                "admin create: {s}: {}",
+                                String::from_utf8_lossy(&b)
+                            )),
+                            Err(
+                                e @ (HttpError::Io(_) | HttpError::Timeout | HttpError::Connect(_)),
+                            ) => Err(format!("retry:admin create: {e}")),
                         };
                         (c, r)
                     }
@@ -116,10 +144,19 @@ pub async fn create_keys(
                 .await;
                 match r {
                     Ok(k) => {
-                        made.push((i, RunKey { key_id: k.key.key_id, secret: k.api_key }));
+                        made.push((
+                            i,
+                            RunKey {
+                                key_id: k.key.key_id,
+                                secret: k.api_key,
+                            },
+                        ));
                         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                         if progress && d % 2_000 == 0 {
-                            eprintln!("loadtest: created {d}/{n} keys ({:.1}s)", started.elapsed().as_secs_f64());
+                            eprintln!(
+                                "loadtest: created {d}/{n} keys ({:.1}s)",
+                                started.elapsed().as_secs_f64()
+                            );
                         }
                     }
                     Err(e) => {
@@ -177,8 +214,21 @@ pub async fn delete_keys(admin: &Admin, ids: &[String]) -> usize {
                 let r = with_retries(&admin, &mut conn, |mut c| {
                     let (path, token, timeout) = (path.clone(), admin.token.clone(), admin.timeout);
                     async move {
-                        let r = match c.send_timeout(timeout, Method::DELETE, &path, Some(&token), Bytes::new()).await {
-                            Ok((s, _)) if s.as_u16() == 204 || s.as_u16() == 404 || s.is_success() => Ok(()),
+                        let r = match c
+                            .send_timeout(
+                                timeout,
+                                Method::DELETE,
+                                &path,
+                                Some(&token),
+                                Bytes::new(),
+                            )
+                            .await
+                        {
+                            Ok((s, _))
+                                if s.as_u16() == 204 || s.as_u16() == 404 || s.is_success() =>
+                            {
+                                Ok(())
+                            }
                             Ok((s, _)) if s.is_server_error() => Err(format!("retry:{s}")),
                             Ok((s, b)) => Err(format!("{s}: {}", String::from_utf8_lossy(&b))),
                             Err(e) => Err(format!("retry:{e}")),

@@ -8,8 +8,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hyper::StatusCode;
-use ringlimit_protocol::validate::ValidateRequest;
 use ringlimit_protocol::AlgorithmKind;
+use ringlimit_protocol::validate::ValidateRequest;
 use serde::Deserialize;
 
 use crate::stats::ErrorKind;
@@ -73,7 +73,9 @@ impl Wire {
         if self.single_prefix.is_empty() && self.single_suffix.is_empty() {
             return item.clone();
         }
-        let mut b = BytesMut::with_capacity(self.single_prefix.len() + item.len() + self.single_suffix.len());
+        let mut b = BytesMut::with_capacity(
+            self.single_prefix.len() + item.len() + self.single_suffix.len(),
+        );
         b.put_slice(self.single_prefix);
         b.put_slice(item);
         b.put_slice(self.single_suffix);
@@ -83,7 +85,8 @@ impl Wire {
     /// Body of a batch of checks.
     pub fn batch_body<'a>(&self, items: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
         let len: usize = items.clone().map(|i| i.len() + 1).sum();
-        let mut b = BytesMut::with_capacity(self.batch_prefix.len() + len + self.batch_suffix.len());
+        let mut b =
+            BytesMut::with_capacity(self.batch_prefix.len() + len + self.batch_suffix.len());
         b.put_slice(self.batch_prefix);
         for (n, i) in items.enumerate() {
             if n > 0 {
@@ -118,7 +121,12 @@ impl Wire {
 
     /// Decodes the answer to a batch into `out` (one per check, in order).
     /// An error means the whole request failed.
-    pub fn batch_outcomes(&self, status: StatusCode, body: &[u8], out: &mut [Outcome]) -> Result<(), ErrorKind> {
+    pub fn batch_outcomes(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        out: &mut [Outcome],
+    ) -> Result<(), ErrorKind> {
         if status != StatusCode::OK {
             return Err(ErrorKind::Status(status.as_u16()));
         }
@@ -210,7 +218,14 @@ pub fn gubernator_algorithm(a: AlgorithmKind) -> (u8, bool) {
 }
 
 /// The Gubernator item of one key: a `RateLimitReq`.
-pub fn gubernator_item(unique_key: &str, cost: u64, limit: u64, duration_ms: u64, algorithm: u8, burst: Option<u64>) -> Bytes {
+pub fn gubernator_item(
+    unique_key: &str,
+    cost: u64,
+    limit: u64,
+    duration_ms: u64,
+    algorithm: u8,
+    burst: Option<u64>,
+) -> Bytes {
     let mut v = serde_json::json!({
         "name": "ringlimit_loadtest",
         "unique_key": unique_key,
@@ -237,7 +252,8 @@ mod tests {
         let b = ringlimit_item("rl_b_secret", 2);
         let single: ValidateRequest = serde_json::from_slice(&w.single_body(&a)).expect("single");
         assert_eq!(single.api_key, "rl_a_secret");
-        let batch: BatchRequest = serde_json::from_slice(&w.batch_body([&a, &b].into_iter())).expect("batch");
+        let batch: BatchRequest =
+            serde_json::from_slice(&w.batch_body([&a, &b].into_iter())).expect("batch");
         assert_eq!(batch.checks.len(), 2);
         assert_eq!(batch.checks[1].cost.0, 2);
 
@@ -246,7 +262,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&g.single_body(&item)).expect("json");
         assert_eq!(v["requests"][0]["unique_key"], "k1");
         assert_eq!(v["requests"][0]["duration"], 60_000);
-        let v: serde_json::Value = serde_json::from_slice(&g.batch_body([&item, &item].into_iter())).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&g.batch_body([&item, &item].into_iter())).expect("json");
         assert_eq!(v["requests"].as_array().map(Vec::len), Some(2));
     }
 
@@ -254,15 +271,35 @@ mod tests {
     fn decodes_answers() {
         let w = Wire::new(System::Ringlimit);
         assert_eq!(w.single_outcome(StatusCode::OK, b""), Outcome::Allowed);
-        assert_eq!(w.single_outcome(StatusCode::TOO_MANY_REQUESTS, b""), Outcome::Denied);
-        assert_eq!(w.single_outcome(StatusCode::UNAUTHORIZED, b""), Outcome::Failed(ErrorKind::Status(401)));
+        assert_eq!(
+            w.single_outcome(StatusCode::TOO_MANY_REQUESTS, b""),
+            Outcome::Denied
+        );
+        assert_eq!(
+            w.single_outcome(StatusCode::UNAUTHORIZED, b""),
+            Outcome::Failed(ErrorKind::Status(401))
+        );
         let mut out = [Outcome::Allowed; 3];
         let body = br#"{"results":[{"status":200,"allowed":true,"key_id":"a","tier":"free","limits":[]},{"status":429,"allowed":false},{"status":401,"allowed":false}]}"#;
-        w.batch_outcomes(StatusCode::OK, body, &mut out).expect("ok");
-        assert_eq!(out, [Outcome::Allowed, Outcome::Denied, Outcome::Failed(ErrorKind::CheckStatus(401))]);
+        w.batch_outcomes(StatusCode::OK, body, &mut out)
+            .expect("ok");
+        assert_eq!(
+            out,
+            [
+                Outcome::Allowed,
+                Outcome::Denied,
+                Outcome::Failed(ErrorKind::CheckStatus(401))
+            ]
+        );
         let mut two = [Outcome::Allowed; 2];
-        assert_eq!(w.batch_outcomes(StatusCode::OK, body, &mut two), Err(ErrorKind::Parse));
-        assert_eq!(w.batch_outcomes(StatusCode::BAD_REQUEST, body, &mut out), Err(ErrorKind::Status(400)));
+        assert_eq!(
+            w.batch_outcomes(StatusCode::OK, body, &mut two),
+            Err(ErrorKind::Parse)
+        );
+        assert_eq!(
+            w.batch_outcomes(StatusCode::BAD_REQUEST, body, &mut out),
+            Err(ErrorKind::Status(400))
+        );
 
         let g = Wire::new(System::Gubernator);
         let body = br#"{"responses":[{"status":"UNDER_LIMIT","limit":"2","remaining":"1","reset_time":"1","error":"","metadata":{}}]}"#;
@@ -270,7 +307,13 @@ mod tests {
         let body = br#"{"responses":[{"status":"OVER_LIMIT","error":""}]}"#;
         assert_eq!(g.single_outcome(StatusCode::OK, body), Outcome::Denied);
         let body = br#"{"responses":[{"error":"boom"}]}"#;
-        assert_eq!(g.single_outcome(StatusCode::OK, body), Outcome::Failed(ErrorKind::CheckError));
-        assert_eq!(g.single_outcome(StatusCode::OK, b"nope"), Outcome::Failed(ErrorKind::Parse));
+        assert_eq!(
+            g.single_outcome(StatusCode::OK, body),
+            Outcome::Failed(ErrorKind::CheckError)
+        );
+        assert_eq!(
+            g.single_outcome(StatusCode::OK, b"nope"),
+            Outcome::Failed(ErrorKind::Parse)
+        );
     }
 }

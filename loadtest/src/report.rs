@@ -2,7 +2,7 @@
 
 use crate::checker::CheckReport;
 use crate::runner::TimelinePoint;
-use crate::stats::{human_us, LatencySummary};
+use crate::stats::{LatencySummary, human_us};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -99,7 +99,9 @@ impl RunReport {
             self.label,
             self.scenario,
             self.mode,
-            self.rate.map(|r| format!(" at {r:.0}/s")).unwrap_or_default(),
+            self.rate
+                .map(|r| format!(" at {r:.0}/s"))
+                .unwrap_or_default(),
             self.connections,
             self.elapsed_s
         );
@@ -111,7 +113,11 @@ impl RunReport {
         let _ = writeln!(
             s,
             "latency{}: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})",
-            if self.mode == "open" { " (from intended send)" } else { "" },
+            if self.mode == "open" {
+                " (from intended send)"
+            } else {
+                ""
+            },
             human_us(l.p50_us),
             human_us(l.p90_us),
             human_us(l.p99_us),
@@ -131,12 +137,21 @@ impl RunReport {
             );
         }
         if let Some(c) = self.client_cpu_pct {
-            let _ = writeln!(s, "load generator CPU: {c:.0}% of one CPU ({} thread{})", self.threads, if self.threads == 1 { "" } else { "s" });
+            let _ = writeln!(
+                s,
+                "load generator CPU: {c:.0}% of one CPU ({} thread{})",
+                self.threads,
+                if self.threads == 1 { "" } else { "s" }
+            );
         }
         if self.error_total == 0 {
             let _ = writeln!(s, "errors: none");
         } else {
-            let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             let _ = writeln!(s, "errors: {} ({})", self.error_total, list.join(", "));
         }
         let oa = &self.over_admission;
@@ -151,7 +166,9 @@ impl RunReport {
                     r.violation_count,
                     r.limit,
                     r.window_ms,
-                    serde_json::to_value(r.algorithm).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default(),
+                    serde_json::to_value(r.algorithm)
+                        .map(|v| v.as_str().unwrap_or("").to_string())
+                        .unwrap_or_default(),
                     r.max_in_window
                 );
                 for v in r.worst.iter().take(5) {
@@ -170,7 +187,11 @@ impl RunReport {
                     r.keys,
                     r.max_in_window,
                     r.limit,
-                    if r.ambiguous > 0 { format!("; {} at window boundaries not counted", r.ambiguous) } else { String::new() }
+                    if r.ambiguous > 0 {
+                        format!("; {} at window boundaries not counted", r.ambiguous)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
@@ -197,7 +218,10 @@ fn decade_label(d: f64) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn svg(r: &RunReport) -> String {
@@ -209,13 +233,24 @@ fn svg(r: &RunReport) -> String {
     let (bot0, bot1) = (320.0, 400.0);
     let pw = W - L - R;
     let pts = &r.timeline;
-    let t_max = pts.iter().map(|p| p.t_s).fold(r.duration_s, f64::max).max(1.0);
+    let t_max = pts
+        .iter()
+        .map(|p| p.t_s)
+        .fold(r.duration_s, f64::max)
+        .max(1.0);
     let x = |t: f64| L + pw * (t / t_max);
     // Latency axis: decades around the data.
-    let lo_v = pts.iter().map(|p| p.p50_us).filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+    let lo_v = pts
+        .iter()
+        .map(|p| p.p50_us)
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
     let hi_v = pts.iter().map(|p| p.max_us).fold(0.0, f64::max);
     let (lo_d, hi_d) = if lo_v.is_finite() && hi_v > 0.0 {
-        (lo_v.log10().floor(), hi_v.log10().ceil().max(lo_v.log10().floor() + 1.0))
+        (
+            lo_v.log10().floor(),
+            hi_v.log10().ceil().max(lo_v.log10().floor() + 1.0),
+        )
     } else {
         (1.0, 4.0)
     };
@@ -243,12 +278,20 @@ fn svg(r: &RunReport) -> String {
         human_us(r.latency_us.p999_us),
         r.rps
     );
-    let _ = writeln!(s, r#"<text x="{L}" y="20" font-size="13" font-weight="bold">{}</text>"#, esc(&title));
+    let _ = writeln!(
+        s,
+        r#"<text x="{L}" y="20" font-size="13" font-weight="bold">{}</text>"#,
+        esc(&title)
+    );
     // Latency grid.
     let mut d = lo_d;
     while d <= hi_d + 1e-9 {
         let y = y_lat(10f64.powf(d));
-        let _ = writeln!(s, r##"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, W - R);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{L}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
+            W - R
+        );
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
@@ -258,23 +301,50 @@ fn svg(r: &RunReport) -> String {
         );
         d += 1.0;
     }
-    let _ = writeln!(s, r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">latency (log)</text>"#, (top0 + top1) / 2.0, (top0 + top1) / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">latency (log)</text>"#,
+        (top0 + top1) / 2.0,
+        (top0 + top1) / 2.0
+    );
     // Time axis ticks.
-    let step = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]
-        .into_iter()
-        .find(|s| t_max / s <= 12.0)
-        .unwrap_or(7200.0);
+    let step = [
+        1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    ]
+    .into_iter()
+    .find(|s| t_max / s <= 12.0)
+    .unwrap_or(7200.0);
     let mut t = 0.0;
     while t <= t_max + 1e-9 {
         let xx = x(t);
-        let _ = writeln!(s, r##"<line x1="{xx:.1}" y1="{top0}" x2="{xx:.1}" y2="{bot1}" stroke="#f0f0f0"/>"##);
-        let _ = writeln!(s, r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{t:.0}s</text>"#, bot1 + 15.0);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xx:.1}" y1="{top0}" x2="{xx:.1}" y2="{bot1}" stroke="#f0f0f0"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{t:.0}s</text>"#,
+            bot1 + 15.0
+        );
         t += step;
     }
-    let _ = writeln!(s, r##"<rect x="{L}" y="{top0}" width="{pw}" height="{}" fill="none" stroke="#888"/>"##, top1 - top0);
-    let _ = writeln!(s, r##"<rect x="{L}" y="{bot0}" width="{pw}" height="{}" fill="none" stroke="#888"/>"##, bot1 - bot0);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{L}" y="{top0}" width="{pw}" height="{}" fill="none" stroke="#888"/>"##,
+        top1 - top0
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{L}" y="{bot0}" width="{pw}" height="{}" fill="none" stroke="#888"/>"##,
+        bot1 - bot0
+    );
     // Series.
-    type Series = (&'static str, &'static str, &'static str, fn(&TimelinePoint) -> f64);
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&TimelinePoint) -> f64,
+    );
     let series: [Series; 3] = [
         ("max", "#999999", "4 3", |p| p.max_us),
         ("p99", "#e6550d", "", |p| p.p99_us),
@@ -304,17 +374,45 @@ fn svg(r: &RunReport) -> String {
             );
         }
         let lx = W - R - 60.0 * (i as f64 + 1.0);
-        let _ = writeln!(s, r#"<line x1="{lx}" y1="32" x2="{:.0}" y2="32" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>"#, lx + 18.0);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="32" x2="{:.0}" y2="32" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>"#,
+            lx + 18.0
+        );
         let _ = writeln!(s, r#"<text x="{:.0}" y="35">{name}</text>"#, lx + 22.0);
     }
     // Throughput.
-    let line: Vec<String> = pts.iter().zip(&mids).map(|(p, m)| format!("{:.1},{:.1}", x(*m), y_rps(p.rps))).collect();
+    let line: Vec<String> = pts
+        .iter()
+        .zip(&mids)
+        .map(|(p, m)| format!("{:.1},{:.1}", x(*m), y_rps(p.rps)))
+        .collect();
     if !line.is_empty() {
-        let _ = writeln!(s, r##"<polyline fill="none" stroke="#31a354" stroke-width="1.8" points="{}"/>"##, line.join(" "));
+        let _ = writeln!(
+            s,
+            r##"<polyline fill="none" stroke="#31a354" stroke-width="1.8" points="{}"/>"##,
+            line.join(" ")
+        );
     }
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text>"#, L - 6.0, bot0 + 4.0, rps_max);
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">0</text>"#, L - 6.0, bot1 + 4.0);
-    let _ = writeln!(s, r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">req/s</text>"#, (bot0 + bot1) / 2.0, (bot0 + bot1) / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}</text>"#,
+        L - 6.0,
+        bot0 + 4.0,
+        rps_max
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end">0</text>"#,
+        L - 6.0,
+        bot1 + 4.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle">req/s</text>"#,
+        (bot0 + bot1) / 2.0,
+        (bot0 + bot1) / 2.0
+    );
     let _ = writeln!(s, "</svg>");
     s
 }

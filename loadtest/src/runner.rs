@@ -29,14 +29,14 @@ use crate::stats::{self, ErrorKind, Interval, LatencySummary, Measurements};
 use crate::zipf::Zipf;
 use bytes::Bytes;
 use hyper::Method;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
 
 /// How requests are paced.
 #[derive(Debug, Clone)]
@@ -165,7 +165,10 @@ fn lock(m: &Mutex<Interval>) -> std::sync::MutexGuard<'_, Interval> {
 }
 
 fn epoch_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs the load and returns what was measured.
@@ -193,8 +196,16 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutput, String> {
     let start = Instant::now() + Duration::from_millis(10);
     let total = cfg.warmup + cfg.duration;
     let ctx = Arc::new(Ctx {
-        single_paths: cfg.targets.iter().map(|t| t.path(cfg.wire.single_path)).collect(),
-        batch_paths: cfg.targets.iter().map(|t| t.path(cfg.wire.batch_path)).collect(),
+        single_paths: cfg
+            .targets
+            .iter()
+            .map(|t| t.path(cfg.wire.single_path))
+            .collect(),
+        batch_paths: cfg
+            .targets
+            .iter()
+            .map(|t| t.path(cfg.wire.batch_path))
+            .collect(),
         anchor,
         start,
         record_from: start + cfg.warmup,
@@ -207,7 +218,9 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutput, String> {
         cycle: AtomicU64::new(0),
         cfg,
     });
-    let intervals: Vec<Arc<Mutex<Interval>>> = (0..connections).map(|_| Arc::new(Mutex::new(Interval::default()))).collect();
+    let intervals: Vec<Arc<Mutex<Interval>>> = (0..connections)
+        .map(|_| Arc::new(Mutex::new(Interval::default())))
+        .collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reporter = tokio::spawn(reporter(ctx.clone(), intervals.clone(), stop_rx));
     let dispatcher = match &ctx.cfg.mode {
@@ -216,7 +229,12 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutput, String> {
     };
     let mut tasks = Vec::with_capacity(connections);
     for (id, conns) in all_conns.into_iter().enumerate() {
-        tasks.push(tokio::spawn(worker(id, ctx.clone(), conns, intervals[id].clone())));
+        tasks.push(tokio::spawn(worker(
+            id,
+            ctx.clone(),
+            conns,
+            intervals[id].clone(),
+        )));
     }
     let mut totals = Measurements::default();
     let mut admissions = Vec::new();
@@ -243,13 +261,18 @@ pub async fn run(cfg: RunConfig) -> Result<RunOutput, String> {
         _ => None,
     };
     let unsent = match &ctx.cfg.mode {
-        Mode::Open(s) => s.count_before(total).saturating_sub(ctx.started.load(Ordering::Relaxed)),
+        Mode::Open(s) => s
+            .count_before(total)
+            .saturating_sub(ctx.started.load(Ordering::Relaxed)),
         Mode::Closed => 0,
     };
     if unsent > 0 {
         totals.counts.error_n(ErrorKind::Unsent, unsent);
     }
-    let elapsed = ctx.cfg.duration.max(last_done.saturating_duration_since(ctx.record_from));
+    let elapsed = ctx
+        .cfg
+        .duration
+        .max(last_done.saturating_duration_since(ctx.record_from));
     Ok(RunOutput {
         totals,
         timeline,
@@ -313,7 +336,11 @@ async fn next_due(ctx: &Ctx) -> Option<Instant> {
             // Whatever is still queued was due but could not be sent: unsent.
             return None;
         }
-        let next = ctx.due.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let next = ctx
+            .due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
         if let Some(t) = next {
             ctx.started.fetch_add(1, Ordering::Relaxed);
             return Some(t);
@@ -329,11 +356,18 @@ fn pick(ctx: &Ctx, rng: &mut StdRng) -> usize {
     match &ctx.cfg.picker {
         Picker::Zipf(z) => z.sample(rng),
         Picker::Hot => 0,
-        Picker::Cycle => (ctx.cycle.fetch_add(1, Ordering::Relaxed) % ctx.cfg.items.len() as u64) as usize,
+        Picker::Cycle => {
+            (ctx.cycle.fetch_add(1, Ordering::Relaxed) % ctx.cfg.items.len() as u64) as usize
+        }
     }
 }
 
-async fn worker(id: usize, ctx: Arc<Ctx>, mut conns: Vec<Option<Conn>>, interval: Arc<Mutex<Interval>>) -> WorkerOut {
+async fn worker(
+    id: usize,
+    ctx: Arc<Ctx>,
+    mut conns: Vec<Option<Conn>>,
+    interval: Arc<Mutex<Interval>>,
+) -> WorkerOut {
     let cfg = &ctx.cfg;
     let mut out = WorkerOut {
         m: Measurements::default(),
@@ -343,7 +377,8 @@ async fn worker(id: usize, ctx: Arc<Ctx>, mut conns: Vec<Option<Conn>>, interval
         max_allowed_latency_us: 0,
     };
     let cap = cfg.record_admissions.map(|c| c / cfg.connections.max(1));
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        StdRng::seed_from_u64(cfg.seed ^ (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let n_targets = cfg.targets.len();
     let mut rr = id % n_targets;
     let checks = cfg.batch.unwrap_or(1).max(1);
@@ -370,8 +405,14 @@ async fn worker(id: usize, ctx: Arc<Ctx>, mut conns: Vec<Option<Conn>>, interval
             *p = pick(&ctx, &mut rng);
         }
         let (path, body) = match cfg.batch {
-            None => (&ctx.single_paths[rr], cfg.wire.single_body(&cfg.items[picks[0]])),
-            Some(_) => (&ctx.batch_paths[rr], cfg.wire.batch_body(picks.iter().map(|&k| &cfg.items[k]))),
+            None => (
+                &ctx.single_paths[rr],
+                cfg.wire.single_body(&cfg.items[picks[0]]),
+            ),
+            Some(_) => (
+                &ctx.batch_paths[rr],
+                cfg.wire.batch_body(picks.iter().map(|&k| &cfg.items[k])),
+            ),
         };
         let t_idx = rr;
         rr = (rr + 1) % n_targets;
@@ -395,9 +436,13 @@ async fn worker(id: usize, ctx: Arc<Ctx>, mut conns: Vec<Option<Conn>>, interval
                 }
             }
         }
-        let Some(conn) = conns[t_idx].as_mut() else { continue };
+        let Some(conn) = conns[t_idx].as_mut() else {
+            continue;
+        };
         let sent = Instant::now();
-        let r = conn.send_timeout(cfg.timeout, Method::POST, path, None, body).await;
+        let r = conn
+            .send_timeout(cfg.timeout, Method::POST, path, None, body)
+            .await;
         let done = Instant::now();
         let (status, resp) = match r {
             Ok(v) => v,
@@ -441,7 +486,12 @@ async fn worker(id: usize, ctx: Arc<Ctx>, mut conns: Vec<Option<Conn>>, interval
                             allowed += 1;
                             if let Some(cap) = cap {
                                 if out.admissions.len() < cap {
-                                    out.admissions.push(Admission { key: k as u32, sent_us, recv_us, cost: cfg.cost });
+                                    out.admissions.push(Admission {
+                                        key: k as u32,
+                                        sent_us,
+                                        recv_us,
+                                        cost: cfg.cost,
+                                    });
                                 } else {
                                     out.dropped += 1;
                                 }

@@ -35,7 +35,10 @@ impl Schedule {
     pub fn with_centred_spike(rate: f64, duration: Duration, len: Duration, factor: f64) -> Self {
         let len = len.min(duration / 3);
         let start = (duration.saturating_sub(len)) / 2;
-        Schedule { rate, spike: Some(Spike { start, len, factor }) }
+        Schedule {
+            rate,
+            spike: Some(Spike { start, len, factor }),
+        }
     }
 
     /// The rate in force at `t` after the start.
@@ -118,7 +121,12 @@ mod tests {
     #[test]
     fn spike_multiplies_the_rate_in_its_interval_only() {
         // 100/s, 10x for 10 s in the middle of 30 s: [10 s, 20 s).
-        let s = Schedule::with_centred_spike(100.0, Duration::from_secs(30), Duration::from_secs(10), 10.0);
+        let s = Schedule::with_centred_spike(
+            100.0,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            10.0,
+        );
         let sp = s.spike.expect("spike");
         assert_eq!(sp.start, Duration::from_secs(10));
         assert_eq!(sp.len, Duration::from_secs(10));
@@ -131,7 +139,10 @@ mod tests {
         // After: 10 ms apart again.
         assert_eq!(s.offset(11_000), ms(20_000));
         assert_eq!(s.offset(11_001), ms(20_010));
-        assert_eq!(s.count_before(Duration::from_secs(30)), 1000 + 10_000 + 1000);
+        assert_eq!(
+            s.count_before(Duration::from_secs(30)),
+            1000 + 10_000 + 1000
+        );
         assert_eq!(s.rate_at(ms(9_999)), 100.0);
         assert_eq!(s.rate_at(ms(10_000)), 1000.0);
         assert_eq!(s.rate_at(ms(20_000)), 100.0);
@@ -139,7 +150,12 @@ mod tests {
 
     #[test]
     fn offsets_are_monotonic_and_short_runs_get_a_third_long_spike() {
-        let s = Schedule::with_centred_spike(50.0, Duration::from_secs(6), Duration::from_secs(10), 10.0);
+        let s = Schedule::with_centred_spike(
+            50.0,
+            Duration::from_secs(6),
+            Duration::from_secs(10),
+            10.0,
+        );
         let sp = s.spike.expect("spike");
         assert_eq!(sp.len, Duration::from_secs(2));
         assert_eq!(sp.start, Duration::from_secs(2));

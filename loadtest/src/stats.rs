@@ -26,7 +26,9 @@ pub fn new_histogram(sigfig: u8) -> Histogram<u64> {
 
 /// Records `d` (saturating at [`MAX_NS`]; 0 is recorded as 1 ns).
 pub fn record(h: &mut Histogram<u64>, d: Duration) {
-    let ns = u64::try_from(d.as_nanos()).unwrap_or(MAX_NS).clamp(1, MAX_NS);
+    let ns = u64::try_from(d.as_nanos())
+        .unwrap_or(MAX_NS)
+        .clamp(1, MAX_NS);
     h.saturating_record(ns);
 }
 
@@ -142,7 +144,11 @@ pub struct Measurements {
 
 impl Default for Measurements {
     fn default() -> Self {
-        Measurements { latency: new_histogram(3), service: new_histogram(3), counts: Counts::default() }
+        Measurements {
+            latency: new_histogram(3),
+            service: new_histogram(3),
+            counts: Counts::default(),
+        }
     }
 }
 
@@ -222,7 +228,12 @@ pub struct Interval {
 
 impl Default for Interval {
     fn default() -> Self {
-        Interval { latency: new_histogram(2), responses: 0, decisions: 0, errors: 0 }
+        Interval {
+            latency: new_histogram(2),
+            responses: 0,
+            decisions: 0,
+            errors: 0,
+        }
     }
 }
 

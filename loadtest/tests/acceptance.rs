@@ -36,13 +36,19 @@ impl Server {
 }
 
 fn field(line: &str, name: &str) -> Option<String> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_string))
 }
 
 /// Starts `cmd` and waits for its "… listening data_addr=… admin_addr=…" line.
 fn start(mut cmd: Command, what: &str, stderr_path: PathBuf) -> Server {
     let err = std::fs::File::create(&stderr_path).expect("stderr file");
-    let mut child = cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null()).spawn().unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -64,12 +70,22 @@ fn start(mut cmd: Command, what: &str, stderr_path: PathBuf) -> Server {
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not print its listening line within 60 s; stderr:\n{}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+            panic!(
+                "{what} did not print its listening line within 60 s; stderr:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
         }
     };
-    let data_addr = field(&line, "data_addr").unwrap_or_else(|| panic!("{what}: no data_addr in {line:?}"));
-    let admin_addr = field(&line, "admin_addr").unwrap_or_else(|| panic!("{what}: no admin_addr in {line:?}"));
-    Server { child, data_addr, admin_addr, stderr_path }
+    let data_addr =
+        field(&line, "data_addr").unwrap_or_else(|| panic!("{what}: no data_addr in {line:?}"));
+    let admin_addr =
+        field(&line, "admin_addr").unwrap_or_else(|| panic!("{what}: no admin_addr in {line:?}"));
+    Server {
+        child,
+        data_addr,
+        admin_addr,
+        stderr_path,
+    }
 }
 
 fn loadtest_bin() -> PathBuf {
@@ -77,7 +93,10 @@ fn loadtest_bin() -> PathBuf {
 }
 
 fn ringlimit_bin() -> PathBuf {
-    let dir = loadtest_bin().parent().map(Path::to_path_buf).expect("target dir");
+    let dir = loadtest_bin()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("target dir");
     let bin = dir.join(format!("ringlimit{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.exists(),
@@ -92,8 +111,26 @@ fn ringlimit_bin() -> PathBuf {
 fn hot_key(server: &Server, dir: &Path, name: &str) -> (i32, serde_json::Value, String) {
     let out = dir.join(format!("{name}.json"));
     let o = Command::new(loadtest_bin())
-        .args(["--scenario", "hot-key", "--algorithm", "sliding_log", "--limit", "50", "--window-ms", "1000"])
-        .args(["--duration", "2s", "--connections", "8", "--quiet", "--cleanup", "--token", TOKEN])
+        .args([
+            "--scenario",
+            "hot-key",
+            "--algorithm",
+            "sliding_log",
+            "--limit",
+            "50",
+            "--window-ms",
+            "1000",
+        ])
+        .args([
+            "--duration",
+            "2s",
+            "--connections",
+            "8",
+            "--quiet",
+            "--cleanup",
+            "--token",
+            TOKEN,
+        ])
         .arg("--target")
         .arg(format!("http://{}", server.data_addr))
         .arg("--admin")
@@ -103,12 +140,19 @@ fn hot_key(server: &Server, dir: &Path, name: &str) -> (i32, serde_json::Value, 
         .stdin(Stdio::null())
         .output()
         .expect("run loadtest");
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let json = std::fs::read_to_string(&out)
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_else(|| panic!("{name}: no result file; output:\n{text}"));
-    assert!(dir.join(format!("{name}.svg")).exists(), "{name}: no SVG plot");
+    assert!(
+        dir.join(format!("{name}.svg")).exists(),
+        "{name}: no SVG plot"
+    );
     (o.status.code().unwrap_or(-1), json, text)
 }
 
@@ -129,7 +173,12 @@ fn hot_key_finds_no_over_admission_on_ringlimit_and_catches_the_ceiling() {
     let node = start(cmd, "ringlimit", tmp.path().join("node.stderr"));
     let (code, json, text) = hot_key(&node, tmp.path(), "ringlimit");
     let oa = &json["over_admission"];
-    assert_eq!(code, 0, "loadtest against ringlimit exited {code}:\n{text}\nnode stderr:\n{}", node.stderr());
+    assert_eq!(
+        code,
+        0,
+        "loadtest against ringlimit exited {code}:\n{text}\nnode stderr:\n{}",
+        node.stderr()
+    );
     assert_eq!(oa["checked"], true, "{text}");
     assert_eq!(oa["report"]["over_admitted"], false, "{text}");
     assert_eq!(oa["report"]["violation_count"], 0, "{text}");
@@ -138,18 +187,29 @@ fn hot_key_finds_no_over_admission_on_ringlimit_and_catches_the_ceiling() {
     // The limit was reached (so the check had something to check) and held.
     assert!(allowed >= 50, "only {allowed} allowed:\n{text}");
     assert!(denied > 0, "nothing denied:\n{text}");
-    assert!(oa["report"]["max_in_window"].as_u64().unwrap_or(u64::MAX) <= 50, "{text}");
+    assert!(
+        oa["report"]["max_in_window"].as_u64().unwrap_or(u64::MAX) <= 50,
+        "{text}"
+    );
     assert_eq!(json["keys"]["created"], true);
     assert_eq!(json["keys"]["deleted"], true);
     drop(node);
 
     // The ceiling allows everything: the checker must fail the run.
-    let mut cmd = Command::new(loadtest_bin().with_file_name(format!("loadtest-ceiling{}", std::env::consts::EXE_SUFFIX)));
+    let mut cmd = Command::new(
+        loadtest_bin().with_file_name(format!("loadtest-ceiling{}", std::env::consts::EXE_SUFFIX)),
+    );
     cmd.args(["--addr", "127.0.0.1:0"]);
     let ceiling = start(cmd, "loadtest-ceiling", tmp.path().join("ceiling.stderr"));
     let (code, json, text) = hot_key(&ceiling, tmp.path(), "ceiling");
-    assert_eq!(code, 3, "loadtest against the ceiling should exit 3 (over-admission), got {code}:\n{text}");
-    assert_eq!(json["over_admission"]["report"]["over_admitted"], true, "{text}");
+    assert_eq!(
+        code, 3,
+        "loadtest against the ceiling should exit 3 (over-admission), got {code}:\n{text}"
+    );
+    assert_eq!(
+        json["over_admission"]["report"]["over_admitted"], true,
+        "{text}"
+    );
     assert!(json["allowed"].as_u64().unwrap_or(0) > 50, "{text}");
     assert!(text.contains("OVER-ADMISSION"), "{text}");
 }

@@ -2,17 +2,22 @@
 //! targets, and its counters add up. (Its own test binary, so it does not
 //! compete for the CPU with the open-loop stall test.)
 
-use axum::routing::post;
 use axum::Router;
+use axum::routing::post;
 use ringlimit_loadtest::http::Target;
-use ringlimit_loadtest::protocol::{ringlimit_item, System, Wire};
-use ringlimit_loadtest::runner::{run, Mode, Picker, RunConfig};
+use ringlimit_loadtest::protocol::{System, Wire, ringlimit_item};
+use ringlimit_loadtest::runner::{Mode, Picker, RunConfig, run};
 use std::sync::Arc;
 use std::time::Duration;
 
 async fn allow_all_server() -> std::net::SocketAddr {
-    let app = Router::new().route("/api/v1/validate", post(|_body: bytes::Bytes| async { "{\"allowed\":true}" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = Router::new().route(
+        "/api/v1/validate",
+        post(|_body: bytes::Bytes| async { "{\"allowed\":true}" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -36,7 +41,11 @@ async fn closed_loop_runs_and_counts() {
         batch: None,
         picker: Picker::Cycle,
         seed: 1,
-        items: Arc::new((0..10).map(|i| ringlimit_item(&format!("rl_k{i}_s"), 1)).collect()),
+        items: Arc::new(
+            (0..10)
+                .map(|i| ringlimit_item(&format!("rl_k{i}_s"), 1))
+                .collect(),
+        ),
         cost: 1,
         record_admissions: Some(1_000_000),
         progress: false,
@@ -55,6 +64,9 @@ async fn closed_loop_runs_and_counts() {
     for a in &out.admissions {
         per_key[a.key as usize] += 1;
     }
-    let (lo, hi) = (per_key.iter().min().copied().unwrap_or(0), per_key.iter().max().copied().unwrap_or(0));
+    let (lo, hi) = (
+        per_key.iter().min().copied().unwrap_or(0),
+        per_key.iter().max().copied().unwrap_or(0),
+    );
     assert!(hi - lo <= 1, "{per_key:?}");
 }

@@ -7,15 +7,15 @@
 //! budgets: the only absolute fact used is that the stalled request took at
 //! least as long as the server slept.
 
-use axum::routing::post;
 use axum::Router;
+use axum::routing::post;
 use ringlimit_loadtest::http::Target;
-use ringlimit_loadtest::protocol::{ringlimit_item, System, Wire};
-use ringlimit_loadtest::runner::{run, Mode, Picker, RunConfig};
+use ringlimit_loadtest::protocol::{System, Wire, ringlimit_item};
+use ringlimit_loadtest::runner::{Mode, Picker, RunConfig, run};
 use ringlimit_loadtest::schedule::Schedule;
 use ringlimit_loadtest::stats::LatencySummary;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 const STALL: Duration = Duration::from_millis(500);
@@ -35,7 +35,9 @@ async fn stalling_server() -> std::net::SocketAddr {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -75,7 +77,11 @@ async fn open_loop_latency_includes_the_queue_behind_a_stall() {
     let out = run(cfg).await.expect("run");
     let c = &out.totals.counts;
     // Pacing: every due request was sent, or counted as unsent.
-    assert_eq!(c.requests + out.unsent, schedule.count_before(duration), "{c:?}");
+    assert_eq!(
+        c.requests + out.unsent,
+        schedule.count_before(duration),
+        "{c:?}"
+    );
     assert!(c.requests > 200, "{c:?}");
     assert_eq!(c.allowed, c.requests, "{c:?}");
 
@@ -90,12 +96,24 @@ async fn open_loop_latency_includes_the_queue_behind_a_stall() {
     // Timed from the actual send, the stall is one request (a few more may be
     // slow if the machine is busy): it does not reach the p99.
     let slow_naive = count_at_least(&out.totals.service, stall_ns / 3);
-    assert!((1..=3).contains(&slow_naive), "{slow_naive} slow samples from the actual send time");
-    assert!(naive.p99_us * 5.0 < naive.max_us, "naive p99 should not see the stall: {naive:?}");
+    assert!(
+        (1..=3).contains(&slow_naive),
+        "{slow_naive} slow samples from the actual send time"
+    );
+    assert!(
+        naive.p99_us * 5.0 < naive.max_us,
+        "naive p99 should not see the stall: {naive:?}"
+    );
     // Timed from the intended send, every request due during the stall waited
     // for it: many samples are slow and the p99 sees the stall.
     let slow_open = count_at_least(&out.totals.latency, stall_ns / 3);
-    assert!(slow_open >= 10 * slow_naive, "only {slow_open} slow samples from the intended send time");
-    assert!(open.p99_us * 2.0 >= naive.max_us, "open-loop p99 should see the stall: {open:?} vs {naive:?}");
+    assert!(
+        slow_open >= 10 * slow_naive,
+        "only {slow_open} slow samples from the intended send time"
+    );
+    assert!(
+        open.p99_us * 2.0 >= naive.max_us,
+        "open-loop p99 should see the stall: {open:?} vs {naive:?}"
+    );
     assert!(open.p99_us > naive.p99_us * 3.0, "{open:?} vs {naive:?}");
 }

@@ -17,7 +17,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ringlimit_protocol::admin::{CreateKeyRequest, KeyStatus, KeyView, KeyWithSecret};
-use ringlimit_protocol::validate::{BatchRequest, BatchResponse, BatchResult, LimitStatus, ValidateRequest, ValidateResponse};
+use ringlimit_protocol::validate::{
+    BatchRequest, BatchResponse, BatchResult, LimitStatus, ValidateRequest, ValidateResponse,
+};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +31,13 @@ fn decision(req: &ValidateRequest) -> ValidateResponse {
         allowed: true,
         key_id: Some(key_id_of(&req.api_key)),
         tier: Some("free".into()),
-        limits: vec![LimitStatus { name: "per-minute".into(), limit: 100, remaining: 99, reset_after_ms: 60_000, window_ms: 60_000 }],
+        limits: vec![LimitStatus {
+            name: "per-minute".into(),
+            limit: 100,
+            remaining: 99,
+            reset_after_ms: 60_000,
+            window_ms: 60_000,
+        }],
         retry_after_ms: None,
         denied_by: None,
         error: None,
@@ -39,21 +47,42 @@ fn decision(req: &ValidateRequest) -> ValidateResponse {
 
 /// `rl_<key_id>_<secret>` → key_id, as ringlimit's keys carry it.
 fn key_id_of(api_key: &str) -> String {
-    api_key.strip_prefix("rl_").and_then(|r| r.split('_').next()).unwrap_or("ceiling").to_string()
+    api_key
+        .strip_prefix("rl_")
+        .and_then(|r| r.split('_').next())
+        .unwrap_or("ceiling")
+        .to_string()
 }
 
-async fn validate(Json(req): Json<ValidateRequest>) -> ([(HeaderName, HeaderValue); 2], Json<ValidateResponse>) {
+async fn validate(
+    Json(req): Json<ValidateRequest>,
+) -> ([(HeaderName, HeaderValue); 2], Json<ValidateResponse>) {
     (
         [
-            (HeaderName::from_static("ratelimit-policy"), HeaderValue::from_static("\"per-minute\";q=100;w=60")),
-            (HeaderName::from_static("ratelimit"), HeaderValue::from_static("\"per-minute\";r=99;t=60")),
+            (
+                HeaderName::from_static("ratelimit-policy"),
+                HeaderValue::from_static("\"per-minute\";q=100;w=60"),
+            ),
+            (
+                HeaderName::from_static("ratelimit"),
+                HeaderValue::from_static("\"per-minute\";r=99;t=60"),
+            ),
         ],
         Json(decision(&req)),
     )
 }
 
 async fn validate_batch(Json(req): Json<BatchRequest>) -> Json<BatchResponse> {
-    Json(BatchResponse { results: req.checks.iter().map(|c| BatchResult { status: 200, body: decision(c) }).collect() })
+    Json(BatchResponse {
+        results: req
+            .checks
+            .iter()
+            .map(|c| BatchResult {
+                status: 200,
+                body: decision(c),
+            })
+            .collect(),
+    })
 }
 
 async fn create_key(Json(req): Json<CreateKeyRequest>) -> (StatusCode, Json<KeyWithSecret>) {
@@ -72,7 +101,13 @@ async fn create_key(Json(req): Json<CreateKeyRequest>) -> (StatusCode, Json<KeyW
         previous_secret_expires_at_ms: None,
         suspended_until_ms: None,
     };
-    (StatusCode::CREATED, Json(KeyWithSecret { api_key: format!("rl_{key_id}_ceilingsecret"), key: view }))
+    (
+        StatusCode::CREATED,
+        Json(KeyWithSecret {
+            api_key: format!("rl_{key_id}_ceilingsecret"),
+            key: view,
+        }),
+    )
 }
 
 async fn delete_key(Path(_id): Path<String>) -> StatusCode {
@@ -80,7 +115,8 @@ async fn delete_key(Path(_id): Path<String>) -> StatusCode {
 }
 
 fn main() -> std::process::ExitCode {
-    let mut addr = std::env::var("LOADTEST_CEILING_ADDR").unwrap_or_else(|_| "127.0.0.1:8090".into());
+    let mut addr =
+        std::env::var("LOADTEST_CEILING_ADDR").unwrap_or_else(|_| "127.0.0.1:8090".into());
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -92,7 +128,9 @@ fn main() -> std::process::ExitCode {
                 }
             },
             "-h" | "--help" => {
-                eprintln!("usage: loadtest-ceiling [--addr HOST:PORT]   (or LOADTEST_CEILING_ADDR; default 127.0.0.1:8090)");
+                eprintln!(
+                    "usage: loadtest-ceiling [--addr HOST:PORT]   (or LOADTEST_CEILING_ADDR; default 127.0.0.1:8090)"
+                );
                 return std::process::ExitCode::SUCCESS;
             }
             other => {
@@ -101,7 +139,10 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadtest-ceiling: runtime: {e}");
@@ -128,7 +169,10 @@ async fn serve(addr: &str) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "loadtest-ceiling listening data_addr={local} admin_addr={local}")?;
+        writeln!(
+            out,
+            "loadtest-ceiling listening data_addr={local} admin_addr={local}"
+        )?;
         out.flush()?;
     }
     axum::serve(listener, app)

@@ -104,14 +104,31 @@ type Results = BTreeMap<(String, String, String), Value>;
 fn load(dir: &PathBuf) -> Result<Results, String> {
     let mut r = Results::new();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
     paths.sort();
     for p in paths {
-        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        let Some(kind) = KINDS.iter().find(|k| stem.ends_with(&format!("-{k}"))) else { continue };
+        let stem = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let Some(kind) = KINDS.iter().find(|k| stem.ends_with(&format!("-{k}"))) else {
+            continue;
+        };
         let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
-        r.insert((s(&v, "scenario").to_string(), s(&v, "label").to_string(), kind.to_string()), v);
+        r.insert(
+            (
+                s(&v, "scenario").to_string(),
+                s(&v, "label").to_string(),
+                kind.to_string(),
+            ),
+            v,
+        );
     }
     Ok(r)
 }
@@ -122,11 +139,19 @@ fn scenario_blurb(v: &Value) -> String {
     format!(
         "{} key{}, {} {} per {} ms{}",
         k["count"].as_u64().unwrap_or(0),
-        if k["count"].as_u64() == Some(1) { "" } else { "s" },
+        if k["count"].as_u64() == Some(1) {
+            ""
+        } else {
+            "s"
+        },
         k["algorithm"].as_str().unwrap_or("?"),
         num(k["limit"].as_f64().unwrap_or(0.0)),
         k["window_ms"].as_u64().unwrap_or(0),
-        if per > 1 { format!(", {per} checks per request") } else { String::new() }
+        if per > 1 {
+            format!(", {per} checks per request")
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -148,9 +173,19 @@ fn run() -> Result<(), String> {
     let mut scenarios: Vec<String> = res.keys().map(|(sc, _, _)| sc.clone()).collect();
     scenarios.sort_by_key(|sc| SCENARIO_ORDER.iter().position(|x| x == sc).unwrap_or(99));
     scenarios.dedup();
-    let get = |sc: &str, sys: &str, kind: &str| res.get(&(sc.to_string(), sys.to_string(), kind.to_string()));
-    let peak = |sc: &str, sys: &str| get(sc, sys, "closed").map(|v| f(v, &["checks_per_s"])).unwrap_or(0.0);
-    let peak_rps = |sc: &str, sys: &str| get(sc, sys, "closed").map(|v| f(v, &["rps"])).unwrap_or(0.0);
+    let get = |sc: &str, sys: &str, kind: &str| {
+        res.get(&(sc.to_string(), sys.to_string(), kind.to_string()))
+    };
+    let peak = |sc: &str, sys: &str| {
+        get(sc, sys, "closed")
+            .map(|v| f(v, &["checks_per_s"]))
+            .unwrap_or(0.0)
+    };
+    let peak_rps = |sc: &str, sys: &str| {
+        get(sc, sys, "closed")
+            .map(|v| f(v, &["rps"]))
+            .unwrap_or(0.0)
+    };
     let p99 = |v: &Value| lat(f(v, &["latency_us", "p99_us"]));
     let rate = |v: &Value| num(v["rate"].as_f64().unwrap_or(0.0));
 
@@ -163,12 +198,22 @@ fn run() -> Result<(), String> {
     // Headline.
     let _ = writeln!(md, "## Headline\n");
     for sc in &scenarios {
-        let (rl, ce, gu) = (peak(sc, "ringlimit"), peak(sc, "ceiling"), peak(sc, "gubernator"));
-        let batch = get(sc, "ringlimit", "closed").is_some_and(|v| v["checks_per_request"].as_u64().unwrap_or(1) > 1);
+        let (rl, ce, gu) = (
+            peak(sc, "ringlimit"),
+            peak(sc, "ceiling"),
+            peak(sc, "gubernator"),
+        );
+        let batch = get(sc, "ringlimit", "closed")
+            .is_some_and(|v| v["checks_per_request"].as_u64().unwrap_or(1) > 1);
         let unit = if batch { "checks/s" } else { "req/s" };
         let mut line = format!("- **{sc}** — peak: ringlimit {} {unit}", num(rl));
         if ce > 0.0 {
-            let _ = write!(line, " = **{:.0}%** of the axum ceiling ({})", 100.0 * rl / ce, num(ce));
+            let _ = write!(
+                line,
+                " = **{:.0}%** of the axum ceiling ({})",
+                100.0 * rl / ce,
+                num(ce)
+            );
         }
         if gu > 0.0 {
             let _ = write!(line, " and **{}** Gubernator ({})", ratio(rl, gu), num(gu));
@@ -177,10 +222,16 @@ fn run() -> Result<(), String> {
         }
         let halves: Vec<String> = SYSTEMS
             .iter()
-            .filter_map(|sys| get(sc, sys, "open-half").map(|v| format!("{sys} **{}** at {}/s", p99(v), rate(v))))
+            .filter_map(|sys| {
+                get(sc, sys, "open-half").map(|v| format!("{sys} **{}** at {}/s", p99(v), rate(v)))
+            })
             .collect();
         if !halves.is_empty() {
-            let _ = write!(line, ". p99 at half of its own peak (open loop): {}", halves.join(", "));
+            let _ = write!(
+                line,
+                ". p99 at half of its own peak (open loop): {}",
+                halves.join(", ")
+            );
         }
         if let Some(rl_half) = get(sc, "ringlimit", "open-half") {
             let same: Vec<String> = ["ceiling", "gubernator"]
@@ -192,13 +243,22 @@ fn run() -> Result<(), String> {
                 })
                 .collect();
             if !same.is_empty() {
-                let _ = write!(line, ". At ringlimit's half-peak load ({}/s): ringlimit {}, {}", rate(rl_half), p99(rl_half), same.join(", "));
+                let _ = write!(
+                    line,
+                    ". At ringlimit's half-peak load ({}/s): ringlimit {}, {}",
+                    rate(rl_half),
+                    p99(rl_half),
+                    same.join(", ")
+                );
             }
         }
         let _ = writeln!(md, "{line}.");
     }
     if let Some(c) = &o.criterion {
-        match std::fs::read_to_string(c).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        match std::fs::read_to_string(c)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        {
             Some(v) => {
                 let med = f(&v, &["median", "point_estimate"]);
                 let mean = f(&v, &["mean", "point_estimate"]);
@@ -211,17 +271,25 @@ fn run() -> Result<(), String> {
                 );
             }
             None => {
-                let _ = writeln!(md, "- **in-process** — criterion figure not available (its estimates file is unreadable).");
+                let _ = writeln!(
+                    md,
+                    "- **in-process** — criterion figure not available (its estimates file is unreadable)."
+                );
             }
         }
     } else if let Some(why) = o.unavailable.get("criterion") {
-        let _ = writeln!(md, "- **in-process** — criterion figure not available ({why}).");
+        let _ = writeln!(
+            md,
+            "- **in-process** — criterion figure not available ({why})."
+        );
     }
     md.push('\n');
 
     // Tables.
     for sc in &scenarios {
-        let any = SYSTEMS.iter().find_map(|sys| KINDS.iter().find_map(|k| get(sc, sys, k)));
+        let any = SYSTEMS
+            .iter()
+            .find_map(|sys| KINDS.iter().find_map(|k| get(sc, sys, k)));
         let _ = writeln!(md, "## {sc}\n");
         if let Some(v) = any {
             let _ = writeln!(md, "{}.\n", scenario_blurb(v));
@@ -230,17 +298,25 @@ fn run() -> Result<(), String> {
             md,
             "| system | load | req/s | checks/s | p50 | p99 | p99.9 | max | errors | client CPU | checks/s vs ceiling | checks/s vs Gubernator |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         let (ce, gu) = (peak(sc, "ceiling"), peak(sc, "gubernator"));
         let mut notes = Vec::new();
         for kind in KINDS {
             for sys in SYSTEMS {
                 let Some(v) = get(sc, sys, kind) else {
                     if let (true, Some(why)) = (kind == "closed", o.unavailable.get(sys)) {
-                        let _ = writeln!(md, "| {sys} | — | not available: {why} | | | | | | | | | |");
+                        let _ =
+                            writeln!(md, "| {sys} | — | not available: {why} | | | | | | | | | |");
                     }
-                    let same_load_skipped = kind == "open-same" && sys != "ringlimit" && get(sc, sys, "closed").is_some();
-                    if let (true, Some(rl_half)) = (same_load_skipped, get(sc, "ringlimit", "open-half")) {
+                    let same_load_skipped = kind == "open-same"
+                        && sys != "ringlimit"
+                        && get(sc, sys, "closed").is_some();
+                    if let (true, Some(rl_half)) =
+                        (same_load_skipped, get(sc, "ringlimit", "open-half"))
+                    {
                         let _ = writeln!(
                             md,
                             "| {sys} | open loop {}/s (ringlimit's half peak) | not run: above 90% of its own peak ({} req/s), it would only measure a growing queue | | | | | | | | | |",
@@ -251,7 +327,10 @@ fn run() -> Result<(), String> {
                     continue;
                 };
                 let load = match kind {
-                    "closed" => format!("closed loop, {} conns (peak)", v["connections"].as_u64().unwrap_or(0)),
+                    "closed" => format!(
+                        "closed loop, {} conns (peak)",
+                        v["connections"].as_u64().unwrap_or(0)
+                    ),
                     "open-half" => format!("open loop {}/s (half its peak)", rate(v)),
                     _ => format!("open loop {}/s (ringlimit's half peak)", rate(v)),
                 };
@@ -260,14 +339,25 @@ fn run() -> Result<(), String> {
                 let err_s = if errors > 0.0 {
                     let kinds: Vec<String> = v["errors"]
                         .as_object()
-                        .map(|m| m.iter().map(|(k, n)| format!("{k} {}", n.as_u64().unwrap_or(0))).collect())
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, n)| format!("{k} {}", n.as_u64().unwrap_or(0)))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     format!("{} ({})", num(errors), kinds.join(", "))
                 } else {
                     "0".into()
                 };
-                let cpu = v["client_cpu_pct"].as_f64().map(|c| format!("{c:.0}%")).unwrap_or_else(|| "—".into());
-                let (vs_ce, vs_gu) = if kind == "closed" { (ratio(cps, ce), ratio(cps, gu)) } else { ("—".into(), "—".into()) };
+                let cpu = v["client_cpu_pct"]
+                    .as_f64()
+                    .map(|c| format!("{c:.0}%"))
+                    .unwrap_or_else(|| "—".into());
+                let (vs_ce, vs_gu) = if kind == "closed" {
+                    (ratio(cps, ce), ratio(cps, gu))
+                } else {
+                    ("—".into(), "—".into())
+                };
                 let _ = writeln!(
                     md,
                     "| {sys} | {load} | {} | {} | {} | {} | {} | {} | {err_s} | {cpu} | {vs_ce} | {vs_gu} |",
@@ -279,7 +369,9 @@ fn run() -> Result<(), String> {
                     lat(f(v, &["latency_us", "max_us"])),
                 );
                 if v["over_admission"]["report"]["over_admitted"].as_bool() == Some(true) {
-                    notes.push(format!("- {sys} ({kind}): **over-admission observed** (see its JSON result)."));
+                    notes.push(format!(
+                        "- {sys} ({kind}): **over-admission observed** (see its JSON result)."
+                    ));
                 }
                 if kind == "closed" && v["client_cpu_pct"].as_f64().unwrap_or(0.0) >= 90.0 {
                     notes.push(format!(
