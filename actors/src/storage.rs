@@ -65,6 +65,27 @@ pub struct UsageRow {
     pub units: u64,
 }
 
+/// Sums rows of one key and granularity, read in `(bucket_start, writer)`
+/// order, into buckets: every backend's `usage_history` ends with this.
+#[derive(Debug, Default)]
+pub struct BucketSum(Vec<UsageBucket>);
+
+impl BucketSum {
+    /// Adds one writer's units for the bucket starting at `start_ms`.
+    pub fn add(&mut self, start_ms: u64, units: u64) {
+        match self.0.last_mut() {
+            Some(b) if b.start_ms == start_ms => b.units = b.units.saturating_add(units),
+            _ => self.0.push(UsageBucket { start_ms, units }),
+        }
+    }
+
+    /// The buckets in time order, empty ones left out.
+    pub fn finish(mut self) -> Vec<UsageBucket> {
+        self.0.retain(|b| b.units > 0);
+        self.0
+    }
+}
+
 /// API keys, by id and by secret hash.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {

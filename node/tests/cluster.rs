@@ -74,18 +74,7 @@ impl Cluster {
             ]);
         }
         // Migrate once before the nodes start together.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlimit"))
-            .arg("migrate")
-            .env("RINGLIMIT_SCYLLA_NODES", &cql)
-            .env("RINGLIMIT_SCYLLA_KEYSPACE", &ks)
-            .env("RINGLIMIT_ADMIN_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        migrate(&cql, &ks);
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let mut c = Cluster {
             nodes: vec![],

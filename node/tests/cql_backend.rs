@@ -78,18 +78,7 @@ async fn migrate_subcommand_is_idempotent() {
     let Some(addr) = cql() else { return };
     let ks = keyspace("mig");
     for _ in 0..2 {
-        let out = Command::new(env!("CARGO_BIN_EXE_ringlimit"))
-            .arg("migrate")
-            .env("RINGLIMIT_SCYLLA_NODES", &addr)
-            .env("RINGLIMIT_SCYLLA_KEYSPACE", &ks)
-            .env("RINGLIMIT_ADMIN_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        migrate(&addr, &ks);
     }
     let out = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cql.py"))

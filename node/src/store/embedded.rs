@@ -42,7 +42,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::{
-    KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow, UsageStore,
+    BucketSum, KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow,
+    UsageStore,
 };
 use ringlimit_protocol::admin::{Granularity, UsageBucket};
 use std::ops::Bound;
@@ -421,18 +422,14 @@ impl UsageStore for EmbeddedStore {
             // writer of every bucket starting in [from, to).
             let lo = (key_id.as_str(), g, from_ms, "");
             let hi = (key_id.as_str(), g, to_ms, "");
-            let mut out: Vec<UsageBucket> = Vec::new();
+            let mut out = BucketSum::default();
             for entry in usage.range(lo..hi).map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;
                 let (_, _, start_ms, _) = k.value();
                 let units = v.value();
-                match out.last_mut() {
-                    Some(b) if b.start_ms == start_ms => b.units = b.units.saturating_add(units),
-                    _ => out.push(UsageBucket { start_ms, units }),
-                }
+                out.add(start_ms, units);
             }
-            out.retain(|b| b.units > 0);
-            Ok(out)
+            Ok(out.finish())
         })
         .await
     }

@@ -92,7 +92,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::{
-    KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow, UsageStore,
+    BucketSum, KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow,
+    UsageStore,
 };
 use ringlimit_protocol::LimitSpec;
 use ringlimit_protocol::admin::{Granularity, UsageBucket};
@@ -1125,21 +1126,17 @@ impl UsageStore for ScyllaStore {
                 reads.push(self.read_usage_partition(key_id, g, day, from, to).boxed());
             }
             let mut parts = stream::iter(reads).buffered(HISTORY_READ_CONCURRENCY);
-            let mut out: Vec<UsageBucket> = Vec::new();
+            let mut out = BucketSum::default();
             while let Some(rows) = parts.next().await {
                 // Rows come in (bucket_start, writer) order: the writers of a bucket are adjacent.
                 for (start, units) in rows? {
                     let (Ok(start_ms), units) = (u64::try_from(start), u64::try_from(units).unwrap_or(0)) else {
                         continue;
                     };
-                    match out.last_mut() {
-                        Some(b) if b.start_ms == start_ms => b.units = b.units.saturating_add(units),
-                        _ => out.push(UsageBucket { start_ms, units }),
-                    }
+                    out.add(start_ms, units);
                 }
             }
-            out.retain(|b| b.units > 0);
-            Ok(out)
+            Ok(out.finish())
         })
         .await
     }

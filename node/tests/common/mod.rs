@@ -175,3 +175,19 @@ pub fn servers_required() -> bool {
     std::env::var_os("CI").is_some()
         || std::env::var("RINGLIMIT_REQUIRE_SERVERS").as_deref() == Ok("1")
 }
+
+/// Runs `ringlimit migrate` on a keyspace and asserts it succeeded.
+pub fn migrate(cql: &str, keyspace: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringlimit"))
+        .arg("migrate")
+        .env("RINGLIMIT_SCYLLA_NODES", cql)
+        .env("RINGLIMIT_SCYLLA_KEYSPACE", keyspace)
+        .env("RINGLIMIT_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run ringlimit migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
