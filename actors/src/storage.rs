@@ -6,6 +6,9 @@ use crate::keys::{KeyRecord, SecretHash};
 use async_trait::async_trait;
 use ringlimit_protocol::LimitSpec;
 use ringlimit_protocol::admin::{Granularity, KeyStatus, UsageBucket};
+use ringlimit_protocol::pipeline::{
+    Alert, AuditEntry, BillingRecord, DeadLetter, IpBlock, Violation,
+};
 
 /// Errors of a storage backend.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,6 +66,40 @@ pub struct UsageRow {
     /// Identifies one writing process (node name and boot instant).
     pub writer: String,
     pub units: u64,
+}
+
+/// How long usage buckets and violations are kept (ScyllaDB: TTLs on the
+/// writes; embedded: a periodic sweep). Defaults: minutes 7 days, hours 90
+/// days, days 2 years, violations 90 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub minute: std::time::Duration,
+    pub hour: std::time::Duration,
+    pub day: std::time::Duration,
+    pub violations: std::time::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Retention {
+            minute: std::time::Duration::from_secs(7 * DAY),
+            hour: std::time::Duration::from_secs(90 * DAY),
+            day: std::time::Duration::from_secs(730 * DAY),
+            violations: std::time::Duration::from_secs(90 * DAY),
+        }
+    }
+}
+
+impl Retention {
+    /// How long buckets of `g` are kept.
+    pub fn usage(&self, g: Granularity) -> std::time::Duration {
+        match g {
+            Granularity::Minute => self.minute,
+            Granularity::Hour => self.hour,
+            Granularity::Day => self.day,
+        }
+    }
 }
 
 /// Sums rows of one key and granularity, read in `(bucket_start, writer)`
@@ -137,9 +174,122 @@ pub trait UsageStore: Send + Sync + 'static {
     ) -> Result<Vec<UsageBucket>, StoreError>;
 }
 
+/// A time range and a page: rows with `from_ms <= at < to_ms`, newest first,
+/// skipping `offset` and returning at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// Violations (denied checks). Written by the violation pipeline in batches.
+#[async_trait]
+pub trait ViolationStore: Send + Sync + 'static {
+    /// Writes a batch; a violation whose id is already stored is not stored twice.
+    async fn write_violations(&self, batch: &[Violation]) -> Result<(), StoreError>;
+    /// Violations of one key (or of every key when `key_id` is `None`) in
+    /// `range`, newest first (ties by id).
+    async fn list_violations(
+        &self,
+        key_id: Option<&str>,
+        range: Range,
+    ) -> Result<Vec<Violation>, StoreError>;
+}
+
+/// The IP/CIDR block list.
+#[async_trait]
+pub trait BlockStore: Send + Sync + 'static {
+    /// Inserts or replaces the block with this id.
+    async fn put_block(&self, block: &IpBlock) -> Result<(), StoreError>;
+    /// Every stored block, expired ones included, in id order.
+    async fn list_blocks(&self) -> Result<Vec<IpBlock>, StoreError>;
+    /// Removes a block; whether it existed.
+    async fn delete_block(&self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// The audit log: who suspended or blocked what, when and why.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends entries; an entry whose id is already stored is not stored twice.
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+    /// Entries in `range`, newest first (ties by id).
+    async fn list_audit(&self, range: Range) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Alerts and the dead letters of their webhook deliveries.
+#[async_trait]
+pub trait AlertStore: Send + Sync + 'static {
+    /// Inserts or replaces the alert with this id (delivery state changes).
+    async fn put_alert(&self, alert: &Alert) -> Result<(), StoreError>;
+    async fn get_alert(&self, id: &str) -> Result<Option<Alert>, StoreError>;
+    /// Alerts of one key (or of all) raised in `range`, newest first (ties by id).
+    async fn list_alerts(
+        &self,
+        key_id: Option<&str>,
+        range: Range,
+    ) -> Result<Vec<Alert>, StoreError>;
+    /// Inserts or replaces the dead letter with this id.
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+    async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError>;
+    /// Dead letters failed in `range`, newest first (ties by id).
+    async fn list_dead_letters(&self, range: Range) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Removes a dead letter (after a successful re-drive); whether it existed.
+    async fn delete_dead_letter(&self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// Billing records: one per key and closed period.
+#[async_trait]
+pub trait BillingStore: Send + Sync + 'static {
+    /// Inserts or replaces the record of `(key_id, period_start_ms)`.
+    async fn put_billing(&self, record: &BillingRecord) -> Result<(), StoreError>;
+    async fn get_billing(
+        &self,
+        key_id: &str,
+        period_start_ms: u64,
+    ) -> Result<Option<BillingRecord>, StoreError>;
+    /// Records of one key, newest period first, at most `limit`.
+    async fn list_billing_for_key(
+        &self,
+        key_id: &str,
+        limit: usize,
+    ) -> Result<Vec<BillingRecord>, StoreError>;
+    /// Records of every key for one period, in key_id order.
+    async fn list_billing_for_period(
+        &self,
+        period_start_ms: u64,
+    ) -> Result<Vec<BillingRecord>, StoreError>;
+}
+
 /// Everything a node stores.
-pub trait Store: KeyStore + TierStore + SnapshotStore + UsageStore + std::fmt::Debug {}
-impl<T: KeyStore + TierStore + SnapshotStore + UsageStore + std::fmt::Debug> Store for T {}
+pub trait Store:
+    KeyStore
+    + TierStore
+    + SnapshotStore
+    + UsageStore
+    + ViolationStore
+    + BlockStore
+    + AuditStore
+    + AlertStore
+    + BillingStore
+    + std::fmt::Debug
+{
+}
+impl<
+    T: KeyStore
+        + TierStore
+        + SnapshotStore
+        + UsageStore
+        + ViolationStore
+        + BlockStore
+        + AuditStore
+        + AlertStore
+        + BillingStore
+        + std::fmt::Debug,
+> Store for T
+{
+}
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

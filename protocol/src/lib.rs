@@ -4,6 +4,7 @@
 //! - [`limits`]: how a limit is written (`{"name","algorithm","limit","window_ms","burst"}`).
 //! - [`validate`]: the data-plane request and response bodies.
 //! - [`admin`]: key, tier and usage DTOs of the admin plane.
+//! - [`pipeline`]: violations, IP blocks, audit, alerts, dead letters, billing.
 //! - [`error`]: the error body every 4xx/5xx carries, and its stable codes.
 //!
 //! This crate does no I/O and knows nothing about tokio; everything here is a
@@ -15,6 +16,7 @@ pub mod apikey;
 pub mod cluster;
 pub mod error;
 pub mod limits;
+pub mod pipeline;
 pub mod validate;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

@@ -14,6 +14,21 @@
 //! | `tiers`      | tier name (`&str`)                                     | JSON of [`TierRecord`] (`&[u8]`)    |
 //! | `snapshots`  | key_id (`&str`)                                        | opaque snapshot bytes (`&[u8]`)     |
 //! | `usage`      | (key_id `&str`, granularity `u8`, bucket_start_ms `u64`, writer `&str`) | absolute units (`u64`) |
+//! | `violations` | (at_ms `u64`, id `&str`)                               | JSON of [`Violation`]               |
+//! | `violations_by_key` | (key_id `&str`, at_ms `u64`, id `&str`)         | `()`                                |
+//! | `blocks`     | id (`&str`)                                            | JSON of [`IpBlock`]                 |
+//! | `audit`      | (at_ms `u64`, id `&str`)                               | JSON of [`AuditEntry`]              |
+//! | `alerts`     | id (`&str`)                                            | JSON of [`Alert`]                   |
+//! | `alerts_by_time` | (raised_at_ms `u64`, id `&str`)                    | `()`                                |
+//! | `alerts_by_key`  | (key_id `&str`, raised_at_ms `u64`, id `&str`)     | `()`                                |
+//! | `dead_letters`   | id (`&str`)                                        | JSON of [`DeadLetter`]              |
+//! | `dead_letters_by_time` | (failed_at_ms `u64`, id `&str`)              | `()`                                |
+//! | `billing`    | (key_id `&str`, period_start_ms `u64`)                 | JSON of [`BillingRecord`]           |
+//! | `billing_by_period` | (period_start_ms `u64`, key_id `&str`)          | `()`                                |
+//!
+//! Time-ordered tables are scanned backwards for "newest first". Retention
+//! ([`EmbeddedStore::apply_retention`]) deletes usage buckets and violations
+//! older than the configured periods; the node runs it periodically.
 //!
 //! - `key_hashes` indexes the current and the previous secret hash of every
 //!   key. [`put_key`](KeyStore::put_key) reads the old record in the same write
@@ -42,10 +57,14 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::{
-    BucketSum, KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow,
-    UsageStore,
+    AlertStore, AuditStore, BillingStore, BlockStore, BucketSum, KeyFilter, KeyStore, Range,
+    Retention, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow, UsageStore,
+    ViolationStore,
 };
 use ringlimit_protocol::admin::{Granularity, UsageBucket};
+use ringlimit_protocol::pipeline::{
+    Alert, AuditEntry, BillingRecord, DeadLetter, IpBlock, Violation,
+};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,6 +78,22 @@ const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 type UsageKey = (&'static str, u8, u64, &'static str);
 const USAGE: TableDefinition<UsageKey, u64> = TableDefinition::new("usage");
+type TimeKey = (u64, &'static str);
+const VIOLATIONS: TableDefinition<TimeKey, &[u8]> = TableDefinition::new("violations");
+type KeyTimeKey = (&'static str, u64, &'static str);
+const VIOLATIONS_BY_KEY: TableDefinition<KeyTimeKey, ()> =
+    TableDefinition::new("violations_by_key");
+const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
+const AUDIT: TableDefinition<TimeKey, &[u8]> = TableDefinition::new("audit");
+const ALERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("alerts");
+const ALERTS_BY_TIME: TableDefinition<TimeKey, ()> = TableDefinition::new("alerts_by_time");
+const ALERTS_BY_KEY: TableDefinition<KeyTimeKey, ()> = TableDefinition::new("alerts_by_key");
+const DEAD_LETTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("dead_letters");
+const DEAD_BY_TIME: TableDefinition<TimeKey, ()> = TableDefinition::new("dead_letters_by_time");
+type BillingKey = (&'static str, u64);
+const BILLING: TableDefinition<BillingKey, &[u8]> = TableDefinition::new("billing");
+type PeriodKey = (u64, &'static str);
+const BILLING_BY_PERIOD: TableDefinition<PeriodKey, ()> = TableDefinition::new("billing_by_period");
 
 /// The embedded store. Cloning shares the open database.
 #[derive(Clone)]
@@ -101,6 +136,17 @@ impl EmbeddedStore {
             tx.open_table(TIERS).map_err(db_err)?;
             tx.open_table(SNAPSHOTS).map_err(db_err)?;
             tx.open_table(USAGE).map_err(db_err)?;
+            tx.open_table(VIOLATIONS).map_err(db_err)?;
+            tx.open_table(VIOLATIONS_BY_KEY).map_err(db_err)?;
+            tx.open_table(BLOCKS).map_err(db_err)?;
+            tx.open_table(AUDIT).map_err(db_err)?;
+            tx.open_table(ALERTS).map_err(db_err)?;
+            tx.open_table(ALERTS_BY_TIME).map_err(db_err)?;
+            tx.open_table(ALERTS_BY_KEY).map_err(db_err)?;
+            tx.open_table(DEAD_LETTERS).map_err(db_err)?;
+            tx.open_table(DEAD_BY_TIME).map_err(db_err)?;
+            tx.open_table(BILLING).map_err(db_err)?;
+            tx.open_table(BILLING_BY_PERIOD).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(EmbeddedStore {
@@ -430,6 +476,511 @@ impl UsageStore for EmbeddedStore {
                 out.add(start_ms, units);
             }
             Ok(out.finish())
+        })
+        .await
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, id: &str, b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| corrupt(what, id, e))
+}
+
+impl EmbeddedStore {
+    /// Deletes usage buckets and violations older than `retention` allows
+    /// (the embedded counterpart of ScyllaDB's TTLs). Returns the rows deleted.
+    pub async fn apply_retention(
+        &self,
+        now_ms: u64,
+        retention: Retention,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let mut deleted = 0u64;
+            {
+                let mut usage = tx.open_table(USAGE).map_err(db_err)?;
+                let cutoff = |code: u8| {
+                    let g = match code {
+                        0 => Granularity::Minute,
+                        1 => Granularity::Hour,
+                        _ => Granularity::Day,
+                    };
+                    now_ms.saturating_sub(retention.usage(g).as_millis() as u64)
+                };
+                let before = usage.len().map_err(db_err)?;
+                usage
+                    .retain(|(_, g, start, _), _| start >= cutoff(g))
+                    .map_err(db_err)?;
+                deleted += before - usage.len().map_err(db_err)?;
+                let vcut = now_ms.saturating_sub(retention.violations.as_millis() as u64);
+                let mut v = tx.open_table(VIOLATIONS).map_err(db_err)?;
+                let before = v.len().map_err(db_err)?;
+                v.retain(|(at, _), _| at >= vcut).map_err(db_err)?;
+                deleted += before - v.len().map_err(db_err)?;
+                let mut vk = tx.open_table(VIOLATIONS_BY_KEY).map_err(db_err)?;
+                vk.retain(|(_, at, _), _| at >= vcut).map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(deleted)
+        })
+        .await
+    }
+}
+
+/// Skips `offset` and takes `limit` of a newest-first iterator of ids.
+fn page<I: Iterator<Item = Result<String, StoreError>>>(
+    it: I,
+    range: Range,
+) -> Result<Vec<String>, StoreError> {
+    it.skip(range.offset).take(range.limit).collect()
+}
+
+#[async_trait]
+impl ViolationStore for EmbeddedStore {
+    async fn write_violations(&self, batch: &[Violation]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let batch = batch.to_vec();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(VIOLATIONS).map_err(db_err)?;
+                let mut by_key = tx.open_table(VIOLATIONS_BY_KEY).map_err(db_err)?;
+                for v in &batch {
+                    let bytes = encode("violation", &v.id, v)?;
+                    t.insert((v.at_ms, v.id.as_str()), bytes.as_slice())
+                        .map_err(db_err)?;
+                    by_key
+                        .insert((v.key_id.as_str(), v.at_ms, v.id.as_str()), ())
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_violations(
+        &self,
+        key_id: Option<&str>,
+        range: Range,
+    ) -> Result<Vec<Violation>, StoreError> {
+        if range.from_ms >= range.to_ms || range.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key_id = key_id.map(str::to_owned);
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(VIOLATIONS).map_err(db_err)?;
+            let keys: Vec<(u64, String)> = match &key_id {
+                Some(k) => {
+                    let by_key = tx.open_table(VIOLATIONS_BY_KEY).map_err(db_err)?;
+                    let it = by_key
+                        .range((k.as_str(), range.from_ms, "")..(k.as_str(), range.to_ms, ""))
+                        .map_err(db_err)?
+                        .rev()
+                        .map(|e| {
+                            e.map_err(db_err).map(|(k, _)| {
+                                let (_, at, id) = k.value();
+                                (at, id.to_owned())
+                            })
+                        });
+                    it.skip(range.offset)
+                        .take(range.limit)
+                        .collect::<Result<_, _>>()?
+                }
+                None => {
+                    let it = t
+                        .range((range.from_ms, "")..(range.to_ms, ""))
+                        .map_err(db_err)?
+                        .rev()
+                        .map(|e| {
+                            e.map_err(db_err).map(|(k, _)| {
+                                let (at, id) = k.value();
+                                (at, id.to_owned())
+                            })
+                        });
+                    it.skip(range.offset)
+                        .take(range.limit)
+                        .collect::<Result<_, _>>()?
+                }
+            };
+            let mut out = Vec::with_capacity(keys.len());
+            for (at, id) in keys {
+                if let Some(b) = t.get((at, id.as_str())).map_err(db_err)? {
+                    out.push(decode("violation", &id, b.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl BlockStore for EmbeddedStore {
+    async fn put_block(&self, block: &IpBlock) -> Result<(), StoreError> {
+        let block = block.clone();
+        self.blocking(move |db| {
+            let bytes = encode("block", &block.id, &block)?;
+            let tx = db.begin_write().map_err(db_err)?;
+            tx.open_table(BLOCKS)
+                .map_err(db_err)?
+                .insert(block.id.as_str(), bytes.as_slice())
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_blocks(&self) -> Result<Vec<IpBlock>, StoreError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(BLOCKS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for e in t.iter().map_err(db_err)? {
+                let (k, v) = e.map_err(db_err)?;
+                out.push(decode("block", k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_block(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let existed = tx
+                .open_table(BLOCKS)
+                .map_err(db_err)?
+                .remove(id.as_str())
+                .map_err(db_err)?
+                .is_some();
+            tx.commit().map_err(db_err)?;
+            Ok(existed)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for EmbeddedStore {
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let entries = entries.to_vec();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(AUDIT).map_err(db_err)?;
+                for e in &entries {
+                    let bytes = encode("audit entry", &e.id, e)?;
+                    t.insert((e.at_ms, e.id.as_str()), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, range: Range) -> Result<Vec<AuditEntry>, StoreError> {
+        if range.from_ms >= range.to_ms || range.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(AUDIT).map_err(db_err)?;
+            let mut out = Vec::new();
+            for e in t
+                .range((range.from_ms, "")..(range.to_ms, ""))
+                .map_err(db_err)?
+                .rev()
+                .skip(range.offset)
+                .take(range.limit)
+            {
+                let (k, v) = e.map_err(db_err)?;
+                out.push(decode("audit entry", k.value().1, v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AlertStore for EmbeddedStore {
+    async fn put_alert(&self, alert: &Alert) -> Result<(), StoreError> {
+        let alert = alert.clone();
+        self.blocking(move |db| {
+            let bytes = encode("alert", &alert.id, &alert)?;
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(ALERTS).map_err(db_err)?;
+                let mut by_time = tx.open_table(ALERTS_BY_TIME).map_err(db_err)?;
+                let mut by_key = tx.open_table(ALERTS_BY_KEY).map_err(db_err)?;
+                let old: Option<Alert> = match t.get(alert.id.as_str()).map_err(db_err)? {
+                    Some(b) => Some(decode("alert", &alert.id, b.value())?),
+                    None => None,
+                };
+                if let Some(old) = old {
+                    by_time
+                        .remove((old.raised_at_ms, old.id.as_str()))
+                        .map_err(db_err)?;
+                    if let Some(k) = &old.key_id {
+                        by_key
+                            .remove((k.as_str(), old.raised_at_ms, old.id.as_str()))
+                            .map_err(db_err)?;
+                    }
+                }
+                t.insert(alert.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+                by_time
+                    .insert((alert.raised_at_ms, alert.id.as_str()), ())
+                    .map_err(db_err)?;
+                if let Some(k) = &alert.key_id {
+                    by_key
+                        .insert((k.as_str(), alert.raised_at_ms, alert.id.as_str()), ())
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(ALERTS).map_err(db_err)?;
+            match t.get(id.as_str()).map_err(db_err)? {
+                Some(b) => Ok(Some(decode("alert", &id, b.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_alerts(
+        &self,
+        key_id: Option<&str>,
+        range: Range,
+    ) -> Result<Vec<Alert>, StoreError> {
+        if range.from_ms >= range.to_ms || range.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key_id = key_id.map(str::to_owned);
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(ALERTS).map_err(db_err)?;
+            let ids = match &key_id {
+                Some(k) => {
+                    let by_key = tx.open_table(ALERTS_BY_KEY).map_err(db_err)?;
+                    let it = by_key
+                        .range((k.as_str(), range.from_ms, "")..(k.as_str(), range.to_ms, ""))
+                        .map_err(db_err)?
+                        .rev()
+                        .map(|e| e.map_err(db_err).map(|(k, _)| k.value().2.to_owned()));
+                    page(it, range)?
+                }
+                None => {
+                    let by_time = tx.open_table(ALERTS_BY_TIME).map_err(db_err)?;
+                    let it = by_time
+                        .range((range.from_ms, "")..(range.to_ms, ""))
+                        .map_err(db_err)?
+                        .rev()
+                        .map(|e| e.map_err(db_err).map(|(k, _)| k.value().1.to_owned()));
+                    page(it, range)?
+                }
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(b) = t.get(id.as_str()).map_err(db_err)? {
+                    out.push(decode("alert", &id, b.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let letter = letter.clone();
+        self.blocking(move |db| {
+            let bytes = encode("dead letter", &letter.id, &letter)?;
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(DEAD_LETTERS).map_err(db_err)?;
+                let mut by_time = tx.open_table(DEAD_BY_TIME).map_err(db_err)?;
+                let old: Option<DeadLetter> = match t.get(letter.id.as_str()).map_err(db_err)? {
+                    Some(b) => Some(decode("dead letter", &letter.id, b.value())?),
+                    None => None,
+                };
+                if let Some(old) = old {
+                    by_time
+                        .remove((old.failed_at_ms, old.id.as_str()))
+                        .map_err(db_err)?;
+                }
+                t.insert(letter.id.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+                by_time
+                    .insert((letter.failed_at_ms, letter.id.as_str()), ())
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(DEAD_LETTERS).map_err(db_err)?;
+            match t.get(id.as_str()).map_err(db_err)? {
+                Some(b) => Ok(Some(decode("dead letter", &id, b.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_dead_letters(&self, range: Range) -> Result<Vec<DeadLetter>, StoreError> {
+        if range.from_ms >= range.to_ms || range.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(DEAD_LETTERS).map_err(db_err)?;
+            let by_time = tx.open_table(DEAD_BY_TIME).map_err(db_err)?;
+            let it = by_time
+                .range((range.from_ms, "")..(range.to_ms, ""))
+                .map_err(db_err)?
+                .rev()
+                .map(|e| e.map_err(db_err).map(|(k, _)| k.value().1.to_owned()));
+            let ids = page(it, range)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(b) = t.get(id.as_str()).map_err(db_err)? {
+                    out.push(decode("dead letter", &id, b.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let existed = {
+                let mut t = tx.open_table(DEAD_LETTERS).map_err(db_err)?;
+                let old: Option<DeadLetter> = match t.remove(id.as_str()).map_err(db_err)? {
+                    Some(b) => Some(decode("dead letter", &id, b.value())?),
+                    None => None,
+                };
+                if let Some(old) = &old {
+                    tx.open_table(DEAD_BY_TIME)
+                        .map_err(db_err)?
+                        .remove((old.failed_at_ms, old.id.as_str()))
+                        .map_err(db_err)?;
+                }
+                old.is_some()
+            };
+            tx.commit().map_err(db_err)?;
+            Ok(existed)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl BillingStore for EmbeddedStore {
+    async fn put_billing(&self, record: &BillingRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.blocking(move |db| {
+            let bytes = encode("billing record", &r.key_id, &r)?;
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                tx.open_table(BILLING)
+                    .map_err(db_err)?
+                    .insert((r.key_id.as_str(), r.period_start_ms), bytes.as_slice())
+                    .map_err(db_err)?;
+                tx.open_table(BILLING_BY_PERIOD)
+                    .map_err(db_err)?
+                    .insert((r.period_start_ms, r.key_id.as_str()), ())
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_billing(
+        &self,
+        key_id: &str,
+        period_start_ms: u64,
+    ) -> Result<Option<BillingRecord>, StoreError> {
+        let key_id = key_id.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(BILLING).map_err(db_err)?;
+            match t.get((key_id.as_str(), period_start_ms)).map_err(db_err)? {
+                Some(b) => Ok(Some(decode("billing record", &key_id, b.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_billing_for_key(
+        &self,
+        key_id: &str,
+        limit: usize,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        let key_id = key_id.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(BILLING).map_err(db_err)?;
+            let mut out = Vec::new();
+            for e in t
+                .range((key_id.as_str(), 0)..=(key_id.as_str(), u64::MAX))
+                .map_err(db_err)?
+                .rev()
+                .take(limit)
+            {
+                let (_, v) = e.map_err(db_err)?;
+                out.push(decode("billing record", &key_id, v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_billing_for_period(
+        &self,
+        period_start_ms: u64,
+    ) -> Result<Vec<BillingRecord>, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(BILLING).map_err(db_err)?;
+            let by_period = tx.open_table(BILLING_BY_PERIOD).map_err(db_err)?;
+            let mut out = Vec::new();
+            for e in by_period
+                .range((period_start_ms, "")..(period_start_ms.saturating_add(1), ""))
+                .map_err(db_err)?
+            {
+                let (k, _) = e.map_err(db_err)?;
+                let (_, key_id) = k.value();
+                if let Some(b) = t.get((key_id, period_start_ms)).map_err(db_err)? {
+                    out.push(decode("billing record", key_id, b.value())?);
+                }
+            }
+            Ok(out)
         })
         .await
     }

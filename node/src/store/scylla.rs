@@ -76,6 +76,7 @@
 
 pub mod errors;
 pub mod migrations;
+mod pipeline;
 
 pub use migrations::{
     DEFAULT_REPLICATION, MIGRATIONS, Migration, MigrationReport, migrate, migrate_to,
