@@ -182,6 +182,11 @@ impl KeyCache {
         self.by_id.len()
     }
 
+    /// Every cached key.
+    pub fn all(&self) -> Vec<Arc<KeyRecord>> {
+        self.by_id.iter().map(|r| Arc::clone(r.value())).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

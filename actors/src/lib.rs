@@ -9,14 +9,17 @@
 //! - [`writebehind`]: batched snapshot and usage writes.
 //! - [`keys`], [`catalog`]: API key records, secret hashing, tiers and limit resolution.
 //! - [`storage`]: the traits every backend implements, and their conformance suite.
+//! - [`pipeline`]: violation, billing and alert pipelines under a supervisor actor.
 //! - [`service`]: validate and key administration on top of all this.
 
 pub mod algo;
+pub mod blocks;
 pub mod catalog;
 pub mod cell;
 pub mod keys;
 pub mod limiter;
 pub mod limitset;
+pub mod pipeline;
 pub mod service;
 pub mod storage;
 pub mod writebehind;

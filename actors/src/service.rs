@@ -1,10 +1,12 @@
 //! Validate and key administration, on top of the key cache, the catalog,
 //! the KeyLimiters and the store. The HTTP layer is a thin mapping of this.
 
+use crate::blocks::{BlockList, Cidr};
 use crate::catalog::LimitsSource;
 use crate::keys::{self, AuthResult, KeyRecord, SecretHash};
 use crate::limiter::{Clock, KeyLimiters};
 use crate::limitset::{CheckError, CheckResult};
+use crate::pipeline::{Host, Pipelines};
 use crate::storage::{KeyFilter, Store, StoreError, TierRecord};
 use ringlimit_protocol::admin::{
     CreateKeyRequest, Granularity, KeyPage, KeyStatus, KeyView, KeyWithSecret, LimitUsage,
@@ -36,6 +38,10 @@ pub enum ValidateOutcome {
         error: CheckError,
     },
     Unavailable,
+    /// The caller's `client_ip` is on the block list.
+    IpBlocked {
+        block: ringlimit_protocol::pipeline::IpBlock,
+    },
 }
 
 /// Errors of the admin operations.
@@ -73,6 +79,9 @@ pub struct Service {
     random: fn(&mut [u8]),
     admin_lock: tokio::sync::Mutex<()>,
     change_hook: std::sync::OnceLock<Box<dyn Fn(Change) + Send + Sync>>,
+    pipelines: std::sync::OnceLock<Pipelines>,
+    /// The IP/CIDR blocks in force.
+    pub blocks: BlockList,
 }
 
 /// An admin change other nodes must learn about.
@@ -80,6 +89,8 @@ pub struct Service {
 pub enum Change {
     Key(String),
     Tier(String),
+    Blocks,
+    AbuseRules,
 }
 
 impl std::fmt::Debug for Service {
@@ -107,11 +118,34 @@ impl Service {
             random,
             admin_lock: tokio::sync::Mutex::new(()),
             change_hook: std::sync::OnceLock::new(),
+            pipelines: std::sync::OnceLock::new(),
+            blocks: BlockList::default(),
         }
+    }
+
+    /// Connects the pipelines (violations, billing, alerts) to the hot path.
+    pub fn set_pipelines(self: &Arc<Self>, p: Pipelines) {
+        let host: Arc<dyn Host> = Arc::clone(self) as Arc<dyn Host>;
+        p.set_host(Arc::downgrade(&host));
+        let _ = self.pipelines.set(p);
+    }
+
+    pub fn pipelines(&self) -> Option<&Pipelines> {
+        self.pipelines.get()
+    }
+
+    /// The unexpired block holding `ip`, if any.
+    pub fn ip_blocked(&self, ip: &str) -> Option<ringlimit_protocol::pipeline::IpBlock> {
+        if self.blocks.is_empty() {
+            return None;
+        }
+        let ip: std::net::IpAddr = ip.parse().ok()?;
+        self.blocks.find(ip, self.now_ms())
     }
 
     /// Loads every key into the cache and applies stored tier changes.
     pub async fn warm(&self) -> Result<usize, StoreError> {
+        self.blocks.set(self.store.list_blocks().await?);
         for t in self.store.list_tiers().await? {
             self.source.catalog.set_tier(t);
         }
@@ -129,13 +163,21 @@ impl Service {
     }
 
     /// May the holder of `api_key` spend `cost` now?
-    pub async fn validate(&self, api_key: &str, cost: u64) -> ValidateOutcome {
+    pub async fn validate(
+        &self,
+        api_key: &str,
+        cost: u64,
+        client_ip: Option<&str>,
+    ) -> ValidateOutcome {
+        if let Some(block) = client_ip.and_then(|ip| self.ip_blocked(ip)) {
+            return ValidateOutcome::IpBlocked { block };
+        }
         let Some((key_id, secret)) = apikey::parse(api_key) else {
             // Malformed keys take the same hashing path as unknown ones.
             let _ = keys::verify_unknown(&SecretHash::of(api_key));
             return ValidateOutcome::Unauthorized;
         };
-        self.validate_hashed(key_id, &SecretHash::of(secret), cost)
+        self.validate_hashed(key_id, &SecretHash::of(secret), cost, client_ip)
             .await
     }
 
@@ -146,6 +188,7 @@ impl Service {
         key_id: &str,
         presented: &SecretHash,
         cost: u64,
+        client_ip: Option<&str>,
     ) -> ValidateOutcome {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1_000;
@@ -163,8 +206,18 @@ impl Service {
             };
         }
         match self.limiters.check(key_id, cost, now_us).await {
-            Ok(Ok(result)) if result.allowed => ValidateOutcome::Allowed { key, result },
-            Ok(Ok(result)) => ValidateOutcome::Denied { key, result },
+            Ok(Ok(result)) if result.allowed => {
+                if let Some(p) = self.pipelines.get() {
+                    p.on_allowed(&key, &result, cost, now_ms);
+                }
+                ValidateOutcome::Allowed { key, result }
+            }
+            Ok(Ok(result)) => {
+                if let Some(p) = self.pipelines.get() {
+                    p.on_denied(&key, &result, cost, client_ip, now_ms);
+                }
+                ValidateOutcome::Denied { key, result }
+            }
             Ok(Err(error)) => ValidateOutcome::Rejected { key, error },
             Err(_) => ValidateOutcome::Unavailable,
         }
@@ -577,5 +630,172 @@ fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[async_trait::async_trait]
+impl Host for Service {
+    fn key(&self, key_id: &str) -> Option<Arc<KeyRecord>> {
+        self.source.keys.get(key_id)
+    }
+
+    fn keys(&self) -> Vec<Arc<KeyRecord>> {
+        self.source.keys.all()
+    }
+
+    async fn suspend(&self, key_id: &str, until_ms: u64, reason: &str) -> Result<(), String> {
+        self.suspend_key(key_id, Some(until_ms), reason)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn writebehind_pending(&self) -> usize {
+        self.limiters.stats().pending_writes
+    }
+}
+
+/// Longest block expiry: one year.
+pub const MAX_BLOCK_EXPIRY_MS: u64 = 365 * 86_400_000;
+
+impl Service {
+    fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        kind: &str,
+        target: &str,
+        reason: Option<String>,
+        details: serde_json::Value,
+    ) {
+        if let Some(p) = self.pipelines.get() {
+            p.audit(ringlimit_protocol::pipeline::AuditEntry {
+                id: p.ctx.new_id(),
+                at_ms: self.now_ms(),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                target_kind: kind.to_string(),
+                target_id: target.to_string(),
+                reason,
+                details,
+            });
+        }
+    }
+
+    /// Records an admin change of a key's suspension in the audit log.
+    pub fn audit_key_status(&self, key_id: &str, view: &KeyView, actor: &str) {
+        let (action, reason) = match view.status {
+            KeyStatus::Suspended => ("key.suspend", None),
+            KeyStatus::Active => ("key.unsuspend", None),
+            KeyStatus::Revoked => ("key.revoke", None),
+        };
+        self.audit(
+            actor,
+            action,
+            "key",
+            key_id,
+            reason,
+            serde_json::json!({ "suspended_until_ms": view.suspended_until_ms }),
+        );
+    }
+
+    /// Adds a block (`expires_in_ms` from now, or forever).
+    pub async fn create_block(
+        &self,
+        cidr: &str,
+        expires_in_ms: Option<u64>,
+        reason: Option<String>,
+        actor: &str,
+    ) -> Result<ringlimit_protocol::pipeline::IpBlock, AdminError> {
+        let c = Cidr::parse(cidr).map_err(|m| invalid("cidr", m))?;
+        if let Some(e) = expires_in_ms {
+            if e == 0 || e > MAX_BLOCK_EXPIRY_MS {
+                return Err(invalid(
+                    "expires_in_ms",
+                    "must be between 1 and 31536000000 (one year)",
+                ));
+            }
+        }
+        if reason.as_ref().is_some_and(|r| r.len() > 512) {
+            return Err(invalid("reason", "must be at most 512 characters"));
+        }
+        let now = self.now_ms();
+        let mut id = [0u8; 12];
+        (self.random)(&mut id);
+        let block = ringlimit_protocol::pipeline::IpBlock {
+            id: format!("blk_{}", hex::encode(id)),
+            cidr: c.to_string(),
+            created_at_ms: now,
+            expires_at_ms: expires_in_ms.map(|e| now + e),
+            reason: reason.clone(),
+            created_by: actor.to_string(),
+        };
+        self.store.put_block(&block).await?;
+        self.reload_blocks().await?;
+        self.changed(Change::Blocks);
+        self.audit(
+            actor,
+            "block.create",
+            "block",
+            &block.id,
+            reason,
+            serde_json::json!({ "cidr": block.cidr, "expires_at_ms": block.expires_at_ms }),
+        );
+        Ok(block)
+    }
+
+    /// Removes a block.
+    pub async fn delete_block(
+        &self,
+        id: &str,
+        actor: &str,
+        action: &str,
+    ) -> Result<(), AdminError> {
+        if !self.store.delete_block(id).await? {
+            return Err(AdminError::NotFound(format!("block {id}")));
+        }
+        self.reload_blocks().await?;
+        self.changed(Change::Blocks);
+        self.audit(actor, action, "block", id, None, serde_json::Value::Null);
+        Ok(())
+    }
+
+    /// Tells the other nodes the abuse rules changed.
+    pub fn rules_changed(&self) {
+        self.changed(Change::AbuseRules);
+    }
+
+    /// Re-reads the block list from the store.
+    pub async fn reload_blocks(&self) -> Result<(), StoreError> {
+        self.blocks.set(self.store.list_blocks().await?);
+        Ok(())
+    }
+
+    /// Deletes expired blocks from the store (each expiry is audited once).
+    pub async fn expire_blocks(&self) -> Result<usize, StoreError> {
+        let now = self.now_ms();
+        let mut n = 0;
+        for b in self.store.list_blocks().await? {
+            if b.expires_at_ms.is_some_and(|t| t <= now) && self.store.delete_block(&b.id).await? {
+                n += 1;
+                if let Some(p) = self.pipelines.get() {
+                    p.audit(ringlimit_protocol::pipeline::AuditEntry {
+                        id: crate::pipeline::stable_id(&["block.expire", &b.id]),
+                        at_ms: now,
+                        actor: "system".into(),
+                        action: "block.expire".into(),
+                        target_kind: "block".into(),
+                        target_id: b.id.clone(),
+                        reason: Some("expiry reached".into()),
+                        details: serde_json::json!({ "cidr": b.cidr, "expires_at_ms": b.expires_at_ms }),
+                    });
+                }
+            }
+        }
+        if n > 0 {
+            self.reload_blocks().await?;
+            self.changed(Change::Blocks);
+        }
+        Ok(n)
     }
 }

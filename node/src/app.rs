@@ -10,8 +10,9 @@ use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use anyhow::Context;
 use ringlimit_actors::catalog::{Catalog, LimitsSource};
 use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
+use ringlimit_actors::pipeline::Pipelines;
 use ringlimit_actors::service::Service;
-use ringlimit_actors::storage::{SnapshotStore, Store, UsageStore};
+use ringlimit_actors::storage::{Retention, SnapshotStore, Store, UsageStore};
 use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -108,6 +109,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// Driver settings from the config.
 pub fn scylla_options(config: &Config) -> ScyllaOptions {
     let mut o = ScyllaOptions::default();
+    o.retention = config.retention;
     if let Some(r) = &config.scylla_replication {
         o.replication = r.clone();
     }
@@ -144,6 +146,7 @@ pub async fn run(
     let store_dyn: Arc<dyn Store> = if config.scylla_nodes.is_empty() {
         let s = EmbeddedStore::open(&config.data_dir).context("opening the embedded store")?;
         tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
+        spawn_retention(s.clone(), config.retention);
         Arc::new(s)
     } else {
         let s = ScyllaStore::connect(
@@ -214,6 +217,20 @@ pub async fn run(
     ));
     let n = service.warm().await.context("loading keys")?;
     tracing::info!(keys = n, "key cache warmed");
+    let mut seed = [0u8; 16];
+    os_random(&mut seed);
+    let poster =
+        Arc::new(crate::webhook::WebhookClient::new().context("building the webhook client")?);
+    let pipelines = Pipelines::start(
+        config.pipelines.clone(),
+        Arc::clone(&service.store),
+        poster,
+        seed,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?;
+    service.set_pipelines(pipelines.clone());
+    spawn_block_expiry(Arc::clone(&service));
 
     let router = Router::new(
         Arc::clone(&service),
@@ -333,12 +350,48 @@ pub async fn run(
             tracing::error!(error = %e, pending = wb.pending_len(), "could not save all state")
         }
     }
+    // The last admits and denials are queued now: write them out.
+    pipelines.drain().await;
+    tracing::info!(pipelines = ?pipelines.stats(), "pipelines drained");
     limiters.stop();
     if let Some(c) = router.cluster() {
         c.leave().await;
     }
     tracing::info!("bye");
     Ok(())
+}
+
+/// Applies the retention periods to the embedded store, hourly (ScyllaDB
+/// applies them itself through TTLs).
+fn spawn_retention(store: EmbeddedStore, retention: Retention) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs(3_600));
+        loop {
+            t.tick().await;
+            match store
+                .apply_retention(SystemClock.now_us() / 1_000, retention)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "retention applied"),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+        }
+    });
+}
+
+/// Removes expired IP blocks from the store every few seconds (they stop
+/// matching at their expiry whatever this does).
+fn spawn_block_expiry(service: Arc<Service>) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            t.tick().await;
+            if let Err(e) = service.expire_blocks().await {
+                tracing::debug!(error = %e, "expiring blocks failed");
+            }
+        }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

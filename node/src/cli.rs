@@ -90,6 +90,9 @@ pub struct Flags {
     /// host:port peers dial to reach this node (when cluster_addr binds 0.0.0.0).
     #[arg(long, global = true)]
     pub advertise_addr: Option<String>,
+    /// Billing period: `monthly` or a length such as 15m, 1h, 7d.
+    #[arg(long, global = true)]
+    pub billing_period: Option<String>,
 }
 
 impl Flags {
@@ -118,10 +121,12 @@ impl Flags {
             cluster_addr: self.cluster_addr,
             seeds: self.seeds,
             cookie: self.cookie,
+            billing_period: self.billing_period,
             heartbeat_timeout_ms: self.heartbeat_timeout_ms,
             fail_closed_tiers: self.fail_closed_tiers,
             advertise_addr: self.advertise_addr,
             tiers: None,
+            ..RawConfig::default()
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`http`]: the data plane (validate) and the admin plane (keys, tiers, usage).
 //! - [`router`]: routing checks to key owners on a cluster, handoff, admin broadcasts.
 //! - [`store`]: storage adapters (the embedded default).
+//! - [`webhook`]: the HTTP client of alert webhooks.
 //! - [`app`]: building a node, serving, draining on shutdown.
 
 pub mod app;
@@ -17,3 +18,4 @@ pub mod config;
 pub mod http;
 pub mod router;
 pub mod store;
+pub mod webhook;

@@ -155,6 +155,14 @@ impl Router {
             let ev = match c {
                 Change::Key(key_id) => AdminEvent::KeyChanged { key_id },
                 Change::Tier(name) => AdminEvent::TierChanged { name },
+                Change::Blocks => AdminEvent::BlocksChanged,
+                Change::AbuseRules => AdminEvent::AbuseRulesChanged {
+                    rules: r
+                        .service
+                        .pipelines()
+                        .map(|p| serde_json::to_string(&p.abuse_rules()).unwrap_or_default())
+                        .unwrap_or_default(),
+                },
             };
             tokio::spawn(async move {
                 let rep = cl.broadcast(ev.clone()).await;
@@ -235,12 +243,20 @@ impl Router {
 
     /// Answers one check from the HTTP data plane: locally when this node owns
     /// the key, otherwise through the owner.
-    pub async fn validate(&self, api_key: &str, cost: u64) -> (StatusCode, ValidateResponse) {
+    pub async fn validate(
+        &self,
+        api_key: &str,
+        cost: u64,
+        client_ip: Option<&str>,
+    ) -> (StatusCode, ValidateResponse) {
         let Some(ring) = self.routing_ring() else {
-            return answer(self.service.validate(api_key, cost).await);
+            return answer(self.service.validate(api_key, cost, client_ip).await);
         };
+        if let Some(block) = client_ip.and_then(|ip| self.service.ip_blocked(ip)) {
+            return answer(ringlimit_actors::service::ValidateOutcome::IpBlocked { block });
+        }
         let Some((key_id, secret)) = apikey::parse(api_key) else {
-            return answer(self.service.validate(api_key, cost).await);
+            return answer(self.service.validate(api_key, cost, None).await);
         };
         let hash = SecretHash::of(secret);
         let me = self.me().unwrap_or_default().to_string();
@@ -254,9 +270,13 @@ impl Router {
                     continue;
                 }
                 self.wait_gates().await;
-                return answer(self.service.validate_hashed(key_id, &hash, cost).await);
+                return answer(
+                    self.service
+                        .validate_hashed(key_id, &hash, cost, client_ip)
+                        .await,
+                );
             }
-            match self.forward(&owner, key_id, &hash, cost).await {
+            match self.forward(&owner, key_id, &hash, cost, client_ip).await {
                 Ok(ForwardOutcome::Decided { status, body }) => {
                     return (
                         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -304,6 +324,7 @@ impl Router {
         key_id: &str,
         hash: &SecretHash,
         cost: u64,
+        client_ip: Option<&str>,
     ) -> Result<ForwardOutcome, ForwardError> {
         let Some(c) = self.cluster.get() else {
             return Err(ForwardError::Local);
@@ -316,7 +337,7 @@ impl Router {
             cost,
             now_us: self.service.clock.now_us(),
             resource: None,
-            client_ip: None,
+            client_ip: client_ip.map(str::to_owned),
         };
         c.forward(owner, check).await
     }
@@ -503,7 +524,12 @@ impl Router {
             self.wait_gates().await;
             let (status, body) = answer(
                 self.service
-                    .validate_hashed(&chk.key_id, &SecretHash(chk.secret_hash), chk.cost)
+                    .validate_hashed(
+                        &chk.key_id,
+                        &SecretHash(chk.secret_hash),
+                        chk.cost,
+                        chk.client_ip.as_deref(),
+                    )
                     .await,
             );
             ForwardOutcome::Decided {
@@ -521,6 +547,20 @@ impl Router {
         let r = match &ev {
             AdminEvent::KeyChanged { key_id } => self.service.reload_key(key_id).await,
             AdminEvent::TierChanged { .. } => self.service.reload_tiers().await,
+            AdminEvent::BlocksChanged => self.service.reload_blocks().await,
+            AdminEvent::AbuseRulesChanged { rules } => {
+                match serde_json::from_str::<Vec<ringlimit_actors::pipeline::AbuseRule>>(rules) {
+                    Ok(r) if r.iter().all(|x| x.validate().is_ok()) => {
+                        if let Some(p) = self.service.pipelines() {
+                            p.set_abuse_rules(r);
+                        }
+                        Ok(())
+                    }
+                    _ => Err(ringlimit_actors::storage::StoreError::Corrupt(
+                        "abuse rules from a peer do not parse".into(),
+                    )),
+                }
+            }
         };
         if let Err(e) = r {
             tracing::warn!(event = ?ev, error = %e, "could not apply an admin change from a peer");

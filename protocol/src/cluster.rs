@@ -174,6 +174,10 @@ pub enum AdminEvent {
     KeyChanged { key_id: String },
     /// A tier's limits changed.
     TierChanged { name: String },
+    /// The IP block list changed (re-read it from the store).
+    BlocksChanged,
+    /// The abuse rules changed; `rules` is their JSON.
+    AbuseRulesChanged { rules: String },
 }
 
 /// Key states handed to their new owner. Each state is an opaque snapshot of

@@ -94,7 +94,11 @@ pub async fn update_key(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateKeyRequest>,
 ) -> Result<Response, ApiError> {
+    let status_changed = req.status.is_some();
     let v = app.service.update_key(&id, req).await?;
+    if status_changed {
+        app.service.audit_key_status(&id, &v, "admin");
+    }
     tracing::info!(key_id = %id, "key updated");
     Ok(Json(v).into_response())
 }

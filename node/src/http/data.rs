@@ -64,6 +64,7 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
         ValidateOutcome::Suspended { .. } => "suspended",
         ValidateOutcome::Rejected { .. } => "rejected",
         ValidateOutcome::Unavailable => "unavailable",
+        ValidateOutcome::IpBlocked { .. } => "ip_blocked",
     };
     metrics::counter!(metric::VALIDATE, "outcome" => label).increment(1);
     match outcome {
@@ -135,6 +136,19 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
                     with_error(b, ErrorCode::Unavailable, e.to_string()),
                 ),
             }
+        }
+        ValidateOutcome::IpBlocked { block } => {
+            let until = block
+                .expires_at_ms
+                .map(|t| format!(" until {t} (ms since epoch)"))
+                .unwrap_or_default();
+            let mut b = with_error(
+                body(false, None, None, None),
+                ErrorCode::Blocked,
+                format!("client_ip is blocked by {}{until}", block.cidr),
+            );
+            b.suspended_until_ms = block.expires_at_ms;
+            (StatusCode::FORBIDDEN, b)
         }
         ValidateOutcome::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -215,7 +229,10 @@ pub async fn validate(
     ApiJson(req): ApiJson<ValidateRequest>,
 ) -> Result<Response, ApiError> {
     check_request(&req)?;
-    let (status, b) = app.router.validate(&req.api_key, req.cost.0).await;
+    let (status, b) = app
+        .router
+        .validate(&req.api_key, req.cost.0, req.client_ip.as_deref())
+        .await;
     let mut headers = HeaderMap::new();
     ratelimit_headers(&b.limits, &mut headers);
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -243,10 +260,10 @@ pub async fn validate_batch(
     for (i, c) in req.checks.iter().enumerate() {
         check_request(c).map_err(|e| ApiError::invalid(format!("checks[{i}]: {}", e.message)))?;
     }
-    let futures = req
-        .checks
-        .iter()
-        .map(|c| app.router.validate(&c.api_key, c.cost.0));
+    let futures = req.checks.iter().map(|c| {
+        app.router
+            .validate(&c.api_key, c.cost.0, c.client_ip.as_deref())
+    });
     let outcomes = futures_util::future::join_all(futures).await;
     let results = outcomes
         .into_iter()

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod data;
 pub mod error;
 pub mod extract;
+pub mod pipeline;
 
 use crate::config::Config;
 use axum::extract::{DefaultBodyLimit, State};
@@ -152,6 +153,62 @@ pub fn admin_router(state: AppState, ids: RequestIds) -> Router {
             get(admin::get_tier)
                 .put(admin::put_tier)
                 .fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/violations",
+            get(pipeline::list_violations).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/blocks",
+            post(pipeline::create_block)
+                .get(pipeline::list_blocks)
+                .fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/blocks/{id}",
+            axum::routing::delete(pipeline::delete_block).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/audit",
+            get(pipeline::list_audit).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/alerts",
+            get(pipeline::list_alerts).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/dead-letters",
+            get(pipeline::list_dead_letters).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/dead-letters/{id}/redrive",
+            post(pipeline::redrive).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/billing",
+            get(pipeline::list_billing).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/billing/close",
+            post(pipeline::close_billing).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/billing/{key_id}",
+            get(pipeline::key_billing).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/analytics/usage",
+            get(pipeline::usage_analytics).fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/abuse/rules",
+            get(pipeline::get_abuse_rules)
+                .put(pipeline::put_abuse_rules)
+                .fallback(error::wrong_method),
+        )
+        .route(
+            "/api/v1/pipelines",
+            get(pipeline::pipeline_stats).fallback(error::wrong_method),
         )
         .route("/api/v1/node", get(admin::node_info))
         .route(

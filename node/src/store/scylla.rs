@@ -162,6 +162,8 @@ pub struct ScyllaOptions {
     pub password: Option<String>,
     /// Writes in flight for one batch of snapshots or usage rows (default 32).
     pub concurrency: usize,
+    /// How long usage rows and violations are kept (TTLs of the writes).
+    pub retention: ringlimit_actors::storage::Retention,
 }
 
 impl Default for ScyllaOptions {
@@ -178,6 +180,7 @@ impl Default for ScyllaOptions {
             username: None,
             password: None,
             concurrency: 32,
+            retention: ringlimit_actors::storage::Retention::default(),
         }
     }
 }

@@ -5,7 +5,10 @@
 //! Every setting has one name per source: `data_addr` in the file,
 //! `RINGLIMIT_DATA_ADDR` in the environment, `--data-addr` as a flag.
 
-use ringlimit_actors::storage::TierRecord;
+pub mod pipelines;
+
+use ringlimit_actors::pipeline::{AbuseRule, PipelineConfig};
+use ringlimit_actors::storage::{Retention, TierRecord};
 use ringlimit_protocol::limits::validate_limits;
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
 use serde::Deserialize;
@@ -61,6 +64,13 @@ pub struct RawConfig {
     pub advertise_addr: Option<String>,
     /// `[tiers.NAME] limits = [...]`: replaces or adds tiers over the defaults.
     pub tiers: Option<BTreeMap<String, TierConfig>>,
+    /// `monthly` or a length (`15m`, `1h`, `7d`); also `[billing] period`.
+    pub billing_period: Option<String>,
+    pub retention: Option<pipelines::RetentionRaw>,
+    pub billing: Option<pipelines::BillingRaw>,
+    pub alerts: Option<pipelines::AlertsRaw>,
+    pub pipelines: Option<pipelines::PipelinesRaw>,
+    pub abuse_rules: Option<Vec<AbuseRule>>,
 }
 
 /// A tier in the config file.
@@ -98,6 +108,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "heartbeat_timeout_ms"),
     ("RINGLIMIT_FAIL_CLOSED_TIERS", "fail_closed_tiers"),
     ("RINGLIMIT_ADVERTISE_ADDR", "advertise_addr"),
+    ("RINGLIMIT_BILLING_PERIOD", "billing_period"),
 ];
 
 fn parse_num<T: std::str::FromStr>(env: &str, v: &str) -> Result<T, ConfigError> {
@@ -146,6 +157,7 @@ impl RawConfig {
                 }
                 "RINGLIMIT_FAIL_CLOSED_TIERS" => r.fail_closed_tiers = Some(v),
                 "RINGLIMIT_ADVERTISE_ADDR" => r.advertise_addr = Some(v),
+                "RINGLIMIT_BILLING_PERIOD" => r.billing_period = Some(v),
                 _ => {}
             }
         }
@@ -196,7 +208,13 @@ impl RawConfig {
             cookie,
             heartbeat_timeout_ms,
             fail_closed_tiers,
-            advertise_addr
+            advertise_addr,
+            billing_period,
+            retention,
+            billing,
+            alerts,
+            pipelines,
+            abuse_rules
         );
         if let Some(t) = over.tiers {
             self.tiers.get_or_insert_with(BTreeMap::new).extend(t);
@@ -249,6 +267,10 @@ pub struct Config {
     /// `host:port` peers dial to reach this node (default: cluster_addr).
     pub advertise_addr: Option<String>,
     pub tiers: Vec<TierRecord>,
+    /// How long usage history and violations are kept.
+    pub retention: Retention,
+    /// Violations, abuse rules, billing, alerts.
+    pub pipelines: PipelineConfig,
 }
 
 fn lim(
@@ -485,6 +507,15 @@ impl Config {
                 limits: t.limits,
             });
         }
+        let retention = pipelines::retention(r.retention.as_ref())?;
+        let pipelines = pipelines::pipelines(
+            &node_name,
+            r.pipelines.as_ref(),
+            r.billing.as_ref(),
+            r.alerts.as_ref(),
+            r.abuse_rules.as_ref(),
+            r.billing_period.as_deref(),
+        )?;
         Ok(Config {
             data_addr,
             admin_addr,
@@ -513,6 +544,8 @@ impl Config {
             fail_closed_tiers,
             advertise_addr: r.advertise_addr,
             tiers,
+            retention,
+            pipelines,
         })
     }
 }

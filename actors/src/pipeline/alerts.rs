@@ -1,0 +1,730 @@
+//! The alert pipeline: stores alerts, once per condition and period, and
+//! delivers them to webhooks.
+//!
+//! # Once per condition and period
+//! An alert's id is derived from its rule, its subject and its period (a
+//! limit's window, a billing period, a suspension's end, a backlog episode).
+//! The worker skips an id it has seen or that the store already holds.
+//!
+//! # Delivery
+//! Each configured endpoint gets every alert; a key owner's webhook (key
+//! metadata `webhook_url`, optional `webhook_secret`) gets the notices about
+//! that key's quota (`usage_threshold`, `included_units_threshold`,
+//! `overage`). Payloads are either generic JSON (`{"type":"ringlimit.alert",
+//! "alert":{…}}`) or Slack-compatible (`{"text":…,"blocks":[…]}`), signed with
+//! `X-Ringlimit-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+//! A delivery is retried on a transport error, a timeout or a non-2xx answer,
+//! with exponential back-off and jitter, up to `max_attempts`; after the last
+//! attempt it becomes a dead letter (listed and re-driven via the admin API).
+//! Deliveries run as tasks beside the worker; alerts still `pending` at start
+//! (the process died mid-delivery) are delivered again.
+
+use super::{Ctx, Kind, Worker, stable_id};
+use crate::keys::KeyRecord;
+use crate::storage::{Range, StoreError};
+use async_trait::async_trait;
+use ringlimit_protocol::pipeline::{Alert, DeadLetter, DeliveryState};
+use ringlimit_protocol::validate::LimitStatus;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Payload shape of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    Generic,
+    Slack,
+}
+
+/// A configured webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    pub name: String,
+    pub url: String,
+    pub format: WebhookFormat,
+    /// HMAC key of the signature header (none: unsigned).
+    pub secret: Option<String>,
+}
+
+/// Retries of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Bound of one attempt.
+    pub timeout: Duration,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        DeliveryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DeliveryPolicy {
+    /// Wait before attempt `n + 1` (n ≥ 1): half of the exponential step
+    /// plus a random part of the other half ("equal jitter").
+    pub fn backoff(&self, n: u32, rand: u64) -> Duration {
+        let step = self
+            .initial_backoff
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(self.max_backoff);
+        let half = step / 2;
+        let ms = half.as_millis() as u64;
+        half + Duration::from_millis(if ms == 0 { 0 } else { rand % (ms + 1) })
+    }
+}
+
+/// Alert rules and delivery.
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    /// Usage of a limit at or above this percentage raises `usage_threshold`
+    /// once per key, limit and window (0: off; default 80).
+    pub usage_percent: u8,
+    /// Usage of a tier's included units at or above this percentage raises
+    /// `included_units_threshold` once per key and period (0: off; default 80).
+    pub included_percent: u8,
+    /// `(count, window_ms)`: a key denied `count` times within a window raises
+    /// `repeated_violations` (default 100 in 60 s).
+    pub repeated_violations: Option<(u64, u64)>,
+    /// Write-behind backlog (keys) above which `writebehind_backlog` is raised,
+    /// once per episode (default 100 000).
+    pub backlog_bound: Option<usize>,
+    pub endpoints: Vec<WebhookEndpoint>,
+    /// Signs key owners' notices when their metadata has no `webhook_secret`.
+    pub owner_secret: Option<String>,
+    pub delivery: DeliveryPolicy,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            usage_percent: 80,
+            included_percent: 80,
+            repeated_violations: Some((100, 60_000)),
+            backlog_bound: Some(100_000),
+            endpoints: Vec::new(),
+            owner_secret: None,
+            delivery: DeliveryPolicy::default(),
+        }
+    }
+}
+
+/// Sends one HTTP POST (implemented by the node with its HTTP client).
+#[async_trait]
+pub trait HttpPoster: Send + Sync + 'static {
+    /// The status code, or an error (transport, timeout).
+    async fn post(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<u16, String>;
+}
+
+/// An alert on its way to the alert worker.
+#[derive(Debug, Clone)]
+pub struct AlertEvent {
+    pub id: String,
+    pub kind: &'static str,
+    pub severity: &'static str,
+    pub key_id: Option<String>,
+    pub message: String,
+    pub details: serde_json::Value,
+    pub at_ms: u64,
+    /// The key owner's webhook, for quota notices: (url, secret).
+    pub notify_owner: Option<(String, Option<String>)>,
+}
+
+impl AlertEvent {
+    /// An alert whose id is derived from `kind` and `period_parts`.
+    pub fn new(
+        kind: &'static str,
+        severity: &'static str,
+        key_id: Option<&str>,
+        message: String,
+        details: serde_json::Value,
+        period_parts: &[&str],
+        at_ms: u64,
+    ) -> Self {
+        let mut parts = vec![kind];
+        parts.extend_from_slice(period_parts);
+        AlertEvent {
+            id: stable_id(&parts),
+            kind,
+            severity,
+            key_id: key_id.map(str::to_owned),
+            message,
+            details,
+            at_ms,
+            notify_owner: None,
+        }
+    }
+
+    /// A key used `pct`% of one of its limits in window number `window`.
+    pub fn usage_threshold(
+        key: &KeyRecord,
+        l: &LimitStatus,
+        pct: u64,
+        window: u64,
+        at_ms: u64,
+    ) -> Self {
+        let used = l.limit.saturating_sub(l.remaining);
+        let mut ev = AlertEvent::new(
+            "usage_threshold",
+            "warning",
+            Some(&key.key_id),
+            format!(
+                "key {} used {used} of {} units of limit '{}' ({pct}% threshold)",
+                key.key_id, l.limit, l.name
+            ),
+            serde_json::json!({ "limit": l.name, "used": used, "capacity": l.limit, "window_ms": l.window_ms, "percent": pct }),
+            &[&key.key_id, &l.name, &window.to_string()],
+            at_ms,
+        );
+        ev.notify_owner = owner_webhook(key);
+        ev
+    }
+}
+
+/// The key owner's webhook from the key's metadata.
+pub fn owner_webhook(key: &KeyRecord) -> Option<(String, Option<String>)> {
+    let url = key.metadata.get("webhook_url")?.as_str()?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let secret = key
+        .metadata
+        .get("webhook_secret")
+        .and_then(|s| s.as_str())
+        .map(str::to_owned);
+    Some((url.to_owned(), secret))
+}
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    const B: usize = 64;
+    let mut k = [0u8; B];
+    if key.len() > B {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut ipad = [0x36u8; B];
+    let mut opad = [0x5cu8; B];
+    for i in 0..B {
+        ipad[i] ^= k[i];
+        opad[i] ^= k[i];
+    }
+    let inner = Sha256::new()
+        .chain_update(ipad)
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The signature header's value for `body` sent at `t` (unix seconds).
+pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
+    let mut msg = Vec::with_capacity(body.len() + 12);
+    msg.extend_from_slice(t.to_string().as_bytes());
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    format!(
+        "t={t},v1={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &msg))
+    )
+}
+
+/// The body sent for `alert` in `format`.
+pub fn render(alert: &Alert, format: WebhookFormat) -> Vec<u8> {
+    let v = match format {
+        WebhookFormat::Generic => serde_json::json!({ "type": "ringlimit.alert", "alert": alert }),
+        WebhookFormat::Slack => {
+            let text = format!(
+                "[{}] {}: {}",
+                alert.severity.to_uppercase(),
+                alert.kind,
+                alert.message
+            );
+            serde_json::json!({
+                "text": text,
+                "blocks": [
+                    { "type": "section", "text": { "type": "mrkdwn", "text": format!("*{}* `{}`\n{}", alert.severity.to_uppercase(), alert.kind, alert.message) } },
+                    { "type": "context", "elements": [ { "type": "mrkdwn", "text": format!("alert `{}`{}", alert.id, alert.key_id.as_deref().map(|k| format!(" · key `{k}`")).unwrap_or_default()) } ] }
+                ]
+            })
+        }
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn jitter_seed(id: &str, attempt: u32) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let h = Sha256::new()
+        .chain_update(id.as_bytes())
+        .chain_update(attempt.to_le_bytes())
+        .chain_update(nanos.to_le_bytes())
+        .finalize();
+    u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// Posts `body` to `url` until a 2xx answer or `max_attempts` attempts.
+/// `Ok(attempts)` or `Err((attempts, last error))`.
+pub async fn deliver(
+    poster: &dyn HttpPoster,
+    policy: &DeliveryPolicy,
+    url: &str,
+    secret: Option<&str>,
+    alert_id: &str,
+    body: &[u8],
+) -> Result<u32, (u32, String)> {
+    let mut last = String::new();
+    let attempts = policy.max_attempts.max(1);
+    for n in 1..=attempts {
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("x-ringlimit-alert-id", alert_id.to_string()),
+            ("x-ringlimit-attempt", n.to_string()),
+        ];
+        if let Some(s) = secret {
+            headers.push(("x-ringlimit-signature", signature(s, unix_s(), body)));
+        }
+        match poster
+            .post(url, &headers, body.to_vec(), policy.timeout)
+            .await
+        {
+            Ok(code) if (200..300).contains(&code) => {
+                metrics::counter!("ringlimit_webhook_deliveries_total", "result" => "delivered")
+                    .increment(1);
+                return Ok(n);
+            }
+            Ok(code) => last = format!("answered HTTP {code}"),
+            Err(e) => last = e,
+        }
+        metrics::counter!("ringlimit_webhook_attempt_failures_total").increment(1);
+        tracing::debug!(url, alert_id, attempt = n, error = %last, "webhook attempt failed");
+        if n < attempts {
+            tokio::time::sleep(policy.backoff(n, jitter_seed(alert_id, n))).await;
+        }
+    }
+    metrics::counter!("ringlimit_webhook_deliveries_total", "result" => "dead_lettered")
+        .increment(1);
+    Err((attempts, last))
+}
+
+/// One place an alert goes.
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    url: String,
+    format: WebhookFormat,
+    secret: Option<String>,
+}
+
+fn targets(
+    ctx: &Ctx,
+    ev_owner: Option<&(String, Option<String>)>,
+    key_id: Option<&str>,
+) -> Vec<Target> {
+    let cfg = &ctx.config.alerts;
+    let mut t: Vec<Target> = cfg
+        .endpoints
+        .iter()
+        .map(|e| Target {
+            name: e.name.clone(),
+            url: e.url.clone(),
+            format: e.format,
+            secret: e.secret.clone(),
+        })
+        .collect();
+    if let (Some((url, secret)), Some(k)) = (ev_owner, key_id) {
+        t.push(Target {
+            name: format!("key:{k}"),
+            url: url.clone(),
+            format: WebhookFormat::Generic,
+            secret: secret.clone().or_else(|| cfg.owner_secret.clone()),
+        });
+    }
+    t
+}
+
+/// Delivers `alert` to every target, then records the outcome (delivery
+/// state, attempts, dead letters).
+async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
+    let policy = ctx.config.alerts.delivery;
+    let mut attempts = 0;
+    let mut dead = Vec::new();
+    for t in &targets {
+        let body = render(&alert, t.format);
+        match deliver(
+            &*ctx.poster,
+            &policy,
+            &t.url,
+            t.secret.as_deref(),
+            &alert.id,
+            &body,
+        )
+        .await
+        {
+            Ok(n) => attempts += n,
+            Err((n, error)) => {
+                attempts += n;
+                tracing::warn!(alert_id = %alert.id, endpoint = %t.name, error = %error, "webhook delivery failed; dead-lettered");
+                dead.push(DeadLetter {
+                    id: stable_id(&["dead-letter", &alert.id, &t.name]),
+                    alert_id: alert.id.clone(),
+                    endpoint: t.name.clone(),
+                    url: t.url.clone(),
+                    failed_at_ms: super::now_ms(),
+                    attempts: n,
+                    error,
+                    payload: String::from_utf8_lossy(&body).into_owned(),
+                });
+            }
+        }
+    }
+    alert.attempts += attempts;
+    alert.last_attempt_at_ms = Some(super::now_ms());
+    alert.delivery = if dead.is_empty() {
+        DeliveryState::Delivered
+    } else {
+        DeliveryState::DeadLettered
+    };
+    // The outcome is worth a few retries: the store may be briefly down.
+    for i in 0..5u32 {
+        let r: Result<(), StoreError> = async {
+            for d in &dead {
+                ctx.store.put_dead_letter(d).await?;
+            }
+            ctx.store.put_alert(&alert).await
+        }
+        .await;
+        match r {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(alert_id = %alert.id, error = %e, "cannot record the delivery outcome; retrying");
+                tokio::time::sleep(Duration::from_millis(200 << i)).await;
+            }
+        }
+    }
+}
+
+/// The result of re-driving a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redrive {
+    Delivered { attempts: u32 },
+    Failed { attempts: u32, error: String },
+    NotFound,
+}
+
+/// Sends a dead letter's payload again (with the delivery policy's retries).
+/// Delivered: the letter is removed and its alert marked delivered. Failed:
+/// the letter stays, with the new error and attempt count.
+pub async fn redrive(ctx: &Ctx, id: &str) -> Result<Redrive, StoreError> {
+    let Some(mut letter) = ctx.store.get_dead_letter(id).await? else {
+        return Ok(Redrive::NotFound);
+    };
+    let cfg = &ctx.config.alerts;
+    let secret = match letter.endpoint.strip_prefix("key:") {
+        Some(key_id) => ctx
+            .host()
+            .and_then(|h| h.key(key_id))
+            .and_then(|k| owner_webhook(&k))
+            .and_then(|(_, s)| s)
+            .or_else(|| cfg.owner_secret.clone()),
+        None => cfg
+            .endpoints
+            .iter()
+            .find(|e| e.name == letter.endpoint)
+            .and_then(|e| e.secret.clone()),
+    };
+    let body = letter.payload.clone().into_bytes();
+    let r = deliver(
+        &*ctx.poster,
+        &cfg.delivery,
+        &letter.url,
+        secret.as_deref(),
+        &letter.alert_id,
+        &body,
+    )
+    .await;
+    match r {
+        Ok(n) => {
+            ctx.store.delete_dead_letter(id).await?;
+            if let Some(mut a) = ctx.store.get_alert(&letter.alert_id).await? {
+                a.attempts += n;
+                a.last_attempt_at_ms = Some(super::now_ms());
+                a.delivery = DeliveryState::Delivered;
+                ctx.store.put_alert(&a).await?;
+            }
+            Ok(Redrive::Delivered { attempts: n })
+        }
+        Err((n, error)) => {
+            letter.attempts += n;
+            letter.error = error.clone();
+            letter.failed_at_ms = super::now_ms();
+            ctx.store.put_dead_letter(&letter).await?;
+            Ok(Redrive::Failed { attempts: n, error })
+        }
+    }
+}
+
+/// The worker of the alert pipeline.
+#[derive(Debug)]
+pub struct AlertWorker {
+    ctx: Arc<Ctx>,
+    seen: HashSet<String>,
+    resumed: bool,
+    backlog_since: Option<u64>,
+}
+
+impl AlertWorker {
+    fn spawn_delivery(&self, alert: Alert, targets: Vec<Target>) {
+        let ctx = Arc::clone(&self.ctx);
+        let ctx2 = Arc::clone(&self.ctx);
+        // try_lock: the set is only locked briefly (here and at drain).
+        let fut = deliver_all(ctx, alert, targets);
+        tokio::spawn(async move {
+            ctx2.deliveries.lock().await.spawn(fut);
+        });
+    }
+
+    /// Alerts left `pending` by a previous process are delivered again.
+    async fn resume_pending(&mut self, now_ms: u64) -> Result<(), StoreError> {
+        let range = Range {
+            from_ms: now_ms.saturating_sub(86_400_000),
+            to_ms: now_ms.saturating_add(1),
+            offset: 0,
+            limit: 1_000,
+        };
+        for a in self.ctx.store.list_alerts(None, range).await? {
+            self.seen.insert(a.id.clone());
+            if a.delivery == DeliveryState::Pending {
+                let owner = a
+                    .key_id
+                    .as_deref()
+                    .and_then(|k| self.ctx.host().and_then(|h| h.key(k)))
+                    .filter(|_| is_quota_notice(&a.kind))
+                    .and_then(|k| owner_webhook(&k));
+                let t = targets(&self.ctx, owner.as_ref(), a.key_id.as_deref());
+                self.spawn_delivery(a, t);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_backlog(&mut self, now_ms: u64) {
+        let (Some(bound), Some(host)) = (self.ctx.config.alerts.backlog_bound, self.ctx.host())
+        else {
+            return;
+        };
+        let pending = host.writebehind_pending();
+        match self.backlog_since {
+            None if pending > bound => {
+                self.backlog_since = Some(now_ms);
+                self.ctx.alerts.push(AlertEvent::new(
+                    "writebehind_backlog",
+                    "critical",
+                    None,
+                    format!("write-behind backlog of {pending} keys is above the bound of {bound}: the snapshot store may be down or slow"),
+                    serde_json::json!({ "pending_keys": pending, "bound": bound }),
+                    &[&self.ctx.config.node, &now_ms.to_string()],
+                    now_ms,
+                ));
+            }
+            Some(_) if pending <= bound / 2 => self.backlog_since = None,
+            _ => {}
+        }
+    }
+}
+
+fn is_quota_notice(kind: &str) -> bool {
+    matches!(
+        kind,
+        "usage_threshold" | "included_units_threshold" | "overage"
+    )
+}
+
+#[async_trait]
+impl Worker for AlertWorker {
+    const KIND: Kind = Kind::Alerts;
+
+    fn new(ctx: Arc<Ctx>) -> Self {
+        AlertWorker {
+            ctx,
+            seen: HashSet::new(),
+            resumed: false,
+            backlog_since: None,
+        }
+    }
+
+    async fn round(&mut self, now_ms: u64) -> Result<bool, StoreError> {
+        if !self.resumed {
+            self.resume_pending(now_ms).await?;
+            self.resumed = true;
+        }
+        self.check_backlog(now_ms);
+        let batch = self.ctx.alerts.begin(self.ctx.config.batch_max);
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        for ev in &batch {
+            if self.seen.contains(&ev.id) || self.ctx.store.get_alert(&ev.id).await?.is_some() {
+                self.seen.insert(ev.id.clone());
+                continue;
+            }
+            let t = targets(&self.ctx, ev.notify_owner.as_ref(), ev.key_id.as_deref());
+            let alert = Alert {
+                id: ev.id.clone(),
+                raised_at_ms: ev.at_ms,
+                key_id: ev.key_id.clone(),
+                kind: ev.kind.to_string(),
+                severity: ev.severity.to_string(),
+                message: ev.message.clone(),
+                details: ev.details.clone(),
+                delivery: if t.is_empty() {
+                    DeliveryState::Stored
+                } else {
+                    DeliveryState::Pending
+                },
+                attempts: 0,
+                last_attempt_at_ms: None,
+            };
+            self.ctx.store.put_alert(&alert).await?;
+            self.seen.insert(ev.id.clone());
+            metrics::counter!("ringlimit_alerts_raised_total", "kind" => ev.kind).increment(1);
+            tracing::info!(alert_id = %alert.id, kind = ev.kind, key_id = ?ev.key_id, "alert raised");
+            if !t.is_empty() {
+                self.spawn_delivery(alert, t);
+            }
+        }
+        self.ctx.alerts.commit();
+        if self.seen.len() > 100_000 {
+            self.seen.clear();
+        }
+        Ok(!self.ctx.alerts.is_idle())
+    }
+
+    fn idle(&self) -> bool {
+        self.ctx.alerts.is_idle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Case 6: a key longer than the block size is hashed first.
+        let key = [0xaau8; 131];
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &key,
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let p = DeliveryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1_000),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(p.backoff(1, 0), Duration::from_millis(50));
+        assert_eq!(p.backoff(1, 50), Duration::from_millis(100));
+        assert_eq!(p.backoff(2, 0), Duration::from_millis(100));
+        assert_eq!(p.backoff(3, 0), Duration::from_millis(200));
+        assert_eq!(
+            p.backoff(9, u64::MAX),
+            Duration::from_millis(500 + (u64::MAX % 501))
+        );
+        assert!(p.backoff(30, 7) <= Duration::from_millis(1_000));
+    }
+
+    struct Flaky {
+        fail_first: u32,
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait]
+    impl HttpPoster for Flaky {
+        async fn post(
+            &self,
+            _: &str,
+            h: &[(&'static str, String)],
+            _: Vec<u8>,
+            _: Duration,
+        ) -> Result<u16, String> {
+            assert!(h.iter().any(|(k, _)| *k == "x-ringlimit-signature"));
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(if n < self.fail_first { 500 } else { 200 })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_success_or_gives_up() {
+        let p = DeliveryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+        };
+        let f = Flaky {
+            fail_first: 3,
+            calls: 0.into(),
+        };
+        assert_eq!(
+            deliver(&f, &p, "http://x", Some("s"), "a", b"{}").await,
+            Ok(4)
+        );
+        let f = Flaky {
+            fail_first: 9,
+            calls: 0.into(),
+        };
+        let e = deliver(&f, &p, "http://x", Some("s"), "a", b"{}")
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, 4);
+        assert!(e.1.contains("500"), "{}", e.1);
+    }
+
+    #[test]
+    fn signature_verifies_with_the_shared_secret() {
+        let s = signature("k", 1_700_000_000, b"{\"a\":1}");
+        let (t, v1) = s.split_once(",v1=").unwrap();
+        assert_eq!(t, "t=1700000000");
+        assert_eq!(v1, hex::encode(hmac_sha256(b"k", b"1700000000.{\"a\":1}")));
+    }
+}

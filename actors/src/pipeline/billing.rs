@@ -1,0 +1,473 @@
+//! The billing pipeline: admitted units per key and billing period (for the
+//! included-units and overage alerts), and the closing of each period into
+//! one billing record per key.
+//!
+//! # Records come from the usage rollups
+//! A record's `units` is the sum of the key's usage buckets inside the
+//! period, read from the store (the same data `GET …/usage/{key}/history`
+//! serves). Periods are aligned to the buckets they are summed from: monthly
+//! periods (calendar months, UTC) and periods of whole days use day buckets,
+//! periods of whole hours hour buckets, others minute buckets. So billed
+//! units equal admitted units exactly, once the write-behind has flushed the
+//! period's last buckets: a period is closed `close_delay` after it ends.
+//!
+//! # Idempotent
+//! A record is keyed by (key, period start) and computed from absolute data,
+//! so closing a period again (another node, a restart, an operator's
+//! re-run) rewrites the same record; there is never a second one.
+//!
+//! # Running counts
+//! For the mid-period alerts the worker counts admitted units per key from
+//! the events, starting from the key's stored usage before the first event it
+//! sees (read at hour and minute granularity): these alerts are accurate to
+//! about a minute of traffic after a restart.
+
+use super::alerts::AlertEvent;
+use super::{Ctx, Kind, Worker};
+use crate::storage::StoreError;
+use async_trait::async_trait;
+use ringlimit_protocol::admin::Granularity;
+use ringlimit_protocol::pipeline::BillingRecord;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 86_400_000;
+
+/// The length of a billing period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// Calendar months, UTC.
+    Monthly,
+    /// Fixed periods of this many ms (a multiple of one minute), aligned to the epoch.
+    Fixed(u64),
+}
+
+impl Period {
+    /// `monthly`, or a number with a unit: `15m`, `1h`, `7d` (whole minutes).
+    pub fn parse(s: &str) -> Result<Period, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("monthly") {
+            return Ok(Period::Monthly);
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("{s:?} is not `monthly` or a duration like 15m, 1h, 30d"))?;
+        let unit_ms = match unit {
+            "m" => MINUTE_MS,
+            "h" => HOUR_MS,
+            "d" => DAY_MS,
+            _ => return Err(format!("{s:?}: the unit must be m, h or d")),
+        };
+        let ms = n
+            .checked_mul(unit_ms)
+            .filter(|ms| *ms > 0 && *ms <= 400 * DAY_MS)
+            .ok_or_else(|| format!("{s:?} must be between 1m and 400d"))?;
+        Ok(Period::Fixed(ms))
+    }
+
+    /// Start (ms) of the period holding `t_ms`.
+    pub fn start_of(&self, t_ms: u64) -> u64 {
+        match *self {
+            Period::Fixed(len) => t_ms - t_ms % len,
+            Period::Monthly => {
+                let (y, m, _) = civil_from_days((t_ms / DAY_MS) as i64);
+                days_from_civil(y, m, 1) as u64 * DAY_MS
+            }
+        }
+    }
+
+    /// End (exclusive) of the period starting at `start`.
+    pub fn end_of(&self, start: u64) -> u64 {
+        match *self {
+            Period::Fixed(len) => start + len,
+            Period::Monthly => {
+                let (y, m, _) = civil_from_days((start / DAY_MS) as i64);
+                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                days_from_civil(y, m, 1) as u64 * DAY_MS
+            }
+        }
+    }
+
+    /// Start of the period before the one starting at `start`.
+    pub fn prev(&self, start: u64) -> u64 {
+        self.start_of(start.saturating_sub(1))
+    }
+
+    /// The usage granularity whose buckets tile this period.
+    pub fn granularity(&self) -> Granularity {
+        match *self {
+            Period::Monthly => Granularity::Day,
+            Period::Fixed(len) if len % DAY_MS == 0 => Granularity::Day,
+            Period::Fixed(len) if len % HOUR_MS == 0 => Granularity::Hour,
+            Period::Fixed(_) => Granularity::Minute,
+        }
+    }
+
+    /// `2026-11` for a monthly period, else the start in ms.
+    pub fn label(&self, start: u64) -> String {
+        match self {
+            Period::Monthly => {
+                let (y, m, _) = civil_from_days((start / DAY_MS) as i64);
+                format!("{y:04}-{m:02}")
+            }
+            Period::Fixed(_) => start.to_string(),
+        }
+    }
+
+    /// The start of the period named by `s`: `YYYY-MM` (monthly periods), or
+    /// any instant (ms since the epoch) inside the period.
+    pub fn parse_label(&self, s: &str) -> Option<u64> {
+        if let Ok(ms) = s.parse::<u64>() {
+            return (ms < 253_402_300_800_000).then(|| self.start_of(ms));
+        }
+        if *self != Period::Monthly {
+            return None;
+        }
+        let (y, m) = s.split_once('-')?;
+        if y.len() != 4 || m.len() != 2 {
+            return None;
+        }
+        let (y, m): (i64, u32) = (y.parse().ok()?, m.parse().ok()?);
+        if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+            return None;
+        }
+        Some(days_from_civil(y, m, 1) as u64 * DAY_MS)
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date of a day number.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The price model of a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    /// Units included in each period.
+    pub included_units: u64,
+    /// Price of each unit above them, in billionths of the currency unit.
+    pub unit_price_nanos: u64,
+    pub currency: String,
+}
+
+/// Billing settings.
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    pub period: Period,
+    /// How long after a period ends it is closed (the write-behind must have
+    /// flushed its last buckets; default 60 s).
+    pub close_delay: Duration,
+    /// Price models by tier; tiers without one bill 0 with currency `default_currency`.
+    pub prices: HashMap<String, Price>,
+    pub default_currency: String,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig {
+            period: Period::Monthly,
+            close_delay: Duration::from_secs(60),
+            prices: HashMap::new(),
+            default_currency: "USD".into(),
+        }
+    }
+}
+
+impl BillingConfig {
+    fn price(&self, tier: &str) -> Price {
+        self.prices.get(tier).cloned().unwrap_or(Price {
+            included_units: 0,
+            unit_price_nanos: 0,
+            currency: self.default_currency.clone(),
+        })
+    }
+}
+
+/// Computes and writes the records of every key for the period starting at
+/// `start`; returns them in key_id order.
+pub async fn close_period(
+    ctx: &Ctx,
+    start: u64,
+    now_ms: u64,
+) -> Result<Vec<BillingRecord>, StoreError> {
+    let cfg = &ctx.config.billing;
+    let end = cfg.period.end_of(start);
+    let g = cfg.period.granularity();
+    let Some(host) = ctx.host() else {
+        return Ok(Vec::new());
+    };
+    let mut keys = host.keys();
+    keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    let mut out = Vec::new();
+    for k in keys.iter().filter(|k| k.created_at_ms < end) {
+        let units: u64 = ctx
+            .store
+            .usage_history(&k.key_id, g, start, end)
+            .await?
+            .iter()
+            .map(|b| b.units)
+            .sum();
+        let price = cfg.price(&k.tier);
+        let overage = units.saturating_sub(price.included_units);
+        let rec = BillingRecord {
+            key_id: k.key_id.clone(),
+            period_start_ms: start,
+            period_end_ms: end,
+            owner: k.owner.clone(),
+            tier: k.tier.clone(),
+            units,
+            included_units: price.included_units,
+            overage_units: overage,
+            unit_price_nanos: price.unit_price_nanos,
+            amount_nanos: overage.saturating_mul(price.unit_price_nanos),
+            currency: price.currency.clone(),
+            computed_at_ms: now_ms,
+            computed_by: ctx.config.node.clone(),
+        };
+        ctx.store.put_billing(&rec).await?;
+        out.push(rec);
+    }
+    metrics::counter!("ringlimit_billing_records_written_total").increment(out.len() as u64);
+    tracing::info!(period = %cfg.period.label(start), keys = out.len(), "billing period closed");
+    Ok(out)
+}
+
+/// Running count of one key in the current period.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    start: u64,
+    units: u64,
+    warned: bool,
+    over: bool,
+}
+
+/// The worker of the billing pipeline.
+#[derive(Debug)]
+pub struct BillingWorker {
+    ctx: Arc<Ctx>,
+    running: HashMap<String, Running>,
+    last_closed: Option<u64>,
+}
+
+impl BillingWorker {
+    /// Stored usage of `key_id` from `start` up to the minute holding `at_ms`.
+    async fn stored_before(&self, key_id: &str, start: u64, at_ms: u64) -> Result<u64, StoreError> {
+        let hour = (at_ms - at_ms % HOUR_MS).max(start);
+        let minute = (at_ms - at_ms % MINUTE_MS).max(start);
+        let s = &self.ctx.store;
+        let h: u64 = s
+            .usage_history(key_id, Granularity::Hour, start, hour)
+            .await?
+            .iter()
+            .map(|b| b.units)
+            .sum();
+        let m: u64 = s
+            .usage_history(key_id, Granularity::Minute, hour, minute)
+            .await?
+            .iter()
+            .map(|b| b.units)
+            .sum();
+        Ok(h + m)
+    }
+}
+
+#[async_trait]
+impl Worker for BillingWorker {
+    const KIND: Kind = Kind::Billing;
+
+    fn new(ctx: Arc<Ctx>) -> Self {
+        BillingWorker {
+            ctx,
+            running: HashMap::new(),
+            last_closed: None,
+        }
+    }
+
+    async fn round(&mut self, now_ms: u64) -> Result<bool, StoreError> {
+        let cfg = self.ctx.config.billing.clone();
+        let pct = u128::from(self.ctx.config.alerts.included_percent);
+        let batch = self.ctx.admits.begin(self.ctx.config.batch_max);
+        for a in &batch {
+            let start = cfg.period.start_of(a.at_ms);
+            let fresh = match self.running.get(&a.key.key_id) {
+                Some(r) => r.start != start,
+                None => true,
+            };
+            if fresh {
+                let before = self.stored_before(&a.key.key_id, start, a.at_ms).await?;
+                self.running.insert(
+                    a.key.key_id.clone(),
+                    Running {
+                        start,
+                        units: before,
+                        warned: false,
+                        over: false,
+                    },
+                );
+            }
+            let Some(r) = self.running.get_mut(&a.key.key_id) else {
+                continue;
+            };
+            r.units = r.units.saturating_add(a.units);
+            let price = cfg.price(&a.key.tier);
+            let included = price.included_units;
+            if included == 0 {
+                continue;
+            }
+            let label = cfg.period.label(start);
+            if !r.warned && pct > 0 && u128::from(r.units) * 100 >= pct * u128::from(included) {
+                r.warned = true;
+                let mut ev = AlertEvent::new(
+                    "included_units_threshold",
+                    "warning",
+                    Some(&a.key.key_id),
+                    format!(
+                        "key {} used {} of its {} included units ({}%+) in period {}",
+                        a.key.key_id, r.units, included, pct, label
+                    ),
+                    serde_json::json!({ "units": r.units, "included_units": included, "percent": pct as u64, "period": label }),
+                    &[&a.key.key_id, &start.to_string()],
+                    a.at_ms,
+                );
+                ev.notify_owner = super::alerts::owner_webhook(&a.key);
+                self.ctx.alerts.push(ev);
+            }
+            if !r.over && r.units > included {
+                r.over = true;
+                let mut ev = AlertEvent::new(
+                    "overage",
+                    "warning",
+                    Some(&a.key.key_id),
+                    format!(
+                        "key {} crossed its {} included units in period {}: overage is billed at {} {} per unit",
+                        a.key.key_id,
+                        included,
+                        label,
+                        ringlimit_protocol::pipeline::nanos_to_decimal(price.unit_price_nanos),
+                        price.currency
+                    ),
+                    serde_json::json!({ "units": r.units, "included_units": included, "period": label }),
+                    &[&a.key.key_id, &start.to_string()],
+                    a.at_ms,
+                );
+                ev.notify_owner = super::alerts::owner_webhook(&a.key);
+                self.ctx.alerts.push(ev);
+            }
+        }
+        if !batch.is_empty() {
+            self.ctx.admits.commit();
+        }
+        // Close the last period that ended at least `close_delay` ago.
+        let due = cfg.period.prev(
+            cfg.period
+                .start_of(now_ms.saturating_sub(cfg.close_delay.as_millis() as u64)),
+        );
+        if self.last_closed != Some(due) {
+            close_period(&self.ctx, due, now_ms).await?;
+            self.last_closed = Some(due);
+            let current = cfg.period.start_of(now_ms);
+            self.running.retain(|_, r| r.start >= current);
+        }
+        Ok(!self.ctx.admits.is_idle())
+    }
+
+    fn idle(&self) -> bool {
+        self.ctx.admits.is_idle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_periods() {
+        assert_eq!(Period::parse("monthly"), Ok(Period::Monthly));
+        assert_eq!(Period::parse("15m"), Ok(Period::Fixed(15 * MINUTE_MS)));
+        assert_eq!(Period::parse("2h"), Ok(Period::Fixed(2 * HOUR_MS)));
+        assert_eq!(Period::parse("30d"), Ok(Period::Fixed(30 * DAY_MS)));
+        for bad in [
+            "",
+            "0m",
+            "10s",
+            "m",
+            "1x",
+            "-1h",
+            "401d",
+            "99999999999999999999d",
+        ] {
+            assert!(Period::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn monthly_periods_are_calendar_months() {
+        let p = Period::Monthly;
+        // 2026-11-28T12:00:00Z
+        let t = 1_795_867_200_000;
+        let start = p.start_of(t);
+        assert_eq!(p.label(start), "2026-11");
+        assert_eq!(p.parse_label("2026-11"), Some(start));
+        let end = p.end_of(start);
+        assert_eq!(p.label(end), "2026-12");
+        assert_eq!((end - start) / DAY_MS, 30);
+        assert_eq!(p.prev(start), p.parse_label("2026-10").unwrap());
+        // December rolls into January.
+        let dec = p.parse_label("2026-12").unwrap();
+        assert_eq!(p.label(p.end_of(dec)), "2027-01");
+        // February of a leap year.
+        let feb = p.parse_label("2028-02").unwrap();
+        assert_eq!((p.end_of(feb) - feb) / DAY_MS, 29);
+        assert_eq!(p.granularity(), Granularity::Day);
+        for bad in ["2026-13", "26-11", "2026-1", "abc", "1969-12"] {
+            assert_eq!(p.parse_label(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fixed_periods_align_and_pick_their_granularity() {
+        let p = Period::Fixed(2 * MINUTE_MS);
+        assert_eq!(p.start_of(5 * MINUTE_MS + 1), 4 * MINUTE_MS);
+        assert_eq!(p.end_of(4 * MINUTE_MS), 6 * MINUTE_MS);
+        assert_eq!(p.prev(4 * MINUTE_MS), 2 * MINUTE_MS);
+        assert_eq!(p.granularity(), Granularity::Minute);
+        assert_eq!(Period::Fixed(HOUR_MS).granularity(), Granularity::Hour);
+        assert_eq!(Period::Fixed(DAY_MS).granularity(), Granularity::Day);
+        assert_eq!(p.parse_label("300001"), Some(4 * MINUTE_MS));
+        assert_eq!(p.parse_label("2026-11"), None);
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for z in [-1_000_000i64, -1, 0, 1, 19_000, 20_000, 2_932_896] {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+    }
+}

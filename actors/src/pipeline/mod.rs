@@ -1,0 +1,663 @@
+//! The pipelines fed by the limiter's decisions, each a supervised actor.
+//!
+//! ```text
+//!  validate ──push (never waits)──▶ EventQueue ──▶ worker actor ──▶ store / webhooks
+//!                                   (bounded)       ▲
+//!                    PipelineSupervisor ── restarts ┘
+//! ```
+//!
+//! - **violations** ([`violations`]): every denied check becomes a
+//!   [`Violation`], written in batches; abuse rules run over them and suspend
+//!   keys for a while (audit entry + alert).
+//! - **billing** ([`billing`]): admitted units per key and period, for the
+//!   included-units and overage alerts; closes each period into one billing
+//!   record per key, computed from the usage rollups.
+//! - **alerts** ([`alerts`]): stores alerts (once per condition and period)
+//!   and delivers them to webhooks with retries, back-off, jitter, HMAC
+//!   signatures and dead letters.
+//!
+//! Usage history itself (minute buckets and rollups) is written by the
+//! write-behind from the KeyLimiters' cells: see [`crate::writebehind`].
+//!
+//! Every queue is bounded; see [`queue`] for the delivery guarantee.
+
+pub mod alerts;
+pub mod billing;
+pub mod queue;
+pub mod violations;
+
+use crate::keys::KeyRecord;
+use crate::limitset::CheckResult;
+use crate::storage::{Store, StoreError};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use queue::EventQueue;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ringlimit_protocol::pipeline::{AuditEntry, Violation};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+pub use alerts::{
+    AlertConfig, AlertEvent, DeliveryPolicy, HttpPoster, WebhookEndpoint, WebhookFormat,
+};
+pub use billing::{BillingConfig, Period, Price};
+pub use violations::{AbuseRule, AbuseRuleKind};
+
+/// What the pipelines need from the rest of the node.
+#[async_trait]
+pub trait Host: Send + Sync + 'static {
+    /// A key from the cache.
+    fn key(&self, key_id: &str) -> Option<Arc<KeyRecord>>;
+    /// Every key in the cache.
+    fn keys(&self) -> Vec<Arc<KeyRecord>>;
+    /// Suspends a key until `until_ms` (abuse detection).
+    async fn suspend(&self, key_id: &str, until_ms: u64, reason: &str) -> Result<(), String>;
+    /// State not yet written by the write-behind (keys).
+    fn writebehind_pending(&self) -> usize;
+}
+
+/// Tuning of the pipelines.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// This node's name (recorded in violations and billing records).
+    pub node: String,
+    /// Events each queue holds before dropping (default 100 000).
+    pub queue_capacity: usize,
+    /// Most events one write takes (default 1 000).
+    pub batch_max: usize,
+    /// How often a worker looks at its queue (default 100 ms).
+    pub tick: Duration,
+    /// Longest back-off after a failed store write (default 5 s).
+    pub max_backoff: Duration,
+    /// Longest wait for the queues to drain at shutdown (default 10 s).
+    pub drain_timeout: Duration,
+    pub abuse: Vec<AbuseRule>,
+    pub billing: BillingConfig,
+    pub alerts: AlertConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            node: "node".into(),
+            queue_capacity: 100_000,
+            batch_max: 1_000,
+            tick: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            abuse: Vec::new(),
+            billing: BillingConfig::default(),
+            alerts: AlertConfig::default(),
+        }
+    }
+}
+
+/// The pipelines of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Violations,
+    Billing,
+    Alerts,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Violations, Kind::Billing, Kind::Alerts];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Violations => "violations",
+            Kind::Billing => "billing",
+            Kind::Alerts => "alerts",
+        }
+    }
+}
+
+/// An admitted check, for billing.
+#[derive(Debug, Clone)]
+pub struct Admit {
+    pub key: Arc<KeyRecord>,
+    pub units: u64,
+    pub at_ms: u64,
+}
+
+/// A check, for the abuse rules that look at denial ratios.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Denied(Violation),
+    /// An admitted check (sent only while a ratio rule is configured).
+    Allowed {
+        key_id: String,
+        at_ms: u64,
+    },
+}
+
+/// Everything the workers share; outlives any one worker actor.
+pub struct Ctx {
+    pub config: PipelineConfig,
+    pub store: Arc<dyn Store>,
+    host: Mutex<Option<Weak<dyn Host>>>,
+    pub decisions: EventQueue<Decision>,
+    pub admits: EventQueue<Admit>,
+    pub alerts: EventQueue<AlertEvent>,
+    pub audit: EventQueue<AuditEntry>,
+    pub poster: Arc<dyn HttpPoster>,
+    /// Abuse rules in force (changeable at run time).
+    pub rules: parking_lot::RwLock<Vec<AbuseRule>>,
+    ratio_rules: AtomicBool,
+    /// (key, limit) → window index of the last usage-threshold alert pushed.
+    usage_alerted: dashmap::DashMap<(String, String), u64>,
+    ids: IdGen,
+    draining: AtomicBool,
+    workers: Mutex<HashMap<Kind, ActorRef<WorkerMsg>>>,
+    restarts: AtomicU64,
+    /// Delivery tasks of webhooks in flight (drained at shutdown).
+    pub deliveries: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("decisions", &self.decisions)
+            .field("admits", &self.admits)
+            .field("alerts", &self.alerts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    pub fn host(&self) -> Option<Arc<dyn Host>> {
+        self.host.lock().as_ref().and_then(Weak::upgrade)
+    }
+
+    /// A new unique id (node, boot and a counter, hashed): what events carry.
+    pub fn new_id(&self) -> String {
+        self.ids.next()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Unique ids without a random source per call: SHA-256 of a per-process
+/// random seed and a counter, 32 hex characters.
+struct IdGen {
+    seed: [u8; 16],
+    next: AtomicU64,
+}
+
+impl IdGen {
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut h = Sha256::new();
+        h.update(self.seed);
+        h.update(n.to_le_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// A deterministic id: the same parts give the same id (one alert per
+/// condition and period; one dead letter per alert and endpoint).
+pub fn stable_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Metric names.
+pub mod metric {
+    pub use super::queue::metric::*;
+}
+
+/// The handle the hot path and the admin API use.
+#[derive(Clone)]
+pub struct Pipelines {
+    pub ctx: Arc<Ctx>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl std::fmt::Debug for Pipelines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipelines").field("ctx", &self.ctx).finish()
+    }
+}
+
+impl Pipelines {
+    /// Starts the supervisor and its three workers. `seed` must come from a
+    /// secure random source (it makes event ids unique across processes).
+    pub async fn start(
+        config: PipelineConfig,
+        store: Arc<dyn Store>,
+        poster: Arc<dyn HttpPoster>,
+        seed: [u8; 16],
+    ) -> Result<Self, ActorProcessingErr> {
+        let cap = config.queue_capacity;
+        let ctx = Arc::new(Ctx {
+            rules: parking_lot::RwLock::new(config.abuse.clone()),
+            ratio_rules: AtomicBool::new(config.abuse.iter().any(AbuseRule::needs_allowed)),
+            config,
+            store,
+            host: Mutex::new(None),
+            decisions: EventQueue::new("violations", cap),
+            admits: EventQueue::new("billing", cap),
+            alerts: EventQueue::new("alerts", cap),
+            audit: EventQueue::new("audit", cap),
+            poster,
+            usage_alerted: dashmap::DashMap::new(),
+            ids: IdGen {
+                seed,
+                next: AtomicU64::new(0),
+            },
+            draining: AtomicBool::new(false),
+            workers: Mutex::new(HashMap::new()),
+            restarts: AtomicU64::new(0),
+            deliveries: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
+        });
+        let (supervisor, _) = Actor::spawn(None, PipelineSupervisor, Arc::clone(&ctx)).await?;
+        Ok(Pipelines { ctx, supervisor })
+    }
+
+    /// Tells the pipelines about the node (after the service exists).
+    pub fn set_host(&self, host: Weak<dyn Host>) {
+        *self.ctx.host.lock() = Some(host);
+    }
+
+    /// Hot path: an admitted check.
+    pub fn on_allowed(&self, key: &Arc<KeyRecord>, result: &CheckResult, cost: u64, now_ms: u64) {
+        let ctx = &self.ctx;
+        ctx.admits.push(Admit {
+            key: Arc::clone(key),
+            units: cost,
+            at_ms: now_ms,
+        });
+        if ctx.ratio_rules.load(Ordering::Relaxed) {
+            ctx.decisions.push(Decision::Allowed {
+                key_id: key.key_id.clone(),
+                at_ms: now_ms,
+            });
+        }
+        let pct = u128::from(ctx.config.alerts.usage_percent);
+        if pct == 0 {
+            return;
+        }
+        for l in &result.limits {
+            let used = l.limit.saturating_sub(l.remaining);
+            if l.limit == 0 || u128::from(used) * 100 < pct * u128::from(l.limit) {
+                continue;
+            }
+            // Once per key, limit and window.
+            let window = now_ms / l.window_ms.max(1);
+            let k = (key.key_id.clone(), l.name.clone());
+            if ctx.usage_alerted.get(&k).is_some_and(|w| *w == window) {
+                continue;
+            }
+            ctx.usage_alerted.insert(k, window);
+            ctx.alerts.push(AlertEvent::usage_threshold(
+                key, l, pct as u64, window, now_ms,
+            ));
+        }
+    }
+
+    /// Hot path: a denied check.
+    pub fn on_denied(
+        &self,
+        key: &Arc<KeyRecord>,
+        result: &CheckResult,
+        cost: u64,
+        client_ip: Option<&str>,
+        now_ms: u64,
+    ) {
+        let v = Violation {
+            id: self.ctx.new_id(),
+            key_id: key.key_id.clone(),
+            limit_name: result.denied_by.clone().unwrap_or_default(),
+            node: self.ctx.config.node.clone(),
+            at_ms: now_ms,
+            client_ip: client_ip.map(str::to_owned),
+            cost,
+        };
+        self.ctx.decisions.push(Decision::Denied(v));
+    }
+
+    /// Records an audit entry (written by the violation worker).
+    pub fn audit(&self, entry: AuditEntry) {
+        self.ctx.audit.push(entry);
+    }
+
+    /// Raises an alert (stored and delivered by the alert worker).
+    pub fn alert(&self, ev: AlertEvent) {
+        self.ctx.alerts.push(ev);
+    }
+
+    /// Replaces the abuse rules (run-time change).
+    pub fn set_abuse_rules(&self, rules: Vec<AbuseRule>) {
+        self.ctx.ratio_rules.store(
+            rules.iter().any(AbuseRule::needs_allowed),
+            Ordering::Relaxed,
+        );
+        *self.ctx.rules.write() = rules;
+    }
+
+    pub fn abuse_rules(&self) -> Vec<AbuseRule> {
+        self.ctx.rules.read().clone()
+    }
+
+    /// The worker actor of one pipeline right now (it changes on restart).
+    pub fn worker(&self, kind: Kind) -> Option<ActorRef<WorkerMsg>> {
+        self.ctx.workers.lock().get(&kind).cloned()
+    }
+
+    /// Worker restarts done by the supervisor so far.
+    pub fn restarts(&self) -> u64 {
+        self.ctx.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Counters of every queue.
+    pub fn stats(&self) -> Vec<(&'static str, queue::QueueStats)> {
+        vec![
+            (self.ctx.decisions.name(), self.ctx.decisions.stats()),
+            (self.ctx.admits.name(), self.ctx.admits.stats()),
+            (self.ctx.alerts.name(), self.ctx.alerts.stats()),
+            (self.ctx.audit.name(), self.ctx.audit.stats()),
+        ]
+    }
+
+    /// Asks one worker to process everything queued now (tests, admin).
+    pub async fn flush(&self, kind: Kind) -> bool {
+        let Some(w) = self.worker(kind) else {
+            return false;
+        };
+        matches!(
+            w.call(WorkerMsg::Drain, Some(self.ctx.config.drain_timeout * 2))
+                .await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// Shutdown: stop restarting, let every worker drain its queue into the
+    /// store (bounded by `drain_timeout`), wait for webhook deliveries, stop.
+    pub async fn drain(&self) {
+        self.ctx.draining.store(true, Ordering::Release);
+        let deadline = Instant::now() + self.ctx.config.drain_timeout;
+        for kind in [Kind::Violations, Kind::Billing, Kind::Alerts] {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(w) = self.worker(kind) else { continue };
+            match w.call(WorkerMsg::Drain, Some(left)).await {
+                Ok(ractor::rpc::CallResult::Success(true)) => {}
+                _ => tracing::warn!(
+                    pipeline = kind.as_str(),
+                    "pipeline did not drain before shutdown"
+                ),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut set = self.ctx.deliveries.lock().await;
+        let _ =
+            tokio::time::timeout(left, async { while set.join_next().await.is_some() {} }).await;
+        set.abort_all();
+        drop(set);
+        for (name, s) in self.stats() {
+            if s.queued + s.inflight > 0 {
+                tracing::warn!(
+                    pipeline = name,
+                    queued = s.queued,
+                    inflight = s.inflight,
+                    "events left undrained at shutdown"
+                );
+            }
+        }
+        self.supervisor.stop(None);
+    }
+}
+
+// ------------------------------------------------------------ the actors
+
+/// Messages of a worker actor.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Look at the queue (self-scheduled every `tick`).
+    Tick,
+    /// Process until the queue is empty; answers whether it is.
+    Drain(RpcReplyPort<bool>),
+}
+impl ractor::Message for WorkerMsg {}
+
+/// One pipeline's logic, run by a [`WorkerActor`].
+#[async_trait]
+pub trait Worker: Send + Sync + Sized + 'static {
+    const KIND: Kind;
+    fn new(ctx: Arc<Ctx>) -> Self;
+    /// One round: process one batch from the queue and any periodic work.
+    /// `Ok(true)` when more is waiting.
+    async fn round(&mut self, now_ms: u64) -> Result<bool, StoreError>;
+    /// Whether the queue (and in-flight batch) is empty.
+    fn idle(&self) -> bool;
+}
+
+/// State of a worker actor.
+pub struct WorkerState<W> {
+    w: W,
+    ctx: Arc<Ctx>,
+    backoff: Duration,
+    next_try: Instant,
+}
+
+impl<W> std::fmt::Debug for WorkerState<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerState")
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W> std::fmt::Debug for WorkerActor<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerActor")
+    }
+}
+
+/// The actor that runs a [`Worker`].
+pub struct WorkerActor<W>(std::marker::PhantomData<fn() -> W>);
+
+impl<W> Default for WorkerActor<W> {
+    fn default() -> Self {
+        WorkerActor(std::marker::PhantomData)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<W: Worker> WorkerState<W> {
+    /// Rounds until nothing is waiting (or a write fails).
+    async fn work(&mut self, until: Option<Instant>) -> bool {
+        loop {
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return self.w.idle();
+            }
+            match self.w.round(now_ms()).await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    self.backoff = Duration::ZERO;
+                    return self.w.idle();
+                }
+                Err(e) => {
+                    metrics::counter!(metric::FAILURES, "pipeline" => W::KIND.as_str())
+                        .increment(1);
+                    self.backoff = (self.backoff * 2)
+                        .max(self.ctx.config.tick)
+                        .min(self.ctx.config.max_backoff);
+                    self.next_try = Instant::now() + self.backoff;
+                    tracing::warn!(pipeline = W::KIND.as_str(), error = %e, retry_in_ms = self.backoff.as_millis() as u64, "pipeline store write failed; events kept and retried");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl<W: Worker> Actor for WorkerActor<W> {
+    type Msg = WorkerMsg;
+    type State = WorkerState<W>;
+    type Arguments = Arc<Ctx>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        ctx: Arc<Ctx>,
+    ) -> Result<WorkerState<W>, ActorProcessingErr> {
+        Ok(WorkerState {
+            w: W::new(Arc::clone(&ctx)),
+            ctx,
+            backoff: Duration::ZERO,
+            next_try: Instant::now(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        st: &mut WorkerState<W>,
+    ) -> Result<(), ActorProcessingErr> {
+        me.send_after(st.ctx.config.tick, || WorkerMsg::Tick);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        st: &mut WorkerState<W>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Tick => {
+                if Instant::now() >= st.next_try {
+                    st.work(None).await;
+                }
+                me.send_after(st.ctx.config.tick, || WorkerMsg::Tick);
+            }
+            WorkerMsg::Drain(reply) => {
+                let until = Instant::now() + st.ctx.config.drain_timeout;
+                let mut idle = st.work(Some(until)).await;
+                while !idle && Instant::now() < until {
+                    tokio::time::sleep(st.backoff.max(Duration::from_millis(20))).await;
+                    idle = st.work(Some(until)).await;
+                }
+                let _ = reply.send(idle);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Messages of the supervisor (it only supervises).
+#[derive(Debug)]
+pub enum SupervisorMsg {}
+impl ractor::Message for SupervisorMsg {}
+
+/// Starts the workers and restarts any that stops or fails.
+#[derive(Debug)]
+pub struct PipelineSupervisor;
+
+async fn spawn_worker(
+    kind: Kind,
+    ctx: &Arc<Ctx>,
+    sup: ActorCell,
+) -> Result<(), ActorProcessingErr> {
+    let c = Arc::clone(ctx);
+    let actor: ActorRef<WorkerMsg> = match kind {
+        Kind::Violations => {
+            Actor::spawn_linked(
+                None,
+                WorkerActor::<violations::ViolationWorker>::default(),
+                c,
+                sup,
+            )
+            .await?
+            .0
+        }
+        Kind::Billing => {
+            Actor::spawn_linked(
+                None,
+                WorkerActor::<billing::BillingWorker>::default(),
+                c,
+                sup,
+            )
+            .await?
+            .0
+        }
+        Kind::Alerts => {
+            Actor::spawn_linked(None, WorkerActor::<alerts::AlertWorker>::default(), c, sup)
+                .await?
+                .0
+        }
+    };
+    ctx.workers.lock().insert(kind, actor);
+    Ok(())
+}
+
+impl Actor for PipelineSupervisor {
+    type Msg = SupervisorMsg;
+    type State = Arc<Ctx>;
+    type Arguments = Arc<Ctx>;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        ctx: Arc<Ctx>,
+    ) -> Result<Arc<Ctx>, ActorProcessingErr> {
+        for kind in Kind::ALL {
+            spawn_worker(kind, &ctx, me.get_cell()).await?;
+        }
+        Ok(ctx)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        ev: SupervisionEvent,
+        ctx: &mut Arc<Ctx>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (dead, why) = match &ev {
+            SupervisionEvent::ActorTerminated(c, _, reason) => (
+                c.get_id(),
+                reason.clone().unwrap_or_else(|| "stopped".into()),
+            ),
+            SupervisionEvent::ActorFailed(c, e) => (c.get_id(), format!("failed: {e}")),
+            _ => return Ok(()),
+        };
+        let kind = ctx
+            .workers
+            .lock()
+            .iter()
+            .find(|(_, a)| a.get_id() == dead)
+            .map(|(k, _)| *k);
+        let Some(kind) = kind else { return Ok(()) };
+        if ctx.draining() {
+            return Ok(());
+        }
+        tracing::warn!(pipeline = kind.as_str(), reason = %why, "pipeline actor stopped; restarting it");
+        ctx.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(metric::RESTARTS, "pipeline" => kind.as_str()).increment(1);
+        spawn_worker(kind, ctx, me.get_cell()).await
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        _ctx: &mut Arc<Ctx>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {}
+    }
+}
