@@ -30,8 +30,9 @@ pub enum AbuseRuleKind {
 }
 
 /// An abuse rule: a condition and how long a key that meets it is suspended.
+// No `deny_unknown_fields` here: serde does not support it with `flatten`;
+// the variants of `AbuseRuleKind` refuse unknown fields instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AbuseRule {
     pub name: String,
     #[serde(flatten)]
