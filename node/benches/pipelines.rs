@@ -1,0 +1,186 @@
+//! Does turning the pipelines on slow the check path? Measures the latency
+//! of `Service::validate` (key lookup, hashing, the KeyLimiter actor, and —
+//! when on — the pipeline hand-off) on the embedded store, with the
+//! pipelines off and on, in alternating rounds within one run, and reports
+//! p50/p99/p99.9 of each and the p99 ratio.
+//!
+//! About 1 in 5 checks is denied, so the violation queue is exercised as
+//! well as the billing queue; the pipeline workers write to the store in the
+//! background meanwhile.
+//!
+//! Run with `cargo bench -p ringlimit-node --bench pipelines`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use async_trait::async_trait;
+use ringlimit_actors::catalog::{Catalog, LimitsSource};
+use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
+use ringlimit_actors::pipeline::{HttpPoster, PipelineConfig, Pipelines};
+use ringlimit_actors::service::Service;
+use ringlimit_actors::storage::{SnapshotStore, Store, UsageStore};
+use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
+use ringlimit_node::store::embedded::EmbeddedStore;
+use ringlimit_protocol::admin::CreateKeyRequest;
+use ringlimit_protocol::{AlgorithmKind, LimitSpec};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct NoWebhooks;
+
+#[async_trait]
+impl HttpPoster for NoWebhooks {
+    async fn post(&self, _: &str, _: &[(&'static str, String)], _: Vec<u8>, _: Duration) -> Result<u16, String> {
+        Ok(200)
+    }
+}
+
+fn random(buf: &mut [u8]) {
+    getrandom::fill(buf).unwrap();
+}
+
+async fn node(dir: &std::path::Path, pipelines: bool) -> (Arc<Service>, Vec<String>, Option<Pipelines>) {
+    let store = EmbeddedStore::open(dir).unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let snaps: Arc<dyn SnapshotStore> = store.clone();
+    let usage: Arc<dyn UsageStore> = store.clone();
+    let source = Arc::new(LimitsSource {
+        catalog: Catalog::new(ringlimit_node::config::default_tiers()),
+        keys: Default::default(),
+    });
+    let wb = Arc::new(WriteBehind::new(vec![snaps], Some(usage), WriteBehindConfig::default()));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let limiters = KeyLimiters::start(Arc::clone(&source), Arc::clone(&wb), LimiterConfig::default(), Arc::clone(&clock))
+        .await
+        .unwrap();
+    let service = Arc::new(Service::new(source, limiters, Arc::clone(&store), clock, random));
+    let mut keys = Vec::new();
+    for i in 0..100 {
+        let k = service
+            .create_key(CreateKeyRequest {
+                owner: format!("o{i}"),
+                tier: "free".into(),
+                // 4 000 per second per key; the bench offers about 5 000.
+                limits: Some(vec![LimitSpec {
+                    name: "per-second".into(),
+                    algorithm: AlgorithmKind::SlidingWindow,
+                    limit: 4_000,
+                    window_ms: 1_000,
+                    burst: None,
+                }]),
+                metadata: None,
+            })
+            .await
+            .unwrap();
+        keys.push(k.api_key);
+    }
+    let p = if pipelines {
+        let mut cfg = PipelineConfig::default();
+        cfg.alerts.usage_percent = 80;
+        let p = Pipelines::start(cfg, store, Arc::new(NoWebhooks), [1; 16]).await.unwrap();
+        service.set_pipelines(p.clone());
+        Some(p)
+    } else {
+        None
+    };
+    // Warm every key's actor.
+    for k in &keys {
+        service.validate(k, 1, None).await;
+    }
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let _flusher = wb.spawn(rx);
+    // The flusher runs for the whole bench.
+    std::mem::forget(stop);
+    (service, keys, p)
+}
+
+/// `n` checks from 4 concurrent callers; returns each check's latency (ns)
+/// and the denied count.
+async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Vec<u64>, usize) {
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let s = Arc::clone(service);
+        let keys = Arc::clone(keys);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n / 4);
+            let mut denied = 0;
+            for i in 0..n / 4 {
+                let k = &keys[(i * 7 + c * 13) % keys.len()];
+                let t = Instant::now();
+                let out = s.validate(k, 1, Some("198.51.100.1")).await;
+                lat.push(t.elapsed().as_nanos() as u64);
+                if matches!(out, ringlimit_actors::service::ValidateOutcome::Denied { .. }) {
+                    denied += 1;
+                }
+                // About 5 000 checks per second per key overall.
+                if i % 64 == 0 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            (lat, denied)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    let mut denied = 0;
+    for t in tasks {
+        let (l, d) = t.await.unwrap();
+        all.extend(l);
+        denied += d;
+    }
+    (all, denied)
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p) as usize] as f64 / 1_000.0
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d_off = tempfile::tempdir().unwrap();
+        let d_on = tempfile::tempdir().unwrap();
+        let (off, keys_off, _) = node(d_off.path(), false).await;
+        let (on, keys_on, p) = node(d_on.path(), true).await;
+        let (keys_off, keys_on) = (Arc::new(keys_off), Arc::new(keys_on));
+        let rounds = 6;
+        let per_round = 40_000;
+        let (mut lat_off, mut lat_on) = (Vec::new(), Vec::new());
+        let (mut den_off, mut den_on) = (0, 0);
+        for r in 0..rounds {
+            // Alternate which goes first, so drift in the machine hits both.
+            let order = if r % 2 == 0 { [false, true] } else { [true, false] };
+            for with in order {
+                if with {
+                    let (l, d) = round(&on, &keys_on, per_round).await;
+                    lat_on.extend(l);
+                    den_on += d;
+                } else {
+                    let (l, d) = round(&off, &keys_off, per_round).await;
+                    lat_off.extend(l);
+                    den_off += d;
+                }
+            }
+        }
+        lat_off.sort_unstable();
+        lat_on.sort_unstable();
+        let stats = p.as_ref().map(|p| p.stats());
+        println!("checks per side: {}  (denied: off {den_off}, on {den_on})", lat_off.len());
+        for (name, l) in [("pipelines off", &lat_off), ("pipelines on ", &lat_on)] {
+            println!(
+                "{name}: p50 {:>7.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs",
+                pct(l, 0.50),
+                pct(l, 0.99),
+                pct(l, 0.999)
+            );
+        }
+        println!(
+            "p99 on/off = {:.3}   p50 on/off = {:.3}",
+            pct(&lat_on, 0.99) / pct(&lat_off, 0.99),
+            pct(&lat_on, 0.50) / pct(&lat_off, 0.50)
+        );
+        println!("pipeline queues: {stats:?}");
+    });
+}
