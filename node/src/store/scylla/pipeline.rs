@@ -248,7 +248,11 @@ fn encode_details(what: &str, id: &str, v: &serde_json::Value) -> Result<String,
     serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encode {what} {id:?}: {e}")))
 }
 
-fn decode_details(what: &str, id: &str, v: Option<String>) -> Result<serde_json::Value, StoreError> {
+fn decode_details(
+    what: &str,
+    id: &str,
+    v: Option<String>,
+) -> Result<serde_json::Value, StoreError> {
     match v {
         None => Ok(serde_json::Value::Null),
         Some(s) => serde_json::from_str(&s)
@@ -439,8 +443,21 @@ fn dead_from(r: DeadRow) -> Result<DeadLetter, StoreError> {
 }
 
 fn billing_from(r: BillingRow) -> Result<BillingRecord, StoreError> {
-    let (key_id, start, end, owner, tier, units, included, overage, price, amount, currency, at, by) =
-        r;
+    let (
+        key_id,
+        start,
+        end,
+        owner,
+        tier,
+        units,
+        included,
+        overage,
+        price,
+        amount,
+        currency,
+        at,
+        by,
+    ) = r;
     let u = |v| unsigned("billing record", &key_id, v);
     Ok(BillingRecord {
         period_start_ms: u(start)?,
@@ -503,7 +520,12 @@ impl ScyllaStore {
     ) -> Result<Vec<i64>, StoreError> {
         let (lo, hi) = (day_of(range.from_ms), day_of(range.to_ms - 1));
         let days: Vec<(i64,)> = self
-            .paged(what, &self.pst().get_days, (stream, key_id, lo, hi), usize::MAX)
+            .paged(
+                what,
+                &self.pst().get_days,
+                (stream, key_id, lo, hi),
+                usize::MAX,
+            )
             .await?;
         Ok(days.into_iter().map(|(d,)| d).collect())
     }
@@ -662,8 +684,7 @@ impl ViolationStore for ScyllaStore {
         let (ttl, index_ttl) = self.violation_ttls();
         // (day) and (key, day) partitions → (at, id) → values; a violation
         // repeated in one batch is written once (the last one wins).
-        let mut by_day: BTreeMap<i64, BTreeMap<(i64, &str), ViolationValues<'_>>> =
-            BTreeMap::new();
+        let mut by_day: BTreeMap<i64, BTreeMap<(i64, &str), ViolationValues<'_>>> = BTreeMap::new();
         let mut by_key: BTreeMap<(&str, i64), BTreeMap<(i64, &str), ViolationValues<'_>>> =
             BTreeMap::new();
         for v in batch {
@@ -679,30 +700,34 @@ impl ViolationStore for ScyllaStore {
                 .or_default()
                 .insert((at, v.id.as_str()), vals);
         }
-        self.bounded("write_violations", self.inner.opts.operation_timeout, async {
-            // The day index first, so no data is ever unlisted.
-            let mut index = Vec::new();
-            for &day in by_day.keys() {
-                index.push(self.index_day(VIOLATIONS, ALL_KEYS, day, index_ttl).boxed());
-            }
-            for &(key, day) in by_key.keys() {
-                index.push(self.index_day(VIOLATIONS, key, day, index_ttl).boxed());
-            }
-            self.run_all(index).await?;
-            let st = self.pst();
-            let mut writes: Vec<BoxFuture<'_, Result<(), StoreError>>> = Vec::new();
-            let parts = by_day
-                .values()
-                .map(|rows| (&st.put_violation_by_day, rows))
-                .chain(by_key.values().map(|rows| (&st.put_violation_by_key, rows)));
-            for (stmt, rows) in parts {
-                let rows: Vec<ViolationValues<'_>> = rows.values().copied().collect();
-                writes.push(
-                    async move { self.batch_of("write_violations", stmt, &rows).await }.boxed(),
-                );
-            }
-            self.run_all(writes).await
-        })
+        self.bounded(
+            "write_violations",
+            self.inner.opts.operation_timeout,
+            async {
+                // The day index first, so no data is ever unlisted.
+                let mut index = Vec::new();
+                for &day in by_day.keys() {
+                    index.push(self.index_day(VIOLATIONS, ALL_KEYS, day, index_ttl).boxed());
+                }
+                for &(key, day) in by_key.keys() {
+                    index.push(self.index_day(VIOLATIONS, key, day, index_ttl).boxed());
+                }
+                self.run_all(index).await?;
+                let st = self.pst();
+                let mut writes: Vec<BoxFuture<'_, Result<(), StoreError>>> = Vec::new();
+                let parts = by_day
+                    .values()
+                    .map(|rows| (&st.put_violation_by_day, rows))
+                    .chain(by_key.values().map(|rows| (&st.put_violation_by_key, rows)));
+                for (stmt, rows) in parts {
+                    let rows: Vec<ViolationValues<'_>> = rows.values().copied().collect();
+                    writes.push(
+                        async move { self.batch_of("write_violations", stmt, &rows).await }.boxed(),
+                    );
+                }
+                self.run_all(writes).await
+            },
+        )
         .await
     }
 
@@ -846,7 +871,10 @@ impl AuditStore for ScyllaStore {
             self.run_all(index).await?;
             let mut writes: Vec<BoxFuture<'_, Result<(), StoreError>>> = Vec::new();
             for rows in parts.values() {
-                writes.push(self.batch_of("append_audit", &self.pst().put_audit, rows).boxed());
+                writes.push(
+                    self.batch_of("append_audit", &self.pst().put_audit, rows)
+                        .boxed(),
+                );
             }
             self.run_all(writes).await
         })
@@ -919,20 +947,32 @@ impl ScyllaStore {
         let old_raised = to_i64(old.raised_at_ms);
         if old.raised_at_ms != alert.raised_at_ms {
             let old_day = day_of(old.raised_at_ms);
-            self.exec("put_alert (old index)", &st.del_alert_by_day, (old_day, old_raised, id))
-                .await?;
+            self.exec(
+                "put_alert (old index)",
+                &st.del_alert_by_day,
+                (old_day, old_raised, id),
+            )
+            .await?;
         }
         if let Some(k) = old.key_id.as_deref()
             && (old.raised_at_ms != alert.raised_at_ms || alert.key_id.as_deref() != Some(k))
         {
-            self.exec("put_alert (old index)", &st.del_alert_by_key, (k, old_raised, id))
-                .await?;
+            self.exec(
+                "put_alert (old index)",
+                &st.del_alert_by_key,
+                (k, old_raised, id),
+            )
+            .await?;
         }
         Ok(())
     }
 
     /// Ids of one key's alerts in `range`, newest first, paged.
-    async fn alert_ids_of_key(&self, key_id: &str, range: &Range) -> Result<Vec<String>, StoreError> {
+    async fn alert_ids_of_key(
+        &self,
+        key_id: &str,
+        range: &Range,
+    ) -> Result<Vec<String>, StoreError> {
         let (from, to) = bounds(range);
         let mut page = Page::new(range);
         self.each_row(
@@ -1092,24 +1132,28 @@ impl AlertStore for ScyllaStore {
         if id.is_empty() {
             return Ok(false);
         }
-        self.bounded("delete_dead_letter", self.inner.opts.operation_timeout, async {
-            let st = self.pst();
-            let failed_at = match self.read_dead_letter(id.to_owned()).await {
-                Ok(Some(old)) => Some(old.failed_at_ms),
-                Ok(None) => return Ok(false),
-                // Undecodable, but there: delete the record; its index row,
-                // if any, then leads nowhere and lists skip it.
-                Err(StoreError::Corrupt(_)) => None,
-                Err(e) => return Err(e),
-            };
-            if let Some(at) = failed_at {
-                let key = (day_of(at), to_i64(at), id);
-                self.exec("delete_dead_letter", &st.del_dead_by_day, key)
-                    .await?;
-            }
-            self.exec("delete_dead_letter", &st.del_dead, (id,)).await?;
-            Ok(true)
-        })
+        self.bounded(
+            "delete_dead_letter",
+            self.inner.opts.operation_timeout,
+            async {
+                let st = self.pst();
+                let failed_at = match self.read_dead_letter(id.to_owned()).await {
+                    Ok(Some(old)) => Some(old.failed_at_ms),
+                    Ok(None) => return Ok(false),
+                    // Undecodable, but there: delete the record; its index row,
+                    // if any, then leads nowhere and lists skip it.
+                    Err(StoreError::Corrupt(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                if let Some(at) = failed_at {
+                    let key = (day_of(at), to_i64(at), id);
+                    self.exec("delete_dead_letter", &st.del_dead_by_day, key)
+                        .await?;
+                }
+                self.exec("delete_dead_letter", &st.del_dead, (id,)).await?;
+                Ok(true)
+            },
+        )
         .await
     }
 }
@@ -1176,12 +1220,21 @@ impl BillingStore for ScyllaStore {
         if key_id.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        self.bounded("list_billing_for_key", self.inner.opts.operation_timeout, async {
-            let rows: Vec<BillingRow> = self
-                .paged("list_billing_for_key", &self.pst().billing_of_key, (key_id,), limit)
-                .await?;
-            rows.into_iter().map(billing_from).collect()
-        })
+        self.bounded(
+            "list_billing_for_key",
+            self.inner.opts.operation_timeout,
+            async {
+                let rows: Vec<BillingRow> = self
+                    .paged(
+                        "list_billing_for_key",
+                        &self.pst().billing_of_key,
+                        (key_id,),
+                        limit,
+                    )
+                    .await?;
+                rows.into_iter().map(billing_from).collect()
+            },
+        )
         .await
     }
 
@@ -1192,17 +1245,21 @@ impl BillingStore for ScyllaStore {
         let Ok(start) = i64::try_from(period_start_ms) else {
             return Ok(Vec::new());
         };
-        self.bounded("list_billing_for_period", self.inner.opts.scan_timeout, async {
-            let rows: Vec<BillingRow> = self
-                .paged(
-                    "list_billing_for_period",
-                    &self.pst().billing_of_period,
-                    (start,),
-                    usize::MAX,
-                )
-                .await?;
-            rows.into_iter().map(billing_from).collect()
-        })
+        self.bounded(
+            "list_billing_for_period",
+            self.inner.opts.scan_timeout,
+            async {
+                let rows: Vec<BillingRow> = self
+                    .paged(
+                        "list_billing_for_period",
+                        &self.pst().billing_of_period,
+                        (start,),
+                        usize::MAX,
+                    )
+                    .await?;
+                rows.into_iter().map(billing_from).collect()
+            },
+        )
         .await
     }
 }
@@ -1240,7 +1297,10 @@ mod tests {
         assert_eq!(time_col("x", "i", 5).ok(), Some(5));
         assert!(count_col("x", "i", u64::MAX).is_err());
         assert_eq!(count_col("x", "i", i64::MAX as u64).ok(), Some(i64::MAX));
-        assert!(matches!(unsigned("x", "i", -1), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            unsigned("x", "i", -1),
+            Err(StoreError::Corrupt(_))
+        ));
         assert!(attempts_col("x", "i", u32::MAX).is_err());
     }
 
@@ -1261,6 +1321,9 @@ mod tests {
     #[test]
     fn insert_has_one_marker_per_column() {
         let s = insert("\"k\"", "t", "a, b, c", " USING TTL ?");
-        assert_eq!(s, "INSERT INTO \"k\".t (a, b, c) VALUES (?, ?, ?) USING TTL ?");
+        assert_eq!(
+            s,
+            "INSERT INTO \"k\".t (a, b, c) VALUES (?, ?, ?) USING TTL ?"
+        );
     }
 }
