@@ -31,6 +31,18 @@
 //! | `counter_snapshots` | `key_id`                                    | snapshot blob |
 //! | `usage_minute` / `usage_hour` / `usage_day` | `((key_id, day), bucket_start, writer)` | absolute `units` |
 //! | `usage_partitions`  | `((key_id, granularity), day)`              | — (which usage partitions exist) |
+//! | `pipeline_days`     | `((stream, key_id), day DESC)`              | — (which days of a pipeline stream hold data) |
+//! | `violations_by_day` / `violations_by_key` | `((day), at_ms DESC, id DESC)` / `((key_id, day), …)` | the violation's fields |
+//! | `ip_blocks`         | `((part = 0), id)`                          | the block's fields |
+//! | `audit_by_day`      | `((day), at_ms DESC, id DESC)`              | the entry's fields, `details` JSON |
+//! | `alert_records`     | `id`                                        | the alert's fields, `details` JSON |
+//! | `alerts_by_day` / `alerts_by_key_time` | `((day), raised_at_ms DESC, id DESC)` / `((key_id), …)` | — |
+//! | `dead_letter_records` | `id`                                      | the dead letter's fields |
+//! | `dead_letters_by_day` | `((day), failed_at_ms DESC, id DESC)`     | — |
+//! | `billing_by_key` / `billing_by_period` | `((key_id), period_start_ms DESC)` / `((period_start_ms), key_id)` | the record's fields |
+//!
+//! The pipeline tables (violations, blocks, audit, alerts, dead letters,
+//! billing) are described in [`pipeline`].
 //!
 //! ## Keys
 //! - `put_key` reads the old record, writes the hash index entries of the new
@@ -63,11 +75,13 @@
 //! Each row is one writer's absolute total for one bucket; rows of one
 //! partition go in one unlogged single-partition batch (chunks of
 //! [`USAGE_BATCH_ROWS`]); rows repeated in one call are de-duplicated, the
-//! last one winning. Partitions are time-bucketed: `day` is the first day of
+//! last one winning. Every row is written `USING TTL` the retention of its
+//! granularity ([`ScyllaOptions::retention`]; the tables' own default TTLs
+//! are not used). Partitions are time-bucketed: `day` is the first day of
 //! a period of 1 (minute), 32 (hour) or 1024 (day) days. Before the data, the
-//! partition is recorded in `usage_partitions` (with the TTL of its table, so
-//! it expires with the data; recent index writes are remembered in memory and
-//! not repeated for an hour). A history read lists the partitions of the range
+//! partition is recorded in `usage_partitions` (with the data's TTL plus one
+//! period and a day, so it outlives the data of its partition; recent index
+//! writes are remembered in memory and not repeated for an hour). A history read lists the partitions of the range
 //! from `usage_partitions` (so an open-ended range costs no more than the data
 //! it finds), reads at most [`MAX_HISTORY_PARTITIONS`] of them concurrently,
 //! sums the writers of each bucket and leaves out empty buckets. The HTTP
@@ -76,7 +90,7 @@
 
 pub mod errors;
 pub mod migrations;
-mod pipeline;
+pub mod pipeline;
 
 pub use migrations::{
     DEFAULT_REPLICATION, MIGRATIONS, Migration, MigrationReport, migrate, migrate_to,
@@ -1189,6 +1203,26 @@ mod tests {
         let mut sorted = shards.clone();
         sorted.sort_unstable();
         assert_eq!(shards, sorted, "shard order must agree with key_id order");
+    }
+
+    #[test]
+    fn ttls_follow_the_retention_with_the_index_margin() {
+        let r = Retention::default();
+        assert_eq!(ttl_secs(r.minute), 7 * 86_400);
+        assert_eq!(
+            ttl_secs(Duration::ZERO),
+            1,
+            "zero retention is not 'forever'"
+        );
+        assert_eq!(ttl_secs(Duration::from_millis(300)), 1);
+        assert_eq!(ttl_secs(Duration::MAX), 630_720_000);
+        for g in Granularity::all() {
+            let data = ttl_secs(r.usage(g));
+            let index = usage_index_ttl(g, data);
+            let margin = i32::try_from((period_days(g) + 1) * 86_400).expect("margin");
+            assert_eq!(index, data + margin, "{g:?}");
+        }
+        assert_eq!(usage_index_ttl(Granularity::Day, i32::MAX), 630_720_000);
     }
 
     #[test]

@@ -1181,15 +1181,17 @@ impl BillingStore for ScyllaStore {
             time_col(what, key, r.computed_at_ms)?,
             r.computed_by.as_str(),
         );
-        self.bounded("put_billing", self.inner.opts.operation_timeout, async {
+        // Boxed: the two joined writes make a large future.
+        let work = Box::pin(async {
             let st = self.pst();
             let (a, b) = tokio::join!(
                 self.exec("put_billing", &st.put_billing_by_key, values),
                 self.exec("put_billing (by period)", &st.put_billing_by_period, values),
             );
             a.and(b)
-        })
-        .await
+        });
+        self.bounded("put_billing", self.inner.opts.operation_timeout, work)
+            .await
     }
 
     async fn get_billing(
