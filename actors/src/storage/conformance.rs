@@ -28,8 +28,11 @@
 //! scenario cannot be forgotten on some backend.
 
 use crate::keys::{KeyRecord, SecretHash};
-use crate::storage::{KeyFilter, Store, TierRecord, UsageRow};
+use crate::storage::{KeyFilter, Range, Store, TierRecord, UsageRow};
 use ringlimit_protocol::admin::{Granularity, KeyStatus, Metadata, UsageBucket};
+use ringlimit_protocol::pipeline::{
+    Alert, AuditEntry, BillingRecord, DeadLetter, DeliveryState, IpBlock, Violation,
+};
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
 use std::any::Any;
 
@@ -132,6 +135,15 @@ macro_rules! __storage_conformance_scenarios {
             usage_granularities_separate,
             usage_other_keys_empty,
             usage_zero_buckets_left_out,
+            violations_idempotent_by_id,
+            violations_by_key_and_all_keys,
+            violations_range_boundaries,
+            violations_newest_first_and_paging,
+            blocks_put_list_delete,
+            audit_idempotent_range_and_paging,
+            alerts_upsert_and_list,
+            dead_letters_put_get_list_delete,
+            billing_upsert_and_lists,
         }
     };
 }
@@ -1071,13 +1083,528 @@ pub async fn usage_zero_buckets_left_out(store: &dyn Store) {
     );
 }
 
+// ---------------------------------------------------------------- pipelines
+
+fn violation(id: &str, key_id: &str, at_ms: u64) -> Violation {
+    Violation {
+        id: id.to_owned(),
+        key_id: key_id.to_owned(),
+        limit_name: "per-second".into(),
+        node: "node-a".into(),
+        at_ms,
+        client_ip: id.len().is_multiple_of(2).then(|| "203.0.113.7".to_owned()),
+        cost: 1 + id.len() as u64,
+    }
+}
+
+fn block(id: &str, cidr: &str, expires_at_ms: Option<u64>) -> IpBlock {
+    IpBlock {
+        id: id.to_owned(),
+        cidr: cidr.to_owned(),
+        created_at_ms: T0,
+        expires_at_ms,
+        reason: expires_at_ms.map(|_| "scanner".to_owned()),
+        created_by: "admin".into(),
+    }
+}
+
+fn audit(id: &str, at_ms: u64) -> AuditEntry {
+    AuditEntry {
+        id: id.to_owned(),
+        at_ms,
+        actor: "admin".into(),
+        action: "key.suspend".into(),
+        target_kind: "key".into(),
+        target_id: "k1".into(),
+        reason: Some(format!("reason of {id}")),
+        details: serde_json::json!({"until_ms": at_ms + HOUR, "tags": ["a", "ü"], "n": null}),
+    }
+}
+
+fn alert(id: &str, key_id: Option<&str>, raised_at_ms: u64) -> Alert {
+    Alert {
+        id: id.to_owned(),
+        raised_at_ms,
+        key_id: key_id.map(str::to_owned),
+        kind: "usage_threshold".into(),
+        severity: "warning".into(),
+        message: format!("alert {id}"),
+        details: serde_json::json!({"threshold": 0.8}),
+        delivery: DeliveryState::Pending,
+        attempts: 0,
+        last_attempt_at_ms: None,
+    }
+}
+
+fn dead_letter(id: &str, failed_at_ms: u64) -> DeadLetter {
+    DeadLetter {
+        id: id.to_owned(),
+        alert_id: format!("alert-of-{id}"),
+        endpoint: "ops".into(),
+        url: "https://hooks.example.com/ops".into(),
+        failed_at_ms,
+        attempts: 5,
+        error: "HTTP 503".into(),
+        payload: r#"{"id":"x","message":"quoted \"text\""}"#.into(),
+    }
+}
+
+fn billing(key_id: &str, period_start_ms: u64, units: u64) -> BillingRecord {
+    BillingRecord {
+        key_id: key_id.to_owned(),
+        period_start_ms,
+        period_end_ms: period_start_ms + 30 * DAY,
+        owner: "acme".into(),
+        tier: "pro".into(),
+        units,
+        included_units: 1_000,
+        overage_units: units.saturating_sub(1_000),
+        unit_price_nanos: 400_000,
+        amount_nanos: units.saturating_sub(1_000) * 400_000,
+        currency: "EUR".into(),
+        computed_at_ms: period_start_ms + 31 * DAY,
+        computed_by: "node-a".into(),
+    }
+}
+
+fn range(from_ms: u64, to_ms: u64, offset: usize, limit: usize) -> Range {
+    Range {
+        from_ms,
+        to_ms,
+        offset,
+        limit,
+    }
+}
+
+/// Everything, first page of up to 1 000.
+fn everything() -> Range {
+    range(0, u64::MAX, 0, 1_000)
+}
+
+/// List order: newest first, ties by id in descending order (the exact
+/// reverse of `(time, id)` order).
+fn newest_first<T: Clone>(items: &[T], key: impl Fn(&T) -> (u64, String)) -> Vec<T> {
+    let mut v = items.to_vec();
+    v.sort_by_key(|t| std::cmp::Reverse(key(t)));
+    v
+}
+
+fn violation_ids(v: &[Violation]) -> Vec<&str> {
+    v.iter().map(|v| v.id.as_str()).collect()
+}
+
+async fn listed_violation_ids(store: &dyn Store, key_id: Option<&str>, r: Range) -> Vec<String> {
+    violations(store, key_id, r)
+        .await
+        .into_iter()
+        .map(|v| v.id)
+        .collect()
+}
+
+async fn violations(store: &dyn Store, key_id: Option<&str>, r: Range) -> Vec<Violation> {
+    store
+        .list_violations(key_id, r)
+        .await
+        .expect("list_violations")
+}
+
+/// A batch written twice (and a violation repeated inside a batch) stores each violation once.
+pub async fn violations_idempotent_by_id(store: &dyn Store) {
+    let batch = vec![
+        violation("v1", "k1", T0),
+        violation("v2", "k1", T0 + 1),
+        violation("v3", "k2", T0 + 2),
+    ];
+    store.write_violations(&batch).await.expect("write");
+    store.write_violations(&batch).await.expect("write again");
+    store
+        .write_violations(&[batch[0].clone(), batch[0].clone()])
+        .await
+        .expect("write with a repeat");
+    store.write_violations(&[]).await.expect("empty batch");
+    let want = newest_first(&batch, |v| (v.at_ms, v.id.clone()));
+    assert_eq!(violations(store, None, everything()).await, want);
+    assert_eq!(
+        violations(store, Some("k1"), everything()).await,
+        want[1..],
+        "each of k1's violations once"
+    );
+}
+
+/// Listing by key returns only that key's violations (not those of a prefix
+/// or extension of its id); listing without a key returns every key's.
+pub async fn violations_by_key_and_all_keys(store: &dyn Store) {
+    assert!(violations(store, None, everything()).await.is_empty());
+    let all = vec![
+        violation("a", "k1", T0),
+        violation("b", "k10", T0 + MIN),
+        violation("c", "k", T0 + 2 * MIN),
+        violation("d", "k1", T0 + DAY),
+        violation("e", "k2", T0 - DAY),
+    ];
+    store.write_violations(&all).await.expect("write");
+    assert_eq!(
+        violation_ids(&violations(store, Some("k1"), everything()).await),
+        ["d", "a"]
+    );
+    assert_eq!(
+        violation_ids(&violations(store, Some("k10"), everything()).await),
+        ["b"]
+    );
+    assert_eq!(
+        violation_ids(&violations(store, Some("k"), everything()).await),
+        ["c"]
+    );
+    assert!(violations(store, Some("k3"), everything()).await.is_empty());
+    assert_eq!(
+        violation_ids(&violations(store, None, everything()).await),
+        ["d", "c", "b", "a", "e"]
+    );
+}
+
+/// `[from, to)` on the violation's time, across days; open-ended ranges.
+pub async fn violations_range_boundaries(store: &dyn Store) {
+    // One a minute over three minutes, one a day later, one a year earlier.
+    let times = [T0, T0 + MIN, T0 + 2 * MIN, T0 + DAY, T0 - 365 * DAY];
+    let all: Vec<Violation> = times
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| violation(&format!("v{i}"), "k1", t))
+        .collect();
+    store.write_violations(&all).await.expect("write");
+    for key in [None, Some("k1")] {
+        let ids = |r: Range| listed_violation_ids(store, key, r);
+        assert_eq!(
+            ids(range(T0, T0 + 2 * MIN, 0, 100)).await,
+            ["v1", "v0"],
+            "from inclusive, to exclusive ({key:?})"
+        );
+        assert_eq!(
+            ids(range(T0 + 1, T0 + 2 * MIN + 1, 0, 100)).await,
+            ["v2", "v1"]
+        );
+        assert_eq!(
+            ids(range(0, u64::MAX, 0, 100)).await,
+            ["v3", "v2", "v1", "v0", "v4"],
+            "open range ({key:?})"
+        );
+        assert_eq!(
+            ids(range(T0 + MIN, u64::MAX, 0, 100)).await,
+            ["v3", "v2", "v1"]
+        );
+        assert_eq!(ids(range(0, T0, 0, 100)).await, ["v4"]);
+        assert!(ids(range(T0, T0, 0, 100)).await.is_empty(), "empty range");
+        assert!(
+            ids(range(T0 + MIN, T0, 0, 100)).await.is_empty(),
+            "reversed range"
+        );
+        assert!(ids(range(T0 + DAY + 1, u64::MAX, 0, 100)).await.is_empty());
+    }
+}
+
+/// Newest first, ties (same time) by id descending; offset/limit pages
+/// concatenate to the whole list, within and across days.
+pub async fn violations_newest_first_and_paging(store: &dyn Store) {
+    let mut all = Vec::new();
+    for (i, t) in [T0, T0, T0 + 1, T0 - DAY, T0 - DAY, T0 + 3 * DAY, T0]
+        .into_iter()
+        .enumerate()
+    {
+        all.push(violation(
+            &format!("v{i}"),
+            if i % 2 == 0 { "k1" } else { "k2" },
+            t,
+        ));
+    }
+    // Written in two batches, out of order.
+    store.write_violations(&all[4..]).await.expect("write");
+    store.write_violations(&all[..4]).await.expect("write");
+    let want = newest_first(&all, |v| (v.at_ms, v.id.clone()));
+    assert_eq!(
+        violation_ids(&want),
+        ["v5", "v2", "v6", "v1", "v0", "v4", "v3"],
+        "the expected order itself"
+    );
+    assert_eq!(violations(store, None, everything()).await, want);
+    for limit in [1usize, 2, 3, 7] {
+        let mut got = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = violations(store, None, range(0, u64::MAX, offset, limit)).await;
+            assert!(page.len() <= limit);
+            if page.is_empty() {
+                break;
+            }
+            offset += page.len();
+            got.extend(page);
+        }
+        assert_eq!(got, want, "pages of {limit}");
+    }
+    let k1: Vec<Violation> = want.iter().filter(|v| v.key_id == "k1").cloned().collect();
+    assert_eq!(
+        violations(store, Some("k1"), range(0, u64::MAX, 1, 2)).await,
+        k1[1..3]
+    );
+    assert!(
+        violations(store, None, range(0, u64::MAX, 7, 10))
+            .await
+            .is_empty(),
+        "offset past the end"
+    );
+    assert!(
+        violations(store, None, range(0, u64::MAX, 0, 0))
+            .await
+            .is_empty(),
+        "limit 0"
+    );
+}
+
+/// Blocks: put replaces by id, list is in id order, delete says whether the block existed.
+pub async fn blocks_put_list_delete(store: &dyn Store) {
+    assert!(store.list_blocks().await.expect("list").is_empty());
+    let b2 = block("b2", "198.51.100.7/32", None);
+    let b1 = block("b1", "203.0.113.0/24", Some(T0 + HOUR));
+    let b3 = block("b3", "2001:db8::/32", Some(T0 - HOUR));
+    for b in [&b2, &b1, &b3] {
+        store.put_block(b).await.expect("put_block");
+    }
+    assert_eq!(
+        store.list_blocks().await.expect("list"),
+        [b1.clone(), b2.clone(), b3.clone()],
+        "id order, expired ones included"
+    );
+    let b2_new = IpBlock {
+        cidr: "198.51.100.0/24".into(),
+        expires_at_ms: Some(T0 + DAY),
+        reason: Some("widened".into()),
+        ..b2.clone()
+    };
+    store.put_block(&b2_new).await.expect("put_block (replace)");
+    assert_eq!(
+        store.list_blocks().await.expect("list"),
+        [b1.clone(), b2_new, b3.clone()]
+    );
+    assert!(store.delete_block("b2").await.expect("delete"), "existed");
+    assert!(
+        !store.delete_block("b2").await.expect("delete again"),
+        "gone"
+    );
+    assert!(!store.delete_block("nope").await.expect("delete unknown"));
+    assert_eq!(store.list_blocks().await.expect("list"), [b1, b3]);
+}
+
+/// Audit entries: appending twice stores each once; `[from, to)`, newest first, paging.
+pub async fn audit_idempotent_range_and_paging(store: &dyn Store) {
+    let all: Vec<AuditEntry> = [T0, T0 + MIN, T0 + MIN, T0 + DAY, T0 - 10 * DAY]
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| audit(&format!("e{i}"), t))
+        .collect();
+    store.append_audit(&all).await.expect("append");
+    store.append_audit(&all[1..3]).await.expect("append again");
+    store.append_audit(&[]).await.expect("append nothing");
+    let list = |r: Range| async move { store.list_audit(r).await.expect("list_audit") };
+    let want = newest_first(&all, |e| (e.at_ms, e.id.clone()));
+    assert_eq!(list(everything()).await, want, "each once, newest first");
+    let ids: Vec<&str> = want.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e3", "e2", "e1", "e0", "e4"]);
+    assert_eq!(list(range(T0, T0 + MIN, 0, 10)).await, [all[0].clone()]);
+    assert_eq!(list(range(T0 + MIN, T0 + DAY + 1, 0, 10)).await, want[..3]);
+    assert_eq!(list(range(0, u64::MAX, 1, 2)).await, want[1..3]);
+    assert_eq!(list(range(0, u64::MAX, 4, 2)).await, want[4..]);
+    assert!(list(range(0, u64::MAX, 5, 2)).await.is_empty());
+    assert!(list(range(T0, T0, 0, 10)).await.is_empty());
+}
+
+/// An alert rewritten with a new delivery state is still one alert, listed
+/// once, by key and among all; key-less alerts are only among all.
+pub async fn alerts_upsert_and_list(store: &dyn Store) {
+    let a1 = alert("a1", Some("k1"), T0);
+    let a2 = alert("a2", Some("k2"), T0 + MIN);
+    let a3 = alert("a3", None, T0 + 2 * MIN);
+    let a4 = alert("a4", Some("k1"), T0 - DAY);
+    for a in [&a1, &a2, &a3, &a4] {
+        store.put_alert(a).await.expect("put_alert");
+    }
+    assert_eq!(store.get_alert("a1").await.expect("get"), Some(a1.clone()));
+    assert_eq!(store.get_alert("nope").await.expect("get"), None);
+
+    let delivered = Alert {
+        delivery: DeliveryState::Delivered,
+        attempts: 2,
+        last_attempt_at_ms: Some(T0 + 5_000),
+        ..a1.clone()
+    };
+    store
+        .put_alert(&delivered)
+        .await
+        .expect("put_alert (delivered)");
+    store
+        .put_alert(&delivered)
+        .await
+        .expect("put_alert (again)");
+    assert_eq!(
+        store.get_alert("a1").await.expect("get"),
+        Some(delivered.clone())
+    );
+
+    let list = |key: Option<&'static str>, r: Range| async move {
+        store.list_alerts(key, r).await.expect("list_alerts")
+    };
+    let all = [a3.clone(), a2.clone(), delivered.clone(), a4.clone()];
+    assert_eq!(list(None, everything()).await, all, "one a1, newest first");
+    assert_eq!(
+        list(Some("k1"), everything()).await,
+        [delivered.clone(), a4.clone()]
+    );
+    assert_eq!(list(Some("k2"), everything()).await, [a2]);
+    assert!(list(Some("k3"), everything()).await.is_empty());
+    assert_eq!(list(None, range(T0, T0 + 2 * MIN, 0, 10)).await, all[1..3]);
+    assert_eq!(
+        list(Some("k1"), range(T0, T0 + 1, 0, 10)).await,
+        [delivered]
+    );
+    assert_eq!(list(None, range(0, u64::MAX, 1, 2)).await, all[1..3]);
+    assert_eq!(list(Some("k1"), range(0, u64::MAX, 1, 5)).await, [a4]);
+    assert!(list(None, range(0, u64::MAX, 0, 0)).await.is_empty());
+}
+
+/// Dead letters: put (twice: still one), get, list newest first in `[from, to)`, delete.
+pub async fn dead_letters_put_get_list_delete(store: &dyn Store) {
+    let d1 = dead_letter("d1", T0);
+    let d2 = dead_letter("d2", T0 + MIN);
+    let d3 = dead_letter("d3", T0 + 2 * DAY);
+    for d in [&d1, &d2, &d3] {
+        store.put_dead_letter(d).await.expect("put_dead_letter");
+    }
+    let d2_again = DeadLetter {
+        attempts: 6,
+        error: "timeout".into(),
+        ..d2.clone()
+    };
+    store.put_dead_letter(&d2_again).await.expect("put again");
+    assert_eq!(
+        store.get_dead_letter("d1").await.expect("get"),
+        Some(d1.clone())
+    );
+    assert_eq!(
+        store.get_dead_letter("d2").await.expect("get"),
+        Some(d2_again.clone())
+    );
+    assert_eq!(store.get_dead_letter("nope").await.expect("get"), None);
+    let list = |r: Range| async move { store.list_dead_letters(r).await.expect("list") };
+    assert_eq!(
+        list(everything()).await,
+        [d3.clone(), d2_again.clone(), d1.clone()]
+    );
+    assert_eq!(
+        list(range(T0, T0 + MIN, 0, 10)).await,
+        std::slice::from_ref(&d1)
+    );
+    assert_eq!(
+        list(range(0, u64::MAX, 1, 1)).await,
+        std::slice::from_ref(&d2_again)
+    );
+    assert!(
+        store.delete_dead_letter("d2").await.expect("delete"),
+        "existed"
+    );
+    assert!(!store.delete_dead_letter("d2").await.expect("delete again"));
+    assert!(
+        !store
+            .delete_dead_letter("nope")
+            .await
+            .expect("delete unknown")
+    );
+    assert_eq!(store.get_dead_letter("d2").await.expect("get"), None);
+    assert_eq!(list(everything()).await, [d3, d1]);
+}
+
+/// Billing: a record put twice is one record with the new values; per key
+/// newest period first with a limit; per period in key_id order.
+pub async fn billing_upsert_and_lists(store: &dyn Store) {
+    const P: u64 = 30 * DAY;
+    let p0 = T0 - T0 % DAY;
+    store
+        .put_billing(&billing("k2", p0, 10))
+        .await
+        .expect("put");
+    let recomputed = BillingRecord {
+        computed_by: "node-b".into(),
+        ..billing("k2", p0, 5_000)
+    };
+    store.put_billing(&recomputed).await.expect("put again");
+    assert_eq!(
+        store.get_billing("k2", p0).await.expect("get"),
+        Some(recomputed.clone())
+    );
+    assert_eq!(store.get_billing("k2", p0 + P).await.expect("get"), None);
+    assert_eq!(store.get_billing("k9", p0).await.expect("get"), None);
+
+    for (k, p, u) in [
+        ("k1", p0, 1),
+        ("k10", p0, 2),
+        ("k2", p0 - P, 3),
+        ("k2", p0 + P, 4),
+        ("k0", p0 + P, 5),
+        ("k2", p0 - 2 * P, 6),
+    ] {
+        store.put_billing(&billing(k, p, u)).await.expect("put");
+    }
+    let k2 = store.list_billing_for_key("k2", 10).await.expect("list");
+    assert_eq!(
+        k2.iter().map(|r| r.period_start_ms).collect::<Vec<_>>(),
+        [p0 + P, p0, p0 - P, p0 - 2 * P],
+        "newest period first"
+    );
+    assert_eq!(k2[1], recomputed, "one record per period, the new values");
+    assert_eq!(
+        store.list_billing_for_key("k2", 2).await.expect("list"),
+        k2[..2]
+    );
+    assert!(
+        store
+            .list_billing_for_key("k2", 0)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_billing_for_key("k9", 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let keys = |rs: Vec<BillingRecord>| rs.into_iter().map(|r| r.key_id).collect::<Vec<_>>();
+    assert_eq!(
+        keys(store.list_billing_for_period(p0).await.expect("list")),
+        ["k1", "k10", "k2"],
+        "key_id order"
+    );
+    assert_eq!(
+        keys(store.list_billing_for_period(p0 + P).await.expect("list")),
+        ["k0", "k2"]
+    );
+    assert!(
+        store
+            .list_billing_for_period(p0 + 1)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     //! The suite checks itself against a trivially correct in-memory model,
     //! so a failing backend is the backend's fault, not the suite's.
 
     use super::*;
-    use crate::storage::{KeyStore, SnapshotStore, StoreError, TierStore, UsageStore};
+    use crate::storage::{
+        AlertStore, AuditStore, BillingStore, BlockStore, KeyStore, SnapshotStore, StoreError,
+        TierStore, UsageStore, ViolationStore,
+    };
     use async_trait::async_trait;
     use parking_lot::Mutex;
     use std::collections::BTreeMap;
@@ -1088,6 +1615,177 @@ mod tests {
         tiers: Mutex<BTreeMap<String, TierRecord>>,
         snapshots: Mutex<BTreeMap<String, Vec<u8>>>,
         usage: Mutex<BTreeMap<(String, Granularity, u64, String), u64>>,
+        violations: Mutex<BTreeMap<(u64, String), Violation>>,
+        blocks: Mutex<BTreeMap<String, IpBlock>>,
+        audit: Mutex<BTreeMap<(u64, String), AuditEntry>>,
+        alerts: Mutex<BTreeMap<String, Alert>>,
+        dead_letters: Mutex<BTreeMap<String, DeadLetter>>,
+        billing: Mutex<BTreeMap<(String, u64), BillingRecord>>,
+    }
+
+    /// Newest first (ties by id, descending) within `r`, then the page.
+    fn model_page<T: Clone>(
+        items: impl Iterator<Item = T>,
+        at: impl Fn(&T) -> (u64, String),
+        r: Range,
+    ) -> Vec<T> {
+        let mut v: Vec<T> = items
+            .filter(|t| (r.from_ms..r.to_ms).contains(&at(t).0))
+            .collect();
+        v.sort_by_key(|t| std::cmp::Reverse(at(t)));
+        v.into_iter().skip(r.offset).take(r.limit).collect()
+    }
+
+    #[async_trait]
+    impl ViolationStore for ModelStore {
+        async fn write_violations(&self, batch: &[Violation]) -> Result<(), StoreError> {
+            let mut m = self.violations.lock();
+            for v in batch {
+                m.insert((v.at_ms, v.id.clone()), v.clone());
+            }
+            Ok(())
+        }
+        async fn list_violations(
+            &self,
+            key_id: Option<&str>,
+            range: Range,
+        ) -> Result<Vec<Violation>, StoreError> {
+            let m = self.violations.lock();
+            let of_key = m
+                .values()
+                .filter(|v| key_id.is_none_or(|k| v.key_id == k))
+                .cloned();
+            Ok(model_page(of_key, |v| (v.at_ms, v.id.clone()), range))
+        }
+    }
+
+    #[async_trait]
+    impl BlockStore for ModelStore {
+        async fn put_block(&self, block: &IpBlock) -> Result<(), StoreError> {
+            self.blocks.lock().insert(block.id.clone(), block.clone());
+            Ok(())
+        }
+        async fn list_blocks(&self) -> Result<Vec<IpBlock>, StoreError> {
+            Ok(self.blocks.lock().values().cloned().collect())
+        }
+        async fn delete_block(&self, id: &str) -> Result<bool, StoreError> {
+            Ok(self.blocks.lock().remove(id).is_some())
+        }
+    }
+
+    #[async_trait]
+    impl AuditStore for ModelStore {
+        async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+            let mut m = self.audit.lock();
+            for e in entries {
+                m.insert((e.at_ms, e.id.clone()), e.clone());
+            }
+            Ok(())
+        }
+        async fn list_audit(&self, range: Range) -> Result<Vec<AuditEntry>, StoreError> {
+            let m = self.audit.lock();
+            Ok(model_page(
+                m.values().cloned(),
+                |e| (e.at_ms, e.id.clone()),
+                range,
+            ))
+        }
+    }
+
+    #[async_trait]
+    impl AlertStore for ModelStore {
+        async fn put_alert(&self, alert: &Alert) -> Result<(), StoreError> {
+            self.alerts.lock().insert(alert.id.clone(), alert.clone());
+            Ok(())
+        }
+        async fn get_alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+            Ok(self.alerts.lock().get(id).cloned())
+        }
+        async fn list_alerts(
+            &self,
+            key_id: Option<&str>,
+            range: Range,
+        ) -> Result<Vec<Alert>, StoreError> {
+            let m = self.alerts.lock();
+            let of_key = m
+                .values()
+                .filter(|a| key_id.is_none_or(|k| a.key_id.as_deref() == Some(k)))
+                .cloned();
+            Ok(model_page(
+                of_key,
+                |a| (a.raised_at_ms, a.id.clone()),
+                range,
+            ))
+        }
+        async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+            self.dead_letters
+                .lock()
+                .insert(letter.id.clone(), letter.clone());
+            Ok(())
+        }
+        async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+            Ok(self.dead_letters.lock().get(id).cloned())
+        }
+        async fn list_dead_letters(&self, range: Range) -> Result<Vec<DeadLetter>, StoreError> {
+            let m = self.dead_letters.lock();
+            Ok(model_page(
+                m.values().cloned(),
+                |d| (d.failed_at_ms, d.id.clone()),
+                range,
+            ))
+        }
+        async fn delete_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+            Ok(self.dead_letters.lock().remove(id).is_some())
+        }
+    }
+
+    #[async_trait]
+    impl BillingStore for ModelStore {
+        async fn put_billing(&self, record: &BillingRecord) -> Result<(), StoreError> {
+            self.billing.lock().insert(
+                (record.key_id.clone(), record.period_start_ms),
+                record.clone(),
+            );
+            Ok(())
+        }
+        async fn get_billing(
+            &self,
+            key_id: &str,
+            period_start_ms: u64,
+        ) -> Result<Option<BillingRecord>, StoreError> {
+            Ok(self
+                .billing
+                .lock()
+                .get(&(key_id.to_owned(), period_start_ms))
+                .cloned())
+        }
+        async fn list_billing_for_key(
+            &self,
+            key_id: &str,
+            limit: usize,
+        ) -> Result<Vec<BillingRecord>, StoreError> {
+            Ok(self
+                .billing
+                .lock()
+                .values()
+                .rev()
+                .filter(|r| r.key_id == key_id)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn list_billing_for_period(
+            &self,
+            period_start_ms: u64,
+        ) -> Result<Vec<BillingRecord>, StoreError> {
+            Ok(self
+                .billing
+                .lock()
+                .values()
+                .filter(|r| r.period_start_ms == period_start_ms)
+                .cloned()
+                .collect())
+        }
     }
 
     #[async_trait]
@@ -1279,6 +1977,95 @@ mod tests {
                 to: u64,
             ) -> Result<Vec<UsageBucket>, StoreError> {
                 self.0.usage_history(k, g, from, to).await
+            }
+        }
+
+        #[async_trait]
+        impl ViolationStore for Flagged {
+            async fn write_violations(&self, batch: &[Violation]) -> Result<(), StoreError> {
+                self.0.write_violations(batch).await
+            }
+            async fn list_violations(
+                &self,
+                key_id: Option<&str>,
+                range: Range,
+            ) -> Result<Vec<Violation>, StoreError> {
+                self.0.list_violations(key_id, range).await
+            }
+        }
+        #[async_trait]
+        impl BlockStore for Flagged {
+            async fn put_block(&self, block: &IpBlock) -> Result<(), StoreError> {
+                self.0.put_block(block).await
+            }
+            async fn list_blocks(&self) -> Result<Vec<IpBlock>, StoreError> {
+                self.0.list_blocks().await
+            }
+            async fn delete_block(&self, id: &str) -> Result<bool, StoreError> {
+                self.0.delete_block(id).await
+            }
+        }
+        #[async_trait]
+        impl AuditStore for Flagged {
+            async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+                self.0.append_audit(entries).await
+            }
+            async fn list_audit(&self, range: Range) -> Result<Vec<AuditEntry>, StoreError> {
+                self.0.list_audit(range).await
+            }
+        }
+        #[async_trait]
+        impl AlertStore for Flagged {
+            async fn put_alert(&self, alert: &Alert) -> Result<(), StoreError> {
+                self.0.put_alert(alert).await
+            }
+            async fn get_alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+                self.0.get_alert(id).await
+            }
+            async fn list_alerts(
+                &self,
+                key_id: Option<&str>,
+                range: Range,
+            ) -> Result<Vec<Alert>, StoreError> {
+                self.0.list_alerts(key_id, range).await
+            }
+            async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+                self.0.put_dead_letter(letter).await
+            }
+            async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+                self.0.get_dead_letter(id).await
+            }
+            async fn list_dead_letters(&self, range: Range) -> Result<Vec<DeadLetter>, StoreError> {
+                self.0.list_dead_letters(range).await
+            }
+            async fn delete_dead_letter(&self, id: &str) -> Result<bool, StoreError> {
+                self.0.delete_dead_letter(id).await
+            }
+        }
+        #[async_trait]
+        impl BillingStore for Flagged {
+            async fn put_billing(&self, record: &BillingRecord) -> Result<(), StoreError> {
+                self.0.put_billing(record).await
+            }
+            async fn get_billing(
+                &self,
+                key_id: &str,
+                period_start_ms: u64,
+            ) -> Result<Option<BillingRecord>, StoreError> {
+                self.0.get_billing(key_id, period_start_ms).await
+            }
+            async fn list_billing_for_key(
+                &self,
+                key_id: &str,
+                limit: usize,
+            ) -> Result<Vec<BillingRecord>, StoreError> {
+                self.0.list_billing_for_key(key_id, limit).await
+            }
+            async fn list_billing_for_period(
+                &self,
+                period_start_ms: u64,
+            ) -> Result<Vec<BillingRecord>, StoreError> {
+                self.0.list_billing_for_period(period_start_ms).await
             }
         }
 

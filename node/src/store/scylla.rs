@@ -31,6 +31,18 @@
 //! | `counter_snapshots` | `key_id`                                    | snapshot blob |
 //! | `usage_minute` / `usage_hour` / `usage_day` | `((key_id, day), bucket_start, writer)` | absolute `units` |
 //! | `usage_partitions`  | `((key_id, granularity), day)`              | — (which usage partitions exist) |
+//! | `pipeline_days`     | `((stream, key_id), day DESC)`              | — (which days of a pipeline stream hold data) |
+//! | `violations_by_day` / `violations_by_key` | `((day), at_ms DESC, id DESC)` / `((key_id, day), …)` | the violation's fields |
+//! | `ip_blocks`         | `((part = 0), id)`                          | the block's fields |
+//! | `audit_by_day`      | `((day), at_ms DESC, id DESC)`              | the entry's fields, `details` JSON |
+//! | `alert_records`     | `id`                                        | the alert's fields, `details` JSON |
+//! | `alerts_by_day` / `alerts_by_key_time` | `((day), raised_at_ms DESC, id DESC)` / `((key_id), …)` | — |
+//! | `dead_letter_records` | `id`                                      | the dead letter's fields |
+//! | `dead_letters_by_day` | `((day), failed_at_ms DESC, id DESC)`     | — |
+//! | `billing_by_key` / `billing_by_period` | `((key_id), period_start_ms DESC)` / `((period_start_ms), key_id)` | the record's fields |
+//!
+//! The pipeline tables (violations, blocks, audit, alerts, dead letters,
+//! billing) are described in [`pipeline`].
 //!
 //! ## Keys
 //! - `put_key` reads the old record, writes the hash index entries of the new
@@ -63,11 +75,13 @@
 //! Each row is one writer's absolute total for one bucket; rows of one
 //! partition go in one unlogged single-partition batch (chunks of
 //! [`USAGE_BATCH_ROWS`]); rows repeated in one call are de-duplicated, the
-//! last one winning. Partitions are time-bucketed: `day` is the first day of
+//! last one winning. Every row is written `USING TTL` the retention of its
+//! granularity ([`ScyllaOptions::retention`]; the tables' own default TTLs
+//! are not used). Partitions are time-bucketed: `day` is the first day of
 //! a period of 1 (minute), 32 (hour) or 1024 (day) days. Before the data, the
-//! partition is recorded in `usage_partitions` (with the TTL of its table, so
-//! it expires with the data; recent index writes are remembered in memory and
-//! not repeated for an hour). A history read lists the partitions of the range
+//! partition is recorded in `usage_partitions` (with the data's TTL plus one
+//! period and a day, so it outlives the data of its partition; recent index
+//! writes are remembered in memory and not repeated for an hour). A history read lists the partitions of the range
 //! from `usage_partitions` (so an open-ended range costs no more than the data
 //! it finds), reads at most [`MAX_HISTORY_PARTITIONS`] of them concurrently,
 //! sums the writers of each bucket and leaves out empty buckets. The HTTP
@@ -76,15 +90,14 @@
 
 pub mod errors;
 pub mod migrations;
-mod pipeline;
+pub mod pipeline;
 
 pub use migrations::{
     DEFAULT_REPLICATION, MIGRATIONS, Migration, MigrationReport, migrate, migrate_to,
 };
 
-/// The schema versions the store reads and writes: migrations 1 to this one
-/// (later ones add the pipelines' tables).
-pub const STORE_SCHEMA_VERSION: i32 = 4;
+/// The schema versions the store reads and writes: migrations 1 to this one.
+pub const STORE_SCHEMA_VERSION: i32 = 6;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -93,8 +106,8 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::{
-    BucketSum, KeyFilter, KeyStore, SnapshotStore, StoreError, TierRecord, TierStore, UsageRow,
-    UsageStore,
+    BucketSum, KeyFilter, KeyStore, Retention, SnapshotStore, StoreError, TierRecord, TierStore,
+    UsageRow, UsageStore,
 };
 use ringlimit_protocol::LimitSpec;
 use ringlimit_protocol::admin::{Granularity, UsageBucket};
@@ -162,8 +175,9 @@ pub struct ScyllaOptions {
     pub password: Option<String>,
     /// Writes in flight for one batch of snapshots or usage rows (default 32).
     pub concurrency: usize,
-    /// How long usage rows and violations are kept (TTLs of the writes).
-    pub retention: ringlimit_actors::storage::Retention,
+    /// How long usage buckets and violations are kept: every write of them
+    /// carries `USING TTL` from here (default [`Retention::default`]).
+    pub retention: Retention,
 }
 
 impl Default for ScyllaOptions {
@@ -180,7 +194,7 @@ impl Default for ScyllaOptions {
             username: None,
             password: None,
             concurrency: 32,
-            retention: ringlimit_actors::storage::Retention::default(),
+            retention: Retention::default(),
         }
     }
 }
@@ -199,6 +213,7 @@ impl std::fmt::Debug for ScyllaOptions {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("concurrency", &self.concurrency)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -291,6 +306,24 @@ struct Statements {
     get_partitions: PreparedStatement,
 }
 
+/// A retention as a CQL TTL in seconds: at least 1 (a TTL of 0 would mean
+/// "forever", the opposite of a zero retention) and at most [`MAX_TTL_SECS`].
+fn ttl_secs(d: Duration) -> i32 {
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    i32::try_from(secs.clamp(1, MAX_TTL_SECS)).unwrap_or(i32::MAX)
+}
+
+/// TTL of a `usage_partitions` row: it must outlive the data of its
+/// partition, whose last rows may be written up to a period after the index
+/// row (which is refreshed hourly).
+fn usage_index_ttl(g: Granularity, data_ttl: i32) -> i32 {
+    let margin = i64::try_from(period_days(g) * 86_400).unwrap_or(0) + 86_400;
+    i32::try_from((i64::from(data_ttl) + margin).min(MAX_TTL_SECS)).unwrap_or(i32::MAX)
+}
+
+/// The values of one usage row write: key, day, bucket start, writer, units, TTL.
+type UsageCell<'a> = (&'a str, i64, i64, &'a str, i64, i32);
+
 /// Index of a granularity in the per-granularity arrays.
 fn gi(g: Granularity) -> usize {
     match g {
@@ -343,10 +376,16 @@ struct Inner {
     keyspace: String,
     opts: ScyllaOptions,
     st: Statements,
-    /// TTL (seconds) of `usage_partitions` rows per granularity (0: none).
+    /// Statements of the pipeline tables.
+    pst: pipeline::Statements,
+    /// TTL (seconds) of usage rows per granularity, from the retention.
+    usage_ttl: [i32; 3],
+    /// TTL (seconds) of `usage_partitions` rows per granularity.
     index_ttl: [i32; 3],
     /// Recently written `usage_partitions` rows: (granularity, key, day) → when.
     indexed: DashMap<(usize, String, i64), Instant>,
+    /// Recently written `pipeline_days` rows: (stream, key, day) → when.
+    days_indexed: DashMap<(&'static str, String, i64), Instant>,
 }
 
 /// The ScyllaDB (or Cassandra) store. Cheap to clone; clones share the session.
@@ -405,17 +444,12 @@ impl ScyllaStore {
             }
         }
         let st = prepare_all(&session, &ks).await?;
+        let pst = pipeline::prepare(&session, &ks).await?;
+        let mut usage_ttl = [0i32; 3];
         let mut index_ttl = [0i32; 3];
         for g in Granularity::all() {
-            let data_ttl = table_ttl(&session, keyspace, usage_table(g)).await?;
-            index_ttl[gi(g)] = if data_ttl <= 0 {
-                0
-            } else {
-                // Outlive the data of the partition: its last rows may be written
-                // up to a period after the index row, which is refreshed hourly.
-                let margin = i64::try_from(period_days(g) * 86_400).unwrap_or(0) + 86_400;
-                i32::try_from((i64::from(data_ttl) + margin).min(MAX_TTL_SECS)).unwrap_or(0)
-            };
+            usage_ttl[gi(g)] = ttl_secs(opts.retention.usage(g));
+            index_ttl[gi(g)] = usage_index_ttl(g, usage_ttl[gi(g)]);
         }
         Ok(ScyllaStore {
             inner: Arc::new(Inner {
@@ -423,8 +457,11 @@ impl ScyllaStore {
                 keyspace: keyspace.to_ascii_lowercase(),
                 opts,
                 st,
+                pst,
+                usage_ttl,
                 index_ttl,
                 indexed: DashMap::new(),
+                days_indexed: DashMap::new(),
             }),
         })
     }
@@ -634,7 +671,7 @@ impl ScyllaStore {
     async fn write_usage_batch(
         &self,
         g: Granularity,
-        rows: &[(&str, i64, i64, &str, i64)],
+        rows: &[UsageCell<'_>],
     ) -> Result<(), StoreError> {
         let mut batch = Batch::new(BatchType::Unlogged);
         for _ in rows {
@@ -666,45 +703,25 @@ impl ScyllaStore {
     }
 }
 
-async fn table_ttl(session: &Session, keyspace: &str, table: &str) -> Result<i32, StoreError> {
-    let mut st = Statement::new(
-        "SELECT default_time_to_live FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
-    );
-    st.set_is_idempotent(true);
-    let what = "read table options";
-    let res = session
-        .query_unpaged(st, (keyspace.to_ascii_lowercase(), table))
+/// Prepares one statement, marked idempotent (every statement of the store
+/// is), with the store's page size.
+async fn prepare_one(session: &Session, cql: String) -> Result<PreparedStatement, StoreError> {
+    let mut p = session
+        .prepare(cql.as_str())
         .await
-        .map_err(|e| errors::execution(what, e))?;
-    let res = res
-        .into_rows_result()
-        .map_err(|e| errors::decode(what, e))?;
-    let row = res
-        .maybe_first_row::<(Option<i32>,)>()
-        .map_err(|e| errors::decode(what, e))?;
-    match row {
-        Some((ttl,)) => Ok(ttl.unwrap_or(0)),
-        None => Err(StoreError::Backend(format!(
-            "ScyllaDB: table {keyspace}.{table} does not exist (run `ringlimit migrate`)"
-        ))),
-    }
+        .map_err(|e| errors::prepare(&format!("prepare `{cql}`"), e))?;
+    p.set_is_idempotent(true);
+    p.set_page_size(PAGE_SIZE);
+    Ok(p)
 }
 
 async fn prepare_all(session: &Session, ks: &str) -> Result<Statements, StoreError> {
-    let prep = |cql: String| async move {
-        let mut p = session
-            .prepare(cql.as_str())
-            .await
-            .map_err(|e| errors::prepare(&format!("prepare `{cql}`"), e))?;
-        p.set_is_idempotent(true);
-        p.set_page_size(PAGE_SIZE);
-        Ok::<_, StoreError>(p)
-    };
+    let prep = |cql: String| prepare_one(session, cql);
     let usage = |g: Granularity| {
         let t = usage_table(g);
         (
             format!(
-                "INSERT INTO {ks}.{t} (key_id, day, bucket_start, writer, units) VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO {ks}.{t} (key_id, day, bucket_start, writer, units) VALUES (?, ?, ?, ?, ?) USING TTL ?"
             ),
             format!(
                 "SELECT bucket_start, units FROM {ks}.{t} WHERE key_id = ? AND day = ? AND bucket_start >= ? AND bucket_start < ?"
@@ -1083,11 +1100,12 @@ impl UsageStore for ScyllaStore {
                 index.push(self.index_partition(*g, key, day).boxed());
             }
             self.run_all(index).await?;
-            let mut batches: Vec<(Granularity, Vec<(&str, i64, i64, &str, i64)>)> = Vec::new();
+            let mut batches: Vec<(Granularity, Vec<UsageCell>)> = Vec::new();
             for (&(_, key, day), (g, cells)) in &parts {
-                let cells: Vec<(&str, i64, i64, &str, i64)> = cells
+                let ttl = self.inner.usage_ttl[gi(*g)];
+                let cells: Vec<UsageCell> = cells
                     .iter()
-                    .map(|(&(start, writer), &units)| (key, day, start, writer, units))
+                    .map(|(&(start, writer), &units)| (key, day, start, writer, units, ttl))
                     .collect();
                 for chunk in cells.chunks(USAGE_BATCH_ROWS) {
                     batches.push((*g, chunk.to_vec()));
@@ -1185,6 +1203,26 @@ mod tests {
         let mut sorted = shards.clone();
         sorted.sort_unstable();
         assert_eq!(shards, sorted, "shard order must agree with key_id order");
+    }
+
+    #[test]
+    fn ttls_follow_the_retention_with_the_index_margin() {
+        let r = Retention::default();
+        assert_eq!(ttl_secs(r.minute), 7 * 86_400);
+        assert_eq!(
+            ttl_secs(Duration::ZERO),
+            1,
+            "zero retention is not 'forever'"
+        );
+        assert_eq!(ttl_secs(Duration::from_millis(300)), 1);
+        assert_eq!(ttl_secs(Duration::MAX), 630_720_000);
+        for g in Granularity::all() {
+            let data = ttl_secs(r.usage(g));
+            let index = usage_index_ttl(g, data);
+            let margin = i32::try_from((period_days(g) + 1) * 86_400).expect("margin");
+            assert_eq!(index, data + margin, "{g:?}");
+        }
+        assert_eq!(usage_index_ttl(Granularity::Day, i32::MAX), 630_720_000);
     }
 
     #[test]

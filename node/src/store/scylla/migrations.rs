@@ -13,9 +13,10 @@
 //! [`migrate`] reads the applied versions from `schema_migrations`, runs the
 //! statements of every other version in order, and records the version (with
 //! the SHA-256 of the file) once all its statements succeeded. Every statement
-//! is idempotent (`IF NOT EXISTS`), so a run interrupted half-way through a
-//! file simply runs that file again. An applied file whose text has changed is
-//! reported with a warning and not run again: add a new file instead.
+//! is idempotent (`CREATE … IF NOT EXISTS`, `DROP TABLE IF EXISTS`), so a run
+//! interrupted half-way through a file simply runs that file again. An
+//! applied file whose text has changed is reported with a warning and not run
+//! again: add a new file instead.
 //!
 //! Concurrent runs: on ScyllaDB (Raft-based schema) concurrent
 //! `CREATE … IF NOT EXISTS` are safe. On Cassandra before 5.1, two nodes
@@ -59,6 +60,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_snapshots"),
     migration!(4, "0004_usage"),
     migration!(5, "0005_pipelines"),
+    migration!(6, "0006_pipeline_tables"),
 ];
 
 /// Replication of a keyspace created for tests or a single node.
@@ -325,7 +327,7 @@ mod tests {
                 m.name
             );
         }
-        assert_eq!(MIGRATIONS.len(), 5);
+        assert_eq!(MIGRATIONS.len(), 6);
     }
 
     #[test]
@@ -358,11 +360,10 @@ mod tests {
                     m.name
                 );
                 assert!(!s.contains("--"), "{}: comment left in {s}", m.name);
-                assert!(
-                    s.contains("IF NOT EXISTS"),
-                    "{}: not idempotent: {s}",
-                    m.name
-                );
+                // Creating if absent and dropping if present are both idempotent.
+                let idempotent = s.contains("IF NOT EXISTS")
+                    || (s.starts_with("DROP TABLE IF EXISTS ") && !s.contains(';'));
+                assert!(idempotent, "{}: not idempotent: {s}", m.name);
                 assert!(
                     s.contains("\"rl_test\""),
                     "{}: not qualified by the keyspace: {s}",
