@@ -963,3 +963,74 @@ async fn sigterm_drains_queued_violations_into_the_store() {
         "drained at SIGTERM"
     );
 }
+
+// ------------------------------------------------------------ ScyllaDB outage
+
+/// ScyllaDB down: validate keeps answering, violations queue up to the bound,
+/// the rest are dropped and counted in the metric; when ScyllaDB is back the
+/// queued ones are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scylla_outage_queues_violations_up_to_the_bound_then_flushes() {
+    use common::proxy::{Mode, Proxy};
+    let Some(addr) = cql() else { return };
+    let ks = keyspace("pq");
+    migrate(&addr, &ks);
+    let proxy = Proxy::start(addr.clone()).await;
+    let via = proxy.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[pipelines]\nqueue_capacity = 30\nbatch_max = 10\ntick_ms = 20\n",
+    );
+    let node = Node::start(
+        dir.path(),
+        &[
+            ("RINGLIMIT_CONFIG", cfg.as_str()),
+            ("RINGLIMIT_SCYLLA_NODES", via.as_str()),
+            ("RINGLIMIT_SCYLLA_KEYSPACE", ks.as_str()),
+        ],
+    );
+    let (id, key) = node
+        .create_key(json!([limit("m", "fixed_window", 1, 3_600_000)]))
+        .await;
+    assert_eq!(node.validate(&key, 1).await.0, 200);
+    proxy.set(Mode::Down);
+    for _ in 0..60 {
+        let r = tokio::time::timeout(Duration::from_secs(5), node.validate(&key, 1)).await;
+        assert_eq!(r.expect("validate answers during the outage").0, 429);
+    }
+    let (_, v) = node.admin(Method::GET, "/api/v1/pipelines", None).await;
+    let q = &v["queues"]["violations"];
+    let accepted = q["accepted"].as_u64().unwrap();
+    let dropped = q["dropped"].as_u64().unwrap();
+    assert_eq!(accepted + dropped, 60, "{v}");
+    assert!(
+        dropped >= 20,
+        "beyond the bound (30 queued + 10 in flight) events are dropped: {v}"
+    );
+    let metrics = node
+        .http
+        .get(format!("{}/metrics", node.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("ringlimit_pipeline_dropped_total{pipeline=\"violations\"}"))
+        .unwrap_or_else(|| panic!("no drop metric in\n{metrics}"));
+    assert!(line.ends_with(&format!(" {dropped}")), "{line}");
+    proxy.set(Mode::Up);
+    let path = format!("/api/v1/violations?key_id={id}&limit=1000");
+    let flushed = eventually(90, async || {
+        let (s, v) = node.admin(Method::GET, &path, None).await;
+        s == 200 && v["violations"].as_array().unwrap().len() as u64 == accepted
+    })
+    .await;
+    assert!(
+        flushed,
+        "the {accepted} queued violations were written after the outage"
+    );
+}

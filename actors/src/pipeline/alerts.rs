@@ -591,7 +591,7 @@ impl Worker for AlertWorker {
         if batch.is_empty() {
             return Ok(false);
         }
-        for ev in &batch {
+        for ev in batch.iter() {
             if self.seen.contains(&ev.id) || self.ctx.store.get_alert(&ev.id).await?.is_some() {
                 self.seen.insert(ev.id.clone());
                 continue;

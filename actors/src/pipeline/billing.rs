@@ -309,10 +309,11 @@ impl Worker for BillingWorker {
     }
 
     async fn round(&mut self, now_ms: u64) -> Result<bool, StoreError> {
-        let cfg = self.ctx.config.billing.clone();
-        let pct = u128::from(self.ctx.config.alerts.included_percent);
-        let batch = self.ctx.admits.begin(self.ctx.config.batch_max);
-        for a in &batch {
+        let ctx = Arc::clone(&self.ctx);
+        let cfg = &ctx.config.billing;
+        let pct = u128::from(ctx.config.alerts.included_percent);
+        let batch = ctx.admits.begin(ctx.config.batch_max);
+        for a in batch.iter() {
             let start = cfg.period.start_of(a.at_ms);
             let fresh = match self.running.get(&a.key.key_id) {
                 Some(r) => r.start != start,
@@ -334,9 +335,11 @@ impl Worker for BillingWorker {
                 continue;
             };
             r.units = r.units.saturating_add(a.units);
-            let price = cfg.price(&a.key.tier);
+            let Some(price) = cfg.prices.get(&a.key.tier) else {
+                continue;
+            };
             let included = price.included_units;
-            if included == 0 {
+            if included == 0 || (r.warned && r.over) {
                 continue;
             }
             let label = cfg.period.label(start);

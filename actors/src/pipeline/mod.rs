@@ -147,8 +147,10 @@ pub struct Ctx {
     /// Abuse rules in force (changeable at run time).
     pub rules: parking_lot::RwLock<Vec<AbuseRule>>,
     ratio_rules: AtomicBool,
-    /// (key, limit) → window index of the last usage-threshold alert pushed.
-    usage_alerted: dashmap::DashMap<(String, String), u64>,
+    /// Hash of (key, limit) → window index of the last usage-threshold alert
+    /// pushed (a hash, so the hot path allocates nothing).
+    usage_alerted: dashmap::DashMap<u64, u64>,
+    alert_hasher: std::collections::hash_map::RandomState,
     ids: IdGen,
     draining: AtomicBool,
     workers: Mutex<HashMap<Kind, ActorRef<WorkerMsg>>>,
@@ -182,20 +184,17 @@ impl Ctx {
     }
 }
 
-/// Unique ids without a random source per call: SHA-256 of a per-process
-/// random seed and a counter, 32 hex characters.
+/// Unique ids, cheap enough for the hot path: a per-process random prefix
+/// (64 bits, so processes do not collide) and a counter; 32 hex characters.
 struct IdGen {
-    seed: [u8; 16],
+    prefix: u64,
     next: AtomicU64,
 }
 
 impl IdGen {
     fn next(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut h = Sha256::new();
-        h.update(self.seed);
-        h.update(n.to_le_bytes());
-        hex::encode(&h.finalize()[..16])
+        format!("{:016x}{n:016x}", self.prefix)
     }
 }
 
@@ -250,8 +249,10 @@ impl Pipelines {
             audit: EventQueue::new("audit", cap),
             poster,
             usage_alerted: dashmap::DashMap::new(),
+            alert_hasher: std::collections::hash_map::RandomState::new(),
             ids: IdGen {
-                seed,
+                prefix: u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8]))
+                    ^ u64::from_le_bytes(seed[8..].try_into().unwrap_or([0; 8])),
                 next: AtomicU64::new(0),
             },
             draining: AtomicBool::new(false),
@@ -293,7 +294,13 @@ impl Pipelines {
             }
             // Once per key, limit and window.
             let window = now_ms / l.window_ms.max(1);
-            let k = (key.key_id.clone(), l.name.clone());
+            let k = {
+                use std::hash::{BuildHasher, Hash, Hasher};
+                let mut h = ctx.alert_hasher.build_hasher();
+                key.key_id.hash(&mut h);
+                l.name.hash(&mut h);
+                h.finish()
+            };
             if ctx.usage_alerted.get(&k).is_some_and(|w| *w == window) {
                 continue;
             }

@@ -19,6 +19,7 @@
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -48,7 +49,7 @@ pub struct EventQueue<T> {
     name: &'static str,
     capacity: usize,
     queue: Mutex<VecDeque<T>>,
-    inflight: Mutex<Vec<T>>,
+    inflight: Mutex<Arc<Vec<T>>>,
     accepted: AtomicU64,
     dropped: AtomicU64,
     processed: AtomicU64,
@@ -71,7 +72,7 @@ impl<T: Clone> EventQueue<T> {
             name,
             capacity: capacity.max(1),
             queue: Mutex::new(VecDeque::new()),
-            inflight: Mutex::new(Vec::new()),
+            inflight: Mutex::new(Arc::new(Vec::new())),
             accepted: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             processed: AtomicU64::new(0),
@@ -94,8 +95,9 @@ impl<T: Clone> EventQueue<T> {
         }
         q.push_back(ev);
         drop(q);
+        // The metric is counted by the consumer, per batch: the hot path
+        // only bumps an atomic.
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(metric::ACCEPTED, "pipeline" => self.name).increment(1);
         true
     }
 
@@ -122,23 +124,35 @@ impl<T: Clone> EventQueue<T> {
     /// The batch to process: the in-flight batch left by a previous attempt
     /// (a failed write, a crashed actor), or else up to `max` queued events,
     /// which become the in-flight batch. Empty when there is nothing to do.
-    pub fn begin(&self, max: usize) -> Vec<T> {
+    pub fn begin(&self, max: usize) -> Arc<Vec<T>> {
         let mut inflight = self.inflight.lock();
         if inflight.is_empty() {
-            let mut q = self.queue.lock();
-            let n = q.len().min(max.max(1));
-            inflight.extend(q.drain(..n));
-            metrics::gauge!(metric::QUEUED, "pipeline" => self.name).set(q.len() as f64);
+            let max = max.max(1);
+            // Hold the producers' lock as briefly as possible: swap the whole
+            // queue out when it fits in one batch.
+            let (taken, left) = {
+                let mut q = self.queue.lock();
+                if q.len() <= max {
+                    (std::mem::take(&mut *q), 0)
+                } else {
+                    (q.drain(..max).collect(), q.len())
+                }
+            };
+            *inflight = Arc::new(Vec::from(taken));
+            metrics::gauge!(metric::QUEUED, "pipeline" => self.name).set(left as f64);
+            metrics::counter!(metric::ACCEPTED, "pipeline" => self.name)
+                .increment(inflight.len() as u64);
         }
-        inflight.clone()
+        Arc::clone(&inflight)
     }
 
     /// The in-flight batch is processed: forget it.
     pub fn commit(&self) {
         let mut inflight = self.inflight.lock();
         let n = inflight.len() as u64;
-        inflight.clear();
+        let done = std::mem::take(&mut *inflight);
         drop(inflight);
+        drop(done);
         self.processed.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(metric::PROCESSED, "pipeline" => self.name).increment(n);
     }
@@ -179,11 +193,11 @@ mod tests {
         for i in 0..5 {
             q.push(i);
         }
-        assert_eq!(q.begin(3), vec![0, 1, 2]);
+        assert_eq!(*q.begin(3), vec![0, 1, 2]);
         // The consumer died before committing: the same batch comes back.
-        assert_eq!(q.begin(3), vec![0, 1, 2]);
+        assert_eq!(*q.begin(3), vec![0, 1, 2]);
         q.commit();
-        assert_eq!(q.begin(3), vec![3, 4]);
+        assert_eq!(*q.begin(3), vec![3, 4]);
         q.commit();
         assert!(q.is_idle());
         assert_eq!(q.stats().processed, 5);

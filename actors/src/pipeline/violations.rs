@@ -305,7 +305,7 @@ impl Worker for ViolationWorker {
         let rules = self.ctx.rules.read().clone();
         let repeated = self.ctx.config.alerts.repeated_violations;
         let mut trips = Vec::new();
-        for d in &batch {
+        for d in batch.iter() {
             let (key_id, denied, at) = match d {
                 Decision::Denied(v) => (v.key_id.as_str(), true, v.at_ms),
                 Decision::Allowed { key_id, at_ms } => (key_id.as_str(), false, *at_ms),

@@ -2,6 +2,8 @@
 //! ports with its own data directory, and talk to it over HTTP.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod proxy;
+
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
