@@ -307,23 +307,23 @@ impl Actor for KeyLimiterSupervisor {
                 return Ok(());
             };
             tracing::warn!(key_id = %key, error = %err, "KeyLimiter failed; restarting it on its state");
-            if let Some(mut e) = shared.entries.get_mut(&key) {
-                if e.actor.get_id() == dead_id {
-                    let st = KeyLimiterState {
-                        cell: Arc::clone(&e.cell),
-                        shared: Arc::clone(shared),
-                    };
-                    let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(
-                        None,
-                        KeyLimiter,
-                        st,
-                        me.get_cell(),
-                    )?;
-                    shared.by_actor.insert(actor.get_id(), key.clone());
-                    e.actor = actor;
-                    shared.restarts.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(metric::RESTARTS).increment(1);
-                }
+            if let Some(mut e) = shared.entries.get_mut(&key)
+                && e.actor.get_id() == dead_id
+            {
+                let st = KeyLimiterState {
+                    cell: Arc::clone(&e.cell),
+                    shared: Arc::clone(shared),
+                };
+                let (actor, _) = ractor::ActorRuntime::<KeyLimiter>::spawn_linked_instant(
+                    None,
+                    KeyLimiter,
+                    st,
+                    me.get_cell(),
+                )?;
+                shared.by_actor.insert(actor.get_id(), key.clone());
+                e.actor = actor;
+                shared.restarts.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(metric::RESTARTS).increment(1);
             }
         }
         Ok(())

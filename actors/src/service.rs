@@ -708,13 +708,13 @@ impl Service {
         actor: &str,
     ) -> Result<ringlimit_protocol::pipeline::IpBlock, AdminError> {
         let c = Cidr::parse(cidr).map_err(|m| invalid("cidr", m))?;
-        if let Some(e) = expires_in_ms {
-            if e == 0 || e > MAX_BLOCK_EXPIRY_MS {
-                return Err(invalid(
-                    "expires_in_ms",
-                    "must be between 1 and 31536000000 (one year)",
-                ));
-            }
+        if let Some(e) = expires_in_ms
+            && (e == 0 || e > MAX_BLOCK_EXPIRY_MS)
+        {
+            return Err(invalid(
+                "expires_in_ms",
+                "must be between 1 and 31536000000 (one year)",
+            ));
         }
         if reason.as_ref().is_some_and(|r| r.len() > 512) {
             return Err(invalid("reason", "must be at most 512 characters"));

@@ -108,8 +108,10 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Driver settings from the config.
 pub fn scylla_options(config: &Config) -> ScyllaOptions {
-    let mut o = ScyllaOptions::default();
-    o.retention = config.retention;
+    let mut o = ScyllaOptions {
+        retention: config.retention,
+        ..ScyllaOptions::default()
+    };
     if let Some(r) = &config.scylla_replication {
         o.replication = r.clone();
     }
@@ -273,6 +275,7 @@ pub async fn run(
                     tracing::warn!(error = %e, "periodic key reload failed");
                 }
                 let _ = s.reload_tiers().await;
+                let _ = s.reload_blocks().await;
             }
         });
     }

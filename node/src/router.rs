@@ -198,18 +198,17 @@ impl Router {
         }
         let deadline = self.gate.lock().deadline;
         let mut rx = self.gate_open.subscribe();
-        if let Some(d) = deadline {
-            if tokio::time::timeout_at(d, rx.wait_for(|o| *o))
+        if let Some(d) = deadline
+            && tokio::time::timeout_at(d, rx.wait_for(|o| *o))
                 .await
                 .is_err()
-            {
-                let mut g = self.gate.lock();
-                if g.deadline == Some(d) {
-                    tracing::warn!(waiting_for = ?g.waiting_for, "handoff markers did not all arrive; serving anyway");
-                    g.waiting_for.clear();
-                    g.deadline = None;
-                    let _ = self.gate_open.send_replace(true);
-                }
+        {
+            let mut g = self.gate.lock();
+            if g.deadline == Some(d) {
+                tracing::warn!(waiting_for = ?g.waiting_for, "handoff markers did not all arrive; serving anyway");
+                g.waiting_for.clear();
+                g.deadline = None;
+                let _ = self.gate_open.send_replace(true);
             }
         }
     }

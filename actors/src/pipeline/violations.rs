@@ -313,18 +313,18 @@ impl Worker for ViolationWorker {
             if let Some(r) = self.detector.observe(&rules, key_id, denied, at) {
                 trips.push((r.clone(), key_id.to_string()));
             }
-            if let (true, Some((count, window_ms))) = (denied, repeated) {
-                if let Some(w) = self.detector.repeated(key_id, at, count, window_ms) {
-                    self.ctx.alerts.push(AlertEvent::new(
-                        "repeated_violations",
-                        "warning",
-                        Some(key_id),
-                        format!("key {key_id} was denied {count} times within {window_ms} ms"),
-                        serde_json::json!({ "count": count, "window_ms": window_ms }),
-                        &[key_id, &window_ms.to_string(), &w.to_string()],
-                        at,
-                    ));
-                }
+            if let (true, Some((count, window_ms))) = (denied, repeated)
+                && let Some(w) = self.detector.repeated(key_id, at, count, window_ms)
+            {
+                self.ctx.alerts.push(AlertEvent::new(
+                    "repeated_violations",
+                    "warning",
+                    Some(key_id),
+                    format!("key {key_id} was denied {count} times within {window_ms} ms"),
+                    serde_json::json!({ "count": count, "window_ms": window_ms }),
+                    &[key_id, &window_ms.to_string(), &w.to_string()],
+                    at,
+                ));
             }
         }
         for (rule, key_id) in trips {

@@ -363,10 +363,10 @@ impl Config {
         if data_addr == admin_addr && data_addr.port() != 0 {
             return Err(bad("admin_addr", "must differ from data_addr"));
         }
-        if let Some(t) = &r.admin_token {
-            if t.len() < 16 {
-                return Err(bad("admin_token", "must be at least 16 characters"));
-            }
+        if let Some(t) = &r.admin_token
+            && t.len() < 16
+        {
+            return Err(bad("admin_token", "must be at least 16 characters"));
         }
         let log_format = match r.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
@@ -418,10 +418,10 @@ impl Config {
             return Err(bad("flush_interval_ms", "must be between 1 and 60000"));
         }
         let shutdown_timeout_ms = r.shutdown_timeout_ms.unwrap_or(10_000);
-        if let Some(u) = &r.redis_url {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                return Err(bad("redis_url", "must start with redis:// or rediss://"));
-            }
+        if let Some(u) = &r.redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return Err(bad("redis_url", "must start with redis:// or rediss://"));
         }
         let redis_cluster_nodes = list(&r.redis_cluster_nodes);
         for n in &redis_cluster_nodes {

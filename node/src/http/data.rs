@@ -213,12 +213,12 @@ fn check_request(req: &ValidateRequest) -> Result<(), ApiError> {
     if req.resource.as_ref().is_some_and(|r| r.len() > 256) {
         return Err(ApiError::invalid("resource is longer than 256 characters"));
     }
-    if let Some(ip) = &req.client_ip {
-        if ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(ApiError::invalid(
-                "client_ip is not an IPv4 or IPv6 address",
-            ));
-        }
+    if let Some(ip) = &req.client_ip
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err(ApiError::invalid(
+            "client_ip is not an IPv4 or IPv6 address",
+        ));
     }
     Ok(())
 }

@@ -72,10 +72,10 @@ impl PageQuery {
                 "from must be before to (both in ms since the Unix epoch)",
             ));
         }
-        if let Some(k) = &self.key_id {
-            if k.is_empty() || k.len() > 64 {
-                return Err(ApiError::invalid("key_id: must be 1 to 64 characters"));
-            }
+        if let Some(k) = &self.key_id
+            && (k.is_empty() || k.len() > 64)
+        {
+            return Err(ApiError::invalid("key_id: must be 1 to 64 characters"));
         }
         let offset = (page as usize - 1).saturating_mul(limit);
         if offset > 1_000_000 {
