@@ -644,6 +644,13 @@ impl Host for Service {
     }
 
     async fn suspend(&self, key_id: &str, until_ms: u64, reason: &str) -> Result<(), String> {
+        // Never shorten a suspension already in force (an operator's
+        // indefinite one, or a longer one).
+        if let Some(k) = self.source.keys.get(key_id) {
+            if k.suspended_at(self.now_ms()) && k.suspended_until_ms.is_none_or(|u| u >= until_ms) {
+                return Ok(());
+            }
+        }
         self.suspend_key(key_id, Some(until_ms), reason)
             .await
             .map(|_| ())
@@ -781,7 +788,7 @@ impl Service {
                 if let Some(p) = self.pipelines.get() {
                     p.audit(ringlimit_protocol::pipeline::AuditEntry {
                         id: crate::pipeline::stable_id(&["block.expire", &b.id]),
-                        at_ms: now,
+                        at_ms: b.expires_at_ms.unwrap_or(now),
                         actor: "system".into(),
                         action: "block.expire".into(),
                         target_kind: "block".into(),

@@ -35,7 +35,6 @@ use ringlimit_protocol::admin::{Granularity, KeyStatus, Metadata};
 use ringlimit_protocol::pipeline::{Alert, BillingRecord, DeliveryState, Violation};
 use scylla::client::session::Session;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

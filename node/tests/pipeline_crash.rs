@@ -102,8 +102,9 @@ async fn killing_the_violation_worker_mid_stream_loses_no_accepted_event() {
         let before = p.worker(Kind::Violations).unwrap();
         before.kill();
         kills += 1;
-        // Wait for the supervisor to start its successor.
-        for _ in 0..500 {
+        // Wait for the supervisor to start its successor (after a pause of a
+        // second once restarts come in a burst).
+        for _ in 0..2_500 {
             if p.worker(Kind::Violations)
                 .is_some_and(|w| w.get_id() != before.get_id())
             {

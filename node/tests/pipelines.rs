@@ -1034,3 +1034,88 @@ async fn scylla_outage_queues_violations_up_to_the_bound_then_flushes() {
         "the {accepted} queued violations were written after the outage"
     );
 }
+
+// ------------------------------------------------------------ alert rules
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn included_units_overage_repeated_violations_and_backlog_raise_alerts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        r#"
+[pipelines]
+tick_ms = 20
+[billing.prices.free]
+included_units = 10
+unit_price = "0.5"
+[alerts]
+usage_percent = 0
+included_percent = 50
+repeated_violations = { count = 3, window_ms = 3600000 }
+backlog_bound = 0
+"#,
+    );
+    let node = Node::start(dir.path(), &[("RINGLIMIT_CONFIG", cfg.as_str())]);
+    let (id, key) = node
+        .create_key(json!([limit("h", "sliding_log", 12, 3_600_000)]))
+        .await;
+    for _ in 0..20 {
+        node.validate(&key, 1).await;
+    }
+    let kinds = async || -> Vec<String> {
+        let (_, v) = node.admin(Method::GET, "/api/v1/alerts", None).await;
+        v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let want = [
+        "included_units_threshold",
+        "overage",
+        "repeated_violations",
+        "writebehind_backlog",
+    ];
+    assert!(
+        eventually(10, async || {
+            let k = kinds().await;
+            want.iter().all(|w| k.iter().any(|x| x == w))
+        })
+        .await,
+        "every rule fired: {:?}",
+        kinds().await
+    );
+    // More traffic in the same period and window raises nothing new for the key.
+    for _ in 0..10 {
+        node.validate(&key, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, v) = node
+        .admin(Method::GET, &format!("/api/v1/alerts?key_id={id}"), None)
+        .await;
+    let mut per_kind: HashMap<String, usize> = HashMap::new();
+    for a in v["alerts"].as_array().unwrap() {
+        *per_kind
+            .entry(a["kind"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        assert_eq!(
+            a["delivery"], "stored",
+            "no endpoint configured: stored only"
+        );
+    }
+    for k in ["included_units_threshold", "overage", "repeated_violations"] {
+        assert_eq!(per_kind.get(k), Some(&1), "{k} once: {v}");
+    }
+    let overage = v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "overage")
+        .unwrap();
+    assert_eq!(overage["details"]["included_units"], 10);
+    assert!(
+        overage["message"].as_str().unwrap().contains("0.5 USD"),
+        "{overage}"
+    );
+}

@@ -497,19 +497,13 @@ pub async fn redrive(ctx: &Ctx, id: &str) -> Result<Redrive, StoreError> {
 pub struct AlertWorker {
     ctx: Arc<Ctx>,
     seen: HashSet<String>,
-    resumed: bool,
     backlog_since: Option<u64>,
 }
 
 impl AlertWorker {
     fn spawn_delivery(&self, alert: Alert, targets: Vec<Target>) {
-        let ctx = Arc::clone(&self.ctx);
-        let ctx2 = Arc::clone(&self.ctx);
-        // try_lock: the set is only locked briefly (here and at drain).
-        let fut = deliver_all(ctx, alert, targets);
-        tokio::spawn(async move {
-            ctx2.deliveries.lock().await.spawn(fut);
-        });
+        self.ctx
+            .spawn_delivery(deliver_all(Arc::clone(&self.ctx), alert, targets));
     }
 
     /// Alerts left `pending` by a previous process are delivered again.
@@ -576,15 +570,16 @@ impl Worker for AlertWorker {
         AlertWorker {
             ctx,
             seen: HashSet::new(),
-            resumed: false,
             backlog_since: None,
         }
     }
 
     async fn round(&mut self, now_ms: u64) -> Result<bool, StoreError> {
-        if !self.resumed {
+        if !self.ctx.resumed.load(std::sync::atomic::Ordering::Acquire) {
             self.resume_pending(now_ms).await?;
-            self.resumed = true;
+            self.ctx
+                .resumed
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.check_backlog(now_ms);
         let batch = self.ctx.alerts.begin(self.ctx.config.batch_max);
@@ -718,6 +713,35 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.0, 4);
         assert!(e.1.contains("500"), "{}", e.1);
+    }
+
+    #[test]
+    fn payloads_in_both_formats() {
+        let a = Alert {
+            id: "a1".into(),
+            raised_at_ms: 5,
+            key_id: Some("k1".into()),
+            kind: "overage".into(),
+            severity: "warning".into(),
+            message: "key k1 crossed".into(),
+            details: serde_json::json!({"units": 3}),
+            delivery: DeliveryState::Pending,
+            attempts: 0,
+            last_attempt_at_ms: None,
+        };
+        let g: serde_json::Value =
+            serde_json::from_slice(&render(&a, WebhookFormat::Generic)).unwrap();
+        assert_eq!(g["type"], "ringlimit.alert");
+        assert_eq!(g["alert"]["details"]["units"], 3);
+        let s: serde_json::Value =
+            serde_json::from_slice(&render(&a, WebhookFormat::Slack)).unwrap();
+        assert_eq!(s["text"], "[WARNING] overage: key k1 crossed");
+        assert!(
+            s["blocks"][0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("key k1 crossed")
+        );
     }
 
     #[test]

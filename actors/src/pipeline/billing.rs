@@ -219,7 +219,9 @@ pub async fn close_period(
     let end = cfg.period.end_of(start);
     let g = cfg.period.granularity();
     let Some(host) = ctx.host() else {
-        return Ok(Vec::new());
+        return Err(StoreError::Unavailable(
+            "the node is not ready to bill yet".into(),
+        ));
     };
     let mut keys = host.keys();
     keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
@@ -276,23 +278,30 @@ pub struct BillingWorker {
 
 impl BillingWorker {
     /// Stored usage of `key_id` from `start` up to the minute holding `at_ms`.
+    /// Minutes up to the first whole hour, whole hours, then minutes up to
+    /// the minute holding `at_ms` (periods need not start on the hour).
     async fn stored_before(&self, key_id: &str, start: u64, at_ms: u64) -> Result<u64, StoreError> {
-        let hour = (at_ms - at_ms % HOUR_MS).max(start);
         let minute = (at_ms - at_ms % MINUTE_MS).max(start);
+        let first_hour = start.div_ceil(HOUR_MS).saturating_mul(HOUR_MS).min(minute);
+        let last_hour = (at_ms - at_ms % HOUR_MS).clamp(first_hour, minute);
         let s = &self.ctx.store;
-        let h: u64 = s
-            .usage_history(key_id, Granularity::Hour, start, hour)
-            .await?
-            .iter()
-            .map(|b| b.units)
-            .sum();
-        let m: u64 = s
-            .usage_history(key_id, Granularity::Minute, hour, minute)
-            .await?
-            .iter()
-            .map(|b| b.units)
-            .sum();
-        Ok(h + m)
+        let mut total = 0u64;
+        for (g, from, to) in [
+            (Granularity::Minute, start, first_hour),
+            (Granularity::Hour, first_hour, last_hour),
+            (Granularity::Minute, last_hour, minute),
+        ] {
+            if from < to {
+                let sum: u64 = s
+                    .usage_history(key_id, g, from, to)
+                    .await?
+                    .iter()
+                    .map(|b| b.units)
+                    .sum();
+                total = total.saturating_add(sum);
+            }
+        }
+        Ok(total)
     }
 }
 
@@ -313,16 +322,22 @@ impl Worker for BillingWorker {
         let cfg = &ctx.config.billing;
         let pct = u128::from(ctx.config.alerts.included_percent);
         let batch = ctx.admits.begin(ctx.config.batch_max);
+        // Read what the store holds for keys new in their period first, so a
+        // failed read leaves the running counts untouched (the batch is retried).
+        let mut fresh: HashMap<&str, Running> = HashMap::new();
         for a in batch.iter() {
             let start = cfg.period.start_of(a.at_ms);
-            let fresh = match self.running.get(&a.key.key_id) {
-                Some(r) => r.start != start,
-                None => true,
-            };
-            if fresh {
+            let known = self
+                .running
+                .get(&a.key.key_id)
+                .is_some_and(|r| r.start == start)
+                || fresh
+                    .get(a.key.key_id.as_str())
+                    .is_some_and(|r| r.start == start);
+            if !known {
                 let before = self.stored_before(&a.key.key_id, start, a.at_ms).await?;
-                self.running.insert(
-                    a.key.key_id.clone(),
+                fresh.insert(
+                    &a.key.key_id,
                     Running {
                         start,
                         units: before,
@@ -330,6 +345,31 @@ impl Worker for BillingWorker {
                         over: false,
                     },
                 );
+            }
+        }
+        for a in batch.iter() {
+            let start = cfg.period.start_of(a.at_ms);
+            if self
+                .running
+                .get(&a.key.key_id)
+                .is_none_or(|r| r.start != start)
+            {
+                if let Some(r) = fresh
+                    .remove(a.key.key_id.as_str())
+                    .filter(|r| r.start == start)
+                {
+                    self.running.insert(a.key.key_id.clone(), r);
+                } else {
+                    self.running.insert(
+                        a.key.key_id.clone(),
+                        Running {
+                            start,
+                            units: 0,
+                            warned: false,
+                            over: false,
+                        },
+                    );
+                }
             }
             let Some(r) = self.running.get_mut(&a.key.key_id) else {
                 continue;
@@ -391,8 +431,23 @@ impl Worker for BillingWorker {
                 .start_of(now_ms.saturating_sub(cfg.close_delay.as_millis() as u64)),
         );
         if self.last_closed != Some(due) {
-            close_period(&self.ctx, due, now_ms).await?;
-            self.last_closed = Some(due);
+            // Every period that ended since the last one closed (a node that
+            // was down across several boundaries catches up), at most 100.
+            let mut p = match self.last_closed {
+                Some(l) if l < due => cfg.period.end_of(l),
+                _ => due,
+            };
+            for _ in 0..100 {
+                if p > due {
+                    break;
+                }
+                close_period(&ctx, p, now_ms).await?;
+                self.last_closed = Some(p);
+                p = cfg.period.end_of(p);
+            }
+            if p <= due {
+                self.last_closed = Some(due);
+            }
             let current = cfg.period.start_of(now_ms);
             self.running.retain(|_, r| r.start >= current);
         }

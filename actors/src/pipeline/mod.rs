@@ -156,7 +156,10 @@ pub struct Ctx {
     workers: Mutex<HashMap<Kind, ActorRef<WorkerMsg>>>,
     restarts: AtomicU64,
     /// Delivery tasks of webhooks in flight (drained at shutdown).
-    pub deliveries: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+    deliveries: Mutex<tokio::task::JoinSet<()>>,
+    /// Whether the alert worker has re-delivered the alerts a previous
+    /// process left pending (once per process, not per worker restart).
+    pub(crate) resumed: AtomicBool,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -181,6 +184,17 @@ impl Ctx {
 
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Runs a webhook delivery beside the worker; refused once the node drains.
+    pub(crate) fn spawn_delivery<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        f: F,
+    ) {
+        let mut set = self.deliveries.lock();
+        // Reap finished deliveries, so the set holds only running ones.
+        while set.try_join_next().is_some() {}
+        set.spawn(f);
     }
 }
 
@@ -258,7 +272,8 @@ impl Pipelines {
             draining: AtomicBool::new(false),
             workers: Mutex::new(HashMap::new()),
             restarts: AtomicU64::new(0),
-            deliveries: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
+            deliveries: Mutex::new(tokio::task::JoinSet::new()),
+            resumed: AtomicBool::new(false),
         });
         let (supervisor, _) = Actor::spawn(None, PipelineSupervisor, Arc::clone(&ctx)).await?;
         Ok(Pipelines { ctx, supervisor })
@@ -380,22 +395,40 @@ impl Pipelines {
         let Some(w) = self.worker(kind) else {
             return false;
         };
+        let deadline = Instant::now() + self.ctx.config.drain_timeout;
         matches!(
-            w.call(WorkerMsg::Drain, Some(self.ctx.config.drain_timeout * 2))
-                .await,
+            w.call(
+                |r| WorkerMsg::Drain(deadline, r),
+                Some(self.ctx.config.drain_timeout * 2)
+            )
+            .await,
             Ok(ractor::rpc::CallResult::Success(true))
         )
     }
 
-    /// Shutdown: stop restarting, let every worker drain its queue into the
-    /// store (bounded by `drain_timeout`), wait for webhook deliveries, stop.
+    /// Shutdown: stop taking events from checks, let every worker drain its
+    /// queue into the store (one shared `drain_timeout`), wait for webhook
+    /// deliveries, stop. Queues drain in dependency order: violations (which
+    /// write the audit log and raise alerts), billing (alerts), then alerts.
     pub async fn drain(&self) {
-        self.ctx.draining.store(true, Ordering::Release);
-        let deadline = Instant::now() + self.ctx.config.drain_timeout;
+        let ctx = &self.ctx;
+        ctx.draining.store(true, Ordering::Release);
+        ctx.decisions.close();
+        ctx.admits.close();
+        let deadline = Instant::now() + ctx.config.drain_timeout;
         for kind in [Kind::Violations, Kind::Billing, Kind::Alerts] {
-            let left = deadline.saturating_duration_since(Instant::now());
+            if kind == Kind::Alerts {
+                ctx.audit.close();
+            }
             let Some(w) = self.worker(kind) else { continue };
-            match w.call(WorkerMsg::Drain, Some(left)).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match w
+                .call(
+                    |r| WorkerMsg::Drain(deadline, r),
+                    Some(left + Duration::from_millis(100)),
+                )
+                .await
+            {
                 Ok(ractor::rpc::CallResult::Success(true)) => {}
                 _ => tracing::warn!(
                     pipeline = kind.as_str(),
@@ -403,12 +436,18 @@ impl Pipelines {
                 ),
             }
         }
+        ctx.alerts.close();
+        let mut set = std::mem::take(&mut *ctx.deliveries.lock());
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut set = self.ctx.deliveries.lock().await;
         let _ =
             tokio::time::timeout(left, async { while set.join_next().await.is_some() {} }).await;
+        if !set.is_empty() {
+            tracing::warn!(
+                deliveries = set.len(),
+                "webhook deliveries still running at shutdown are abandoned (their alerts stay pending and are delivered at the next start)"
+            );
+        }
         set.abort_all();
-        drop(set);
         for (name, s) in self.stats() {
             if s.queued + s.inflight > 0 {
                 tracing::warn!(
@@ -430,8 +469,8 @@ impl Pipelines {
 pub enum WorkerMsg {
     /// Look at the queue (self-scheduled every `tick`).
     Tick,
-    /// Process until the queue is empty; answers whether it is.
-    Drain(RpcReplyPort<bool>),
+    /// Process until the queue is empty or the deadline; answers whether it is empty.
+    Drain(Instant, RpcReplyPort<bool>),
 }
 impl ractor::Message for WorkerMsg {}
 
@@ -553,8 +592,7 @@ impl<W: Worker> Actor for WorkerActor<W> {
                 }
                 me.send_after(st.ctx.config.tick, || WorkerMsg::Tick);
             }
-            WorkerMsg::Drain(reply) => {
-                let until = Instant::now() + st.ctx.config.drain_timeout;
+            WorkerMsg::Drain(until, reply) => {
                 let mut idle = st.work(Some(until)).await;
                 while !idle && Instant::now() < until {
                     tokio::time::sleep(st.backoff.max(Duration::from_millis(20))).await;
@@ -567,10 +605,20 @@ impl<W: Worker> Actor for WorkerActor<W> {
     }
 }
 
-/// Messages of the supervisor (it only supervises).
+/// Messages of the supervisor.
 #[derive(Debug)]
-pub enum SupervisorMsg {}
+pub enum SupervisorMsg {
+    /// Start this pipeline's worker (again).
+    Respawn(Kind),
+}
 impl ractor::Message for SupervisorMsg {}
+
+/// State of the supervisor: the shared context and recent restart times.
+#[derive(Debug)]
+pub struct SupervisorState {
+    ctx: Arc<Ctx>,
+    recent: HashMap<Kind, Vec<Instant>>,
+}
 
 /// Starts the workers and restarts any that stops or fails.
 #[derive(Debug)]
@@ -613,28 +661,38 @@ async fn spawn_worker(
     Ok(())
 }
 
+/// More restarts than this within `RESTART_WINDOW` delay the next one by
+/// `RESTART_BACKOFF`: a worker that fails on every start does not spin.
+const RESTART_BURST: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(10);
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
 impl Actor for PipelineSupervisor {
     type Msg = SupervisorMsg;
-    type State = Arc<Ctx>;
+    type State = SupervisorState;
     type Arguments = Arc<Ctx>;
 
     async fn pre_start(
         &self,
         me: ActorRef<SupervisorMsg>,
         ctx: Arc<Ctx>,
-    ) -> Result<Arc<Ctx>, ActorProcessingErr> {
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         for kind in Kind::ALL {
             spawn_worker(kind, &ctx, me.get_cell()).await?;
         }
-        Ok(ctx)
+        Ok(SupervisorState {
+            ctx,
+            recent: HashMap::new(),
+        })
     }
 
     async fn handle_supervisor_evt(
         &self,
         me: ActorRef<SupervisorMsg>,
         ev: SupervisionEvent,
-        ctx: &mut Arc<Ctx>,
+        st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        let ctx = &st.ctx;
         let (dead, why) = match &ev {
             SupervisionEvent::ActorTerminated(c, _, reason) => (
                 c.get_id(),
@@ -656,15 +714,35 @@ impl Actor for PipelineSupervisor {
         tracing::warn!(pipeline = kind.as_str(), reason = %why, "pipeline actor stopped; restarting it");
         ctx.restarts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(metric::RESTARTS, "pipeline" => kind.as_str()).increment(1);
-        spawn_worker(kind, ctx, me.get_cell()).await
+        let recent = st.recent.entry(kind).or_default();
+        recent.retain(|t| t.elapsed() < RESTART_WINDOW);
+        recent.push(Instant::now());
+        if recent.len() > RESTART_BURST {
+            tracing::error!(
+                pipeline = kind.as_str(),
+                "pipeline actor keeps stopping; restarting it after a pause"
+            );
+            me.send_after(RESTART_BACKOFF, move || SupervisorMsg::Respawn(kind));
+        } else {
+            me.send_message(SupervisorMsg::Respawn(kind))?;
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _me: ActorRef<SupervisorMsg>,
+        me: ActorRef<SupervisorMsg>,
         msg: SupervisorMsg,
-        _ctx: &mut Arc<Ctx>,
+        st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {}
+        let SupervisorMsg::Respawn(kind) = msg;
+        if st.ctx.draining() {
+            return Ok(());
+        }
+        if let Err(e) = spawn_worker(kind, &st.ctx, me.get_cell()).await {
+            tracing::error!(pipeline = kind.as_str(), error = %e, "pipeline actor failed to start; retrying");
+            me.send_after(RESTART_BACKOFF, move || SupervisorMsg::Respawn(kind));
+        }
+        Ok(())
     }
 }

@@ -55,6 +55,7 @@ pub struct EventQueue<T> {
     processed: AtomicU64,
     started: Instant,
     last_drop_log_s: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl<T: Clone> std::fmt::Debug for EventQueue<T> {
@@ -78,6 +79,7 @@ impl<T: Clone> EventQueue<T> {
             processed: AtomicU64::new(0),
             started: Instant::now(),
             last_drop_log_s: AtomicU64::new(u64::MAX),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -88,7 +90,7 @@ impl<T: Clone> EventQueue<T> {
     /// Accepts `ev` unless the queue is full. Never waits.
     pub fn push(&self, ev: T) -> bool {
         let mut q = self.queue.lock();
-        if q.len() >= self.capacity {
+        if q.len() >= self.capacity || self.closed.load(Ordering::Acquire) {
             drop(q);
             self.drop_one();
             return false;
@@ -159,17 +161,27 @@ impl<T: Clone> EventQueue<T> {
 
     /// Whether nothing is queued or in flight.
     pub fn is_idle(&self) -> bool {
-        self.inflight.lock().is_empty() && self.queue.lock().is_empty()
+        let inflight_empty = self.inflight.lock().is_empty();
+        inflight_empty && self.queue.lock().is_empty()
     }
 
     pub fn stats(&self) -> QueueStats {
+        // One lock at a time (never both: `begin` takes them in the other order).
+        let queued = self.queue.lock().len();
+        let inflight = self.inflight.lock().len();
         QueueStats {
             accepted: self.accepted.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             processed: self.processed.load(Ordering::Relaxed),
-            queued: self.queue.lock().len(),
-            inflight: self.inflight.lock().len(),
+            queued,
+            inflight,
         }
+    }
+
+    /// Refuses every later event (counted as dropped): the node is shutting
+    /// down and this queue is being drained for the last time.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 }
 

@@ -45,6 +45,8 @@ pub const MAX_SUSPEND_MS: u64 = 30 * 86_400_000;
 pub const MAX_WINDOW_MS: u64 = 86_400_000;
 /// Most violations or requests a rule may count (bounds memory per key).
 pub const MAX_COUNT: u64 = 100_000;
+/// Most recent checks a ratio rule looks at (each key keeps that many outcomes).
+pub const MAX_RATIO_REQUESTS: u64 = 10_000;
 
 impl AbuseRule {
     /// Whether the rule needs admitted checks too (not only denials).
@@ -80,8 +82,8 @@ impl AbuseRule {
                 if !(ratio.is_finite() && *ratio > 0.0 && *ratio < 1.0) {
                     return bad("ratio", "must be above 0 and below 1");
                 }
-                if *over_requests == 0 || *over_requests > MAX_COUNT {
-                    return bad("over_requests", "must be between 1 and 100000");
+                if *over_requests == 0 || *over_requests > MAX_RATIO_REQUESTS {
+                    return bad("over_requests", "must be between 1 and 10000");
                 }
             }
         }
@@ -202,6 +204,7 @@ impl AbuseDetector {
     /// key reaches `count` in the current window (once per window).
     fn repeated(&mut self, key_id: &str, at_ms: u64, count: u64, window_ms: u64) -> Option<u64> {
         let st = self.keys.entry(key_id.to_string()).or_default();
+        st.last_ms = st.last_ms.max(at_ms);
         let w = at_ms / window_ms.max(1);
         if st.alert_window.0 != w {
             st.alert_window = (w, 0);
@@ -285,12 +288,12 @@ impl Worker for ViolationWorker {
             self.ctx.store.append_audit(&audit).await?;
             self.ctx.audit.commit();
         }
+        if now_ms > self.last_prune_ms + 60_000 {
+            self.detector.prune(now_ms, MAX_WINDOW_MS);
+            self.last_prune_ms = now_ms;
+        }
         let batch = self.ctx.decisions.begin(max);
         if batch.is_empty() {
-            if now_ms > self.last_prune_ms + 60_000 {
-                self.detector.prune(now_ms, MAX_WINDOW_MS);
-                self.last_prune_ms = now_ms;
-            }
             return Ok(!self.ctx.audit.is_idle());
         }
         let violations: Vec<Violation> = batch

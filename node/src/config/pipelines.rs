@@ -218,6 +218,12 @@ pub fn pipelines(
             cfg.tick = Duration::from_millis(t);
         }
         if let Some(t) = p.drain_timeout_ms {
+            if !(1..=600_000).contains(&t) {
+                return Err(bad(
+                    "pipelines.drain_timeout_ms",
+                    "must be between 1 and 600000",
+                ));
+            }
             cfg.drain_timeout = Duration::from_millis(t);
         }
     }
@@ -304,6 +310,22 @@ pub fn pipelines(
     }
     if ac.delivery.timeout.is_zero() || ac.delivery.timeout > Duration::from_secs(60) {
         return Err(bad("alerts.timeout_ms", "must be between 1 and 60000"));
+    }
+    if ac.delivery.initial_backoff.is_zero()
+        || ac.delivery.initial_backoff > Duration::from_secs(600)
+    {
+        return Err(bad(
+            "alerts.initial_backoff_ms",
+            "must be between 1 and 600000",
+        ));
+    }
+    if ac.delivery.max_backoff < ac.delivery.initial_backoff
+        || ac.delivery.max_backoff > Duration::from_secs(3_600)
+    {
+        return Err(bad(
+            "alerts.max_backoff_ms",
+            "must be between initial_backoff_ms and 3600000",
+        ));
     }
     for (i, w) in a.webhooks.unwrap_or_default().into_iter().enumerate() {
         let f = format!("alerts.webhooks[{i}]");

@@ -990,6 +990,62 @@ impl BillingStore for EmbeddedStore {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn retention_deletes_only_what_is_older_than_its_granularity_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        const DAY: u64 = 86_400_000;
+        let now = 1_000 * DAY;
+        let row = |g, start| UsageRow {
+            key_id: "k".into(),
+            granularity: g,
+            bucket_start_ms: start,
+            writer: "w".into(),
+            units: 1,
+        };
+        s.write_usage(&[
+            row(Granularity::Minute, now - 8 * DAY),
+            row(Granularity::Minute, now - DAY),
+            row(Granularity::Hour, now - 8 * DAY),
+            row(Granularity::Day, now - 100 * DAY),
+        ])
+        .await
+        .unwrap();
+        let v = |id: &str, at| Violation {
+            id: id.into(),
+            key_id: "k".into(),
+            limit_name: "l".into(),
+            node: "n".into(),
+            at_ms: at,
+            client_ip: None,
+            cost: 1,
+        };
+        s.write_violations(&[v("old", now - 91 * DAY), v("new", now - DAY)])
+            .await
+            .unwrap();
+        let deleted = s.apply_retention(now, Retention::default()).await.unwrap();
+        assert_eq!(
+            deleted, 2,
+            "the 8-day-old minute bucket and the 91-day-old violation"
+        );
+        let all = |g| s.usage_history("k", g, 0, u64::MAX);
+        assert_eq!(all(Granularity::Minute).await.unwrap().len(), 1);
+        assert_eq!(all(Granularity::Hour).await.unwrap().len(), 1);
+        assert_eq!(all(Granularity::Day).await.unwrap().len(), 1);
+        let range = Range {
+            from_ms: 0,
+            to_ms: u64::MAX,
+            offset: 0,
+            limit: 10,
+        };
+        let left = s.list_violations(Some("k"), range).await.unwrap();
+        assert_eq!(
+            left.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            vec!["new"]
+        );
+        assert_eq!(s.list_violations(None, range).await.unwrap().len(), 1);
+    }
+
     #[test]
     fn granularity_codes_are_distinct_and_ordered() {
         let codes: Vec<u8> = Granularity::all()
