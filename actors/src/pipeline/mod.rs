@@ -532,7 +532,8 @@ impl<W: Worker> WorkerState<W> {
                 return self.w.idle();
             }
             match self.w.round(now_ms()).await {
-                Ok(true) => continue,
+                // Let the checks on this runtime thread run between batches.
+                Ok(true) => tokio::task::yield_now().await,
                 Ok(false) => {
                     self.backoff = Duration::ZERO;
                     return self.w.idle();
