@@ -10,26 +10,6 @@ use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
 
-/// The shared CQL server of the test command.
-fn cql() -> Option<String> {
-    match std::env::var("RINGLIMIT_TEST_CQL") {
-        Ok(a) if !a.is_empty() => Some(a),
-        _ if servers_required() => panic!(
-            "RINGLIMIT_TEST_CQL is not set: run the suite through scripts/test.sh, which starts the CQL server"
-        ),
-        _ => {
-            eprintln!("skipping: RINGLIMIT_TEST_CQL is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
-fn keyspace(tag: &str) -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    format!("rl_{tag}_{}", hex::encode(b))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scylla_env_selects_the_backend_and_keys_live_there() {
     let Some(addr) = cql() else { return };

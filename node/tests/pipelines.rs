@@ -32,25 +32,6 @@ fn config(dir: &Path, toml: &str) -> String {
     p.to_str().unwrap().to_string()
 }
 
-fn cql() -> Option<String> {
-    match std::env::var("RINGLIMIT_TEST_CQL") {
-        Ok(a) if !a.is_empty() => Some(a),
-        _ if servers_required() => panic!(
-            "RINGLIMIT_TEST_CQL is not set: run the suite through scripts/test.sh, which starts the CQL server"
-        ),
-        _ => {
-            eprintln!("skipping: RINGLIMIT_TEST_CQL is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
-fn keyspace(tag: &str) -> String {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    format!("rl_{tag}_{}", hex::encode(b))
-}
-
 async fn validate_ip(node: &Node, key: &str, ip: &str) -> (u16, Value) {
     let r = node
         .http

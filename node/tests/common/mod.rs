@@ -193,3 +193,24 @@ pub fn migrate(cql: &str, keyspace: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The shared CQL server of the test command.
+pub fn cql() -> Option<String> {
+    match std::env::var("RINGLIMIT_TEST_CQL") {
+        Ok(a) if !a.is_empty() => Some(a),
+        _ if servers_required() => panic!(
+            "RINGLIMIT_TEST_CQL is not set: run the suite through scripts/test.sh, which starts the CQL server"
+        ),
+        _ => {
+            eprintln!("skipping: RINGLIMIT_TEST_CQL is not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// A fresh keyspace name, so tests sharing one CQL server never meet.
+pub fn keyspace(tag: &str) -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    format!("rl_{tag}_{}", hex::encode(b))
+}
