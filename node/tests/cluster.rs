@@ -30,14 +30,6 @@ fn servers() -> Option<(String, String)> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Cluster {
     nodes: Vec<Option<Node>>,
     names: Vec<String>,

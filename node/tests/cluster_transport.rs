@@ -4,9 +4,10 @@
 //! beyond "within N seconds".
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod common;
+use common::free_port;
 use ringlimit_node::cluster::Ring;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,14 +17,6 @@ use std::time::{Duration, Instant};
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 const SLACK: Duration = Duration::from_secs(1);
 const CONVERGE: Duration = Duration::from_secs(15);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Probe {
     name: String,

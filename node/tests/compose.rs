@@ -85,11 +85,7 @@ async fn a_node_starts_with_the_compose_environment() {
         eprintln!("skipping: RINGLIMIT_TEST_CQL / RINGLIMIT_TEST_REDIS_URL not set");
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut b = [0u8; 4];
     getrandom::fill(&mut b).unwrap();
     let ks = format!("rl_compose_{}", hex::encode(b));

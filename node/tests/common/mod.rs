@@ -214,3 +214,18 @@ pub fn keyspace(tag: &str) -> String {
     getrandom::fill(&mut b).unwrap();
     format!("rl_{tag}_{}", hex::encode(b))
 }
+
+/// A port free right now, for a server a test starts with a fixed address
+/// (a cluster listener). Chosen below the kernel's ephemeral range, so the
+/// client sockets other tests open meanwhile cannot take it first.
+pub fn free_port() -> u16 {
+    for _ in 0..1_000 {
+        let mut b = [0u8; 2];
+        getrandom::fill(&mut b).unwrap();
+        let port = 10_000 + u16::from_le_bytes(b) % 22_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
