@@ -65,6 +65,9 @@ pub struct WriteBehind {
     pub config: WriteBehindConfig,
     pub stats: FlushStats,
     over_bound: std::sync::atomic::AtomicBool,
+    /// Told about the usage rows of every successful flush (the billing
+    /// pipeline counts admitted units from them, not from each check).
+    usage_hook: std::sync::OnceLock<Box<dyn Fn(&[UsageRow]) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -96,7 +99,13 @@ impl WriteBehind {
             config,
             stats: FlushStats::default(),
             over_bound: std::sync::atomic::AtomicBool::new(false),
+            usage_hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Registers the function told about the usage rows of each successful flush.
+    pub fn on_usage_written(&self, f: Box<dyn Fn(&[UsageRow]) + Send + Sync>) {
+        let _ = self.usage_hook.set(f);
     }
 
     /// Adds a changed cell (called once per cell until it is written).
@@ -204,6 +213,9 @@ impl WriteBehind {
                     false
                 }
             });
+        }
+        if let Some(hook) = self.usage_hook.get() {
+            hook(&usage_rows);
         }
         self.stats
             .keys_written

@@ -232,6 +232,10 @@ pub async fn run(
     .await
     .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?;
     service.set_pipelines(pipelines.clone());
+    // Billing counts admitted units from the write-behind's usage rows (one
+    // event per key and flush), not from each check.
+    let p = pipelines.clone();
+    wb.on_usage_written(Box::new(move |rows| p.on_usage_written(rows)));
     spawn_block_expiry(Arc::clone(&service));
 
     let router = Router::new(

@@ -18,9 +18,11 @@
 //!
 //! # Running counts
 //! For the mid-period alerts the worker counts admitted units per key from
-//! the events, starting from the key's stored usage before the first event it
-//! sees (read at hour and minute granularity): these alerts are accurate to
-//! about a minute of traffic after a restart.
+//! the usage rows the write-behind writes (absolute units per writer and
+//! minute bucket, one event per key and flush, so checks send nothing to
+//! billing), starting from the key's stored usage before the first bucket it
+//! sees (read at hour and minute granularity). The alerts come one flush
+//! interval after the crossing check.
 
 use super::alerts::AlertEvent;
 use super::{Ctx, Kind, Worker};
@@ -263,6 +265,8 @@ pub async fn close_period(
 #[derive(Debug, Clone, Copy)]
 struct Running {
     start: u64,
+    /// Buckets before this one are in the stored total `units` started from.
+    from_bucket: u64,
     units: u64,
     warned: bool,
     over: bool,
@@ -273,7 +277,16 @@ struct Running {
 pub struct BillingWorker {
     ctx: Arc<Ctx>,
     running: HashMap<String, Running>,
+    /// Last absolute units seen per (key, writer, minute bucket).
+    last_abs: HashMap<(String, String, u64), u64>,
     last_closed: Option<u64>,
+}
+
+/// The key owner's webhook, for quota notices.
+fn owner_of(ctx: &Ctx, key_id: &str) -> Option<(String, Option<String>)> {
+    ctx.host()
+        .and_then(|h| h.key(key_id))
+        .and_then(|k| super::alerts::owner_webhook(&k))
 }
 
 impl BillingWorker {
@@ -313,6 +326,7 @@ impl Worker for BillingWorker {
         BillingWorker {
             ctx,
             running: HashMap::new(),
+            last_abs: HashMap::new(),
             last_closed: None,
         }
     }
@@ -326,20 +340,23 @@ impl Worker for BillingWorker {
         // failed read leaves the running counts untouched (the batch is retried).
         let mut fresh: HashMap<&str, Running> = HashMap::new();
         for a in batch.iter() {
-            let start = cfg.period.start_of(a.at_ms);
+            let start = cfg.period.start_of(a.bucket_start_ms);
             let known = self
                 .running
-                .get(&a.key.key_id)
+                .get(&a.key_id)
                 .is_some_and(|r| r.start == start)
                 || fresh
-                    .get(a.key.key_id.as_str())
+                    .get(a.key_id.as_str())
                     .is_some_and(|r| r.start == start);
             if !known {
-                let before = self.stored_before(&a.key.key_id, start, a.at_ms).await?;
+                let before = self
+                    .stored_before(&a.key_id, start, a.bucket_start_ms)
+                    .await?;
                 fresh.insert(
-                    &a.key.key_id,
+                    &a.key_id,
                     Running {
                         start,
+                        from_bucket: a.bucket_start_ms,
                         units: before,
                         warned: false,
                         over: false,
@@ -348,34 +365,46 @@ impl Worker for BillingWorker {
             }
         }
         for a in batch.iter() {
-            let start = cfg.period.start_of(a.at_ms);
-            if self
-                .running
-                .get(&a.key.key_id)
-                .is_none_or(|r| r.start != start)
-            {
-                if let Some(r) = fresh
-                    .remove(a.key.key_id.as_str())
+            let start = cfg.period.start_of(a.bucket_start_ms);
+            if self.running.get(&a.key_id).is_none_or(|r| r.start != start) {
+                let r = fresh
+                    .remove(a.key_id.as_str())
                     .filter(|r| r.start == start)
-                {
-                    self.running.insert(a.key.key_id.clone(), r);
-                } else {
-                    self.running.insert(
-                        a.key.key_id.clone(),
-                        Running {
-                            start,
-                            units: 0,
-                            warned: false,
-                            over: false,
-                        },
-                    );
-                }
+                    .unwrap_or(Running {
+                        start,
+                        from_bucket: a.bucket_start_ms,
+                        units: 0,
+                        warned: false,
+                        over: false,
+                    });
+                self.running.insert(a.key_id.clone(), r);
             }
-            let Some(r) = self.running.get_mut(&a.key.key_id) else {
+            let Some(r) = self.running.get_mut(&a.key_id) else {
                 continue;
             };
-            r.units = r.units.saturating_add(a.units);
-            let Some(price) = cfg.prices.get(&a.key.tier) else {
+            if a.bucket_start_ms < r.from_bucket {
+                // Already in the stored total the count started from.
+                continue;
+            }
+            // Rows are absolute per writer and bucket: add what is new.
+            let seen = self
+                .last_abs
+                .entry((a.key_id.clone(), a.writer.clone(), a.bucket_start_ms))
+                .or_insert(0);
+            let delta = a.units.saturating_sub(*seen);
+            *seen = (*seen).max(a.units);
+            if delta == 0 {
+                continue;
+            }
+            r.units = r.units.saturating_add(delta);
+            let Some(tier) = ctx
+                .host()
+                .and_then(|h| h.key(&a.key_id))
+                .map(|k| k.tier.clone())
+            else {
+                continue;
+            };
+            let Some(price) = cfg.prices.get(&tier) else {
                 continue;
             };
             let included = price.included_units;
@@ -383,21 +412,22 @@ impl Worker for BillingWorker {
                 continue;
             }
             let label = cfg.period.label(start);
+            let at = now_ms;
             if !r.warned && pct > 0 && u128::from(r.units) * 100 >= pct * u128::from(included) {
                 r.warned = true;
                 let mut ev = AlertEvent::new(
                     "included_units_threshold",
                     "warning",
-                    Some(&a.key.key_id),
+                    Some(&a.key_id),
                     format!(
                         "key {} used {} of its {} included units ({}%+) in period {}",
-                        a.key.key_id, r.units, included, pct, label
+                        a.key_id, r.units, included, pct, label
                     ),
                     serde_json::json!({ "units": r.units, "included_units": included, "percent": pct as u64, "period": label }),
-                    &[&a.key.key_id, &start.to_string()],
-                    a.at_ms,
+                    &[&a.key_id, &start.to_string()],
+                    at,
                 );
-                ev.notify_owner = super::alerts::owner_webhook(&a.key);
+                ev.notify_owner = owner_of(&ctx, &a.key_id);
                 self.ctx.alerts.push(ev);
             }
             if !r.over && r.units > included {
@@ -405,25 +435,30 @@ impl Worker for BillingWorker {
                 let mut ev = AlertEvent::new(
                     "overage",
                     "warning",
-                    Some(&a.key.key_id),
+                    Some(&a.key_id),
                     format!(
                         "key {} crossed its {} included units in period {}: overage is billed at {} {} per unit",
-                        a.key.key_id,
+                        a.key_id,
                         included,
                         label,
                         ringlimit_protocol::pipeline::nanos_to_decimal(price.unit_price_nanos),
                         price.currency
                     ),
                     serde_json::json!({ "units": r.units, "included_units": included, "period": label }),
-                    &[&a.key.key_id, &start.to_string()],
-                    a.at_ms,
+                    &[&a.key_id, &start.to_string()],
+                    at,
                 );
-                ev.notify_owner = super::alerts::owner_webhook(&a.key);
+                ev.notify_owner = owner_of(&ctx, &a.key_id);
                 self.ctx.alerts.push(ev);
             }
         }
         if !batch.is_empty() {
             self.ctx.admits.commit();
+        }
+        // Buckets older than ten minutes are not written again.
+        if self.last_abs.len() > 10_000 || batch.is_empty() {
+            let horizon = now_ms.saturating_sub(10 * MINUTE_MS);
+            self.last_abs.retain(|(_, _, b), _| *b >= horizon);
         }
         // Close the last period that ended at least `close_delay` ago.
         let due = cfg.period.prev(

@@ -115,12 +115,14 @@ impl Kind {
     }
 }
 
-/// An admitted check, for billing.
+/// One writer's admitted units of a key in one minute bucket, as the
+/// write-behind just wrote them (an absolute value): what billing counts.
 #[derive(Debug, Clone)]
 pub struct Admit {
-    pub key: Arc<KeyRecord>,
+    pub key_id: String,
+    pub writer: String,
+    pub bucket_start_ms: u64,
     pub units: u64,
-    pub at_ms: u64,
 }
 
 /// A check, for the abuse rules that look at denial ratios.
@@ -284,14 +286,24 @@ impl Pipelines {
         *self.ctx.host.lock() = Some(host);
     }
 
+    /// The write-behind wrote these usage rows: the minute buckets go to
+    /// billing (one event per key and flush, not one per check).
+    pub fn on_usage_written(&self, rows: &[crate::storage::UsageRow]) {
+        for r in rows {
+            if r.granularity == ringlimit_protocol::admin::Granularity::Minute {
+                self.ctx.admits.push(Admit {
+                    key_id: r.key_id.clone(),
+                    writer: r.writer.clone(),
+                    bucket_start_ms: r.bucket_start_ms,
+                    units: r.units,
+                });
+            }
+        }
+    }
+
     /// Hot path: an admitted check.
-    pub fn on_allowed(&self, key: &Arc<KeyRecord>, result: &CheckResult, cost: u64, now_ms: u64) {
+    pub fn on_allowed(&self, key: &Arc<KeyRecord>, result: &CheckResult, _cost: u64, now_ms: u64) {
         let ctx = &self.ctx;
-        ctx.admits.push(Admit {
-            key: Arc::clone(key),
-            units: cost,
-            at_ms: now_ms,
-        });
         if ctx.ratio_rules.load(Ordering::Relaxed) {
             ctx.decisions.push(Decision::Allowed {
                 key_id: key.key_id.clone(),
