@@ -4,7 +4,7 @@
 //! pipelines off and on, in alternating rounds within one run, and reports
 //! p50/p99/p99.9 of each and the p99 ratio.
 //!
-//! About 1 in 10 checks is denied, so the violation queue is exercised as
+//! About 1 in 10 checks is denied (`RINGLIMIT_BENCH_DENIED_PCT` changes the share), so the violation queue is exercised as
 //! well as the billing queue; the pipeline workers write to the store in the
 //! background meanwhile.
 //!
@@ -83,12 +83,12 @@ async fn node(
             .create_key(CreateKeyRequest {
                 owner: format!("o{i}"),
                 tier: "free".into(),
-                // 10 keys of 100 have a tiny limit: about 1 check in 10 is
-                // denied (a violation event), the others are admitted.
+                // `hot` keys of 100 have a tiny limit: about hot% of the
+                // checks are denied (violation events), the rest admitted.
                 limits: Some(vec![LimitSpec {
                     name: "per-second".into(),
                     algorithm: AlgorithmKind::SlidingWindow,
-                    limit: if i >= 90 { 10 } else { 1_000_000 },
+                    limit: if i >= 100 - hot { 10 } else { 1_000_000 },
                     window_ms: 1_000,
                     burst: None,
                 }]),
@@ -175,8 +175,14 @@ fn main() {
     rt.block_on(async {
         let d_off = tempfile::tempdir().unwrap();
         let d_on = tempfile::tempdir().unwrap();
-        let (off, keys_off, _) = node(d_off.path(), false).await;
-        let (on, keys_on, p) = node(d_on.path(), true).await;
+        // RINGLIMIT_BENCH_DENIED_PCT: the share of checks denied (default 10).
+        let hot = std::env::var("RINGLIMIT_BENCH_DENIED_PCT")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(10)
+            .min(100);
+        let (off, keys_off, _) = node(d_off.path(), false, hot).await;
+        let (on, keys_on, p) = node(d_on.path(), true, hot).await;
         let (keys_off, keys_on) = (Arc::new(keys_off), Arc::new(keys_on));
         let rounds = 10;
         let per_round = 40_000;
