@@ -47,6 +47,7 @@ fn random(buf: &mut [u8]) {
 async fn node(
     dir: &std::path::Path,
     pipelines: bool,
+    hot: usize,
 ) -> (Arc<Service>, Vec<String>, Option<Pipelines>) {
     let store = EmbeddedStore::open(dir).unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
@@ -182,7 +183,10 @@ fn main() {
             .unwrap_or(10)
             .min(100);
         let (off, keys_off, _) = node(d_off.path(), false, hot).await;
-        let (on, keys_on, p) = node(d_on.path(), true, hot).await;
+        // RINGLIMIT_BENCH_AA=1: both sides without pipelines, to see the
+        // noise of the comparison itself.
+        let aa = std::env::var("RINGLIMIT_BENCH_AA").is_ok_and(|v| v == "1");
+        let (on, keys_on, p) = node(d_on.path(), !aa, hot).await;
         let (keys_off, keys_on) = (Arc::new(keys_off), Arc::new(keys_on));
         let rounds = 10;
         let per_round = 40_000;

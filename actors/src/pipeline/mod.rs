@@ -125,10 +125,24 @@ pub struct Admit {
     pub units: u64,
 }
 
-/// A check, for the abuse rules that look at denial ratios.
+/// A denied check as the hot path hands it over: no id string and no
+/// copies of the key's strings (the worker builds the [`Violation`]).
+#[derive(Debug, Clone)]
+pub struct Denial {
+    /// Taken at acceptance: the violation's id is derived from it, so a
+    /// batch written again after a crash keeps its ids.
+    pub seq: u64,
+    pub key: Arc<KeyRecord>,
+    pub limit_name: String,
+    pub at_ms: u64,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub cost: u64,
+}
+
+/// A check, for the violation pipeline.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    Denied(Violation),
+    Denied(Denial),
     /// An admitted check (sent only while a ratio rule is configured).
     Allowed {
         key_id: String,
@@ -184,6 +198,19 @@ impl Ctx {
         self.ids.next()
     }
 
+    /// The violation a denial becomes.
+    pub fn violation(&self, d: &Denial) -> Violation {
+        Violation {
+            id: self.ids.format(d.seq),
+            key_id: d.key.key_id.clone(),
+            limit_name: d.limit_name.clone(),
+            node: self.config.node.clone(),
+            at_ms: d.at_ms,
+            client_ip: d.client_ip.map(|ip| ip.to_string()),
+            cost: d.cost,
+        }
+    }
+
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -209,7 +236,14 @@ struct IdGen {
 
 impl IdGen {
     fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.format(self.seq())
+    }
+
+    fn seq(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn format(&self, n: u64) -> String {
         format!("{:016x}{n:016x}", self.prefix)
     }
 }
@@ -347,16 +381,15 @@ impl Pipelines {
         client_ip: Option<&str>,
         now_ms: u64,
     ) {
-        let v = Violation {
-            id: self.ctx.new_id(),
-            key_id: key.key_id.clone(),
+        let d = Denial {
+            seq: self.ctx.ids.seq(),
+            key: Arc::clone(key),
             limit_name: result.denied_by.clone().unwrap_or_default(),
-            node: self.ctx.config.node.clone(),
             at_ms: now_ms,
-            client_ip: client_ip.map(str::to_owned),
+            client_ip: client_ip.and_then(|ip| ip.parse().ok()),
             cost,
         };
-        self.ctx.decisions.push(Decision::Denied(v));
+        self.ctx.decisions.push(Decision::Denied(d));
     }
 
     /// Records an audit entry (written by the violation worker).

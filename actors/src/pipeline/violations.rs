@@ -299,7 +299,7 @@ impl Worker for ViolationWorker {
         let violations: Vec<Violation> = batch
             .iter()
             .filter_map(|d| match d {
-                Decision::Denied(v) => Some(v.clone()),
+                Decision::Denied(d) => Some(self.ctx.violation(d)),
                 Decision::Allowed { .. } => None,
             })
             .collect();
@@ -310,7 +310,7 @@ impl Worker for ViolationWorker {
         let mut trips = Vec::new();
         for d in batch.iter() {
             let (key_id, denied, at) = match d {
-                Decision::Denied(v) => (v.key_id.as_str(), true, v.at_ms),
+                Decision::Denied(d) => (d.key.key_id.as_str(), true, d.at_ms),
                 Decision::Allowed { key_id, at_ms } => (key_id.as_str(), false, *at_ms),
             };
             if let Some(r) = self.detector.observe(&rules, key_id, denied, at) {
