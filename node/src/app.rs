@@ -223,7 +223,9 @@ pub async fn run(
     os_random(&mut seed);
     let poster =
         Arc::new(crate::webhook::WebhookClient::new().context("building the webhook client")?);
-    let pipelines = Pipelines::start(
+    // The pipelines run on a thread of their own: their batches never hold
+    // up the runtime threads that answer checks.
+    let pipelines = Pipelines::start_on_own_thread(
         config.pipelines.clone(),
         Arc::clone(&service.store),
         poster,
