@@ -223,9 +223,7 @@ pub async fn run(
     os_random(&mut seed);
     let poster =
         Arc::new(crate::webhook::WebhookClient::new().context("building the webhook client")?);
-    // The pipelines run on a thread of their own: their batches never hold
-    // up the runtime threads that answer checks.
-    let pipelines = Pipelines::start_on_own_thread(
+    let pipelines = Pipelines::start(
         config.pipelines.clone(),
         Arc::clone(&service.store),
         poster,

@@ -315,46 +315,6 @@ impl Pipelines {
         Ok(Pipelines { ctx, supervisor })
     }
 
-    /// Starts the pipelines on a runtime of their own, on one OS thread of
-    /// their own, so their batches never occupy the runtime threads that
-    /// answer checks (the hand-off is a queue, so nothing else changes).
-    pub async fn start_on_own_thread(
-        config: PipelineConfig,
-        store: Arc<dyn Store>,
-        poster: Arc<dyn HttpPoster>,
-        seed: [u8; 16],
-    ) -> Result<Self, ActorProcessingErr> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("ringlimit-pipelines".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(ActorProcessingErr::from(e.to_string())));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let started = Pipelines::start(config, store, poster, seed).await;
-                    let sup = started.as_ref().ok().map(|p| p.supervisor.clone());
-                    let _ = tx.send(started);
-                    // Run until the supervisor (and with it every worker) stops.
-                    if let Some(sup) = sup {
-                        while sup.get_status() != ractor::ActorStatus::Stopped {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                });
-            })
-            .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
-        rx.await
-            .map_err(|_| ActorProcessingErr::from("the pipeline thread stopped while starting"))?
-    }
-
     /// Tells the pipelines about the node (after the service exists).
     pub fn set_host(&self, host: Weak<dyn Host>) {
         *self.ctx.host.lock() = Some(host);
