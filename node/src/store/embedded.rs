@@ -526,11 +526,11 @@ impl EmbeddedStore {
     }
 }
 
-/// Skips `offset` and takes `limit` of a newest-first iterator of ids.
-fn page<I: Iterator<Item = Result<String, StoreError>>>(
+/// Skips `offset` and takes `limit` of a newest-first iterator.
+fn page<T, I: Iterator<Item = Result<T, StoreError>>>(
     it: I,
     range: Range,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<T>, StoreError> {
     it.skip(range.offset).take(range.limit).collect()
 }
 
@@ -585,9 +585,7 @@ impl ViolationStore for EmbeddedStore {
                                 (at, id.to_owned())
                             })
                         });
-                    it.skip(range.offset)
-                        .take(range.limit)
-                        .collect::<Result<_, _>>()?
+                    page(it, range)?
                 }
                 None => {
                     let it = t
@@ -600,9 +598,7 @@ impl ViolationStore for EmbeddedStore {
                                 (at, id.to_owned())
                             })
                         });
-                    it.skip(range.offset)
-                        .take(range.limit)
-                        .collect::<Result<_, _>>()?
+                    page(it, range)?
                 }
             };
             let mut out = Vec::with_capacity(keys.len());
