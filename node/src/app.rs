@@ -1,5 +1,6 @@
 //! Building a node from its config, serving, and shutting down.
 
+use crate::background::Background;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, ConfigError, LogFormat, RawConfig};
 use crate::http::{self, AppState, RequestIds};
@@ -223,14 +224,20 @@ pub async fn run(
     os_random(&mut seed);
     let poster =
         Arc::new(crate::webhook::WebhookClient::new().context("building the webhook client")?);
-    let pipelines = Pipelines::start(
-        config.pipelines.clone(),
-        Arc::clone(&service.store),
-        poster,
-        seed,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?;
+    // The pipelines run on a thread of their own at a lower CPU priority:
+    // their batches never hold up the threads that answer checks.
+    let background = Background::start("ringlimit-pipelines", crate::background::DEFAULT_NICE)
+        .context("starting the pipelines' thread")?;
+    let pipelines = background
+        .run(Pipelines::start(
+            config.pipelines.clone(),
+            Arc::clone(&service.store),
+            poster,
+            seed,
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?
+        .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?;
     service.set_pipelines(pipelines.clone());
     // Billing counts admitted units from the write-behind's usage rows (one
     // event per key and flush), not from each check.
@@ -258,6 +265,9 @@ pub async fn run(
             config.seeds.clone(),
         );
         cc.heartbeat_timeout = config.heartbeat_timeout;
+        // A forwarded check waits for a live owner as long as it counts as
+        // alive (see `ClusterConfig::check_timeout`).
+        cc.check_timeout = config.heartbeat_timeout;
         cc.advertise_addr = config.advertise_addr.clone();
         cc.heartbeat_interval =
             (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
@@ -360,6 +370,7 @@ pub async fn run(
     // The last admits and denials are queued now: write them out.
     pipelines.drain().await;
     tracing::info!(pipelines = ?pipelines.stats(), "pipelines drained");
+    drop(background);
     limiters.stop();
     if let Some(c) = router.cluster() {
         c.leave().await;

@@ -10,8 +10,10 @@
 //! - [`store`]: storage adapters (the embedded default).
 //! - [`webhook`]: the HTTP client of alert webhooks.
 //! - [`app`]: building a node, serving, draining on shutdown.
+//! - [`background`]: the lower-priority thread the pipelines run on.
 
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod cluster;
 pub mod config;

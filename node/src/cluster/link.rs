@@ -4,7 +4,7 @@
 //! Callers hand a check and a oneshot to the link; the link sends it at once
 //! while fewer than K batches are outstanding, otherwise queues it. Each batch
 //! is sent by a task of its own that waits for the reply (at most
-//! `forward_timeout`), answers every check of the batch, and tells the link
+//! `check_timeout`), answers every check of the batch, and tells the link
 //! the batch returned, which sends what queued meanwhile as the next batch.
 
 use super::batcher::{BatchLimits, Batcher};
@@ -57,7 +57,7 @@ impl PeerLink {
             peer,
             gateway,
             shared: Arc::downgrade(shared),
-            timeout: shared.cfg.forward_timeout,
+            timeout: shared.cfg.check_timeout,
             from: shared.name.clone(),
             batcher: Batcher::new(limits),
             me: tx.clone(),

@@ -86,9 +86,18 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// Silence after which a peer leaves the ring (default 2 s).
     pub heartbeat_timeout: Duration,
-    /// Timeout of one forwarded batch, identify and admin RPCs (default 500 ms).
-    /// A caller of [`Cluster::forward`] waits at most twice this (queue + RPC).
+    /// Timeout of identify and admin RPCs (default 500 ms).
     pub forward_timeout: Duration,
+    /// Longest one forwarded batch of checks waits for the owner's answer
+    /// (default 2 s, the heartbeat timeout). A caller of
+    /// [`Cluster::forward`] waits at most twice this (queue + RPC).
+    ///
+    /// A slow owner is waited for, not bypassed: its answer may already be
+    /// counted, so answering without it (fail-open) could admit twice. An
+    /// owner that dies is noticed sooner, when its session drops or its
+    /// heartbeats stop, which fails the wait as `Unreachable`, and the
+    /// router re-routes the check on the new ring.
+    pub check_timeout: Duration,
     /// Timeout of one handoff RPC (default 5 s).
     pub handoff_timeout: Duration,
     /// Checks per forwarded batch (default 256).
@@ -118,6 +127,7 @@ impl ClusterConfig {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(2),
             forward_timeout: Duration::from_millis(500),
+            check_timeout: Duration::from_secs(2),
             handoff_timeout: Duration::from_secs(5),
             max_batch: 256,
             max_in_flight_batches: 4,
@@ -144,7 +154,10 @@ impl ClusterConfig {
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
             return bad("heartbeat_timeout must be longer than a non-zero heartbeat_interval");
         }
-        if self.forward_timeout.is_zero() || self.handoff_timeout.is_zero() {
+        if self.forward_timeout.is_zero()
+            || self.check_timeout.is_zero()
+            || self.handoff_timeout.is_zero()
+        {
             return bad("timeouts must be non-zero");
         }
         if self.max_batch == 0 || self.max_in_flight_batches == 0 {
@@ -482,7 +495,7 @@ impl Cluster {
                 peer: owner.to_string(),
             });
         }
-        match tokio::time::timeout(self.shared.cfg.forward_timeout * 2, rx).await {
+        match tokio::time::timeout(self.shared.cfg.check_timeout * 2, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(ForwardError::Unreachable {
                 peer: owner.to_string(),

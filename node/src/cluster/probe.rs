@@ -47,7 +47,7 @@ pub struct ProbeArgs {
     /// Silence after which a peer leaves the ring.
     #[arg(long, default_value_t = 2000)]
     pub heartbeat_timeout_ms: u64,
-    /// Timeout of a forwarded batch.
+    /// Timeout of a forwarded batch (and of identify and admin RPCs).
     #[arg(long, default_value_t = 500)]
     pub forward_timeout_ms: u64,
     /// K: batches in flight per peer.
@@ -156,6 +156,7 @@ fn config(
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     cfg.heartbeat_timeout = Duration::from_millis(args.heartbeat_timeout_ms);
     cfg.forward_timeout = Duration::from_millis(args.forward_timeout_ms);
+    cfg.check_timeout = cfg.forward_timeout;
     cfg.max_in_flight_batches = args.max_in_flight_batches;
     cfg.advertise_addr = args.advertise.clone();
     cfg.validate().map_err(|e| e.to_string())?;
