@@ -39,6 +39,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(tag: &str) -> Option<Cluster> {
+        Cluster::start_with(tag, &[]).await
+    }
+
+    /// A cluster whose nodes all get `extra` in their environment.
+    async fn start_with(tag: &str, extra: &[(&str, &str)]) -> Option<Cluster> {
         let (cql, redis) = servers()?;
         let mut b = [0u8; 4];
         getrandom::fill(&mut b).unwrap();
@@ -64,6 +69,7 @@ impl Cluster {
                 ("RINGLIMIT_REDIS_URL".to_string(), redis.clone()),
                 ("RINGLIMIT_FLUSH_INTERVAL_MS".to_string(), "100".to_string()),
             ]);
+            env[i].extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
         // Migrate once before the nodes start together.
         migrate(&cql, &ks);
@@ -392,5 +398,72 @@ async fn crash_and_freeze_move_keys_and_nodes_rejoin() {
     assert!(
         c.converged(&[0, 1, 2], 15).await,
         "after SIGCONT the node rejoins and the ring converges on all three"
+    );
+}
+
+/// An owner that is alive but slow (frozen for less than the heartbeat
+/// timeout) is waited for: the checks forwarded to it meanwhile get its
+/// answer once it resumes, never an "allowed" made up on its behalf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_owner_is_waited_for_not_bypassed() {
+    let Some(c) = Cluster::start_with("slow", &[("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "5000")]).await
+    else {
+        return;
+    };
+    let (id, key) = c
+        .node(0)
+        .create_key(json!([limit("per-minute", "sliding_log", 5, 60_000)]))
+        .await;
+    assert!(
+        eventually(5, async || {
+            let mut ok = true;
+            for i in 0..3 {
+                ok &= c
+                    .node(i)
+                    .admin(Method::GET, &format!("/api/v1/keys/{id}"), None)
+                    .await
+                    .0
+                    == 200;
+            }
+            ok
+        })
+        .await
+    );
+    let owner = c.index(&c.owner(0, &id).await);
+    let via = (owner + 1) % 3;
+    // Spend the whole limit through another node.
+    for _ in 0..5 {
+        assert_eq!(c.node(via).validate(&key, 1).await.0, 200);
+    }
+    // Freeze the owner for 1.5 s: longer than a forwarded batch used to be
+    // waited for (1 s), well under the 5 s heartbeat timeout.
+    let pid = c.node(owner).pid();
+    unsafe_kill(pid, 19);
+    let thaw = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        unsafe_kill(pid, 18);
+    });
+    let started = Instant::now();
+    let (s1, s2, s3) = tokio::join!(
+        c.node(via).validate(&key, 1),
+        c.node(via).validate(&key, 1),
+        c.node((owner + 2) % 3).validate(&key, 1),
+    );
+    thaw.await.unwrap();
+    eprintln!(
+        "answers while the owner was frozen: {} {} {} after {:?}",
+        s1.0,
+        s2.0,
+        s3.0,
+        started.elapsed()
+    );
+    assert_eq!(
+        [s1.0, s2.0, s3.0],
+        [429, 429, 429],
+        "the owner's answers, not fail-open 200s: {s1:?} {s2:?} {s3:?}"
+    );
+    assert!(
+        c.converged(&[0, 1, 2], 10).await,
+        "the owner never left the ring"
     );
 }
