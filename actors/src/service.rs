@@ -14,6 +14,7 @@ use ringlimit_protocol::admin::{
 };
 use ringlimit_protocol::limits::validate_limits;
 use ringlimit_protocol::{LimitSpec, apikey};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The answer to a validate call, before it becomes HTTP.
@@ -135,11 +136,10 @@ impl Service {
     }
 
     /// The unexpired block holding `ip`, if any.
-    pub fn ip_blocked(&self, ip: &str) -> Option<ringlimit_protocol::pipeline::IpBlock> {
+    pub fn ip_blocked(&self, ip: IpAddr) -> Option<ringlimit_protocol::pipeline::IpBlock> {
         if self.blocks.is_empty() {
             return None;
         }
-        let ip: std::net::IpAddr = ip.parse().ok()?;
         self.blocks.find(ip, self.now_ms())
     }
 
@@ -167,7 +167,7 @@ impl Service {
         &self,
         api_key: &str,
         cost: u64,
-        client_ip: Option<&str>,
+        client_ip: Option<IpAddr>,
     ) -> ValidateOutcome {
         if let Some(block) = client_ip.and_then(|ip| self.ip_blocked(ip)) {
             return ValidateOutcome::IpBlocked { block };
@@ -188,7 +188,7 @@ impl Service {
         key_id: &str,
         presented: &SecretHash,
         cost: u64,
-        client_ip: Option<&str>,
+        client_ip: Option<IpAddr>,
     ) -> ValidateOutcome {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1_000;

@@ -57,6 +57,8 @@ impl HttpPoster for NoWebhooks {
     }
 }
 
+const CLIENT_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
+
 fn random(buf: &mut [u8]) {
     getrandom::fill(buf).unwrap();
 }
@@ -155,15 +157,15 @@ async fn node(
 /// `n` checks from 4 concurrent callers at a fixed offered rate (each
 /// caller sends 25 checks every millisecond: 100 000 checks per second in
 /// all, well under this machine's peak, as a service runs in production);
-/// returns each check's latency (ns) and the denied count.
-async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Vec<u64>, usize) {
+/// returns each check's latency (ns), and the latencies of the denied ones.
+async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Vec<u64>, Vec<u64>) {
     let mut tasks = Vec::new();
     for c in 0..4 {
         let s = Arc::clone(service);
         let keys = Arc::clone(keys);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(n / 4);
-            let mut denied = 0;
+            let mut denied = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for i in 0..n / 4 {
@@ -172,24 +174,25 @@ async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Ve
                 }
                 let k = &keys[(i * 7 + c * 13) % keys.len()];
                 let t = Instant::now();
-                let out = s.validate(k, 1, Some("198.51.100.1")).await;
-                lat.push(t.elapsed().as_nanos() as u64);
+                let out = s.validate(k, 1, Some(CLIENT_IP)).await;
+                let ns = t.elapsed().as_nanos() as u64;
+                lat.push(ns);
                 if matches!(
                     out,
                     ringlimit_actors::service::ValidateOutcome::Denied { .. }
                 ) {
-                    denied += 1;
+                    denied.push(ns);
                 }
             }
             (lat, denied)
         }));
     }
     let mut all = Vec::with_capacity(n);
-    let mut denied = 0;
+    let mut denied = Vec::new();
     for t in tasks {
         let (l, d) = t.await.unwrap();
         all.extend(l);
-        denied += d;
+        denied.extend(d);
     }
     (all, denied)
 }
@@ -223,11 +226,11 @@ fn main() {
         let aa = std::env::var("RINGLIMIT_BENCH_AA").is_ok_and(|v| v == "1");
         let (off, on, keys, p) = node(dir.path(), !aa, hot).await;
         let keys = Arc::new(keys);
-        // RINGLIMIT_BENCH_ROUNDS: rounds per side (default 20, of 40 000 checks).
-        let rounds = env_usize("RINGLIMIT_BENCH_ROUNDS", 20).max(1);
+        // RINGLIMIT_BENCH_ROUNDS: rounds per side (default 40, of 40 000 checks).
+        let rounds = env_usize("RINGLIMIT_BENCH_ROUNDS", 40).max(1);
         let per_round = 40_000;
         let (mut lat_off, mut lat_on) = (Vec::new(), Vec::new());
-        let (mut den_off, mut den_on) = (0, 0);
+        let (mut den_off, mut den_on) = (Vec::new(), Vec::new());
         let mut round_ratios = Vec::new();
         let started = Instant::now();
         for r in 0..rounds {
@@ -244,21 +247,24 @@ fn main() {
                 p99[usize::from(with)] = pct(&l, 0.99);
                 if with {
                     lat_on.extend(l);
-                    den_on += d;
+                    den_on.extend(d);
                 } else {
                     lat_off.extend(l);
-                    den_off += d;
+                    den_off.extend(d);
                 }
             }
             round_ratios.push(p99[1] / p99[0]);
         }
         let (lat_off, lat_on) = (sorted(lat_off), sorted(lat_on));
+        let (den_off, den_on) = (sorted(den_off), sorted(den_on));
         round_ratios.sort_by(f64::total_cmp);
         let stats = p.as_ref().map(|p| p.stats());
         let rate = (lat_off.len() + lat_on.len()) as f64 / started.elapsed().as_secs_f64();
         println!(
-            "checks per side: {}  offered {rate:.0}/s  (denied: off {den_off}, on {den_on})",
-            lat_off.len()
+            "checks per side: {}  offered {rate:.0}/s  (denied: off {}, on {})",
+            lat_off.len(),
+            den_off.len(),
+            den_on.len()
         );
         for (name, l) in [("pipelines off", &lat_off), ("pipelines on ", &lat_on)] {
             println!(
@@ -266,6 +272,13 @@ fn main() {
                 pct(l, 0.50),
                 pct(l, 0.99),
                 pct(l, 0.999)
+            );
+        }
+        for (name, l) in [("  denied off  ", &den_off), ("  denied on   ", &den_on)] {
+            println!(
+                "{name}: p50 {:>7.1} µs  p99 {:>7.1} µs",
+                pct(l, 0.50),
+                pct(l, 0.99)
             );
         }
         println!(

@@ -28,7 +28,7 @@ pub struct Background {
 }
 
 /// Niceness of background threads relative to the process (0 disables).
-pub const DEFAULT_NICE: i32 = 10;
+pub const DEFAULT_NICE: i32 = 19;
 
 impl Background {
     /// Starts the thread `name`; `nice` is added to its CPU niceness

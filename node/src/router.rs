@@ -38,6 +38,7 @@ use ringlimit_protocol::cluster::{
 use ringlimit_protocol::validate::ValidateResponse;
 use ringlimit_protocol::{ErrorCode, ErrorDetail};
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -246,7 +247,7 @@ impl Router {
         &self,
         api_key: &str,
         cost: u64,
-        client_ip: Option<&str>,
+        client_ip: Option<IpAddr>,
     ) -> (StatusCode, ValidateResponse) {
         let Some(ring) = self.routing_ring() else {
             return answer(self.service.validate(api_key, cost, client_ip).await);
@@ -323,7 +324,7 @@ impl Router {
         key_id: &str,
         hash: &SecretHash,
         cost: u64,
-        client_ip: Option<&str>,
+        client_ip: Option<IpAddr>,
     ) -> Result<ForwardOutcome, ForwardError> {
         let Some(c) = self.cluster.get() else {
             return Err(ForwardError::Local);
@@ -336,7 +337,7 @@ impl Router {
             cost,
             now_us: self.service.clock.now_us(),
             resource: None,
-            client_ip: client_ip.map(str::to_owned),
+            client_ip: client_ip.map(|ip| ip.to_string()),
         };
         c.forward(owner, check).await
     }
@@ -527,7 +528,8 @@ impl Router {
                         &chk.key_id,
                         &SecretHash(chk.secret_hash),
                         chk.cost,
-                        chk.client_ip.as_deref(),
+                        // Checked by the receiving node's data plane.
+                        chk.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
                     )
                     .await,
             );

@@ -85,7 +85,7 @@ async fn killing_the_violation_worker_mid_stream_loses_no_accepted_event() {
                     &keys[(i % 10) as usize],
                     &denied,
                     1,
-                    Some("192.0.2.1"),
+                    Some(std::net::IpAddr::from([192, 0, 2, 1])),
                     1_000_000 + i,
                 );
                 if i % 500 == 0 {

@@ -24,6 +24,7 @@
 pub mod alerts;
 pub mod billing;
 pub mod queue;
+pub mod short;
 pub mod violations;
 
 use crate::keys::KeyRecord;
@@ -35,6 +36,7 @@ use queue::EventQueue;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ringlimit_protocol::pipeline::{AuditEntry, Violation};
 use sha2::{Digest, Sha256};
+use short::ShortStr;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -125,15 +127,18 @@ pub struct Admit {
     pub units: u64,
 }
 
-/// A denied check as the hot path hands it over: no id string and no
-/// copies of the key's strings (the worker builds the [`Violation`]).
+/// A key id as events carry it (key ids are 20 bytes).
+pub type KeyId = ShortStr<24>;
+/// A limit name as events carry it (at most 64 bytes).
+pub type LimitName = ShortStr<{ ringlimit_protocol::limits::MAX_NAME_LEN }>;
+
+/// A denied check as the hot path hands it over: no id string, nothing
+/// allocated and no reference into the key cache; the worker builds the
+/// [`Violation`].
 #[derive(Debug, Clone)]
 pub struct Denial {
-    /// Taken at acceptance: the violation's id is derived from it, so a
-    /// batch written again after a crash keeps its ids.
-    pub seq: u64,
-    pub key: Arc<KeyRecord>,
-    pub limit_name: String,
+    pub key_id: KeyId,
+    pub limit_name: LimitName,
     pub at_ms: u64,
     pub client_ip: Option<std::net::IpAddr>,
     pub cost: u64,
@@ -145,7 +150,7 @@ pub enum Decision {
     Denied(Denial),
     /// An admitted check (sent only while a ratio rule is configured).
     Allowed {
-        key_id: String,
+        key_id: KeyId,
         at_ms: u64,
     },
 }
@@ -198,12 +203,13 @@ impl Ctx {
         self.ids.next()
     }
 
-    /// The violation a denial becomes.
-    pub fn violation(&self, d: &Denial) -> Violation {
+    /// The violation a denial becomes; `seq` is its sequence number in the
+    /// violation queue (so a batch written again after a crash keeps its ids).
+    pub fn violation(&self, d: &Denial, seq: u64) -> Violation {
         Violation {
-            id: self.ids.format(d.seq),
-            key_id: d.key.key_id.clone(),
-            limit_name: d.limit_name.clone(),
+            id: self.ids.format_violation(seq),
+            key_id: d.key_id.as_str().to_owned(),
+            limit_name: d.limit_name.as_str().to_owned(),
             node: self.config.node.clone(),
             at_ms: d.at_ms,
             client_ip: d.client_ip.map(|ip| ip.to_string()),
@@ -227,6 +233,8 @@ impl Ctx {
     }
 }
 
+const VIOLATION_ID_SPACE: u64 = 0x5649_4f4c_4154_494f;
+
 /// Unique ids, cheap enough for the hot path: a per-process random prefix
 /// (64 bits, so processes do not collide) and a counter; 32 hex characters.
 struct IdGen {
@@ -245,6 +253,12 @@ impl IdGen {
 
     fn format(&self, n: u64) -> String {
         format!("{:016x}{n:016x}", self.prefix)
+    }
+
+    /// Violation ids: numbered by the violation queue, in a space of their
+    /// own (another prefix) so they never meet the counter's ids.
+    fn format_violation(&self, n: u64) -> String {
+        format!("{:016x}{n:016x}", self.prefix ^ VIOLATION_ID_SPACE)
     }
 }
 
@@ -340,7 +354,7 @@ impl Pipelines {
         let ctx = &self.ctx;
         if ctx.ratio_rules.load(Ordering::Relaxed) {
             ctx.decisions.push(Decision::Allowed {
-                key_id: key.key_id.clone(),
+                key_id: KeyId::new(&key.key_id),
                 at_ms: now_ms,
             });
         }
@@ -378,15 +392,14 @@ impl Pipelines {
         key: &Arc<KeyRecord>,
         result: &CheckResult,
         cost: u64,
-        client_ip: Option<&str>,
+        client_ip: Option<std::net::IpAddr>,
         now_ms: u64,
     ) {
         let d = Denial {
-            seq: self.ctx.ids.seq(),
-            key: Arc::clone(key),
-            limit_name: result.denied_by.clone().unwrap_or_default(),
+            key_id: KeyId::new(&key.key_id),
+            limit_name: LimitName::new(result.denied_by.as_deref().unwrap_or_default()),
             at_ms: now_ms,
-            client_ip: client_ip.and_then(|ip| ip.parse().ok()),
+            client_ip,
             cost,
         };
         self.ctx.decisions.push(Decision::Denied(d));

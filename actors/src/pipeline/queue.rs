@@ -12,15 +12,25 @@
 //! (SIGKILL): events still queued in memory. SIGTERM drains the queue.
 //!
 //! # Never slowing a check
-//! `push` takes a short, uncontended lock and never waits: when the queue
-//! holds `capacity` events it drops the new one, counts it in
+//! `push` takes a short lock and never waits: when the queue holds
+//! `capacity` events it drops the new one, counts it in
 //! `ringlimit_pipeline_dropped_total{pipeline=…}` and logs (at most once a
-//! second per queue).
+//! second per queue). Nothing else happens on the hot path: the accepted
+//! count and each event's sequence number are derived by the consumer
+//! (events leave the queue in order, so the n-th event taken is the n-th
+//! accepted).
+//!
+//! # Sequence numbers
+//! Every accepted event has a number, its position in acceptance order
+//! (from 0), fixed when the consumer takes it into the in-flight batch:
+//! [`EventQueue::begin_numbered`] returns the number of the batch's first
+//! event. A batch handed out again after a crash keeps its numbers, so ids
+//! derived from them are stable across retries.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Metric names.
@@ -43,14 +53,34 @@ pub struct QueueStats {
     pub inflight: usize,
 }
 
+/// The consumer's side: the batch being processed, the events already
+/// taken from the producers' queue that wait for a later batch, and how many
+/// events went into batches so far.
+struct Inflight<T> {
+    /// Sequence number of `batch[0]`.
+    base: u64,
+    batch: Arc<Vec<T>>,
+    /// Events moved into batches so far (the next batch's base).
+    taken: u64,
+    /// Taken from the producers' queue, not yet in a batch (oldest first).
+    pending: VecDeque<T>,
+    /// How many events the last swap took (sizes the next buffer).
+    last_swap: usize,
+    /// The last committed batch, whose buffer is reused once no worker
+    /// holds it any more: the producers then push into memory that is
+    /// already allocated and touched (no page faults on the check path).
+    retired: Option<Arc<Vec<T>>>,
+}
+
 /// A bounded, drop-when-full queue with an in-flight slot that survives the
 /// consumer's crash.
 pub struct EventQueue<T> {
     name: &'static str,
     capacity: usize,
     queue: Mutex<VecDeque<T>>,
-    inflight: Mutex<Arc<Vec<T>>>,
-    accepted: AtomicU64,
+    inflight: Mutex<Inflight<T>>,
+    /// `inflight.pending.len()`, for the producers' bound check.
+    pending: AtomicUsize,
     dropped: AtomicU64,
     processed: AtomicU64,
     started: Instant,
@@ -73,8 +103,15 @@ impl<T: Clone> EventQueue<T> {
             name,
             capacity: capacity.max(1),
             queue: Mutex::new(VecDeque::new()),
-            inflight: Mutex::new(Arc::new(Vec::new())),
-            accepted: AtomicU64::new(0),
+            inflight: Mutex::new(Inflight {
+                base: 0,
+                batch: Arc::new(Vec::new()),
+                taken: 0,
+                pending: VecDeque::new(),
+                last_swap: 0,
+                retired: None,
+            }),
+            pending: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             started: Instant::now(),
@@ -90,16 +127,15 @@ impl<T: Clone> EventQueue<T> {
     /// Accepts `ev` unless the queue is full. Never waits.
     pub fn push(&self, ev: T) -> bool {
         let mut q = self.queue.lock();
-        if q.len() >= self.capacity || self.closed.load(Ordering::Acquire) {
+        if q.len() + self.pending.load(Ordering::Relaxed) >= self.capacity
+            || self.closed.load(Ordering::Acquire)
+        {
             drop(q);
             self.drop_one();
             return false;
         }
         q.push_back(ev);
-        drop(q);
-        // The metric is counted by the consumer, per batch: the hot path
-        // only bumps an atomic.
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+        // The accepted count and metric are kept by the consumer.
         true
     }
 
@@ -127,50 +163,95 @@ impl<T: Clone> EventQueue<T> {
     /// (a failed write, a crashed actor), or else up to `max` queued events,
     /// which become the in-flight batch. Empty when there is nothing to do.
     pub fn begin(&self, max: usize) -> Arc<Vec<T>> {
-        let mut inflight = self.inflight.lock();
-        if inflight.is_empty() {
+        self.begin_numbered(max).1
+    }
+
+    /// [`Self::begin`], with the sequence number of the batch's first event.
+    pub fn begin_numbered(&self, max: usize) -> (u64, Arc<Vec<T>>) {
+        let mut guard = self.inflight.lock();
+        let inflight = &mut *guard;
+        if inflight.batch.is_empty() {
             let max = max.max(1);
-            // Hold the producers' lock as briefly as possible: swap the whole
-            // queue out when it fits in one batch.
-            let (taken, left) = {
-                let mut q = self.queue.lock();
-                if q.len() <= max {
-                    (std::mem::take(&mut *q), 0)
+            if inflight.pending.len() < max {
+                // The producers' lock is held for a swap, nothing more, and
+                // they get a buffer that already has room (allocated here,
+                // off the hot path), so a push never reallocates.
+                let room = (inflight.last_swap + inflight.last_swap / 2)
+                    .max(16)
+                    .min(self.capacity);
+                let fresh = match inflight.retired.take().map(Arc::try_unwrap) {
+                    Some(Ok(mut v)) if v.capacity() >= room => {
+                        v.clear();
+                        VecDeque::from(v)
+                    }
+                    _ => VecDeque::with_capacity(room),
+                };
+                let taken = {
+                    let mut q = self.queue.lock();
+                    // Still counted against the bound while they move over.
+                    self.pending
+                        .store(inflight.pending.len() + q.len(), Ordering::Relaxed);
+                    std::mem::replace(&mut *q, fresh)
+                };
+                inflight.last_swap = taken.len();
+                metrics::counter!(metric::ACCEPTED, "pipeline" => self.name)
+                    .increment(taken.len() as u64);
+                if inflight.pending.is_empty() {
+                    inflight.pending = taken;
                 } else {
-                    (q.drain(..max).collect(), q.len())
+                    inflight.pending.extend(taken);
                 }
+            }
+            let batch: Vec<T> = if inflight.pending.len() <= max {
+                Vec::from(std::mem::take(&mut inflight.pending))
+            } else {
+                inflight.pending.drain(..max).collect()
             };
-            *inflight = Arc::new(Vec::from(taken));
-            metrics::gauge!(metric::QUEUED, "pipeline" => self.name).set(left as f64);
-            metrics::counter!(metric::ACCEPTED, "pipeline" => self.name)
-                .increment(inflight.len() as u64);
+            self.pending
+                .store(inflight.pending.len(), Ordering::Relaxed);
+            let n = batch.len() as u64;
+            inflight.base = inflight.taken;
+            inflight.taken += n;
+            inflight.batch = Arc::new(batch);
+            metrics::gauge!(metric::QUEUED, "pipeline" => self.name)
+                .set(inflight.pending.len() as f64);
         }
-        Arc::clone(&inflight)
+        (inflight.base, Arc::clone(&inflight.batch))
     }
 
     /// The in-flight batch is processed: forget it.
     pub fn commit(&self) {
         let mut inflight = self.inflight.lock();
-        let n = inflight.len() as u64;
-        let done = std::mem::take(&mut *inflight);
+        let n = inflight.batch.len() as u64;
+        let done = std::mem::take(&mut inflight.batch);
+        // Its elements are dropped when the buffer is reused (or here, by
+        // the old retired batch), on the consumer's thread.
+        let old = inflight.retired.replace(done);
         drop(inflight);
-        drop(done);
+        drop(old);
         self.processed.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(metric::PROCESSED, "pipeline" => self.name).increment(n);
     }
 
     /// Whether nothing is queued or in flight.
     pub fn is_idle(&self) -> bool {
-        let inflight_empty = self.inflight.lock().is_empty();
-        inflight_empty && self.queue.lock().is_empty()
+        let consumer_idle = {
+            let i = self.inflight.lock();
+            i.batch.is_empty() && i.pending.is_empty()
+        };
+        consumer_idle && self.queue.lock().is_empty()
     }
 
     pub fn stats(&self) -> QueueStats {
         // One lock at a time (never both: `begin` takes them in the other order).
-        let queued = self.queue.lock().len();
-        let inflight = self.inflight.lock().len();
+        let (taken, inflight, pending) = {
+            let i = self.inflight.lock();
+            (i.taken, i.batch.len(), i.pending.len())
+        };
+        let queued = self.queue.lock().len() + pending;
         QueueStats {
-            accepted: self.accepted.load(Ordering::Relaxed),
+            // Events leave the queues only by going into batches.
+            accepted: taken + queued as u64,
             dropped: self.dropped.load(Ordering::Relaxed),
             processed: self.processed.load(Ordering::Relaxed),
             queued,
@@ -213,5 +294,28 @@ mod tests {
         q.commit();
         assert!(q.is_idle());
         assert_eq!(q.stats().processed, 5);
+        assert_eq!(q.stats().accepted, 5);
+    }
+
+    #[test]
+    fn batches_keep_their_sequence_numbers_across_retries() {
+        let q = EventQueue::new("t", 3);
+        for i in 0..5 {
+            q.push(i);
+        }
+        // Two were dropped: numbers count accepted events only.
+        assert_eq!(q.stats().accepted, 3);
+        assert_eq!(q.begin_numbered(2), (0, Arc::new(vec![0, 1])));
+        // Handed out again (a crash): same numbers.
+        assert_eq!(q.begin_numbered(2), (0, Arc::new(vec![0, 1])));
+        q.commit();
+        q.push(7);
+        q.push(8);
+        assert_eq!(q.stats().accepted, 5);
+        assert_eq!(q.begin_numbered(10), (2, Arc::new(vec![2, 7, 8])));
+        q.commit();
+        assert_eq!(q.begin_numbered(10).1.len(), 0);
+        q.push(9);
+        assert_eq!(q.begin_numbered(10), (5, Arc::new(vec![9])));
     }
 }

@@ -133,7 +133,7 @@ impl AbuseDetector {
         if rules.is_empty() {
             return None;
         }
-        let st = self.keys.entry(key_id.to_string()).or_default();
+        let st = self.state(key_id);
         st.last_ms = st.last_ms.max(at_ms);
         let max_window = rules
             .iter()
@@ -203,7 +203,7 @@ impl AbuseDetector {
     /// Counts a violation for the repeated-violations alert: true when the
     /// key reaches `count` in the current window (once per window).
     fn repeated(&mut self, key_id: &str, at_ms: u64, count: u64, window_ms: u64) -> Option<u64> {
-        let st = self.keys.entry(key_id.to_string()).or_default();
+        let st = self.state(key_id);
         st.last_ms = st.last_ms.max(at_ms);
         let w = at_ms / window_ms.max(1);
         if st.alert_window.0 != w {
@@ -211,6 +211,16 @@ impl AbuseDetector {
         }
         st.alert_window.1 += 1;
         (st.alert_window.1 == count).then_some(w)
+    }
+
+    /// The key's state (allocating its id only the first time).
+    fn state(&mut self, key_id: &str) -> &mut KeyState {
+        if !self.keys.contains_key(key_id) {
+            self.keys.insert(key_id.to_string(), KeyState::default());
+        }
+        self.keys
+            .get_mut(key_id)
+            .expect("the key's state was inserted above")
     }
 
     /// Forgets keys idle for longer than `idle_ms` before `now_ms`.
@@ -292,14 +302,15 @@ impl Worker for ViolationWorker {
             self.detector.prune(now_ms, MAX_WINDOW_MS);
             self.last_prune_ms = now_ms;
         }
-        let batch = self.ctx.decisions.begin(max);
+        let (base, batch) = self.ctx.decisions.begin_numbered(max);
         if batch.is_empty() {
             return Ok(!self.ctx.audit.is_idle());
         }
         let violations: Vec<Violation> = batch
             .iter()
-            .filter_map(|d| match d {
-                Decision::Denied(d) => Some(self.ctx.violation(d)),
+            .zip(base..)
+            .filter_map(|(d, seq)| match d {
+                Decision::Denied(d) => Some(self.ctx.violation(d, seq)),
                 Decision::Allowed { .. } => None,
             })
             .collect();
@@ -310,7 +321,7 @@ impl Worker for ViolationWorker {
         let mut trips = Vec::new();
         for d in batch.iter() {
             let (key_id, denied, at) = match d {
-                Decision::Denied(d) => (d.key.key_id.as_str(), true, d.at_ms),
+                Decision::Denied(d) => (d.key_id.as_str(), true, d.at_ms),
                 Decision::Allowed { key_id, at_ms } => (key_id.as_str(), false, *at_ms),
             };
             if let Some(r) = self.detector.observe(&rules, key_id, denied, at) {

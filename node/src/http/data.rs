@@ -201,7 +201,8 @@ pub fn ratelimit_headers(limits: &[LimitStatus], headers: &mut HeaderMap) {
     }
 }
 
-fn check_request(req: &ValidateRequest) -> Result<(), ApiError> {
+/// Checks one validate request; its `client_ip`, parsed.
+fn check_request(req: &ValidateRequest) -> Result<Option<std::net::IpAddr>, ApiError> {
     if req.api_key.is_empty() {
         return Err(ApiError::invalid("api_key must not be empty"));
     }
@@ -213,14 +214,13 @@ fn check_request(req: &ValidateRequest) -> Result<(), ApiError> {
     if req.resource.as_ref().is_some_and(|r| r.len() > 256) {
         return Err(ApiError::invalid("resource is longer than 256 characters"));
     }
-    if let Some(ip) = &req.client_ip
-        && ip.parse::<std::net::IpAddr>().is_err()
-    {
-        return Err(ApiError::invalid(
-            "client_ip is not an IPv4 or IPv6 address",
-        ));
-    }
-    Ok(())
+    req.client_ip
+        .as_deref()
+        .map(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| ApiError::invalid("client_ip is not an IPv4 or IPv6 address"))
+        })
+        .transpose()
 }
 
 /// `POST /api/v1/validate`.
@@ -228,10 +228,10 @@ pub async fn validate(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<ValidateRequest>,
 ) -> Result<Response, ApiError> {
-    check_request(&req)?;
+    let client_ip = check_request(&req)?;
     let (status, b) = app
         .router
-        .validate(&req.api_key, req.cost.0, req.client_ip.as_deref())
+        .validate(&req.api_key, req.cost.0, client_ip)
         .await;
     let mut headers = HeaderMap::new();
     ratelimit_headers(&b.limits, &mut headers);
@@ -257,13 +257,19 @@ pub async fn validate_batch(
             app.config.max_batch
         )));
     }
-    for (i, c) in req.checks.iter().enumerate() {
-        check_request(c).map_err(|e| ApiError::invalid(format!("checks[{i}]: {}", e.message)))?;
-    }
-    let futures = req.checks.iter().map(|c| {
-        app.router
-            .validate(&c.api_key, c.cost.0, c.client_ip.as_deref())
-    });
+    let client_ips = req
+        .checks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            check_request(c).map_err(|e| ApiError::invalid(format!("checks[{i}]: {}", e.message)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let futures = req
+        .checks
+        .iter()
+        .zip(client_ips)
+        .map(|(c, ip)| app.router.validate(&c.api_key, c.cost.0, ip));
     let outcomes = futures_util::future::join_all(futures).await;
     let results = outcomes
         .into_iter()
