@@ -174,6 +174,17 @@ impl KeyCache {
         self.by_id.insert(rec.key_id.clone(), Arc::new(rec));
     }
 
+    /// Caches `rec` unless its key is cached already (a newer record may have
+    /// arrived meanwhile); the cached record either way.
+    pub fn insert_if_absent(&self, rec: KeyRecord) -> Arc<KeyRecord> {
+        Arc::clone(
+            self.by_id
+                .entry(rec.key_id.clone())
+                .or_insert_with(|| Arc::new(rec))
+                .value(),
+        )
+    }
+
     pub fn remove(&self, key_id: &str) {
         self.by_id.remove(key_id);
     }

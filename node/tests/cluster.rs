@@ -141,6 +141,22 @@ impl Cluster {
         v["owner"].as_str().unwrap().to_string()
     }
 
+    /// Whether every running node serves the key's record within 5 s.
+    async fn knows_key(&self, id: &str) -> bool {
+        eventually(5, async || {
+            let mut ok = true;
+            for n in self.nodes.iter().flatten() {
+                ok &= n
+                    .admin(Method::GET, &format!("/api/v1/keys/{id}"), None)
+                    .await
+                    .0
+                    == 200;
+            }
+            ok
+        })
+        .await
+    }
+
     fn index(&self, name: &str) -> usize {
         self.names.iter().position(|n| n == name).unwrap()
     }
@@ -236,20 +252,7 @@ async fn global_limit_ownership_and_admin_reach() {
         .node(1)
         .create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)]))
         .await;
-    let known = eventually(5, async || {
-        let mut all = true;
-        for i in 0..3 {
-            let r = c
-                .node(i)
-                .admin(Method::GET, &format!("/api/v1/keys/{id2}"), None)
-                .await
-                .0;
-            all &= r == 200;
-        }
-        all
-    })
-    .await;
-    assert!(known);
+    assert!(c.knows_key(&id2).await, "every node knows the second key");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let (allowed, by) = burst(&c, &[0, 1, 2], &key2, 3_000).await;
     assert_eq!(
@@ -297,8 +300,8 @@ async fn drain_hands_keys_over_without_losing_or_duplicating_admits() {
     let owner = c.index(&c.owner(0, &id).await);
     let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
     // Half the quota before the drain, through the two nodes that stay.
-    let (a1, _) = burst(&c, &others, &key, 148).await;
-    assert_eq!(a1, 148);
+    let (a1, by1) = burst(&c, &others, &key, 148).await;
+    assert_eq!(a1, 148, "{by1:?}");
     let drain = c
         .node(owner)
         .http
@@ -331,25 +334,11 @@ async fn crash_and_freeze_move_keys_and_nodes_rejoin() {
         .node(0)
         .create_key(json!([limit("per-minute", "sliding_log", 300, 60_000)]))
         .await;
-    assert!(
-        eventually(5, async || {
-            let mut ok = true;
-            for i in 0..3 {
-                ok &= c
-                    .node(i)
-                    .admin(Method::GET, &format!("/api/v1/keys/{id}"), None)
-                    .await
-                    .0
-                    == 200;
-            }
-            ok
-        })
-        .await
-    );
+    assert!(c.knows_key(&id).await, "every node knows the new key");
     let owner = c.index(&c.owner(0, &id).await);
     let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
-    let (a1, _) = burst(&c, &others, &key, 200).await;
-    assert_eq!(a1, 200);
+    let (a1, by1) = burst(&c, &others, &key, 200).await;
+    assert_eq!(a1, 200, "{by1:?}");
     tokio::time::sleep(Duration::from_millis(250)).await;
     let killed_at = Instant::now();
     let mut n = c.nodes[owner].take().unwrap();
@@ -414,21 +403,7 @@ async fn slow_owner_is_waited_for_not_bypassed() {
         .node(0)
         .create_key(json!([limit("per-minute", "sliding_log", 5, 60_000)]))
         .await;
-    assert!(
-        eventually(5, async || {
-            let mut ok = true;
-            for i in 0..3 {
-                ok &= c
-                    .node(i)
-                    .admin(Method::GET, &format!("/api/v1/keys/{id}"), None)
-                    .await
-                    .0
-                    == 200;
-            }
-            ok
-        })
-        .await
-    );
+    assert!(c.knows_key(&id).await, "every node knows the new key");
     let owner = c.index(&c.owner(0, &id).await);
     let via = (owner + 1) % 3;
     // Spend the whole limit through another node.
