@@ -197,7 +197,11 @@ async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Ve
     (all, denied)
 }
 
+/// The `p` quantile of `sorted`, in µs (0 when it is empty).
 fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
     sorted[((sorted.len() as f64 - 1.0) * p) as usize] as f64 / 1_000.0
 }
 
