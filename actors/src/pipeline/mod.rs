@@ -70,7 +70,11 @@ pub struct PipelineConfig {
     pub queue_capacity: usize,
     /// Most events one write takes (default 1 000).
     pub batch_max: usize,
-    /// How often a worker looks at its queue (default 100 ms).
+    /// How often a worker looks at its queue (default 500 ms). Each look
+    /// that finds events costs a store write and a wake-up of the
+    /// pipelines' thread; fewer, fuller rounds disturb the checks less (the
+    /// check-path bench measured p99 on/off 1.02–1.05 at 500 ms against
+    /// 1.06–1.14 at 100 ms, with one check in ten denied).
     pub tick: Duration,
     /// Longest back-off after a failed store write (default 5 s).
     pub max_backoff: Duration,
@@ -87,7 +91,7 @@ impl Default for PipelineConfig {
             node: "node".into(),
             queue_capacity: 100_000,
             batch_max: 1_000,
-            tick: Duration::from_millis(100),
+            tick: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             abuse: Vec::new(),
