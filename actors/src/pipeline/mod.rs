@@ -73,8 +73,8 @@ pub struct PipelineConfig {
     /// How often a worker looks at its queue (default 500 ms). Each look
     /// that finds events costs a store write and a wake-up of the
     /// pipelines' thread; fewer, fuller rounds disturb the checks less (the
-    /// check-path bench measured p99 on/off 1.02–1.05 at 500 ms against
-    /// 1.06–1.14 at 100 ms, with one check in ten denied).
+    /// check-path bench measured p99 on/off 1.02–1.04 at 500 ms against
+    /// 1.12–1.14 at 100 ms, with one check in ten denied).
     pub tick: Duration,
     /// Longest back-off after a failed store write (default 5 s).
     pub max_backoff: Duration,
