@@ -80,7 +80,7 @@ pub struct EventQueue<T> {
     queue: Mutex<VecDeque<T>>,
     inflight: Mutex<Inflight<T>>,
     /// `inflight.pending.len()`, for the producers' bound check.
-    pending: AtomicUsize,
+    pending_len: AtomicUsize,
     dropped: AtomicU64,
     processed: AtomicU64,
     started: Instant,
@@ -111,7 +111,7 @@ impl<T: Clone> EventQueue<T> {
                 last_swap: 0,
                 retired: None,
             }),
-            pending: AtomicUsize::new(0),
+            pending_len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             started: Instant::now(),
@@ -127,7 +127,7 @@ impl<T: Clone> EventQueue<T> {
     /// Accepts `ev` unless the queue is full. Never waits.
     pub fn push(&self, ev: T) -> bool {
         let mut q = self.queue.lock();
-        if q.len() + self.pending.load(Ordering::Relaxed) >= self.capacity
+        if q.len() + self.pending_len.load(Ordering::Relaxed) >= self.capacity
             || self.closed.load(Ordering::Acquire)
         {
             drop(q);
@@ -189,7 +189,7 @@ impl<T: Clone> EventQueue<T> {
                 let taken = {
                     let mut q = self.queue.lock();
                     // Still counted against the bound while they move over.
-                    self.pending
+                    self.pending_len
                         .store(inflight.pending.len() + q.len(), Ordering::Relaxed);
                     std::mem::replace(&mut *q, fresh)
                 };
@@ -207,7 +207,7 @@ impl<T: Clone> EventQueue<T> {
             } else {
                 inflight.pending.drain(..max).collect()
             };
-            self.pending
+            self.pending_len
                 .store(inflight.pending.len(), Ordering::Relaxed);
             let n = batch.len() as u64;
             inflight.base = inflight.taken;
