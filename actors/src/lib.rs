@@ -7,6 +7,7 @@
 //! - [`cell`]: a key's state and usage counters, shared by its actor and the write-behind.
 //! - [`limiter`]: KeyLimiter actors, their registry (activation, passivation) and supervisor.
 //! - [`writebehind`]: batched snapshot and usage writes.
+//! - [`clock`]: the one place that reads the system clocks.
 //! - [`keys`], [`catalog`]: API key records, secret hashing, tiers and limit resolution.
 //! - [`storage`]: the traits every backend implements, and their conformance suite.
 //! - [`pipeline`]: violation, billing and alert pipelines under a supervisor actor.
@@ -15,6 +16,7 @@
 pub mod algo;
 pub mod blocks;
 pub mod catalog;
+pub mod clock;
 pub mod cell;
 pub mod keys;
 pub mod limiter;

@@ -46,24 +46,7 @@ pub mod metric {
     pub const LOAD_FAILURES: &str = "ringlimit_snapshot_load_failures_total";
 }
 
-/// A source of wall-clock time in µs since the epoch. Only actors and the
-/// service read it; the algorithms take time as an argument.
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    fn now_us(&self) -> Micros;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_us(&self) -> Micros {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0)
-    }
-}
+pub use crate::clock::{Clock, SystemClock};
 
 /// Tuning of the KeyLimiters.
 #[derive(Debug, Clone)]
