@@ -249,6 +249,7 @@ pub async fn run(
         Arc::clone(&service),
         Arc::clone(&wb),
         RouterConfig {
+            node_name: config.node_name.clone(),
             fail_closed_tiers: config.fail_closed_tiers.iter().cloned().collect(),
             handoff_wait: config
                 .heartbeat_timeout
@@ -275,8 +276,6 @@ pub async fn run(
             .await
             .context("starting the cluster layer")?;
         router.attach(Arc::new(cluster));
-        let r = Arc::clone(&router);
-        tokio::spawn(async move { r.open_gate_at_deadline().await });
         tracing::info!(node = %config.node_name, %cluster_addr, seeds = ?config.seeds, "cluster layer started");
         // Safety net for admin-change broadcasts a peer missed.
         let s = Arc::clone(&service);

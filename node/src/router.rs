@@ -23,20 +23,18 @@
 //! check for a key the receiver does not own gets `NotOwner`, and the sender
 //! re-routes once on its own ring.
 
+use crate::cluster::handoff::{Effect, HandoffGate, Opened};
 use crate::cluster::ring::{Ring, RingChange};
 use crate::cluster::{Cluster, ClusterHandler, ForwardError};
-use crate::http::data::answer;
-use axum::http::StatusCode;
 use parking_lot::Mutex;
-use ringlimit_actors::keys::SecretHash;
-use ringlimit_actors::service::{Change, Service};
+use ringlimit_actors::keys::{self, SecretHash};
+use ringlimit_actors::service::{self, Change, Service};
 use ringlimit_actors::writebehind::WriteBehind;
 use ringlimit_protocol::apikey;
 use ringlimit_protocol::cluster::{
     AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
 };
-use ringlimit_protocol::validate::ValidateResponse;
-use ringlimit_protocol::{ErrorCode, ErrorDetail};
+use ringlimit_protocol::validate::{Checked, ValidateOutcome};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +53,8 @@ pub mod metric {
 /// Settings of the router.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
+    /// This node's name (its ring member name).
+    pub node_name: String,
     /// Tiers whose checks are denied (503) when the owner cannot be reached;
     /// every other tier fails open (allowed, counted in a metric).
     pub fail_closed_tiers: HashSet<String>,
@@ -64,21 +64,14 @@ pub struct RouterConfig {
     pub passivate_timeout: Duration,
 }
 
-/// Checks held while handoff markers are awaited.
-#[derive(Debug, Default)]
-struct Gate {
-    waiting_for: HashSet<String>,
-    /// When the gate opens anyway.
-    deadline: Option<tokio::time::Instant>,
-}
-
 /// Routes checks to their owners.
 pub struct Router {
     service: Arc<Service>,
     wb: Arc<WriteBehind>,
     cfg: RouterConfig,
     cluster: OnceLock<Arc<Cluster>>,
-    gate: Mutex<Gate>,
+    /// The join gate (see [`crate::cluster::handoff`]).
+    gate: Mutex<HandoffGate>,
     /// True while the gate is open.
     gate_open: watch::Sender<bool>,
     draining: AtomicBool,
@@ -94,23 +87,51 @@ impl std::fmt::Debug for Router {
     }
 }
 
-fn unavailable(message: &str) -> (StatusCode, ValidateResponse) {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        ValidateResponse {
-            allowed: false,
-            key_id: None,
-            tier: None,
-            limits: vec![],
-            retry_after_ms: None,
-            denied_by: None,
-            error: Some(ErrorDetail {
-                code: ErrorCode::Unavailable,
-                message: message.to_string(),
-            }),
-            suspended_until_ms: None,
+/// The domain outcome of the service's check, in the protocol's terms.
+fn decided(o: service::ValidateOutcome) -> ValidateOutcome {
+    use ringlimit_actors::limitset::CheckError;
+    let checked = |key: &ringlimit_actors::keys::KeyRecord,
+                   r: ringlimit_actors::limitset::CheckResult| Checked {
+        key_id: key.key_id.clone(),
+        tier: key.tier.clone(),
+        limits: r.limits,
+        retry_after_ms: r.retry_after_ms,
+        denied_by: r.denied_by,
+    };
+    match o {
+        service::ValidateOutcome::Allowed { key, result } => {
+            ValidateOutcome::Allowed(checked(&key, result))
+        }
+        service::ValidateOutcome::Denied { key, result } => {
+            ValidateOutcome::Denied(checked(&key, result))
+        }
+        service::ValidateOutcome::Unauthorized => ValidateOutcome::Unauthorized,
+        service::ValidateOutcome::Suspended { key, until_ms } => ValidateOutcome::Suspended {
+            key_id: key.key_id.clone(),
+            tier: key.tier.clone(),
+            reason: key.suspended_reason.clone(),
+            until_ms,
         },
-    )
+        service::ValidateOutcome::Rejected { key, error } => match error {
+            e @ CheckError::CostExceedsCapacity { .. } => ValidateOutcome::CostExceedsCapacity {
+                key_id: key.key_id.clone(),
+                tier: key.tier.clone(),
+                message: e.to_string(),
+            },
+            e @ CheckError::NoLimits => ValidateOutcome::Unavailable {
+                key_id: Some(key.key_id.clone()),
+                tier: Some(key.tier.clone()),
+                message: e.to_string(),
+            },
+        },
+        service::ValidateOutcome::Unavailable => {
+            ValidateOutcome::unavailable("the key limiter is unavailable; retry")
+        }
+        service::ValidateOutcome::IpBlocked { block } => ValidateOutcome::IpBlocked {
+            cidr: block.cidr.to_string(),
+            expires_at_ms: block.expires_at_ms,
+        },
+    }
 }
 
 impl Router {
@@ -124,16 +145,14 @@ impl Router {
         forming: bool,
     ) -> Arc<Router> {
         let (drained, _) = watch::channel(false);
-        let (gate_open, _) = watch::channel(!forming);
-        let gate = Gate {
-            waiting_for: if forming {
-                ["(first peers)".to_string()].into()
-            } else {
-                HashSet::new()
-            },
-            deadline: forming.then(|| tokio::time::Instant::now() + cfg.handoff_wait),
-        };
-        Arc::new(Router {
+        let (gate, effects) = HandoffGate::new(
+            &cfg.node_name,
+            cfg.handoff_wait,
+            forming,
+            tokio::time::Instant::now(),
+        );
+        let (gate_open, _) = watch::channel(gate.is_open());
+        let r = Arc::new(Router {
             service,
             wb,
             cfg,
@@ -143,7 +162,9 @@ impl Router {
             draining: AtomicBool::new(false),
             drained,
             next_id: AtomicU64::new(1),
-        })
+        });
+        r.carry_out(effects);
+        r
     }
 
     /// Connects the router to the cluster and admin changes to broadcasts.
@@ -192,42 +213,60 @@ impl Router {
         Some(ring)
     }
 
-    /// Waits while a join handoff is in progress (at most until its deadline).
-    async fn wait_gates(&self) {
-        if *self.gate_open.borrow() {
-            return;
-        }
-        let deadline = self.gate.lock().deadline;
-        let mut rx = self.gate_open.subscribe();
-        if let Some(d) = deadline
-            && tokio::time::timeout_at(d, rx.wait_for(|o| *o))
-                .await
-                .is_err()
-        {
-            let mut g = self.gate.lock();
-            if g.deadline == Some(d) {
-                tracing::warn!(waiting_for = ?g.waiting_for, "handoff markers did not all arrive; serving anyway");
-                g.waiting_for.clear();
-                g.deadline = None;
-                let _ = self.gate_open.send_replace(true);
+    /// Carries out what the join gate decided.
+    fn carry_out(self: &Arc<Self>, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::OpenGate(Opened::Complete) => {
+                    if !self.gate_open.send_replace(true) {
+                        tracing::info!("handoff complete; serving gained keys");
+                    }
+                }
+                Effect::OpenGate(Opened::TimedOut { missing }) => {
+                    tracing::warn!(waiting_for = ?missing, "handoff markers did not all arrive; serving anyway");
+                    self.gate_open.send_replace(true);
+                }
+                Effect::CloseGate => {
+                    self.gate_open.send_replace(false);
+                }
+                Effect::WakeAt(at) => {
+                    let r = Arc::clone(self);
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(at).await;
+                        r.tick_gate();
+                    });
+                }
+                Effect::HandOver { to } => {
+                    tokio::spawn(Arc::clone(self).hand_over(to));
+                }
             }
         }
     }
 
-    /// Opens the gate when its deadline passes, even with no check waiting.
-    pub async fn open_gate_at_deadline(&self) {
-        let Some(d) = self.gate.lock().deadline else {
+    fn tick_gate(self: &Arc<Self>) {
+        let fx = self.gate.lock().tick(tokio::time::Instant::now());
+        self.carry_out(fx);
+    }
+
+    /// Waits while a join handoff is in progress (at most until its deadline).
+    async fn wait_gates(self: &Arc<Self>) {
+        if *self.gate_open.borrow() {
             return;
-        };
-        tokio::time::sleep_until(d).await;
-        let mut g = self.gate.lock();
-        if g.deadline == Some(d) {
-            if !g.waiting_for.is_empty() {
-                tracing::warn!(waiting_for = ?g.waiting_for, "handoff markers did not all arrive; serving anyway");
+        }
+        let deadline = self.gate.lock().deadline();
+        let mut rx = self.gate_open.subscribe();
+        match deadline {
+            Some(d) => {
+                if tokio::time::timeout_at(d, rx.wait_for(|o| *o))
+                    .await
+                    .is_err()
+                {
+                    self.tick_gate();
+                }
             }
-            g.waiting_for.clear();
-            g.deadline = None;
-            let _ = self.gate_open.send_replace(true);
+            None => {
+                let _ = rx.wait_for(|o| *o).await;
+            }
         }
     }
 
@@ -241,24 +280,27 @@ impl Router {
         let _ = tokio::time::timeout(self.cfg.passivate_timeout * 2, rx.wait_for(|d| *d)).await;
     }
 
-    /// Answers one check from the HTTP data plane: locally when this node owns
-    /// the key, otherwise through the owner.
+    /// Answers one check: locally when this node owns the key, otherwise
+    /// through the owner. The one entry point of a check: the IP block and
+    /// the api_key's parsing are done here, once.
     pub async fn validate(
-        &self,
+        self: &Arc<Self>,
         api_key: &str,
         cost: u64,
         client_ip: Option<IpAddr>,
-    ) -> (StatusCode, ValidateResponse) {
-        let Some(ring) = self.routing_ring() else {
-            return answer(self.service.validate(api_key, cost, client_ip).await);
-        };
+    ) -> ValidateOutcome {
         if let Some(block) = client_ip.and_then(|ip| self.service.ip_blocked(ip)) {
-            return answer(ringlimit_actors::service::ValidateOutcome::IpBlocked { block });
+            return decided(service::ValidateOutcome::IpBlocked { block });
         }
         let Some((key_id, secret)) = apikey::parse(api_key) else {
-            return answer(self.service.validate(api_key, cost, None).await);
+            // Malformed keys take the same hashing path as unknown ones.
+            let _ = keys::verify_unknown(&SecretHash::of(api_key));
+            return ValidateOutcome::Unauthorized;
         };
         let hash = SecretHash::of(secret);
+        let Some(ring) = self.routing_ring() else {
+            return self.decide_local(key_id, &hash, cost, client_ip).await;
+        };
         let me = self.me().unwrap_or_default().to_string();
         let mut ring = ring;
         for attempt in 0..3 {
@@ -270,19 +312,10 @@ impl Router {
                     continue;
                 }
                 self.wait_gates().await;
-                return answer(
-                    self.service
-                        .validate_hashed(key_id, &hash, cost, client_ip)
-                        .await,
-                );
+                return self.decide_local(key_id, &hash, cost, client_ip).await;
             }
             match self.forward(&owner, key_id, &hash, cost, client_ip).await {
-                Ok(ForwardOutcome::Decided { status, body }) => {
-                    return (
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                        body,
-                    );
-                }
+                Ok(ForwardOutcome::Decided(outcome)) => return outcome,
                 Ok(ForwardOutcome::NotOwner { ring_version }) => {
                     metrics::counter!(metric::NOT_OWNER).increment(1);
                     tracing::debug!(
@@ -315,7 +348,22 @@ impl Router {
                 }
             }
         }
-        unavailable("the key's owner is changing; retry")
+        ValidateOutcome::unavailable("the key's owner is changing; retry")
+    }
+
+    /// The check of a key this node owns.
+    async fn decide_local(
+        &self,
+        key_id: &str,
+        hash: &SecretHash,
+        cost: u64,
+        client_ip: Option<IpAddr>,
+    ) -> ValidateOutcome {
+        decided(
+            self.service
+                .validate_hashed(key_id, hash, cost, client_ip)
+                .await,
+        )
     }
 
     async fn forward(
@@ -343,36 +391,27 @@ impl Router {
     }
 
     /// Fail-open (the default) or fail-closed, by the key's tier.
-    fn owner_unreachable(
-        &self,
-        key_id: &str,
-        owner: &str,
-        e: &ForwardError,
-    ) -> (StatusCode, ValidateResponse) {
+    fn owner_unreachable(&self, key_id: &str, owner: &str, e: &ForwardError) -> ValidateOutcome {
         let key = self.service.source.keys.get(key_id);
-        let tier = key.as_ref().map(|k| k.tier.clone());
-        let closed = tier
+        let closed = key
             .as_ref()
-            .is_some_and(|t| self.cfg.fail_closed_tiers.contains(t));
+            .is_some_and(|k| self.cfg.fail_closed_tiers.contains(&k.tier));
         tracing::warn!(key_id, owner, error = %e, fail_closed = closed, "owner unreachable");
-        if closed || key.is_none() {
-            metrics::counter!(metric::FAIL_CLOSED).increment(1);
-            return unavailable(&format!("the owner of this key ({owner}) is unreachable"));
+        match key {
+            Some(k) if !closed => {
+                metrics::counter!(metric::FAIL_OPEN).increment(1);
+                ValidateOutcome::FailOpen {
+                    key_id: key_id.to_string(),
+                    tier: k.tier.clone(),
+                }
+            }
+            _ => {
+                metrics::counter!(metric::FAIL_CLOSED).increment(1);
+                ValidateOutcome::unavailable(format!(
+                    "the owner of this key ({owner}) is unreachable"
+                ))
+            }
         }
-        metrics::counter!(metric::FAIL_OPEN).increment(1);
-        (
-            StatusCode::OK,
-            ValidateResponse {
-                allowed: true,
-                key_id: Some(key_id.to_string()),
-                tier,
-                limits: vec![],
-                retry_after_ms: None,
-                denied_by: None,
-                error: None,
-                suspended_until_ms: None,
-            },
-        )
     }
 
     /// Graceful leave: hold owned keys, passivate, flush, tell peers, leave.
@@ -423,17 +462,14 @@ impl Router {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Work after a ring change (off the cluster driver).
-    async fn after_ring_change(self: Arc<Self>, change: RingChange, old_alone: bool) {
+    /// Hands the keys this node lost to members that joined: passivate,
+    /// flush, then tell each of them (off the cluster driver).
+    async fn hand_over(self: Arc<Self>, to: Vec<String>) {
         let Some(c) = self.cluster.get().cloned() else {
             return;
         };
         let me = c.node_name().to_string();
         let ring = c.ring();
-        if change.added.is_empty() {
-            return;
-        }
-        // Keys that moved to an added member: passivate, flush, then tell it.
         let lost: Vec<String> = self
             .service
             .limiters
@@ -455,10 +491,10 @@ impl Router {
             ring_version: ring.version(),
             states: vec![],
         };
-        for a in &change.added {
+        for a in &to {
             send_marker(&c, a, &h).await;
         }
-        tracing::info!(moved = lost.len(), to = ?change.added, version = ring.version(), old_alone, "keys handed over after a join");
+        tracing::info!(moved = lost.len(), to = ?to, version = ring.version(), "keys handed over after a join");
     }
 }
 
@@ -492,22 +528,23 @@ impl ClusterHandler for RouterHandle {
     }
 
     async fn handoff(&self, h: Handoff) -> Result<(), String> {
-        self.0.handoff(h);
+        let fx = self.0.gate.lock().on_marker(&h.from);
+        self.0.carry_out(fx);
         Ok(())
     }
 
     fn on_ring_change(&self, change: &RingChange, ring: &Arc<Ring>) {
-        let old_alone = self.0.on_ring_change(change, ring);
-        if old_alone {
-            let r = Arc::clone(&self.0);
-            tokio::spawn(async move { r.open_gate_at_deadline().await });
-        }
-        tokio::spawn(Arc::clone(&self.0).after_ring_change(change.clone(), old_alone));
+        let fx = self
+            .0
+            .gate
+            .lock()
+            .on_ring_change(change, ring.members(), tokio::time::Instant::now());
+        self.0.carry_out(fx);
     }
 }
 
 impl Router {
-    async fn check_batch(&self, batch: ForwardBatch) -> ForwardReply {
+    async fn check_batch(self: &Arc<Self>, batch: ForwardBatch) -> ForwardReply {
         let me = self.me().unwrap_or_default().to_string();
         let mut results = Vec::with_capacity(batch.checks.len());
         let futures = batch.checks.iter().map(|chk| async {
@@ -522,21 +559,16 @@ impl Router {
                 };
             }
             self.wait_gates().await;
-            let (status, body) = answer(
-                self.service
-                    .validate_hashed(
-                        &chk.key_id,
-                        &SecretHash(chk.secret_hash),
-                        chk.cost,
-                        // Checked by the receiving node's data plane.
-                        chk.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
-                    )
-                    .await,
-            );
-            ForwardOutcome::Decided {
-                status: status.as_u16(),
-                body,
-            }
+            ForwardOutcome::Decided(
+                self.decide_local(
+                    &chk.key_id,
+                    &SecretHash(chk.secret_hash),
+                    chk.cost,
+                    // Checked by the receiving node's data plane.
+                    chk.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+                )
+                .await,
+            )
         });
         for r in futures_util::future::join_all(futures).await {
             results.push(r);
@@ -566,51 +598,5 @@ impl Router {
         if let Err(e) = r {
             tracing::warn!(event = ?ev, error = %e, "could not apply an admin change from a peer");
         }
-    }
-
-    fn handoff(&self, h: Handoff) {
-        let mut g = self.gate.lock();
-        if g.waiting_for.remove(&h.from) && g.waiting_for.is_empty() {
-            g.deadline = None;
-            let _ = self.gate_open.send_replace(true);
-            tracing::info!(from = %h.from, "handoff complete; serving gained keys");
-        }
-    }
-
-    /// Updates the join gate; returns whether this node was alone before.
-    fn on_ring_change(&self, change: &RingChange, ring: &Arc<Ring>) -> bool {
-        let Some(c) = self.cluster.get() else {
-            return false;
-        };
-        let me = c.node_name();
-        // A node whose previous ring held only itself has just joined (or
-        // come back): hold checks until the peers flushed what they owned.
-        let mut old: Vec<&String> = ring
-            .members()
-            .iter()
-            .filter(|m| !change.added.contains(m))
-            .collect();
-        old.extend(change.removed.iter());
-        let old_alone = !change.added.is_empty() && old.iter().all(|m| m.as_str() == me);
-        {
-            let mut g = self.gate.lock();
-            g.waiting_for.remove("(first peers)");
-            if old_alone {
-                g.waiting_for.extend(change.added.iter().cloned());
-                g.deadline = Some(tokio::time::Instant::now() + self.cfg.handoff_wait);
-                let _ = self.gate_open.send_replace(false);
-            }
-            // Peers that left will send nothing.
-            for r in &change.removed {
-                g.waiting_for.remove(r);
-            }
-            if g.waiting_for.is_empty() {
-                g.deadline = None;
-                let _ = self.gate_open.send_replace(true);
-            }
-        }
-        // Keys of a removed (crashed or left) member are loaded by their new
-        // owners on activation; nothing to do here for removals.
-        old_alone
     }
 }

@@ -17,7 +17,7 @@
 //! | [`AdminEvent`] | RPC broadcast to every live peer | [`Ack`] |
 //! | [`Handoff`] | RPC to a key's new owner | [`HandoffAck`] |
 
-use crate::validate::ValidateResponse;
+use crate::validate::ValidateOutcome;
 use serde::{Deserialize, Serialize};
 
 /// Largest cluster payload a node accepts. Below ractor_cluster's own 16 MiB
@@ -153,9 +153,8 @@ pub struct ForwardBatch {
 /// The owner's answer to one forwarded check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardOutcome {
-    /// The owner decided: the HTTP status the check would have had on the
-    /// owner, and the validate body.
-    Decided { status: u16, body: ValidateResponse },
+    /// The owner decided.
+    Decided(ValidateOutcome),
     /// The receiver does not own the key by its ring (of this version); the
     /// sender re-routes once with its own, possibly newer, ring.
     NotOwner { ring_version: u64 },
@@ -201,8 +200,7 @@ pub struct HandoffAck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::LimitStatus;
-    use crate::{ErrorCode, ErrorDetail};
+    use crate::validate::{Checked, LimitStatus};
     use serde::de::DeserializeOwned;
 
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v: &T) {
@@ -224,11 +222,10 @@ mod tests {
         }
     }
 
-    fn body() -> ValidateResponse {
-        ValidateResponse {
-            allowed: false,
-            key_id: Some("k".into()),
-            tier: Some("free".into()),
+    fn denied() -> ValidateOutcome {
+        ValidateOutcome::Denied(Checked {
+            key_id: "k".into(),
+            tier: "free".into(),
             limits: vec![LimitStatus {
                 name: "per-minute".into(),
                 limit: 100,
@@ -238,12 +235,7 @@ mod tests {
             }],
             retry_after_ms: Some(17),
             denied_by: Some("per-minute".into()),
-            error: Some(ErrorDetail {
-                code: ErrorCode::RateLimited,
-                message: "slow down".into(),
-            }),
-            suspended_until_ms: None,
-        }
+        })
     }
 
     #[test]
@@ -282,17 +274,12 @@ mod tests {
             ring_version: 42,
             checks: (0..5).map(check).collect(),
         });
-        round_trip(&ForwardOutcome::Decided {
-            status: 429,
-            body: body(),
-        });
+        round_trip(&ForwardOutcome::Decided(denied()));
         round_trip(&ForwardOutcome::NotOwner { ring_version: 9 });
         round_trip(&ForwardReply {
             results: vec![
-                ForwardOutcome::Decided {
-                    status: 200,
-                    body: body(),
-                },
+                ForwardOutcome::Decided(denied()),
+                ForwardOutcome::Decided(ValidateOutcome::Unauthorized),
                 ForwardOutcome::NotOwner { ring_version: 1 },
             ],
         });

@@ -118,6 +118,92 @@ pub struct ValidateResponse {
     pub suspended_until_ms: Option<u64>,
 }
 
+/// A limit check that ran: the key, and every limit's state after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checked {
+    pub key_id: String,
+    pub tier: String,
+    pub limits: Vec<LimitStatus>,
+    /// On a denial: milliseconds until the cost would fit.
+    pub retry_after_ms: Option<u64>,
+    /// On a denial: the limit that denied.
+    pub denied_by: Option<String>,
+}
+
+/// What a check decided, before any transport gives it a form: the data
+/// plane turns it into a status, headers and a [`ValidateResponse`]; a
+/// forwarded check carries it back to the node that received the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValidateOutcome {
+    /// Every limit admitted the cost; it is spent.
+    Allowed(Checked),
+    /// A limit denied; nothing is spent.
+    Denied(Checked),
+    /// Unknown key, wrong secret, expired old secret or revoked key: all alike.
+    Unauthorized,
+    /// The key is suspended (by an operator or an abuse rule).
+    Suspended {
+        key_id: String,
+        tier: String,
+        reason: Option<String>,
+        until_ms: Option<u64>,
+    },
+    /// The cost is above a limit's capacity: it could never be admitted.
+    CostExceedsCapacity {
+        key_id: String,
+        tier: String,
+        message: String,
+    },
+    /// The caller's `client_ip` is on the block list.
+    IpBlocked {
+        cidr: String,
+        expires_at_ms: Option<u64>,
+    },
+    /// No decision could be made (the key's limiter or owner is not
+    /// available, or the key has no limits); the caller may retry.
+    Unavailable {
+        key_id: Option<String>,
+        tier: Option<String>,
+        message: String,
+    },
+    /// The key's owner could not be reached and its tier fails open: allowed
+    /// without a count.
+    FailOpen { key_id: String, tier: String },
+}
+
+impl ValidateOutcome {
+    /// The outcome's name in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ValidateOutcome::Allowed(_) => "allowed",
+            ValidateOutcome::Denied(_) => "denied",
+            ValidateOutcome::Unauthorized => "unauthorized",
+            ValidateOutcome::Suspended { .. } => "suspended",
+            ValidateOutcome::CostExceedsCapacity { .. } => "rejected",
+            ValidateOutcome::IpBlocked { .. } => "ip_blocked",
+            ValidateOutcome::Unavailable { .. } => "unavailable",
+            ValidateOutcome::FailOpen { .. } => "fail_open",
+        }
+    }
+
+    /// Whether the check was let through.
+    pub fn allowed(&self) -> bool {
+        matches!(
+            self,
+            ValidateOutcome::Allowed(_) | ValidateOutcome::FailOpen { .. }
+        )
+    }
+
+    /// An [`ValidateOutcome::Unavailable`] with no key.
+    pub fn unavailable(message: impl Into<String>) -> ValidateOutcome {
+        ValidateOutcome::Unavailable {
+            key_id: None,
+            tier: None,
+            message: message.into(),
+        }
+    }
+}
+
 /// `{"checks":[…]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRequest {
@@ -163,6 +249,52 @@ mod tests {
         assert!(cost("\"1\"").is_err());
         let r: ValidateRequest = serde_json::from_str(r#"{"api_key":"k"}"#).unwrap();
         assert_eq!(r.cost, Cost(1));
+    }
+
+    #[test]
+    fn outcomes_round_trip_through_messagepack() {
+        let checked = Checked {
+            key_id: "k".into(),
+            tier: "free".into(),
+            limits: vec![LimitStatus {
+                name: "per-second".into(),
+                limit: 10,
+                remaining: 0,
+                reset_after_ms: 900,
+                window_ms: 1_000,
+            }],
+            retry_after_ms: Some(900),
+            denied_by: Some("per-second".into()),
+        };
+        for o in [
+            ValidateOutcome::Allowed(checked.clone()),
+            ValidateOutcome::Denied(checked),
+            ValidateOutcome::Unauthorized,
+            ValidateOutcome::Suspended {
+                key_id: "k".into(),
+                tier: "pro".into(),
+                reason: Some("abuse".into()),
+                until_ms: Some(5),
+            },
+            ValidateOutcome::CostExceedsCapacity {
+                key_id: "k".into(),
+                tier: "pro".into(),
+                message: "cost 11 is above 10".into(),
+            },
+            ValidateOutcome::IpBlocked {
+                cidr: "10.0.0.0/8".into(),
+                expires_at_ms: None,
+            },
+            ValidateOutcome::unavailable("owner unreachable"),
+            ValidateOutcome::FailOpen {
+                key_id: "k".into(),
+                tier: "free".into(),
+            },
+        ] {
+            let m = rmp_serde::to_vec_named(&o).unwrap();
+            assert_eq!(rmp_serde::from_slice::<ValidateOutcome>(&m).unwrap(), o);
+            assert_eq!(o.allowed(), matches!(o.label(), "allowed" | "fail_open"));
+        }
     }
 
     #[test]

@@ -18,8 +18,7 @@ use ringlimit_protocol::cluster::{
     Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, HandoffAck, Heartbeat,
     Hello, Leave,
 };
-use ringlimit_protocol::validate::ValidateResponse;
-use ringlimit_protocol::{ErrorCode, ErrorDetail};
+use ringlimit_protocol::validate::ValidateOutcome;
 use std::sync::Arc;
 
 /// The process-group scope of ringlimit's gateways.
@@ -252,20 +251,5 @@ pub(crate) async fn answer_batch(shared: &Shared, batch: ForwardBatch) -> Forwar
 }
 
 fn internal_error(msg: &str) -> ForwardOutcome {
-    ForwardOutcome::Decided {
-        status: 500,
-        body: ValidateResponse {
-            allowed: false,
-            key_id: None,
-            tier: None,
-            limits: Vec::new(),
-            retry_after_ms: None,
-            denied_by: None,
-            error: Some(ErrorDetail {
-                code: ErrorCode::Internal,
-                message: msg.to_string(),
-            }),
-            suspended_until_ms: None,
-        },
-    }
+    ForwardOutcome::Decided(ValidateOutcome::unavailable(msg))
 }

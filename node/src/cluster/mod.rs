@@ -9,6 +9,8 @@
 //! - [`dialer`]: a pure state machine of the addresses to (re)connect to, with
 //!   exponential back-off.
 //! - [`batcher`]: the pure batching rule of a PeerLink.
+//! - [`handoff`]: the join gate of a key handoff, a pure state machine the
+//!   router drives.
 //! - `driver`: the local actor that drives membership and dialer and does
 //!   their I/O; `gateway`: the one remotable actor per node; `link`: the
 //!   PeerLink tasks; [`wire`]: MessagePack framing of
@@ -38,6 +40,7 @@ pub mod batcher;
 pub mod dialer;
 pub(crate) mod driver;
 pub(crate) mod gateway;
+pub mod handoff;
 pub(crate) mod link;
 pub mod membership;
 pub mod probe;
@@ -728,18 +731,16 @@ mod tests {
                 results: batch
                     .checks
                     .into_iter()
-                    .map(|c| ForwardOutcome::Decided {
-                        status: 200,
-                        body: ringlimit_protocol::validate::ValidateResponse {
-                            allowed: true,
-                            key_id: Some(c.key_id),
-                            tier: Some(self.name.clone()),
-                            limits: vec![],
-                            retry_after_ms: None,
-                            denied_by: None,
-                            error: None,
-                            suspended_until_ms: None,
-                        },
+                    .map(|c| {
+                        ForwardOutcome::Decided(ringlimit_protocol::validate::ValidateOutcome::Allowed(
+                            ringlimit_protocol::validate::Checked {
+                                key_id: c.key_id,
+                                tier: self.name.clone(),
+                                limits: vec![],
+                                retry_after_ms: None,
+                                denied_by: None,
+                            },
+                        ))
                     })
                     .collect(),
             }
@@ -816,7 +817,7 @@ mod tests {
         assert_eq!(reply.results.len(), 3);
         assert!(matches!(
             &reply.results[0],
-            ForwardOutcome::Decided { status: 200, .. }
+            ForwardOutcome::Decided(ringlimit_protocol::validate::ValidateOutcome::Allowed(_))
         ));
         assert_eq!(
             reply.results[1],
@@ -826,7 +827,7 @@ mod tests {
         );
         assert!(matches!(
             &reply.results[2],
-            ForwardOutcome::Decided { status: 200, .. }
+            ForwardOutcome::Decided(ringlimit_protocol::validate::ValidateOutcome::Allowed(_))
         ));
         assert_eq!(
             *rec.sizes.lock(),
@@ -863,8 +864,10 @@ mod tests {
         }
         for rx in rxs {
             match rx.await.expect("answered") {
-                Ok(ForwardOutcome::Decided { body, .. }) => {
-                    assert_eq!(body.tier.as_deref(), Some("o"))
+                Ok(ForwardOutcome::Decided(ringlimit_protocol::validate::ValidateOutcome::Allowed(
+                    c,
+                ))) => {
+                    assert_eq!(c.tier, "o")
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -911,7 +914,7 @@ mod tests {
         assert!(
             matches!(
                 rx1.await.expect("answered"),
-                Ok(ForwardOutcome::Decided { .. })
+                Ok(ForwardOutcome::Decided(_))
             ),
             "in flight completes"
         );

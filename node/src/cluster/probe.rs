@@ -31,7 +31,7 @@ use super::{
     ForwardReply, Handoff, Ring, RingChange,
 };
 use crate::cli::Flags;
-use ringlimit_protocol::validate::ValidateResponse;
+use ringlimit_protocol::validate::{Checked, ValidateOutcome};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -85,18 +85,14 @@ impl ClusterHandler for ProbeHandler {
             results: batch
                 .checks
                 .into_iter()
-                .map(|c| ForwardOutcome::Decided {
-                    status: 200,
-                    body: ValidateResponse {
-                        allowed: true,
-                        key_id: Some(c.key_id),
-                        tier: Some(self.name.clone()),
+                .map(|c| {
+                    ForwardOutcome::Decided(ValidateOutcome::Allowed(Checked {
+                        key_id: c.key_id,
+                        tier: self.name.clone(),
                         limits: Vec::new(),
                         retry_after_ms: None,
                         denied_by: None,
-                        error: None,
-                        suspended_until_ms: None,
-                    },
+                    }))
                 })
                 .collect(),
         }
@@ -223,8 +219,11 @@ async fn route(cluster: &Cluster, key: &str) -> (String, Result<String, String>)
             return (owner.clone(), Ok(owner));
         }
         match cluster.forward(&owner, check(key, attempt)).await {
-            Ok(ForwardOutcome::Decided { body, .. }) => {
-                return (owner, Ok(body.tier.unwrap_or_default()));
+            Ok(ForwardOutcome::Decided(ValidateOutcome::Allowed(c))) => {
+                return (owner, Ok(c.tier));
+            }
+            Ok(ForwardOutcome::Decided(other)) => {
+                return (owner.clone(), Err(format!("{owner} answered {}", other.label())));
             }
             Ok(ForwardOutcome::NotOwner { ring_version }) => {
                 let ring = cluster.ring();
@@ -273,7 +272,7 @@ async fn bench(cluster: &Arc<Cluster>, peer: &str, n: usize, c: usize) -> String
                 let k = &keys[(t * 7919 + i) % keys.len()];
                 let s = tokio::time::Instant::now();
                 match cluster.forward(&peer, check(k, i as u64)).await {
-                    Ok(ForwardOutcome::Decided { .. }) => lat.push(s.elapsed().as_micros() as u64),
+                    Ok(ForwardOutcome::Decided(_)) => lat.push(s.elapsed().as_micros() as u64),
                     _ => errors += 1,
                 }
             }

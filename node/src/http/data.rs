@@ -7,10 +7,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ringlimit_actors::limitset::{CheckError, CheckResult};
-use ringlimit_actors::service::ValidateOutcome;
 use ringlimit_protocol::validate::{
-    BatchRequest, BatchResponse, BatchResult, LimitStatus, ValidateRequest, ValidateResponse,
+    BatchRequest, BatchResponse, BatchResult, Checked, LimitStatus, ValidateOutcome,
+    ValidateRequest, ValidateResponse,
 };
 use ringlimit_protocol::{ErrorCode, ErrorDetail};
 
@@ -25,19 +24,27 @@ pub mod metric {
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-fn body(
-    allowed: bool,
-    key_id: Option<String>,
-    tier: Option<String>,
-    r: Option<&CheckResult>,
-) -> ValidateResponse {
+fn body(key_id: Option<String>, tier: Option<String>) -> ValidateResponse {
     ValidateResponse {
-        allowed,
+        allowed: false,
         key_id,
         tier,
-        limits: r.map(|r| r.limits.clone()).unwrap_or_default(),
-        retry_after_ms: r.and_then(|r| r.retry_after_ms),
-        denied_by: r.and_then(|r| r.denied_by.clone()),
+        limits: vec![],
+        retry_after_ms: None,
+        denied_by: None,
+        error: None,
+        suspended_until_ms: None,
+    }
+}
+
+fn checked(allowed: bool, c: Checked) -> ValidateResponse {
+    ValidateResponse {
+        allowed,
+        key_id: Some(c.key_id),
+        tier: Some(c.tier),
+        limits: c.limits,
+        retry_after_ms: c.retry_after_ms,
+        denied_by: c.denied_by,
         error: None,
         suspended_until_ms: None,
     }
@@ -55,109 +62,85 @@ fn with_error(
     b
 }
 
-/// Status and body of one check.
+/// Status and body of one check: the one place a [`ValidateOutcome`]
+/// becomes HTTP.
 pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
-    let label = match &outcome {
-        ValidateOutcome::Allowed { .. } => "allowed",
-        ValidateOutcome::Denied { .. } => "denied",
-        ValidateOutcome::Unauthorized => "unauthorized",
-        ValidateOutcome::Suspended { .. } => "suspended",
-        ValidateOutcome::Rejected { .. } => "rejected",
-        ValidateOutcome::Unavailable => "unavailable",
-        ValidateOutcome::IpBlocked { .. } => "ip_blocked",
-    };
-    metrics::counter!(metric::VALIDATE, "outcome" => label).increment(1);
+    metrics::counter!(metric::VALIDATE, "outcome" => outcome.label()).increment(1);
     match outcome {
-        ValidateOutcome::Allowed { key, result } => (
-            StatusCode::OK,
-            body(
-                true,
-                Some(key.key_id.clone()),
-                Some(key.tier.clone()),
-                Some(&result),
-            ),
-        ),
-        ValidateOutcome::Denied { key, result } => {
+        ValidateOutcome::Allowed(c) => (StatusCode::OK, checked(true, c)),
+        ValidateOutcome::Denied(c) => {
             let msg = format!(
                 "rate limit '{}' exceeded",
-                result.denied_by.as_deref().unwrap_or("?")
-            );
-            let b = body(
-                false,
-                Some(key.key_id.clone()),
-                Some(key.tier.clone()),
-                Some(&result),
+                c.denied_by.as_deref().unwrap_or("?")
             );
             (
                 StatusCode::TOO_MANY_REQUESTS,
-                with_error(b, ErrorCode::RateLimited, msg),
+                with_error(checked(false, c), ErrorCode::RateLimited, msg),
             )
         }
         ValidateOutcome::Unauthorized => (
             StatusCode::UNAUTHORIZED,
             with_error(
-                body(false, None, None, None),
+                body(None, None),
                 ErrorCode::Unauthorized,
                 "unknown or revoked api_key",
             ),
         ),
-        ValidateOutcome::Suspended { key, until_ms } => {
-            let reason = key
-                .suspended_reason
-                .clone()
-                .unwrap_or_else(|| "suspended by an operator".into());
+        ValidateOutcome::Suspended {
+            key_id,
+            tier,
+            reason,
+            until_ms,
+        } => {
+            let reason = reason.unwrap_or_else(|| "suspended by an operator".into());
             let mut b = with_error(
-                body(
-                    false,
-                    Some(key.key_id.clone()),
-                    Some(key.tier.clone()),
-                    None,
-                ),
+                body(Some(key_id), Some(tier)),
                 ErrorCode::Suspended,
                 format!("the key is suspended: {reason}"),
             );
             b.suspended_until_ms = until_ms;
             (StatusCode::FORBIDDEN, b)
         }
-        ValidateOutcome::Rejected { key, error } => {
-            let b = body(
-                false,
-                Some(key.key_id.clone()),
-                Some(key.tier.clone()),
-                None,
-            );
-            match error {
-                e @ CheckError::CostExceedsCapacity { .. } => (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    with_error(b, ErrorCode::CostExceedsCapacity, e.to_string()),
-                ),
-                e @ CheckError::NoLimits => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    with_error(b, ErrorCode::Unavailable, e.to_string()),
-                ),
-            }
-        }
-        ValidateOutcome::IpBlocked { block } => {
-            let until = block
-                .expires_at_ms
+        ValidateOutcome::CostExceedsCapacity {
+            key_id,
+            tier,
+            message,
+        } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            with_error(
+                body(Some(key_id), Some(tier)),
+                ErrorCode::CostExceedsCapacity,
+                message,
+            ),
+        ),
+        ValidateOutcome::IpBlocked {
+            cidr,
+            expires_at_ms,
+        } => {
+            let until = expires_at_ms
                 .map(|t| format!(" until {t} (ms since epoch)"))
                 .unwrap_or_default();
             let mut b = with_error(
-                body(false, None, None, None),
+                body(None, None),
                 ErrorCode::Blocked,
-                format!("client_ip is blocked by {}{until}", block.cidr),
+                format!("client_ip is blocked by {cidr}{until}"),
             );
-            b.suspended_until_ms = block.expires_at_ms;
+            b.suspended_until_ms = expires_at_ms;
             (StatusCode::FORBIDDEN, b)
         }
-        ValidateOutcome::Unavailable => (
+        ValidateOutcome::Unavailable {
+            key_id,
+            tier,
+            message,
+        } => (
             StatusCode::SERVICE_UNAVAILABLE,
-            with_error(
-                body(false, None, None, None),
-                ErrorCode::Unavailable,
-                "the key limiter is unavailable; retry",
-            ),
+            with_error(body(key_id, tier), ErrorCode::Unavailable, message),
         ),
+        ValidateOutcome::FailOpen { key_id, tier } => {
+            let mut b = body(Some(key_id), Some(tier));
+            b.allowed = true;
+            (StatusCode::OK, b)
+        }
     }
 }
 
@@ -229,10 +212,11 @@ pub async fn validate(
     ApiJson(req): ApiJson<ValidateRequest>,
 ) -> Result<Response, ApiError> {
     let client_ip = check_request(&req)?;
-    let (status, b) = app
-        .router
-        .validate(&req.api_key, req.cost.0, client_ip)
-        .await;
+    let (status, b) = answer(
+        app.router
+            .validate(&req.api_key, req.cost.0, client_ip)
+            .await,
+    );
     let mut headers = HeaderMap::new();
     ratelimit_headers(&b.limits, &mut headers);
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -273,9 +257,12 @@ pub async fn validate_batch(
     let outcomes = futures_util::future::join_all(futures).await;
     let results = outcomes
         .into_iter()
-        .map(|(status, body)| BatchResult {
-            status: status.as_u16(),
-            body,
+        .map(|outcome| {
+            let (status, body) = answer(outcome);
+            BatchResult {
+                status: status.as_u16(),
+                body,
+            }
         })
         .collect();
     Ok(Json(BatchResponse { results }))
