@@ -491,7 +491,7 @@ impl ClusterHandler for RouterHandle {
         self.0.admin_event(ev).await
     }
 
-    async fn handoff(&self, h: Handoff) -> Result<(), String> {
+    async fn handoff(&self, h: Handoff) -> Result<(), crate::cluster::HandlerError> {
         self.0.handoff(h);
         Ok(())
     }
