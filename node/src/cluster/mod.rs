@@ -265,10 +265,9 @@ impl Cluster {
                 let r = match call_gateway(&gw, GatewayMsg::Admin, b, timeout, &name).await {
                     Ok(b) => match decode::<Ack>(&b) {
                         Ok(Ack { ok: true, .. }) => Ok(()),
-                        // A refusal without a reason is still a refusal.
-                        Ok(Ack { error, .. }) => {
-                            Err(ForwardError::Protocol(error.unwrap_or_default()))
-                        }
+                        Ok(Ack { error, .. }) => Err(ForwardError::Protocol(
+                            error.unwrap_or_else(|| format!("{name} refused the event")),
+                        )),
                         Err(e) => Err(ForwardError::Protocol(e.to_string())),
                     },
                     Err(e) => Err(e),

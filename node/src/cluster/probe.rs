@@ -201,8 +201,13 @@ async fn route(cluster: &Cluster, key: &str) -> (String, Result<String, String>)
             return (owner.clone(), Ok(owner));
         }
         match cluster.forward(&owner, check(key, attempt)).await {
-            Ok(ForwardOutcome::Decided { body, .. }) => {
-                return (owner, Ok(body.tier.unwrap_or_default()));
+            // Every probe names itself as the tier; an answer without one
+            // (say, an internal error) did not come from a probe's handler.
+            Ok(ForwardOutcome::Decided { status, body }) => {
+                let by = body
+                    .tier
+                    .ok_or_else(|| format!("answer_without_tier status={status}"));
+                return (owner, by);
             }
             Ok(ForwardOutcome::NotOwner { ring_version }) => {
                 let ring = cluster.ring();
