@@ -27,6 +27,8 @@
 //!   [`ringlimit_protocol::cluster`].
 //! - [`probe`]: the hidden `ringlimit cluster-probe` subcommand (this layer
 //!   alone, for multi-process tests and measurements).
+//! - `fixtures` (tests only): a recording handler and a node's shared state
+//!   without its actors, for the gateway, link and handle tests.
 //!
 //! # How it fits together
 //! Each node runs a ractor_cluster `NodeServer` (magic cookie, Isolated
