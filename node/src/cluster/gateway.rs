@@ -316,4 +316,40 @@ mod tests {
         // A bad frame is an empty answer, not a panic.
         assert!(serve_batch(&sh, &[0x01, 0x02]).await.is_empty());
     }
+
+    #[tokio::test]
+    async fn an_acknowledged_rpc_acts_or_refuses_with_the_decode_error() {
+        let leave = Leave {
+            from: "b".into(),
+            incarnation: 3,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        serve_rpc(
+            &encode(&leave).expect("encode"),
+            tx.into(),
+            "leave",
+            |l: Leave| async move {
+                assert_eq!(l.from, "b");
+                Ack {
+                    ok: true,
+                    error: None,
+                }
+            },
+        )
+        .await;
+        let ack: Ack = decode(&rx.await.expect("answered")).expect("an ack");
+        assert!(ack.ok && ack.error.is_none());
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        serve_rpc(&[0x01, 0x02], tx.into(), "handoff", |_: Handoff| async {
+            HandoffAck {
+                accepted: 1,
+                error: None,
+            }
+        })
+        .await;
+        let ack: HandoffAck = decode(&rx.await.expect("answered")).expect("a handoff ack");
+        assert_eq!(ack.accepted, 0);
+        assert!(ack.error.is_some());
+    }
 }
