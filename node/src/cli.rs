@@ -24,7 +24,7 @@ pub enum Command {
     Migrate,
     /// Start only the cluster layer with a trivial handler (multi-process tests).
     #[command(hide = true)]
-    ClusterProbe(crate::cluster::probe::ProbeArgs),
+    ClusterProbe(ProbeArgs),
 }
 
 /// Settings; every one can also be set by environment (`RINGLIMIT_…`) or file.
@@ -129,4 +129,31 @@ impl Flags {
             ..RawConfig::default()
         }
     }
+}
+
+// The hidden `cluster-probe` subcommand (`cluster::probe`) reads these
+// besides the global flags; they live here so the arrow points one way:
+// the probe uses the command line, the command line knows no probe.
+
+/// The probe's own flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// Heartbeat interval.
+    #[arg(long, default_value_t = 500)]
+    pub heartbeat_ms: u64,
+    /// Silence after which a peer leaves the ring.
+    #[arg(long, default_value_t = 2000)]
+    pub heartbeat_timeout_ms: u64,
+    /// Timeout of a forwarded batch (and of identify and admin RPCs).
+    #[arg(long, default_value_t = 500)]
+    pub forward_timeout_ms: u64,
+    /// K: batches in flight per peer.
+    #[arg(long, default_value_t = 4)]
+    pub max_in_flight_batches: usize,
+    /// Address peers dial (default: the cluster address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Forward a check for this key to its owner every 200 ms and print `probe …` lines.
+    #[arg(long)]
+    pub probe_key: Option<String>,
 }

@@ -527,7 +527,7 @@ impl ClusterHandler for RouterHandle {
         self.0.admin_event(ev).await
     }
 
-    async fn handoff(&self, h: Handoff) -> Result<(), String> {
+    async fn handoff(&self, h: Handoff) -> Result<(), crate::cluster::HandlerError> {
         let fx = self.0.gate.lock().on_marker(&h.from);
         self.0.carry_out(fx);
         Ok(())

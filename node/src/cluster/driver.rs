@@ -10,16 +10,14 @@
 //! machines answer it applies: publish the new ring (and log the change),
 //! open or close PeerLinks, and stop the sessions of a peer that timed out.
 
-use super::Shared;
 use super::dialer::Dialer;
-use super::gateway::{GROUP, GatewayMsg, SCOPE};
 use super::membership::{DownReason, MemberEvent, Membership, MembershipConfig};
+use super::messages::{CoreMsg, GROUP, GatewayMsg, SCOPE, call_gateway};
+use super::peers::Shared;
 use super::ring::RingChange;
 use super::wire::{decode, encode};
 use ractor::rpc::CallResult;
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent, pg,
-};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent, pg};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServerMessage, NodeSessionMessage};
 use ringlimit_protocol::cluster::{Heartbeat, Hello, Leave, PeerAddr};
@@ -32,44 +30,6 @@ use tokio::time::Instant;
 /// How often the GetSessions reconciliation runs (it only adds sessions an
 /// event may have missed; removals come from events).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
-
-pub(crate) enum CoreMsg {
-    Tick,
-    Heartbeat(Heartbeat),
-    PeerLeaving(Leave),
-    Hello(Hello),
-    SessionOpened {
-        actor: ActorRef<NodeSessionMessage>,
-    },
-    SessionAuthenticated {
-        actor: ActorRef<NodeSessionMessage>,
-        name: String,
-        conn: String,
-        peer_addr: String,
-        is_server: bool,
-    },
-    SessionClosed {
-        id: ActorId,
-    },
-    Sessions(Vec<(ActorRef<NodeSessionMessage>, String)>),
-    Identified {
-        cell: ActorCell,
-        hello: Hello,
-    },
-    IdentifyFailed {
-        id: ActorId,
-    },
-    Dialed {
-        addr: String,
-        resolved: Option<SocketAddr>,
-        error: Option<String>,
-        is_self: bool,
-    },
-    /// Tell peers this node leaves; keep sessions for handoffs.
-    AnnounceLeave(RpcReplyPort<()>),
-}
-
-impl ractor::Message for CoreMsg {}
 
 /// The configured node name of a ractor_cluster peer name (`name@host`).
 pub(crate) fn node_part(peer_name: &str) -> &str {
@@ -679,9 +639,11 @@ impl CoreState {
                 let gw = gw.clone();
                 let name = name.clone();
                 async move {
-                    match gw.call(|r| GatewayMsg::Leave(b, r), Some(timeout)).await {
-                        Ok(CallResult::Success(_)) => {}
-                        _ => tracing::warn!(peer = %name, "peer did not acknowledge our leave"),
+                    if call_gateway(&gw, GatewayMsg::Leave, b, timeout, &name)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(peer = %name, "peer did not acknowledge our leave");
                     }
                 }
             });

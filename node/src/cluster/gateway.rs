@@ -1,66 +1,26 @@
 //! The gateway: the one remotable actor of a node.
 //!
-//! Its message type is a `RactorClusterMessage`, so ractor_cluster advertises
-//! it to every peer, where it shows up in the process group
-//! [`SCOPE`]/[`GROUP`]. Every variant carries one MessagePack payload
-//! ([`ringlimit_protocol::cluster`]) as `Vec<u8>`; RPCs reply with one too.
-//! The gateway does no work of its own: membership messages go to the
+//! Its message type, [`GatewayMsg`], is a `RactorClusterMessage`, so
+//! ractor_cluster advertises it to every peer, where it shows up in the
+//! process group [`SCOPE`]/[`GROUP`]. Every variant carries one MessagePack
+//! payload ([`ringlimit_protocol::cluster`]) as `Vec<u8>`; RPCs reply with one
+//! too. The gateway does no work of its own: membership messages go to the
 //! cluster driver, checks, admin events and handoffs to the
 //! [`ClusterHandler`](super::ClusterHandler) in tasks of their own, so a slow
 //! handler never blocks heartbeats.
 
-use super::Shared;
-use super::driver::CoreMsg;
+use super::messages::{CoreMsg, GROUP, GatewayMsg, SCOPE};
+use super::peers::Shared;
 use super::wire::{decode, encode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::RactorClusterMessage;
 use ringlimit_protocol::cluster::{
     Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, HandoffAck, Heartbeat,
     Hello, Leave,
 };
 use ringlimit_protocol::validate::ValidateOutcome;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
-
-/// The process-group scope of ringlimit's gateways.
-pub const SCOPE: &str = "ringlimit";
-/// The process group every node's gateway joins.
-pub const GROUP: &str = "gateway";
-
-/// What a gateway accepts from peers. Field order and variant names are wire format.
-#[derive(RactorClusterMessage)]
-pub enum GatewayMsg {
-    /// [`Hello`] of the caller → [`Hello`] of this node.
-    #[rpc]
-    Identify(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// [`Heartbeat`].
-    Heartbeat(Vec<u8>),
-    /// [`Leave`] → [`Ack`].
-    #[rpc]
-    Leave(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// [`ForwardBatch`] → [`ForwardReply`] (empty bytes on a bad frame).
-    #[rpc]
-    CheckBatch(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// [`AdminEvent`] → [`Ack`].
-    #[rpc]
-    Admin(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// [`Handoff`] → [`HandoffAck`].
-    #[rpc]
-    Handoff(Vec<u8>, RpcReplyPort<Vec<u8>>),
-}
-
-impl std::fmt::Debug for GatewayMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (name, len) = match self {
-            GatewayMsg::Identify(b, _) => ("Identify", b.len()),
-            GatewayMsg::Heartbeat(b) => ("Heartbeat", b.len()),
-            GatewayMsg::Leave(b, _) => ("Leave", b.len()),
-            GatewayMsg::CheckBatch(b, _) => ("CheckBatch", b.len()),
-            GatewayMsg::Admin(b, _) => ("Admin", b.len()),
-            GatewayMsg::Handoff(b, _) => ("Handoff", b.len()),
-        };
-        write!(f, "GatewayMsg::{name}({len} bytes)")
-    }
-}
 
 /// The gateway actor.
 #[derive(Debug)]
@@ -106,27 +66,21 @@ impl Actor for Gateway {
                     Ok(h) => st.to_core(CoreMsg::Hello(h)),
                     Err(e) => tracing::warn!(error = %e, "bad identify frame"),
                 }
-                let _ = reply.send(encode(&st.shared.hello()).unwrap_or_default());
+                send_reply(reply, "identify", &st.shared.hello());
             }
             GatewayMsg::Heartbeat(b) => match decode::<Heartbeat>(&b) {
                 Ok(hb) => st.to_core(CoreMsg::Heartbeat(hb)),
                 Err(e) => tracing::warn!(error = %e, "bad heartbeat frame"),
             },
             GatewayMsg::Leave(b, reply) => {
-                let ack = match decode::<Leave>(&b) {
-                    Ok(l) => {
-                        st.to_core(CoreMsg::PeerLeaving(l));
-                        Ack {
-                            ok: true,
-                            error: None,
-                        }
+                serve_rpc(&b, reply, "leave", |l: Leave| async move {
+                    st.to_core(CoreMsg::PeerLeaving(l));
+                    Ack {
+                        ok: true,
+                        error: None,
                     }
-                    Err(e) => Ack {
-                        ok: false,
-                        error: Some(e.to_string()),
-                    },
-                };
-                let _ = reply.send(encode(&ack).unwrap_or_default());
+                })
+                .await;
             }
             GatewayMsg::CheckBatch(b, reply) => {
                 let shared = st.shared.clone();
@@ -138,49 +92,94 @@ impl Actor for Gateway {
             GatewayMsg::Admin(b, reply) => {
                 let shared = st.shared.clone();
                 tokio::spawn(async move {
-                    let ack = match decode::<AdminEvent>(&b) {
-                        Ok(ev) => {
-                            shared.handler.admin_event(ev).await;
-                            Ack {
-                                ok: true,
-                                error: None,
-                            }
+                    serve_rpc(&b, reply, "admin", |ev: AdminEvent| async move {
+                        shared.handler.admin_event(ev).await;
+                        Ack {
+                            ok: true,
+                            error: None,
                         }
-                        Err(e) => Ack {
-                            ok: false,
-                            error: Some(e.to_string()),
-                        },
-                    };
-                    let _ = reply.send(encode(&ack).unwrap_or_default());
+                    })
+                    .await;
                 });
             }
             GatewayMsg::Handoff(b, reply) => {
                 let shared = st.shared.clone();
                 tokio::spawn(async move {
-                    let ack = match decode::<Handoff>(&b) {
-                        Ok(h) => {
-                            let n = h.states.len() as u64;
-                            match shared.handler.handoff(h).await {
-                                Ok(()) => HandoffAck {
-                                    accepted: n,
-                                    error: None,
-                                },
-                                Err(e) => HandoffAck {
-                                    accepted: 0,
-                                    error: Some(e),
-                                },
-                            }
+                    serve_rpc(&b, reply, "handoff", |h: Handoff| async move {
+                        let n = h.states.len() as u64;
+                        match shared.handler.handoff(h).await {
+                            Ok(()) => HandoffAck {
+                                accepted: n,
+                                error: None,
+                            },
+                            Err(e) => HandoffAck::refused(e.to_string()),
                         }
-                        Err(e) => HandoffAck {
-                            accepted: 0,
-                            error: Some(e.to_string()),
-                        },
-                    };
-                    let _ = reply.send(encode(&ack).unwrap_or_default());
+                    })
+                    .await;
                 });
             }
         }
         Ok(())
+    }
+}
+
+/// An acknowledgement that can say why a request was refused.
+trait Refusal {
+    fn refused(error: String) -> Self;
+}
+
+impl Refusal for Ack {
+    fn refused(error: String) -> Ack {
+        Ack {
+            ok: false,
+            error: Some(error),
+        }
+    }
+}
+
+impl Refusal for HandoffAck {
+    fn refused(error: String) -> HandoffAck {
+        HandoffAck {
+            accepted: 0,
+            error: Some(error),
+        }
+    }
+}
+
+/// Serves one acknowledged RPC: decodes the request, lets `serve` act on it
+/// and build the ack (a request that does not decode is refused with the
+/// decode error), and replies with the encoded ack.
+async fn serve_rpc<Req, A, F>(
+    bytes: &[u8],
+    reply: RpcReplyPort<Vec<u8>>,
+    what: &str,
+    serve: impl FnOnce(Req) -> F,
+) where
+    Req: DeserializeOwned,
+    A: Refusal + Serialize,
+    F: Future<Output = A>,
+{
+    let ack = match decode::<Req>(bytes) {
+        Ok(req) => serve(req).await,
+        Err(e) => A::refused(e.to_string()),
+    };
+    send_reply(reply, what, &ack);
+}
+
+/// Replies with `answer` encoded (see [`encode_answer`]).
+fn send_reply<T: Serialize>(reply: RpcReplyPort<Vec<u8>>, what: &str, answer: &T) {
+    let _ = reply.send(encode_answer(what, answer));
+}
+
+/// Encodes the answer to an RPC. One that cannot be encoded is logged, and
+/// the answer is empty bytes (see [`GatewayMsg`]).
+fn encode_answer<T: Serialize>(what: &str, answer: &T) -> Vec<u8> {
+    match encode(answer) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, rpc = what, "cannot encode the answer to a peer");
+            Vec::new()
+        }
     }
 }
 
@@ -195,7 +194,7 @@ pub(crate) async fn serve_batch(shared: &Shared, bytes: &[u8]) -> Vec<u8> {
         }
     };
     let reply = answer_batch(shared, batch).await;
-    encode(&reply).unwrap_or_default()
+    encode_answer("check_batch", &reply)
 }
 
 pub(crate) async fn answer_batch(shared: &Shared, batch: ForwardBatch) -> ForwardReply {
@@ -252,4 +251,89 @@ pub(crate) async fn answer_batch(shared: &Shared, batch: ForwardBatch) -> Forwar
 
 fn internal_error(msg: &str) -> ForwardOutcome {
     ForwardOutcome::Decided(ValidateOutcome::unavailable(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{check, recorder, shared};
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_receiver_answers_only_for_keys_it_owns() {
+        let rec = recorder("a", 0);
+        let sh = shared("a", &["b"], rec.clone(), 4, 256);
+        let ring = sh.ring();
+        let mine = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| ring.owner(k) == "a")
+            .expect("a key of a");
+        let theirs = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| ring.owner(k) == "b")
+            .expect("a key of b");
+        let batch = ForwardBatch {
+            from: "b".into(),
+            ring_version: 7,
+            checks: vec![check(&mine), check(&theirs), check(&mine)],
+        };
+        let reply = answer_batch(&sh, batch).await;
+        assert_eq!(reply.results.len(), 3);
+        assert!(matches!(
+            &reply.results[0],
+            ForwardOutcome::Decided(ValidateOutcome::Allowed(_))
+        ));
+        assert_eq!(
+            reply.results[1],
+            ForwardOutcome::NotOwner {
+                ring_version: ring.version()
+            }
+        );
+        assert!(matches!(
+            &reply.results[2],
+            ForwardOutcome::Decided(ValidateOutcome::Allowed(_))
+        ));
+        assert_eq!(
+            *rec.sizes.lock(),
+            vec![2],
+            "the handler sees owned checks only"
+        );
+        // A bad frame is an empty answer, not a panic.
+        assert!(serve_batch(&sh, &[0x01, 0x02]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_rpc_acts_or_refuses_with_the_decode_error() {
+        let leave = Leave {
+            from: "b".into(),
+            incarnation: 3,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        serve_rpc(
+            &encode(&leave).expect("encode"),
+            tx.into(),
+            "leave",
+            |l: Leave| async move {
+                assert_eq!(l.from, "b");
+                Ack {
+                    ok: true,
+                    error: None,
+                }
+            },
+        )
+        .await;
+        let ack: Ack = decode(&rx.await.expect("answered")).expect("an ack");
+        assert!(ack.ok && ack.error.is_none());
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        serve_rpc(&[0x01, 0x02], tx.into(), "handoff", |_: Handoff| async {
+            HandoffAck {
+                accepted: 1,
+                error: None,
+            }
+        })
+        .await;
+        let ack: HandoffAck = decode(&rx.await.expect("answered")).expect("a handoff ack");
+        assert_eq!(ack.accepted, 0);
+        assert!(ack.error.is_some());
+    }
 }

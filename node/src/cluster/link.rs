@@ -8,17 +8,19 @@
 //! the batch returned, which sends what queued meanwhile as the next batch.
 
 use super::batcher::{BatchLimits, Batcher};
-use super::gateway::GatewayMsg;
+use super::config::ClusterConfig;
+use super::messages::{ForwardError, GatewayMsg, call_gateway};
 use super::wire::{decode, encode};
-use super::{ForwardError, Shared};
 use ractor::ActorRef;
-use ractor::rpc::CallResult;
 use ringlimit_protocol::cluster::{ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) type Answer = Result<ForwardOutcome, ForwardError>;
+
+/// The sender's current ring version, read as each batch leaves.
+pub(crate) type RingVersion = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 pub(crate) struct Pending {
     pub check: ForwardCheck,
@@ -45,20 +47,26 @@ impl std::fmt::Debug for PeerLink {
 }
 
 impl PeerLink {
-    /// Starts the link task for `peer`, sending to `gateway`.
-    pub fn spawn(peer: String, gateway: ActorRef<GatewayMsg>, shared: &Arc<Shared>) -> PeerLink {
+    /// Starts the link task from this node (`cfg`) to `peer`, sending to
+    /// `gateway`; each batch carries the version `ring_version` reads.
+    pub fn spawn(
+        peer: String,
+        gateway: ActorRef<GatewayMsg>,
+        cfg: &ClusterConfig,
+        ring_version: RingVersion,
+    ) -> PeerLink {
         let (tx, rx) = mpsc::unbounded_channel();
         let limits = BatchLimits {
-            max_in_flight: shared.cfg.max_in_flight_batches,
-            max_batch: shared.cfg.max_batch,
-            max_queue: shared.cfg.max_queued_checks,
+            max_in_flight: cfg.max_in_flight_batches,
+            max_batch: cfg.max_batch,
+            max_queue: cfg.max_queued_checks,
         };
         let task = LinkTask {
             peer,
             gateway,
-            shared: Arc::downgrade(shared),
-            timeout: shared.cfg.check_timeout,
-            from: shared.name.clone(),
+            ring_version,
+            timeout: cfg.check_timeout,
+            from: cfg.node_name.clone(),
             batcher: Batcher::new(limits),
             me: tx.clone(),
         };
@@ -86,7 +94,7 @@ impl PeerLink {
 struct LinkTask {
     peer: String,
     gateway: ActorRef<GatewayMsg>,
-    shared: Weak<Shared>,
+    ring_version: RingVersion,
     timeout: Duration,
     from: String,
     batcher: Batcher<Pending>,
@@ -125,7 +133,7 @@ impl LinkTask {
     }
 
     fn send(&self, batch: Vec<Pending>) {
-        let ring_version = self.shared.upgrade().map_or(0, |s| s.ring().version());
+        let ring_version = (self.ring_version)();
         let gateway = self.gateway.clone();
         let timeout = self.timeout;
         let peer = self.peer.clone();
@@ -179,18 +187,117 @@ async fn call_batch(
     peer: &str,
 ) -> Result<ForwardReply, ForwardError> {
     let bytes = encode(&batch).map_err(|e| ForwardError::Protocol(e.to_string()))?;
-    match gateway
-        .call(|r| GatewayMsg::CheckBatch(bytes, r), Some(timeout))
-        .await
-    {
-        Ok(CallResult::Success(b)) => {
-            decode::<ForwardReply>(&b).map_err(|e| ForwardError::Protocol(format!("{peer}: {e}")))
+    let b = call_gateway(gateway, GatewayMsg::CheckBatch, bytes, timeout, peer).await?;
+    decode::<ForwardReply>(&b).map_err(|e| ForwardError::Protocol(format!("{peer}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{check, recorder, shared};
+    use ringlimit_protocol::validate::ValidateOutcome;
+    use super::super::gateway::Gateway;
+    use super::super::peers::Shared;
+    use super::*;
+    use ractor::Actor;
+
+    /// A link from `sender` to the gateway `gw` of node `o`.
+    fn link_from(sender: &Shared, gw: &ActorRef<GatewayMsg>) -> PeerLink {
+        let version = sender.ring().version();
+        PeerLink::spawn(
+            "o".into(),
+            gw.clone(),
+            &sender.cfg,
+            Arc::new(move || version),
+        )
+    }
+
+    async fn link_batches(k: usize, max_batch: usize, then: usize) -> Vec<usize> {
+        let owner_handler = recorder("o", 100);
+        let owner = shared("o", &[], owner_handler.clone(), 4, 256);
+        let (gw, _) = Actor::spawn(None, Gateway, (owner, None))
+            .await
+            .expect("gateway");
+        let sender = shared("s", &["o"], recorder("s", 0), k, max_batch);
+        let link = link_from(&sender, &gw);
+        let mut rxs = Vec::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        assert!(link.submit(Pending {
+            check: check("first"),
+            tx
+        }));
+        rxs.push(rx);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        for i in 0..then {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            assert!(link.submit(Pending {
+                check: check(&format!("k{i}")),
+                tx
+            }));
+            rxs.push(rx);
         }
-        Ok(CallResult::Timeout) => Err(ForwardError::Timeout {
-            peer: peer.to_string(),
-        }),
-        Ok(CallResult::SenderError) | Err(_) => Err(ForwardError::Unreachable {
-            peer: peer.to_string(),
-        }),
+        for rx in rxs {
+            match rx.await.expect("answered") {
+                Ok(ForwardOutcome::Decided(ValidateOutcome::Allowed(c))) => {
+                    assert_eq!(c.tier, "o")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        link.close();
+        gw.stop(None);
+        owner_handler.sizes.lock().clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_with_k1_sends_what_queued_behind_a_batch_as_one() {
+        assert_eq!(link_batches(1, 256, 10).await, vec![1, 10]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_splits_at_the_batch_cap() {
+        assert_eq!(link_batches(1, 4, 10).await, vec![1, 4, 4, 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_link_fails_queued_checks_as_unreachable() {
+        let owner = shared("o", &[], recorder("o", 300), 4, 256);
+        let (gw, _) = Actor::spawn(None, Gateway, (owner, None))
+            .await
+            .expect("gateway");
+        let sender = shared("s", &["o"], recorder("s", 0), 1, 256);
+        let link = link_from(&sender, &gw);
+        let (tx1, rx1) = tokio::sync::oneshot::channel();
+        let (tx2, rx2) = tokio::sync::oneshot::channel();
+        assert!(link.submit(Pending {
+            check: check("a"),
+            tx: tx1
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(link.submit(Pending {
+            check: check("b"),
+            tx: tx2
+        }));
+        link.close();
+        assert_eq!(
+            rx2.await.expect("answered"),
+            Err(ForwardError::Unreachable { peer: "o".into() })
+        );
+        assert!(
+            matches!(
+                rx1.await.expect("answered"),
+                Ok(ForwardOutcome::Decided(_))
+            ),
+            "in flight completes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (tx3, _rx3) = tokio::sync::oneshot::channel();
+        assert!(
+            !link.submit(Pending {
+                check: check("c"),
+                tx: tx3
+            }),
+            "closed"
+        );
+        gw.stop(None);
     }
 }

@@ -26,40 +26,21 @@
 //!   forwards everything), `announced`
 //! - `leave` → graceful leave, `left`, exit.
 
-use super::{
-    AdminEvent, Cluster, ClusterConfig, ClusterHandler, ForwardBatch, ForwardCheck, ForwardOutcome,
-    ForwardReply, Handoff, Ring, RingChange,
+use super::Cluster;
+use super::config::ClusterConfig;
+use super::messages::{ClusterHandler, HandlerError};
+use super::ring::{Ring, RingChange};
+use crate::cli::{Flags, ProbeArgs};
+use ringlimit_actors::clock;
+use ringlimit_protocol::cluster::{
+    AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
 };
-use crate::cli::Flags;
 use ringlimit_protocol::validate::{Checked, ValidateOutcome};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The probe's own flags.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ProbeArgs {
-    /// Heartbeat interval.
-    #[arg(long, default_value_t = 500)]
-    pub heartbeat_ms: u64,
-    /// Silence after which a peer leaves the ring.
-    #[arg(long, default_value_t = 2000)]
-    pub heartbeat_timeout_ms: u64,
-    /// Timeout of a forwarded batch (and of identify and admin RPCs).
-    #[arg(long, default_value_t = 500)]
-    pub forward_timeout_ms: u64,
-    /// K: batches in flight per peer.
-    #[arg(long, default_value_t = 4)]
-    pub max_in_flight_batches: usize,
-    /// Address peers dial (default: the cluster address).
-    #[arg(long)]
-    pub advertise: Option<String>,
-    /// Forward a check for this key to its owner every 200 ms and print `probe …` lines.
-    #[arg(long)]
-    pub probe_key: Option<String>,
-}
 
 /// Lines to standard output, whole and flushed.
 #[derive(Debug, Clone, Default)]
@@ -111,7 +92,7 @@ impl ClusterHandler for ProbeHandler {
         }
     }
 
-    async fn handoff(&self, h: Handoff) -> Result<(), String> {
+    async fn handoff(&self, h: Handoff) -> Result<(), HandlerError> {
         let keys: Vec<&str> = h.states.iter().map(|(k, _)| k.as_str()).collect();
         self.out
             .line(&format!("handoff from={} keys={}", h.from, keys.join(",")));
@@ -196,15 +177,12 @@ pub fn main(flags: &Flags, args: &ProbeArgs) -> ExitCode {
 }
 
 fn check(key: &str, id: u64) -> ForwardCheck {
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
     ForwardCheck {
         id,
         key_id: key.to_string(),
         secret_hash: [0; 32],
         cost: 1,
-        now_us,
+        now_us: clock::wall_us(),
         resource: None,
         client_ip: None,
     }
@@ -219,11 +197,13 @@ async fn route(cluster: &Cluster, key: &str) -> (String, Result<String, String>)
             return (owner.clone(), Ok(owner));
         }
         match cluster.forward(&owner, check(key, attempt)).await {
+            // Every probe admits and names itself as the tier; any other
+            // answer (say, an internal error) did not come from a probe's handler.
             Ok(ForwardOutcome::Decided(ValidateOutcome::Allowed(c))) => {
                 return (owner, Ok(c.tier));
             }
             Ok(ForwardOutcome::Decided(other)) => {
-                return (owner.clone(), Err(format!("{owner} answered {}", other.label())));
+                return (owner, Err(format!("answer_without_tier outcome={}", other.label())));
             }
             Ok(ForwardOutcome::NotOwner { ring_version }) => {
                 let ring = cluster.ring();
@@ -258,7 +238,7 @@ async fn bench(cluster: &Arc<Cluster>, peer: &str, n: usize, c: usize) -> String
         return format!("bench peer={peer} error=owns_no_keys");
     }
     let c = c.max(1);
-    let started = tokio::time::Instant::now();
+    let started = clock::monotonic();
     let mut tasks = Vec::new();
     for t in 0..c {
         let cluster = cluster.clone();
@@ -270,7 +250,7 @@ async fn bench(cluster: &Arc<Cluster>, peer: &str, n: usize, c: usize) -> String
             let mut errors = 0usize;
             for i in 0..per {
                 let k = &keys[(t * 7919 + i) % keys.len()];
-                let s = tokio::time::Instant::now();
+                let s = clock::monotonic();
                 match cluster.forward(&peer, check(k, i as u64)).await {
                     Ok(ForwardOutcome::Decided(_)) => lat.push(s.elapsed().as_micros() as u64),
                     _ => errors += 1,
@@ -397,7 +377,7 @@ async fn run(cfg: ClusterConfig, probe_key: Option<String>) -> ExitCode {
                 ));
             }
             ["forward", key] => {
-                let s = tokio::time::Instant::now();
+                let s = clock::monotonic();
                 let (owner, r) = route(&cluster, key).await;
                 let us = s.elapsed().as_micros();
                 match r {
