@@ -113,13 +113,15 @@ impl<K: Eq + Hash> IndexMemo<K> {
         IndexMemo(DashMap::new())
     }
 
-    fn fresh(&self, key: &K) -> bool {
+    /// Whether `key` was written recently (and need not be written again).
+    pub(super) fn fresh(&self, key: &K) -> bool {
         self.0
             .get(key)
             .is_some_and(|at| clock::monotonic().saturating_duration_since(*at) < INDEX_REFRESH)
     }
 
-    fn remember(&self, key: K) {
+    /// Records that `key` has just been written.
+    pub(super) fn remember(&self, key: K) {
         if self.0.len() >= INDEX_CACHE_MAX {
             self.0.clear();
         }
@@ -207,22 +209,6 @@ impl ScyllaStore {
         Ok(())
     }
 
-    /// Runs `write` (an index row write) unless `memo` has `key` from a
-    /// recent write, and remembers `key` once it succeeded.
-    pub(super) async fn write_index_once<K: Eq + Hash>(
-        &self,
-        memo: &IndexMemo<K>,
-        key: K,
-        write: impl Future<Output = Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
-        if memo.fresh(&key) {
-            return Ok(());
-        }
-        write.await?;
-        memo.remember(key);
-        Ok(())
-    }
-
     pub(super) fn pst(&self) -> &PipelineStatements {
         &self.inner.pst
     }
@@ -235,16 +221,18 @@ impl ScyllaStore {
         day: i64,
         ttl: i32,
     ) -> Result<(), StoreError> {
-        self.write_index_once(
-            &self.inner.days_indexed,
-            (stream, key_id.to_owned(), day),
-            self.exec(
-                "pipeline_days",
-                &self.pst().put_day,
-                (stream, key_id, day, ttl),
-            ),
+        let memo_key = (stream, key_id.to_owned(), day);
+        if self.inner.days_indexed.fresh(&memo_key) {
+            return Ok(());
+        }
+        self.exec(
+            "pipeline_days",
+            &self.pst().put_day,
+            (stream, key_id, day, ttl),
         )
-        .await
+        .await?;
+        self.inner.days_indexed.remember(memo_key);
+        Ok(())
     }
 
     /// The days of `stream` (for `key_id`) that hold data in `range`, newest first.

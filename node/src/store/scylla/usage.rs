@@ -33,17 +33,19 @@ impl ScyllaStore {
         key_id: &str,
         day: i64,
     ) -> Result<(), StoreError> {
+        let memo_key = (gi(g), key_id.to_owned(), day);
+        if self.inner.indexed.fresh(&memo_key) {
+            return Ok(());
+        }
         let ttl = self.inner.index_ttl[gi(g)];
-        self.write_index_once(
-            &self.inner.indexed,
-            (gi(g), key_id.to_owned(), day),
-            self.exec(
-                "write_usage (partition index)",
-                &self.inner.st.put_partition,
-                (key_id, g.as_str(), day, ttl),
-            ),
+        self.exec(
+            "write_usage (partition index)",
+            &self.inner.st.put_partition,
+            (key_id, g.as_str(), day, ttl),
         )
-        .await
+        .await?;
+        self.inner.indexed.remember(memo_key);
+        Ok(())
     }
 
     async fn write_usage_batch(
