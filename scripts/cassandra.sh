@@ -33,6 +33,9 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SCRIPT="${BASH_SOURCE[0]}"
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 CACHE_ROOT="${RINGLIMIT_CACHE:-$HOME/.cache/ringlimit}"
 CASS_HOME="$CACHE_ROOT/cassandra"
 LIB="$CASS_HOME/lib"
@@ -43,29 +46,6 @@ START_TIMEOUT="${RINGLIMIT_CASSANDRA_TIMEOUT:-180}"
 COMMITLOG_SYNC="${RINGLIMIT_CASSANDRA_COMMITLOG_SYNC:-periodic}"
 JAVA="${JAVA:-}"
 DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-
-log() { printf 'cassandra.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# True if <pid> exists and is not a zombie (a daemon reparented to an init
-# that reaps slowly stays a zombie for seconds after it exited).
-alive() {
-  local stat
-  kill -0 "$1" 2>/dev/null || return 1
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }" # the state letter follows the "(comm) " field
-  [[ "${stat:0:1}" != Z ]]
-}
-
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
-abs_dir() {
-  mkdir -p "$1"
-  (cd "$1" && pwd)
-}
 
 # ---------------------------------------------------------------- install --
 
@@ -133,8 +113,6 @@ cmd_install() {
 
 # ------------------------------------------------------------ start / stop --
 
-free_port() { python3 "$SCRIPT_DIR/free-port.py" "$@"; }
-
 port_is_free() { # <port>
   python3 - "$1" <<'EOF'
 import socket, sys
@@ -149,14 +127,7 @@ EOF
 }
 
 pid_of() { # <dir>; prints the pid if this dir's Cassandra is alive
-  local pidfile="$1/cassandra.pid" pid
-  [[ -f "$pidfile" ]] || return 1
-  pid="$(cat "$pidfile")"
-  [[ -n "$pid" ]] || return 1
-  alive "$pid" || return 1
-  # Guard against a stale pidfile whose pid now belongs to another process.
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q CassandraDaemon || return 1
-  printf '%s\n' "$pid"
+  pid_from "$1/cassandra.pid" CassandraDaemon
 }
 
 commitlog_yaml() {
@@ -382,29 +353,28 @@ cmd_start() {
 }
 
 stop_pid() { # <dir> <pid>
-  local dir="$1" pid="$2" i
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 600; i++)); do
-    alive "$pid" || break
-    sleep 0.1
-  done
-  if alive "$pid"; then
-    log "pid $pid still alive after 60s; SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
+  local dir="$1" pid="$2"
+  if ! terminate "$pid" 60; then
     while alive "$pid"; do sleep 0.1; done
   fi
   rm -f "$dir/cassandra.pid"
 }
 
-cmd_stop() {
-  [[ $# -eq 1 ]] || usage
-  local dir pid
+# Sets the caller's dir and pid to the node of <dir>; when it is not running,
+# says so, removes its pidfile and returns 1.
+running_node() { # <dir>
   dir="$(cd "$1" 2>/dev/null && pwd)" || die "no such dir: $1"
   if ! pid="$(pid_of "$dir")"; then
     log "not running ($dir)"
     rm -f "$dir/cassandra.pid"
-    return 0
+    return 1
   fi
+}
+
+cmd_stop() {
+  [[ $# -eq 1 ]] || usage
+  local dir pid
+  running_node "$1" || return 0
   log "stopping pid $pid"
   stop_pid "$dir" "$pid"
   log "stopped"
@@ -413,12 +383,7 @@ cmd_stop() {
 cmd_kill() {
   [[ $# -eq 1 ]] || usage
   local dir pid
-  dir="$(cd "$1" 2>/dev/null && pwd)" || die "no such dir: $1"
-  if ! pid="$(pid_of "$dir")"; then
-    log "not running ($dir)"
-    rm -f "$dir/cassandra.pid"
-    return 0
-  fi
+  running_node "$1" || return 0
   log "killing pid $pid (SIGKILL)"
   kill -KILL "$pid" 2>/dev/null || true
   while alive "$pid"; do sleep 0.1; done

@@ -16,30 +16,10 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SCRIPT="${BASH_SOURCE[0]}"
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 READY_TIMEOUT="${RINGLIMIT_REDIS_TIMEOUT:-30}" # seconds
-
-log() { printf 'redis.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# True if <pid> exists and is not a zombie (a daemon reparented to an init
-# that reaps slowly stays a zombie for seconds after it exited).
-alive() {
-  local stat
-  kill -0 "$1" 2>/dev/null || return 1
-  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-  stat="${stat##*) }" # the state letter follows the "(comm) " field
-  [[ "${stat:0:1}" != Z ]]
-}
-
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-  exit 2
-}
-
-abs_dir() {
-  mkdir -p "$1"
-  (cd "$1" && pwd)
-}
 
 need_redis() {
   if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
@@ -100,21 +80,10 @@ wait_ping() { # <port> <node-dir>
 }
 
 stop_server() { # <node-dir>
-  local ndir="$1" pid i
+  local ndir="$1" pid
   [[ -f "$ndir/redis.pid" ]] || { log "not running ($ndir)"; return 0; }
-  pid="$(cat "$ndir/redis.pid")"
-  # The process title check guards against a stale pidfile whose pid was reused.
-  if [[ -n "$pid" ]] && alive "$pid" &&
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q redis-server; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 300; i++)); do
-      alive "$pid" || break
-      sleep 0.1
-    done
-    if alive "$pid"; then
-      log "pid $pid still alive after 30s; SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
+  if pid="$(pid_from "$ndir/redis.pid" redis-server)"; then
+    terminate "$pid" 30 || true
   fi
   rm -f "$ndir/redis.pid"
 }
@@ -131,7 +100,7 @@ cmd_start() {
   if [[ -f "$dir/port" ]]; then
     port="$(cat "$dir/port")"
   else
-    port="$(python3 "$SCRIPT_DIR/free-port.py")"
+    port="$(free_port)"
   fi
   start_server "$dir" "$port"
   wait_ping "$port" "$dir"
@@ -156,7 +125,7 @@ cmd_start_cluster() {
     die "a cluster seems to be running in $dir; stop-cluster first"
   fi
   # The cluster bus listens on PORT+10000, which must be free too.
-  mapfile -t ports < <(python3 "$SCRIPT_DIR/free-port.py" 3 --offset 10000)
+  mapfile -t ports < <(free_port 3 --offset 10000)
   [[ ${#ports[@]} -eq 3 ]] || die "could not pick 3 free ports"
   for port in "${ports[@]}"; do
     rm -rf "$dir/node-$port"

@@ -7,7 +7,7 @@
 //! - [`cluster`]: the cluster transport: ring, membership, heartbeats, forwarding between nodes.
 //! - [`http`]: the data plane (validate) and the admin plane (keys, tiers, usage).
 //! - [`router`]: routing checks to key owners on a cluster, handoff, admin broadcasts.
-//! - [`store`]: storage adapters (the embedded default).
+//! - [`store`]: storage adapters: the embedded default, Redis and ScyllaDB.
 //! - [`webhook`]: the HTTP client of alert webhooks.
 //! - [`app`]: building a node, serving, draining on shutdown.
 //! - [`background`]: the lower-priority thread the pipelines run on.

@@ -3,3 +3,4 @@
 pub mod embedded;
 pub mod redis;
 pub mod scylla;
+mod shared;
