@@ -4,7 +4,7 @@ use crate::background::Background;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, ConfigError, LogFormat, RawConfig};
 use crate::http::{self, AppState, RequestIds};
-use crate::router::{Router, RouterConfig, RouterHandle};
+use crate::router::{Router, RouterConfig};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisSnapshots;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
@@ -245,6 +245,31 @@ pub async fn run(
     wb.on_usage_written(Box::new(move |rows| p.on_usage_written(rows)));
     spawn_block_expiry(Arc::clone(&service));
 
+    // The cluster layer starts first, queueing what peers send; the router,
+    // built over it, serves that queue.
+    let (cluster, inbox) = match config.cluster_addr {
+        Some(cluster_addr) => {
+            let mut cc = ClusterConfig::new(
+                config.node_name.clone(),
+                cluster_addr,
+                config.cookie.clone().unwrap_or_default(),
+                config.seeds.clone(),
+            );
+            cc.heartbeat_timeout = config.heartbeat_timeout;
+            // A forwarded check waits for a live owner as long as it counts as
+            // alive (see `ClusterConfig::check_timeout`).
+            cc.check_timeout = config.heartbeat_timeout;
+            cc.advertise_addr = config.advertise_addr.clone();
+            cc.heartbeat_interval =
+                (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
+            let (handler, inbox) = crate::cluster::inbox::inbox();
+            let cluster = Cluster::start(cc, Arc::new(handler))
+                .await
+                .context("starting the cluster layer")?;
+            (Some(Arc::new(cluster)), Some(inbox))
+        }
+        None => (None, None),
+    };
     let router = Router::new(
         Arc::clone(&service),
         Arc::clone(&wb),
@@ -256,26 +281,11 @@ pub async fn run(
                 .max(std::time::Duration::from_secs(2)),
             passivate_timeout: config.shutdown_timeout,
         },
+        cluster,
         config.cluster_addr.is_some() && !config.seeds.is_empty(),
     );
-    if let Some(cluster_addr) = config.cluster_addr {
-        let mut cc = ClusterConfig::new(
-            config.node_name.clone(),
-            cluster_addr,
-            config.cookie.clone().unwrap_or_default(),
-            config.seeds.clone(),
-        );
-        cc.heartbeat_timeout = config.heartbeat_timeout;
-        // A forwarded check waits for a live owner as long as it counts as
-        // alive (see `ClusterConfig::check_timeout`).
-        cc.check_timeout = config.heartbeat_timeout;
-        cc.advertise_addr = config.advertise_addr.clone();
-        cc.heartbeat_interval =
-            (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
-        let cluster = Cluster::start(cc, Arc::new(RouterHandle(Arc::clone(&router))))
-            .await
-            .context("starting the cluster layer")?;
-        router.attach(Arc::new(cluster));
+    if let (Some(cluster_addr), Some(inbox)) = (config.cluster_addr, inbox) {
+        tokio::spawn(Arc::clone(&router).serve(inbox));
         tracing::info!(node = %config.node_name, %cluster_addr, seeds = ?config.seeds, "cluster layer started");
         // Safety net for admin-change broadcasts a peer missed.
         let s = Arc::clone(&service);

@@ -24,8 +24,9 @@
 //! re-routes once on its own ring.
 
 use crate::cluster::handoff::{Effect, HandoffGate, Opened};
-use crate::cluster::ring::{Ring, RingChange};
-use crate::cluster::{Cluster, ClusterHandler, ForwardError};
+use crate::cluster::ring::Ring;
+use crate::cluster::inbox::{Inbound, Inbox};
+use crate::cluster::{Cluster, ForwardError};
 use parking_lot::Mutex;
 use ringlimit_actors::keys::{self, SecretHash};
 use ringlimit_actors::service::{self, Change, Service};
@@ -38,7 +39,7 @@ use ringlimit_protocol::validate::{Checked, ValidateOutcome};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -69,7 +70,7 @@ pub struct Router {
     service: Arc<Service>,
     wb: Arc<WriteBehind>,
     cfg: RouterConfig,
-    cluster: OnceLock<Arc<Cluster>>,
+    cluster: Option<Arc<Cluster>>,
     /// The join gate (see [`crate::cluster::handoff`]).
     gate: Mutex<HandoffGate>,
     /// True while the gate is open.
@@ -82,7 +83,7 @@ pub struct Router {
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
-            .field("clustered", &self.cluster.get().is_some())
+            .field("clustered", &self.cluster.is_some())
             .finish()
     }
 }
@@ -135,13 +136,16 @@ fn decided(o: service::ValidateOutcome) -> ValidateOutcome {
 }
 
 impl Router {
-    /// `forming`: hold checks of owned keys until the first peers are seen
-    /// (or `handoff_wait` passes), so a starting node never answers alone for
-    /// keys a running cluster owns.
+    /// A router over `cluster` (none: a single node). `forming`: hold checks
+    /// of owned keys until the first peers are seen (or `handoff_wait`
+    /// passes), so a starting node never answers alone for keys a running
+    /// cluster owns. With a cluster, serve what peers send with
+    /// [`Router::serve`].
     pub fn new(
         service: Arc<Service>,
         wb: Arc<WriteBehind>,
         cfg: RouterConfig,
+        cluster: Option<Arc<Cluster>>,
         forming: bool,
     ) -> Arc<Router> {
         let (drained, _) = watch::channel(false);
@@ -156,7 +160,7 @@ impl Router {
             service,
             wb,
             cfg,
-            cluster: OnceLock::new(),
+            cluster,
             gate: Mutex::new(gate),
             gate_open,
             draining: AtomicBool::new(false),
@@ -164,16 +168,18 @@ impl Router {
             next_id: AtomicU64::new(1),
         });
         r.carry_out(effects);
+        if r.cluster.is_some() {
+            r.broadcast_changes();
+        }
         r
     }
 
-    /// Connects the router to the cluster and admin changes to broadcasts.
-    pub fn attach(self: &Arc<Self>, cluster: Arc<Cluster>) {
-        let _ = self.cluster.set(Arc::clone(&cluster));
+    /// Sends this node's admin changes to every peer.
+    fn broadcast_changes(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         self.service.on_change(Box::new(move |c| {
             let Some(r) = weak.upgrade() else { return };
-            let Some(cl) = r.cluster.get().cloned() else { return };
+            let Some(cl) = r.cluster.clone() else { return };
             let ev = match c {
                 Change::Key(key_id) => AdminEvent::KeyChanged { key_id },
                 Change::Tier(name) => AdminEvent::TierChanged { name },
@@ -196,16 +202,16 @@ impl Router {
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
+        self.cluster.as_ref()
     }
 
     fn me(&self) -> Option<&str> {
-        self.cluster.get().map(|c| c.node_name())
+        self.cluster.as_ref().map(|c| c.node_name())
     }
 
     /// The ring checks are routed on: without this node while it drains.
     fn routing_ring(&self) -> Option<Arc<Ring>> {
-        let c = self.cluster.get()?;
+        let c = self.cluster.as_ref()?;
         let ring = c.ring();
         if self.draining.load(Ordering::Acquire) {
             return ring.without(c.node_name()).map(Arc::new).or(Some(ring));
@@ -374,7 +380,7 @@ impl Router {
         cost: u64,
         client_ip: Option<IpAddr>,
     ) -> Result<ForwardOutcome, ForwardError> {
-        let Some(c) = self.cluster.get() else {
+        let Some(c) = self.cluster.as_ref() else {
             return Err(ForwardError::Local);
         };
         metrics::counter!(metric::FORWARDED).increment(1);
@@ -416,7 +422,7 @@ impl Router {
 
     /// Graceful leave: hold owned keys, passivate, flush, tell peers, leave.
     pub async fn drain(&self) {
-        let Some(c) = self.cluster.get().cloned() else {
+        let Some(c) = self.cluster.clone() else {
             return;
         };
         if self.draining.swap(true, Ordering::AcqRel) {
@@ -440,7 +446,6 @@ impl Router {
         let h = Handoff {
             from: c.node_name().to_string(),
             ring_version: ring.version(),
-            states: vec![],
         };
         for peer in ring
             .members()
@@ -465,7 +470,7 @@ impl Router {
     /// Hands the keys this node lost to members that joined: passivate,
     /// flush, then tell each of them (off the cluster driver).
     async fn hand_over(self: Arc<Self>, to: Vec<String>) {
-        let Some(c) = self.cluster.get().cloned() else {
+        let Some(c) = self.cluster.clone() else {
             return;
         };
         let me = c.node_name().to_string();
@@ -489,7 +494,6 @@ impl Router {
         let h = Handoff {
             from: me.clone(),
             ring_version: ring.version(),
-            states: vec![],
         };
         for a in &to {
             send_marker(&c, a, &h).await;
@@ -513,33 +517,40 @@ async fn send_marker(c: &Cluster, to: &str, h: &Handoff) {
     }
 }
 
-/// The router as the cluster's handler of what peers send.
-#[derive(Debug, Clone)]
-pub struct RouterHandle(pub Arc<Router>);
-
-#[async_trait::async_trait]
-impl ClusterHandler for RouterHandle {
-    async fn check_batch(&self, batch: ForwardBatch) -> ForwardReply {
-        self.0.check_batch(batch).await
-    }
-
-    async fn admin_event(&self, ev: AdminEvent) {
-        self.0.admin_event(ev).await
-    }
-
-    async fn handoff(&self, h: Handoff) -> Result<(), crate::cluster::HandlerError> {
-        let fx = self.0.gate.lock().on_marker(&h.from);
-        self.0.carry_out(fx);
-        Ok(())
-    }
-
-    fn on_ring_change(&self, change: &RingChange, ring: &Arc<Ring>) {
-        let fx = self
-            .0
-            .gate
-            .lock()
-            .on_ring_change(change, ring.members(), tokio::time::Instant::now());
-        self.0.carry_out(fx);
+impl Router {
+    /// Serves what peers send (see [`crate::cluster::inbox`]) until the
+    /// cluster layer stops.
+    pub async fn serve(self: Arc<Self>, mut inbox: Inbox) {
+        while let Some(m) = inbox.recv().await {
+            match m {
+                Inbound::Checks { batch, reply } => {
+                    let r = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        let _ = reply.send(r.check_batch(batch).await);
+                    });
+                }
+                Inbound::Admin { event, done } => {
+                    let r = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        r.admin_event(event).await;
+                        let _ = done.send(());
+                    });
+                }
+                Inbound::Handoff { marker, reply } => {
+                    let fx = self.gate.lock().on_marker(&marker.from);
+                    self.carry_out(fx);
+                    let _ = reply.send(Ok(()));
+                }
+                Inbound::RingChanged { change, ring } => {
+                    let fx = self.gate.lock().on_ring_change(
+                        &change,
+                        ring.members(),
+                        tokio::time::Instant::now(),
+                    );
+                    self.carry_out(fx);
+                }
+            }
+        }
     }
 }
 

@@ -262,9 +262,11 @@ fn three_probes_form_forward_broadcast_and_survive_a_kill() {
     c.wait_line(Duration::from_secs(5), |l| {
         l == "admin key_changed key=key-9"
     });
-    let l = a.ask("handoff b hk-1", "handoff_sent ");
+    let l = a.ask("handoff b", "handoff_sent ");
     assert_eq!(field(&l, "ok"), Some("true"), "{l}");
-    b.wait_line(Duration::from_secs(5), |l| l == "handoff from=a keys=hk-1");
+    b.wait_line(Duration::from_secs(5), |l| {
+        l.starts_with("handoff from=a ring_version=")
+    });
 
     // A quick look at forwarded latency (printed, not asserted).
     for (n, conc) in [(2_000, 1), (20_000, 64)] {
@@ -352,11 +354,11 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     );
     assert_eq!(field(&l, "owner"), Some(new_owner.as_str()), "{l}");
     assert_eq!(field(&l, "answered_by"), Some(new_owner.as_str()), "{l}");
-    let l = c.ask(&format!("handoff {new_owner} {key_c}"), "handoff_sent ");
+    let l = c.ask(&format!("handoff {new_owner}"), "handoff_sent ");
     assert_eq!(field(&l, "ok"), Some("true"), "{l}");
     let owner_probe = if new_owner == "a" { &a } else { &b };
     owner_probe.wait_line(Duration::from_secs(5), |l| {
-        l == format!("handoff from=c keys={key_c}")
+        l.starts_with("handoff from=c ring_version=")
     });
     // Second half: c stops; the others' rings do not change again.
     c.send("leave");

@@ -15,7 +15,7 @@
 //! | [`Leave`] | RPC on a graceful leave | [`Ack`] |
 //! | [`ForwardBatch`] | RPC to a key's owner | [`ForwardReply`], one outcome per check, in order |
 //! | [`AdminEvent`] | RPC broadcast to every live peer | [`Ack`] |
-//! | [`Handoff`] | RPC to a key's new owner | [`HandoffAck`] |
+//! | [`Handoff`] | RPC to a member that gained keys | [`Ack`] |
 
 use crate::validate::ValidateOutcome;
 use serde::{Deserialize, Serialize};
@@ -179,22 +179,13 @@ pub enum AdminEvent {
     AbuseRulesChanged { rules: String },
 }
 
-/// Key states handed to their new owner. Each state is an opaque snapshot of
-/// a KeyLimiter (the limiter's own encoding), keyed by key_id.
+/// A handoff marker: the sender has flushed, to the shared snapshot store,
+/// the state of every key it handed over to the receiver (counter state never
+/// travels in messages), and stopped answering for those keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handoff {
     pub from: String,
     pub ring_version: u64,
-    pub states: Vec<(String, Vec<u8>)>,
-}
-
-/// The answer to a [`Handoff`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HandoffAck {
-    /// Number of states the receiver took.
-    pub accepted: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 #[cfg(test)]
@@ -290,11 +281,6 @@ mod tests {
         round_trip(&Handoff {
             from: "a".into(),
             ring_version: 5,
-            states: vec![("k".into(), vec![1, 2, 3]), ("e".into(), vec![])],
-        });
-        round_trip(&HandoffAck {
-            accepted: 2,
-            error: None,
         });
     }
 

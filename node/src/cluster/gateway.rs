@@ -14,7 +14,7 @@ use super::peers::Shared;
 use super::wire::{decode, encode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ringlimit_protocol::cluster::{
-    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, HandoffAck, Heartbeat,
+    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, Heartbeat,
     Hello, Leave,
 };
 use ringlimit_protocol::validate::ValidateOutcome;
@@ -106,13 +106,12 @@ impl Actor for Gateway {
                 let shared = st.shared.clone();
                 tokio::spawn(async move {
                     serve_rpc(&b, reply, "handoff", |h: Handoff| async move {
-                        let n = h.states.len() as u64;
                         match shared.handler.handoff(h).await {
-                            Ok(()) => HandoffAck {
-                                accepted: n,
+                            Ok(()) => Ack {
+                                ok: true,
                                 error: None,
                             },
-                            Err(e) => HandoffAck::refused(e.to_string()),
+                            Err(e) => Ack::refused(e.to_string()),
                         }
                     })
                     .await;
@@ -132,15 +131,6 @@ impl Refusal for Ack {
     fn refused(error: String) -> Ack {
         Ack {
             ok: false,
-            error: Some(error),
-        }
-    }
-}
-
-impl Refusal for HandoffAck {
-    fn refused(error: String) -> HandoffAck {
-        HandoffAck {
-            accepted: 0,
             error: Some(error),
         }
     }
@@ -326,14 +316,14 @@ mod tests {
 
         let (tx, rx) = tokio::sync::oneshot::channel();
         serve_rpc(&[0x01, 0x02], tx.into(), "handoff", |_: Handoff| async {
-            HandoffAck {
-                accepted: 1,
+            Ack {
+                ok: true,
                 error: None,
             }
         })
         .await;
-        let ack: HandoffAck = decode(&rx.await.expect("answered")).expect("a handoff ack");
-        assert_eq!(ack.accepted, 0);
+        let ack: Ack = decode(&rx.await.expect("answered")).expect("a handoff ack");
+        assert!(!ack.ok);
         assert!(ack.error.is_some());
     }
 }

@@ -44,7 +44,7 @@ impl ForwardError {
 
 /// Why a [`ClusterHandler`] did not take what a peer sent. Its text travels
 /// back to the sender (in
-/// [`HandoffAck::error`](ringlimit_protocol::cluster::HandoffAck::error)).
+/// [`Ack::error`](ringlimit_protocol::cluster::Ack::error)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
     /// The handler refuses it, for the reason given.
@@ -61,7 +61,7 @@ pub trait ClusterHandler: Send + Sync + 'static {
     async fn check_batch(&self, batch: ForwardBatch) -> ForwardReply;
     /// An admin change made on another node.
     async fn admin_event(&self, ev: AdminEvent);
-    /// Key states handed over by another node.
+    /// A handoff marker from a node that flushed the keys it handed over.
     async fn handoff(&self, h: Handoff) -> Result<(), HandlerError>;
     /// The ring changed (called from the cluster driver: keep it short, hand
     /// long work to a task).
@@ -101,7 +101,7 @@ pub enum GatewayMsg {
     /// [`AdminEvent`] → [`Ack`](ringlimit_protocol::cluster::Ack).
     #[rpc]
     Admin(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// [`Handoff`] → [`HandoffAck`](ringlimit_protocol::cluster::HandoffAck).
+    /// [`Handoff`] → [`Ack`](ringlimit_protocol::cluster::Ack).
     #[rpc]
     Handoff(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
@@ -181,64 +181,9 @@ pub(crate) enum CoreMsg {
 
 impl ractor::Message for CoreMsg {}
 
-/// Splits a handoff so that each part's states add up to about `budget` bytes
-/// (a single larger state travels alone). Always at least one part.
-pub(crate) fn chunk_handoff(h: Handoff, budget: usize) -> Vec<Handoff> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = 0usize;
-    for (k, s) in h.states {
-        // MessagePack encodes bytes of a Vec<u8> as integers: up to 2 bytes each.
-        let sz = k.len() + s.len() * 2 + 16;
-        if !cur.is_empty() && size + sz > budget {
-            out.push(Handoff {
-                from: h.from.clone(),
-                ring_version: h.ring_version,
-                states: std::mem::take(&mut cur),
-            });
-            size = 0;
-        }
-        size += sz;
-        cur.push((k, s));
-    }
-    out.push(Handoff {
-        from: h.from,
-        ring_version: h.ring_version,
-        states: cur,
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn handoffs_are_chunked_by_size() {
-        let h = Handoff {
-            from: "a".into(),
-            ring_version: 1,
-            states: (0..10).map(|i| (format!("k{i}"), vec![0u8; 100])).collect(),
-        };
-        let parts = chunk_handoff(h.clone(), 450);
-        assert!(parts.len() > 1);
-        assert!(
-            parts
-                .iter()
-                .all(|p| p.from == "a" && p.ring_version == 1 && !p.states.is_empty())
-        );
-        let all: Vec<_> = parts.into_iter().flat_map(|p| p.states).collect();
-        assert_eq!(all, h.states);
-        let empty = chunk_handoff(
-            Handoff {
-                from: "a".into(),
-                ring_version: 1,
-                states: vec![],
-            },
-            10,
-        );
-        assert_eq!(empty.len(), 1);
-    }
 
     #[test]
     fn transient_errors() {

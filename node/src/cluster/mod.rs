@@ -21,6 +21,8 @@
 //! - [`dialer`]: a pure state machine of the addresses to (re)connect to, with
 //!   exponential back-off.
 //! - [`batcher`]: the pure batching rule of a PeerLink.
+//! - [`inbox`]: what peers send, queued for the router (the cluster starts
+//!   before the router that serves it).
 //! - [`handoff`]: the join gate of a key handoff, a pure state machine the
 //!   router drives.
 //! - `driver`: the local actor that drives membership and dialer and does
@@ -58,6 +60,7 @@ pub(crate) mod driver;
 mod fixtures;
 pub(crate) mod gateway;
 pub mod handoff;
+pub mod inbox;
 pub(crate) mod link;
 pub mod membership;
 mod messages;
@@ -80,13 +83,13 @@ pub use ringlimit_protocol::cluster::{
 use driver::{Core, CoreArgs};
 use gateway::Gateway;
 use link::Pending;
-use messages::{CoreMsg, call_gateway, chunk_handoff};
+use messages::{CoreMsg, call_gateway};
 use peers::Shared;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use ringlimit_actors::clock;
-use ringlimit_protocol::cluster::{Ack, HandoffAck, MAX_FRAME_BYTES};
+use ringlimit_protocol::cluster::{Ack, MAX_FRAME_BYTES};
 use std::sync::Arc;
 use std::time::Duration;
 use wire::{decode, encode};
@@ -290,8 +293,8 @@ impl Cluster {
         report
     }
 
-    /// Hands key states to `to`, in chunks that fit a frame, each with the
-    /// handoff timeout. `Ok` once `to` acknowledged every chunk.
+    /// Sends `to` a handoff marker, with the handoff timeout. `Ok` once `to`
+    /// acknowledged it.
     pub async fn send_handoff(&self, to: &str, h: Handoff) -> Result<(), ForwardError> {
         if to == self.shared.name {
             return Err(ForwardError::Local);
@@ -301,21 +304,17 @@ impl Cluster {
                 peer: to.to_string(),
             });
         };
-        for chunk in chunk_handoff(h, MAX_FRAME_BYTES / 4) {
-            let b = encode(&chunk).map_err(|e| ForwardError::Protocol(e.to_string()))?;
-            let timeout = self.shared.cfg.handoff_timeout;
-            let b = call_gateway(&gw, GatewayMsg::Handoff, b, timeout, to).await?;
-            match decode::<HandoffAck>(&b) {
-                Ok(HandoffAck { error: None, .. }) => {}
-                Ok(HandoffAck { error: Some(e), .. }) => {
-                    return Err(ForwardError::Protocol(format!(
-                        "{to} refused the handoff: {e}"
-                    )));
-                }
-                Err(e) => return Err(ForwardError::Protocol(e.to_string())),
-            }
+        let b = encode(&h).map_err(|e| ForwardError::Protocol(e.to_string()))?;
+        let timeout = self.shared.cfg.handoff_timeout;
+        let b = call_gateway(&gw, GatewayMsg::Handoff, b, timeout, to).await?;
+        match decode::<Ack>(&b) {
+            Ok(Ack { ok: true, .. }) => Ok(()),
+            Ok(Ack { error, .. }) => Err(ForwardError::Protocol(format!(
+                "{to} refused the handoff: {}",
+                error.as_deref().unwrap_or("no reason given")
+            ))),
+            Err(e) => Err(ForwardError::Protocol(e.to_string())),
         }
-        Ok(())
     }
 
     /// The first half of a graceful leave: tells every peer this node
@@ -388,7 +387,6 @@ mod tests {
         let h = Handoff {
             from: "solo".into(),
             ring_version: 1,
-            states: vec![],
         };
         assert_eq!(
             c.send_handoff("ghost", h).await,

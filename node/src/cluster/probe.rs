@@ -11,7 +11,7 @@
 //! - `ready name=N addr=A incarnation=I`
 //! - `ring version=V members=a,b,c` (at start and on every change)
 //! - `admin key_changed key=K` / `admin tier_changed name=T` (received)
-//! - `handoff from=N keys=k1,k2` (received)
+//! - `handoff from=N ring_version=V` (a marker received)
 //!
 //! Standard input, one command per line (the process exits on end of input):
 //! - `ring`, `members`
@@ -19,7 +19,7 @@
 //! - `forward KEY` → `forward key=K owner=O answered_by=N us=T` (or `error=…`);
 //!   a `NotOwner` answer is retried once with this node's ring, as the service does
 //! - `broadcast KEY` → `broadcast delivered=a,b failed=c`
-//! - `handoff PEER KEY` → `handoff_sent to=P ok=true|error=…`
+//! - `handoff PEER` → `handoff_sent to=P ok=true|error=…`
 //! - `bench PEER N C` → N checks forwarded to PEER by C concurrent callers →
 //!   `bench peer=P n=N c=C ok=.. errors=.. p50_us=.. p99_us=.. per_sec=..`
 //! - `announce` → first half of a graceful leave (peers drop this node, it
@@ -93,9 +93,10 @@ impl ClusterHandler for ProbeHandler {
     }
 
     async fn handoff(&self, h: Handoff) -> Result<(), HandlerError> {
-        let keys: Vec<&str> = h.states.iter().map(|(k, _)| k.as_str()).collect();
-        self.out
-            .line(&format!("handoff from={} keys={}", h.from, keys.join(",")));
+        self.out.line(&format!(
+            "handoff from={} ring_version={}",
+            h.from, h.ring_version
+        ));
         Ok(())
     }
 
@@ -400,11 +401,10 @@ async fn run(cfg: ClusterConfig, probe_key: Option<String>) -> ExitCode {
                     failed.join(",")
                 ));
             }
-            ["handoff", peer, key] => {
+            ["handoff", peer] => {
                 let h = Handoff {
                     from: name.clone(),
                     ring_version: cluster.ring().version(),
-                    states: vec![(key.to_string(), b"state".to_vec())],
                 };
                 match cluster.send_handoff(peer, h).await {
                     Ok(()) => out.line(&format!("handoff_sent to={peer} ok=true")),

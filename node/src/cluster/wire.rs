@@ -40,7 +40,7 @@ pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringlimit_protocol::cluster::{Handoff, Leave};
+    use ringlimit_protocol::cluster::{AdminEvent, Leave};
 
     #[test]
     fn round_trip_and_errors() {
@@ -62,10 +62,8 @@ mod tests {
             decode::<Leave>(&b[..b.len() - 1]),
             Err(WireError::Decode(_))
         ));
-        let big = Handoff {
-            from: "a".into(),
-            ring_version: 1,
-            states: vec![("k".into(), vec![0; MAX_FRAME_BYTES])],
+        let big = AdminEvent::AbuseRulesChanged {
+            rules: "x".repeat(MAX_FRAME_BYTES),
         };
         assert!(matches!(encode(&big), Err(WireError::TooLarge { .. })));
     }

@@ -248,7 +248,13 @@ mod tests {
         assert_eq!(slot("123456789"), 0x31C3 % 16_384);
         assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
         assert_eq!(slot(&state_key("k1")), slot("k1"));
-        assert_eq!(slot("foo{}bar"), slot("foo{}bar"));
+        // An empty tag hashes the whole key (values computed from the
+        // spec's CRC16), and only the first `{…}` counts as a tag.
+        assert_eq!(slot("foo{}bar"), 14_292);
+        assert_ne!(slot("foo{}bar"), slot(""));
+        assert_eq!(slot("foo{}{bar}"), 8_363);
+        assert_ne!(slot("foo{}{bar}"), slot("bar"));
+        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
     }
 
     #[test]

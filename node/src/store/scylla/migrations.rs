@@ -280,13 +280,7 @@ pub async fn migrate_to(
             "INSERT INTO {ident}.schema_migrations (version, name, checksum, applied_at, applied_by) VALUES (?, ?, ?, ?, ?)"
         ));
         record.set_is_idempotent(true);
-        let now_ms = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0),
-        )
-        .unwrap_or(i64::MAX);
+        let now_ms = i64::try_from(ringlimit_actors::clock::wall_ms()).unwrap_or(i64::MAX);
         let by = concat!("ringlimit ", env!("CARGO_PKG_VERSION"));
         session
             .query_unpaged(
