@@ -335,7 +335,7 @@ impl Router {
             key_id: key_id.to_string(),
             secret_hash: hash.0,
             cost,
-            now_us: self.service.clock.now_us(),
+            now_us: self.service.now_us(),
             resource: None,
             client_ip: client_ip.map(|ip| ip.to_string()),
         };
@@ -349,7 +349,7 @@ impl Router {
         owner: &str,
         e: &ForwardError,
     ) -> (StatusCode, ValidateResponse) {
-        let key = self.service.source.keys.get(key_id);
+        let key = self.service.key(key_id);
         let tier = key.as_ref().map(|k| k.tier.clone());
         let closed = tier
             .as_ref()
@@ -385,10 +385,9 @@ impl Router {
             return;
         }
         tracing::info!(node = c.node_name(), "draining: handing keys over");
-        let keys = self.service.limiters.active_keys();
+        let keys = self.service.active_keys();
         if !self
             .service
-            .limiters
             .passivate_keys(&keys, self.cfg.passivate_timeout)
             .await
         {
@@ -436,14 +435,12 @@ impl Router {
         // Keys that moved to an added member: passivate, flush, then tell it.
         let lost: Vec<String> = self
             .service
-            .limiters
             .active_keys()
             .into_iter()
             .filter(|k| ring.owner(k) != me)
             .collect();
         if !lost.is_empty() {
             self.service
-                .limiters
                 .passivate_keys(&lost, self.cfg.passivate_timeout)
                 .await;
         }
