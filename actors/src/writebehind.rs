@@ -62,6 +62,9 @@ pub mod metric {
     pub const SATURATED: &str = "ringlimit_writebehind_backlog_bound_reached_total";
 }
 
+/// A cell taken into a flush: the version snapshotted and its usage rows.
+type Taken<'a> = (&'a Arc<KeyCell>, u64, Vec<(String, UsageCell)>);
+
 /// The write-behind of one node.
 pub struct WriteBehind {
     pending: DashMap<String, Arc<KeyCell>>,
@@ -185,8 +188,7 @@ impl WriteBehind {
         }
         let started = crate::clock::monotonic();
         let mut snaps = Vec::with_capacity(cells.len());
-        let mut written: Vec<(&Arc<KeyCell>, u64, Vec<(String, UsageCell)>)> =
-            Vec::with_capacity(cells.len());
+        let mut written: Vec<Taken<'_>> = Vec::with_capacity(cells.len());
         let mut usage_rows = Vec::new();
         let mut unencodable = 0;
         for c in &cells {
@@ -390,10 +392,12 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
 
+    type Batch = Vec<(String, Vec<u8>)>;
+
     /// A snapshot sink that records every batch it is given.
     #[derive(Debug, Default)]
     struct Recorder {
-        batches: parking_lot::Mutex<Vec<Vec<(String, Vec<u8>)>>>,
+        batches: parking_lot::Mutex<Vec<Batch>>,
     }
 
     #[async_trait]
