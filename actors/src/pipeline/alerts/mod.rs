@@ -225,6 +225,26 @@ fn targets(
     t
 }
 
+/// The dead letter of `alert` for target `t`, failed now.
+fn dead_letter(
+    alert: &Alert,
+    t: &Target,
+    attempts: u32,
+    error: String,
+    payload: String,
+) -> DeadLetter {
+    DeadLetter {
+        id: stable_id(&["dead-letter", &alert.id, &t.name]),
+        alert_id: alert.id.clone(),
+        endpoint: t.name.clone(),
+        url: t.url.clone(),
+        failed_at_ms: crate::clock::wall_ms(),
+        attempts,
+        error,
+        payload,
+    }
+}
+
 /// Delivers `alert` to every target, then records the outcome (delivery
 /// state, attempts, dead letters).
 async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
@@ -240,16 +260,13 @@ async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
                 metrics::counter!("ringlimit_webhook_deliveries_total", "result" => "dead_lettered")
                     .increment(1);
                 tracing::error!(alert_id = %alert.id, endpoint = %t.name, error = %e, "cannot render the webhook payload; dead-lettered");
-                dead.push(DeadLetter {
-                    id: stable_id(&["dead-letter", &alert.id, &t.name]),
-                    alert_id: alert.id.clone(),
-                    endpoint: t.name.clone(),
-                    url: t.url.clone(),
-                    failed_at_ms: crate::clock::wall_ms(),
-                    attempts: 0,
-                    error: format!("cannot render the payload: {e}"),
-                    payload: String::new(),
-                });
+                dead.push(dead_letter(
+                    &alert,
+                    t,
+                    0,
+                    format!("cannot render the payload: {e}"),
+                    String::new(),
+                ));
                 continue;
             }
         };
@@ -267,16 +284,8 @@ async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
             Err((n, error)) => {
                 attempts += n;
                 tracing::warn!(alert_id = %alert.id, endpoint = %t.name, error = %error, "webhook delivery failed; dead-lettered");
-                dead.push(DeadLetter {
-                    id: stable_id(&["dead-letter", &alert.id, &t.name]),
-                    alert_id: alert.id.clone(),
-                    endpoint: t.name.clone(),
-                    url: t.url.clone(),
-                    failed_at_ms: crate::clock::wall_ms(),
-                    attempts: n,
-                    error,
-                    payload: String::from_utf8_lossy(&body).into_owned(),
-                });
+                let payload = String::from_utf8_lossy(&body).into_owned();
+                dead.push(dead_letter(&alert, t, n, error, payload));
             }
         }
     }
