@@ -26,7 +26,7 @@
 //!   - `service/check.rs`: the validate (check) path and key-cache misses;
 //!   - `service/keys.rs`: key administration; `service/tiers.rs`: tiers;
 //!     `service/blocks.rs`: IP blocks; `service/usage.rs`: usage reads.
-//! - [`core`](crate::core): the assembly of catalog, key cache, write-behind, KeyLimiters
+//! - [`core`]: the assembly of catalog, key cache, write-behind, KeyLimiters
 //!   and service ([`Core::start`](crate::core::Core::start)), shared by the node, tests and benches.
 
 pub mod algo;

@@ -29,7 +29,7 @@ pub type LimitName = ShortStr<{ ringlimit_protocol::limits::MAX_NAME_LEN }>;
 
 /// A denied check as the hot path hands it over: no id string, nothing
 /// allocated and no reference into the key cache; the worker builds the
-/// [`Violation`].
+/// [`Violation`](ringlimit_protocol::pipeline::Violation).
 #[derive(Debug, Clone)]
 pub struct Denial {
     pub key_id: KeyId,

@@ -22,9 +22,9 @@
 //! Every queue is bounded; see [`queue`] for the delivery guarantee.
 //!
 //! # Layout
-//! - [`events`]: the events the hot path hands over, and the hand-off itself.
-//! - [`worker`]: the worker actor that runs one pipeline's rounds.
-//! - [`supervisor`]: the [`PipelineSupervisor`], which restarts workers.
+//! - `events`: the events the hot path hands over, and the hand-off itself.
+//! - `worker`: the worker actor that runs one pipeline's rounds.
+//! - `supervisor`: the [`PipelineSupervisor`], which restarts workers.
 
 pub mod alerts;
 pub mod billing;

@@ -1,13 +1,13 @@
 //! Validate and key administration, on top of the key cache, the catalog,
 //! the KeyLimiters and the store. The HTTP layer is a thin mapping of this.
 //!
-//! - [`check`]: the validate (check) path, with the bounded store look-ups
+//! - `check`: the validate (check) path, with the bounded store look-ups
 //!   after key-cache misses.
-//! - [`keys`]: key administration (create, update, suspend, revoke, rotate)
+//! - `keys`: key administration (create, update, suspend, revoke, rotate)
 //!   and key reloads.
-//! - [`tiers`]: tiers and their reloads.
-//! - [`blocks`]: IP/CIDR blocks.
-//! - [`usage`]: current usage, limits and usage history of a key.
+//! - `tiers`: tiers and their reloads.
+//! - `blocks`: IP/CIDR blocks.
+//! - `usage`: current usage, limits and usage history of a key.
 
 mod blocks;
 mod check;

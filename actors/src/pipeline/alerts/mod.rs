@@ -19,7 +19,7 @@
 //! Deliveries run as tasks beside the worker; alerts still `pending` at start
 //! (the process died mid-delivery) are delivered again.
 //!
-//! The HTTP side (signatures, payloads, retries) is in [`delivery`].
+//! The HTTP side (signatures, payloads, retries) is in `delivery.rs`.
 
 mod delivery;
 
