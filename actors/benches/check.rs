@@ -71,15 +71,14 @@ criterion_group!(algo_benches, algo);
 mod actor {
     use super::*;
     use async_trait::async_trait;
-    use ringlimit_actors::catalog::{Catalog, LimitsSource};
+    use ringlimit_actors::clock::monotonic;
+    use ringlimit_actors::core::{Core, CoreConfig};
     use ringlimit_actors::keys::{KeyRecord, SecretHash};
-    use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
+    use ringlimit_actors::limiter::{Clock, KeyLimiters, SystemClock};
     use ringlimit_actors::storage::{SnapshotStore, StoreError};
-    use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
-    use ringlimit_protocol::admin::{KeyStatus, Metadata};
     use ringlimit_protocol::{AlgorithmKind, LimitSpec};
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     #[derive(Debug)]
     struct NullSink;
@@ -99,15 +98,7 @@ mod actor {
 
     fn setup(rt: &tokio::runtime::Runtime) -> KeyLimiters {
         rt.block_on(async {
-            let source = Arc::new(LimitsSource {
-                catalog: Catalog::new([]),
-                keys: Default::default(),
-            });
-            source.keys.insert(KeyRecord {
-                key_id: "bench".into(),
-                owner: "o".into(),
-                tier: "t".into(),
-                status: KeyStatus::Active,
+            let key = KeyRecord {
                 limits: Some(vec![
                     LimitSpec {
                         name: "s".into(),
@@ -124,25 +115,16 @@ mod actor {
                         burst: None,
                     },
                 ]),
-                metadata: Metadata::new(),
-                secret_hash: SecretHash::of("s"),
-                previous_hash: None,
-                previous_expires_at_ms: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-                suspended_until_ms: None,
-                suspended_reason: None,
-            });
+                ..KeyRecord::active("bench", "o", "t", SecretHash::of("s"), 0)
+            };
             let sink: Arc<dyn SnapshotStore> = Arc::new(NullSink);
-            let wb = Arc::new(WriteBehind::new(
-                vec![sink],
-                None,
-                WriteBehindConfig::default(),
-            ));
-            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let l = KeyLimiters::start(source, wb, LimiterConfig::default(), clock)
-                .await
-                .expect("start");
+            let l = Core::start(CoreConfig {
+                snapshot_sinks: vec![sink],
+                ..CoreConfig::default().with_keys([key])
+            })
+            .await
+            .expect("start")
+            .limiters;
             l.check("bench", 1, SystemClock.now_us())
                 .await
                 .expect("warm")
@@ -162,7 +144,7 @@ mod actor {
         g.bench_function("key_limiter_check", |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
-                    let start = Instant::now();
+                    let start = monotonic();
                     for _ in 0..iters {
                         black_box(
                             limiters
@@ -181,7 +163,7 @@ mod actor {
         let mut lat: Vec<Duration> = rt.block_on(async {
             let mut v = Vec::with_capacity(200_000);
             for _ in 0..200_000 {
-                let t = Instant::now();
+                let t = monotonic();
                 black_box(
                     limiters
                         .check("bench", 1, SystemClock.now_us())

@@ -80,8 +80,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec_named(self).unwrap_or_default()
+    /// The snapshot as MessagePack. An error is never turned into an empty
+    /// blob: the write-behind keeps the cell pending instead.
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {

@@ -88,6 +88,32 @@ pub enum AuthResult {
 const DUMMY_HASH: SecretHash = SecretHash([0x5a; 32]);
 
 impl KeyRecord {
+    /// An active key with its tier's limits, no metadata, no previous
+    /// secret and no suspension, created (and last updated) at `now_ms`.
+    pub fn active(
+        key_id: impl Into<String>,
+        owner: impl Into<String>,
+        tier: impl Into<String>,
+        secret_hash: SecretHash,
+        now_ms: u64,
+    ) -> Self {
+        KeyRecord {
+            key_id: key_id.into(),
+            owner: owner.into(),
+            tier: tier.into(),
+            status: KeyStatus::Active,
+            limits: None,
+            metadata: Metadata::new(),
+            secret_hash,
+            previous_hash: None,
+            previous_expires_at_ms: None,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            suspended_until_ms: None,
+            suspended_reason: None,
+        }
+    }
+
     /// Checks a presented secret hash in constant time against the current and
     /// previous secrets. Both comparisons always run.
     pub fn verify(&self, presented: &SecretHash, now_ms: u64) -> AuthResult {
@@ -208,21 +234,7 @@ mod tests {
     use super::*;
 
     fn rec(secret: &str) -> KeyRecord {
-        KeyRecord {
-            key_id: "k".into(),
-            owner: "o".into(),
-            tier: "free".into(),
-            status: KeyStatus::Active,
-            limits: None,
-            metadata: Metadata::new(),
-            secret_hash: SecretHash::of(secret),
-            previous_hash: None,
-            previous_expires_at_ms: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            suspended_until_ms: None,
-            suspended_reason: None,
-        }
+        KeyRecord::active("k", "o", "free", SecretHash::of(secret), 0)
     }
 
     #[test]

@@ -9,15 +9,32 @@
 //! - [`writebehind`]: batched snapshot and usage writes.
 //! - [`clock`]: the one place that reads the system clocks.
 //! - [`keys`], [`catalog`]: API key records, secret hashing, tiers and limit resolution.
+//! - [`blocks`]: IP/CIDR blocks and the block list checked on the hot path.
 //! - [`storage`]: the traits every backend implements, and their conformance suite.
-//! - [`pipeline`]: violation, billing and alert pipelines under a supervisor actor.
-//! - [`service`]: validate and key administration on top of all this.
+//! - [`pipeline`]: violation, billing and alert pipelines under a supervisor actor:
+//!   - `pipeline/mod.rs`: the [`pipeline::Host`] trait, config, shared context
+//!     and the [`pipeline::Pipelines`] handle (start, flush, drain);
+//!   - `pipeline/events.rs`: the events and the hot path's hand-off;
+//!   - `pipeline/worker.rs`: the worker actor; `pipeline/supervisor.rs`: the
+//!     [`pipeline::PipelineSupervisor`];
+//!   - [`pipeline::violations`], [`pipeline::billing`], [`pipeline::alerts`]
+//!     (with `alerts/delivery.rs`: webhooks, signatures, retries): the three
+//!     pipelines; [`pipeline::queue`], [`pipeline::short`]: their bounded
+//!     queues and inline strings.
+//! - [`service`]: validate and key administration on top of all this:
+//!   - `service/mod.rs`: [`service::Service`], its errors and accessors;
+//!   - `service/check.rs`: the validate (check) path and key-cache misses;
+//!   - `service/keys.rs`: key administration; `service/tiers.rs`: tiers;
+//!     `service/blocks.rs`: IP blocks; `service/usage.rs`: usage reads.
+//! - [`core`]: the assembly of catalog, key cache, write-behind, KeyLimiters
+//!   and service ([`Core::start`](crate::core::Core::start)), shared by the node, tests and benches.
 
 pub mod algo;
 pub mod blocks;
 pub mod catalog;
-pub mod clock;
 pub mod cell;
+pub mod clock;
+pub mod core;
 pub mod keys;
 pub mod limiter;
 pub mod limitset;

@@ -8,11 +8,13 @@
 //! from the pending map the cells that did not change meanwhile.
 //!
 //! A flush never holds a cell's lock across I/O, so it never blocks a check.
-//! A failed flush leaves everything pending; the next flush retries. The
+//! A failed flush leaves everything pending; the next flush retries. A cell
+//! whose snapshot cannot be encoded is left out of the flush (never written
+//! as an empty blob) and stays pending; the error is logged and counted. The
 //! pending map is the only place a passivated key's unwritten state lives,
 //! so a new activation of the key takes its cell from here.
 
-use crate::cell::{KeyCell, UsageCell};
+use crate::cell::{KeyCell, Snapshot, UsageCell};
 use crate::storage::{SnapshotStore, StoreError, UsageRow, UsageStore};
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub struct FlushStats {
     pub flushes: AtomicU64,
     pub keys_written: AtomicU64,
     pub failures: AtomicU64,
+    /// Snapshots that could not be encoded (their cells stay pending).
+    pub encode_failures: AtomicU64,
 }
 
 /// Metric names.
@@ -54,8 +58,12 @@ pub mod metric {
     pub const FLUSH_KEYS: &str = "ringlimit_writebehind_flush_keys";
     pub const FLUSH_SECONDS: &str = "ringlimit_writebehind_flush_seconds";
     pub const FLUSH_FAILURES: &str = "ringlimit_writebehind_flush_failures_total";
+    pub const ENCODE_FAILURES: &str = "ringlimit_writebehind_encode_failures_total";
     pub const SATURATED: &str = "ringlimit_writebehind_backlog_bound_reached_total";
 }
+
+/// A cell taken into a flush: the version snapshotted and its usage rows.
+type Taken<'a> = (&'a Arc<KeyCell>, u64, Vec<(String, UsageCell)>);
 
 /// The write-behind of one node.
 pub struct WriteBehind {
@@ -68,6 +76,8 @@ pub struct WriteBehind {
     /// Told about the usage rows of every successful flush (the billing
     /// pipeline counts admitted units from them, not from each check).
     usage_hook: std::sync::OnceLock<Box<dyn Fn(&[UsageRow]) + Send + Sync>>,
+    /// How a snapshot becomes bytes ([`Snapshot::encode`]; tests make it fail).
+    encode: fn(&Snapshot) -> Result<Vec<u8>, rmp_serde::encode::Error>,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -84,6 +94,8 @@ impl std::fmt::Debug for WriteBehind {
 pub struct FlushReport {
     pub keys: usize,
     pub usage_rows: usize,
+    /// Cells left pending because their snapshot could not be encoded.
+    pub unencodable: usize,
 }
 
 impl WriteBehind {
@@ -100,6 +112,7 @@ impl WriteBehind {
             stats: FlushStats::default(),
             over_bound: std::sync::atomic::AtomicBool::new(false),
             usage_hook: std::sync::OnceLock::new(),
+            encode: Snapshot::encode,
         }
     }
 
@@ -173,12 +186,23 @@ impl WriteBehind {
         if cells.is_empty() {
             return Ok(FlushReport::default());
         }
-        let started = std::time::Instant::now();
+        let started = crate::clock::monotonic();
         let mut snaps = Vec::with_capacity(cells.len());
-        let mut written: Vec<(u64, Vec<(String, UsageCell)>)> = Vec::with_capacity(cells.len());
+        let mut written: Vec<Taken<'_>> = Vec::with_capacity(cells.len());
         let mut usage_rows = Vec::new();
+        let mut unencodable = 0;
         for c in &cells {
             let g = c.lock();
+            let snap = match (self.encode)(&g.snap) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    unencodable += 1;
+                    self.stats.encode_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(metric::ENCODE_FAILURES).increment(1);
+                    tracing::error!(key_id = %c.key_id, error = %e, "cannot encode a key's snapshot; it stays pending");
+                    continue;
+                }
+            };
             let rows = g.snap.usage.rows();
             for (writer, (granularity, start, units)) in &rows {
                 usage_rows.push(UsageRow {
@@ -189,8 +213,14 @@ impl WriteBehind {
                     units: *units,
                 });
             }
-            snaps.push((c.key_id.clone(), g.snap.encode()));
-            written.push((g.version, rows));
+            snaps.push((c.key_id.clone(), snap));
+            written.push((c, g.version, rows));
+        }
+        if written.is_empty() {
+            return Ok(FlushReport {
+                unencodable,
+                ..FlushReport::default()
+            });
         }
         let result = self.write(&snaps, &usage_rows).await;
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
@@ -199,7 +229,7 @@ impl WriteBehind {
             metrics::counter!(metric::FLUSH_FAILURES).increment(1);
             return Err(e);
         }
-        for (c, (version, rows)) in cells.iter().zip(&written) {
+        for (c, version, rows) in &written {
             self.pending.remove_if(&c.key_id, |_, pc| {
                 if !Arc::ptr_eq(pc, c) {
                     return false;
@@ -219,12 +249,13 @@ impl WriteBehind {
         }
         self.stats
             .keys_written
-            .fetch_add(cells.len() as u64, Ordering::Relaxed);
-        metrics::histogram!(metric::FLUSH_KEYS).record(cells.len() as f64);
+            .fetch_add(written.len() as u64, Ordering::Relaxed);
+        metrics::histogram!(metric::FLUSH_KEYS).record(written.len() as f64);
         metrics::histogram!(metric::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(FlushReport {
-            keys: cells.len(),
+            keys: written.len(),
             usage_rows: usage_rows.len(),
+            unencodable,
         })
     }
 
@@ -242,11 +273,20 @@ impl WriteBehind {
         Ok(())
     }
 
-    /// Flushes until nothing is pending or `attempts` flushes failed.
+    /// Flushes until nothing is pending or `attempts` flushes failed (a
+    /// flush that wrote nothing because no pending snapshot could be encoded
+    /// counts as failed).
     pub async fn drain(&self, attempts: usize) -> Result<(), StoreError> {
         let mut failures = 0;
         while !self.pending.is_empty() {
-            match self.flush_once().await {
+            let result = match self.flush_once().await {
+                Ok(r) if r.keys == 0 && r.unencodable > 0 => Err(StoreError::Corrupt(format!(
+                    "{} pending snapshots cannot be encoded",
+                    r.unencodable
+                ))),
+                other => other,
+            };
+            match result {
                 Ok(_) => {}
                 Err(e) => {
                     failures += 1;
@@ -344,5 +384,95 @@ impl ractor::Actor for WriteBehindActor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+
+    type Batch = Vec<(String, Vec<u8>)>;
+
+    /// A snapshot sink that records every batch it is given.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        batches: parking_lot::Mutex<Vec<Batch>>,
+    }
+
+    #[async_trait]
+    impl SnapshotStore for Recorder {
+        async fn save_snapshots(&self, batch: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.batches.lock().push(batch.to_vec());
+            Ok(())
+        }
+        async fn load_snapshot(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        async fn delete_snapshot(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn unencodable(_: &Snapshot) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        Err(rmp_serde::encode::Error::Syntax(
+            "refused by the test".into(),
+        ))
+    }
+
+    fn changed_cell(wb: &WriteBehind, key_id: &str) -> Arc<KeyCell> {
+        let cell = Arc::new(KeyCell::new(key_id.into(), 0));
+        let add = {
+            let mut g = cell.lock();
+            g.snap.usage.add(60_000, 1);
+            cell.mark_changed(&mut g)
+        };
+        assert!(add);
+        wb.enqueue(&cell);
+        cell
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_that_cannot_be_encoded_stays_pending_and_is_never_written_empty() {
+        let sink = Arc::new(Recorder::default());
+        let mut wb = WriteBehind::new(
+            vec![sink.clone() as Arc<dyn SnapshotStore>],
+            None,
+            WriteBehindConfig {
+                interval: Duration::from_millis(1),
+                ..WriteBehindConfig::default()
+            },
+        );
+        wb.encode = unencodable;
+        changed_cell(&wb, "k1");
+
+        let r = wb.flush_once().await.expect("flush");
+        assert_eq!(
+            r,
+            FlushReport {
+                keys: 0,
+                usage_rows: 0,
+                unencodable: 1
+            }
+        );
+        assert!(sink.batches.lock().is_empty(), "nothing was written");
+        assert_eq!(wb.pending_len(), 1, "the cell stays pending");
+        assert_eq!(wb.stats.encode_failures.load(Ordering::Relaxed), 1);
+        assert!(
+            wb.drain(2).await.is_err(),
+            "a drain gives up instead of spinning"
+        );
+
+        // Once the snapshot encodes again, the cell is written and leaves the map.
+        wb.encode = Snapshot::encode;
+        let r = wb.flush_once().await.expect("flush");
+        assert_eq!(r.keys, 1);
+        assert_eq!(r.unencodable, 0);
+        assert_eq!(wb.pending_len(), 0);
+        let batches = sink.batches.lock();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0][0].0, "k1");
+        assert!(!batches[0][0].1.is_empty());
+        assert!(Snapshot::decode(&batches[0][0].1).is_ok());
     }
 }

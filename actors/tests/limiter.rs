@@ -4,12 +4,11 @@
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use ringlimit_actors::catalog::{Catalog, LimitsSource};
+use ringlimit_actors::core::{Core, CoreConfig};
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
 use ringlimit_actors::storage::{SnapshotStore, StoreError};
 use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
-use ringlimit_protocol::admin::{KeyStatus, Metadata};
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,10 +40,6 @@ impl SnapshotStore for MemSnapshots {
 
 fn key(id: &str, limit: u64) -> KeyRecord {
     KeyRecord {
-        key_id: id.into(),
-        owner: "o".into(),
-        tier: "free".into(),
-        status: KeyStatus::Active,
         limits: Some(vec![LimitSpec {
             name: "l".into(),
             algorithm: AlgorithmKind::SlidingLog,
@@ -52,14 +47,7 @@ fn key(id: &str, limit: u64) -> KeyRecord {
             window_ms: 3_600_000,
             burst: None,
         }]),
-        metadata: Metadata::new(),
-        secret_hash: SecretHash::of("s"),
-        previous_hash: None,
-        previous_expires_at_ms: None,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        suspended_until_ms: None,
-        suspended_reason: None,
+        ..KeyRecord::active(id, "o", "free", SecretHash::of("s"), 0)
     }
 }
 
@@ -76,42 +64,29 @@ async fn fixture(
     max_active: usize,
     flush: Duration,
 ) -> Fixture {
-    let source = Arc::new(LimitsSource {
-        catalog: Catalog::new([]),
-        keys: Default::default(),
-    });
-    for (id, l) in keys {
-        source.keys.insert(key(id, *l));
-    }
     let store = Arc::new(MemSnapshots::default());
     let sink: Arc<dyn SnapshotStore> = store.clone();
-    let wb = Arc::new(WriteBehind::new(
-        vec![sink],
-        None,
-        WriteBehindConfig {
+    let core = Core::start(CoreConfig {
+        snapshot_sinks: vec![sink],
+        write_behind: WriteBehindConfig {
             interval: flush,
             ..Default::default()
         },
-    ));
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    wb.spawn(rx);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let limiters = KeyLimiters::start(
-        source,
-        Arc::clone(&wb),
-        LimiterConfig {
+        limiter: LimiterConfig {
             idle_timeout: idle,
             max_active,
             sweep_interval: Duration::from_millis(5),
             writer: "t".into(),
         },
-        clock,
-    )
+        ..CoreConfig::default().with_keys(keys.iter().map(|(id, l)| key(id, *l)))
+    })
     .await
     .unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    core.write_behind.spawn(rx);
     Fixture {
-        limiters,
-        wb,
+        limiters: core.limiters,
+        wb: core.write_behind,
         store,
         _stop: stop,
     }

@@ -28,34 +28,16 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use async_trait::async_trait;
-use ringlimit_actors::catalog::{Catalog, LimitsSource};
-use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
-use ringlimit_actors::pipeline::{HttpPoster, PipelineConfig, Pipelines};
+use ringlimit_actors::core::{Core, CoreConfig};
+use ringlimit_actors::pipeline::{NoWebhooks, PipelineConfig, Pipelines};
 use ringlimit_actors::service::Service;
-use ringlimit_actors::storage::{SnapshotStore, Store, UsageStore};
-use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
+use ringlimit_actors::storage::Store;
 use ringlimit_node::background::{Background, DEFAULT_NICE};
 use ringlimit_node::store::embedded::EmbeddedStore;
 use ringlimit_protocol::admin::CreateKeyRequest;
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct NoWebhooks;
-
-#[async_trait]
-impl HttpPoster for NoWebhooks {
-    async fn post(
-        &self,
-        _: &str,
-        _: &[(&'static str, String)],
-        _: Vec<u8>,
-        _: Duration,
-    ) -> Result<u16, String> {
-        Ok(200)
-    }
-}
 
 const CLIENT_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
 
@@ -71,36 +53,13 @@ async fn node(
 ) -> (Arc<Service>, Arc<Service>, Vec<String>, Option<Pipelines>) {
     let store = EmbeddedStore::open(dir).unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
-    let snaps: Arc<dyn SnapshotStore> = store.clone();
-    let usage: Arc<dyn UsageStore> = store.clone();
-    let source = Arc::new(LimitsSource {
-        catalog: Catalog::new(ringlimit_node::config::default_tiers()),
-        keys: Default::default(),
-    });
-    let wb = Arc::new(WriteBehind::new(
-        vec![snaps],
-        Some(usage),
-        WriteBehindConfig::default(),
-    ));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let limiters = KeyLimiters::start(
-        Arc::clone(&source),
-        Arc::clone(&wb),
-        LimiterConfig::default(),
-        Arc::clone(&clock),
-    )
-    .await
-    .unwrap();
-    let front = || {
-        Arc::new(Service::new(
-            Arc::clone(&source),
-            limiters.clone(),
-            Arc::clone(&store),
-            Arc::clone(&clock),
-            random,
-        ))
-    };
-    let (off, on) = (front(), front());
+    let config = CoreConfig::over(&store).with_tiers(ringlimit_node::config::default_tiers());
+    let core = Core::start(config).await.unwrap();
+    let wb = Arc::clone(&core.write_behind);
+    let (off, on) = (
+        core.service(Arc::clone(&store), random),
+        core.service(Arc::clone(&store), random),
+    );
     let mut keys = Vec::new();
     for i in 0..100 {
         let k = off

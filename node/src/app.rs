@@ -9,12 +9,12 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisSnapshots;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use anyhow::Context;
-use ringlimit_actors::catalog::{Catalog, LimitsSource};
-use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
+use ringlimit_actors::core::{Core, CoreConfig};
+use ringlimit_actors::limiter::{Clock, LimiterConfig, SystemClock};
 use ringlimit_actors::pipeline::Pipelines;
 use ringlimit_actors::service::Service;
 use ringlimit_actors::storage::{Retention, SnapshotStore, Store, UsageStore};
-use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
+use ringlimit_actors::writebehind::WriteBehindConfig;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::path::Path;
@@ -181,24 +181,17 @@ pub async fn run(
     };
     let usage: Arc<dyn UsageStore> = store_dyn.clone();
 
-    let source = Arc::new(LimitsSource {
-        catalog: Catalog::new(config.tiers.clone()),
-        keys: Default::default(),
-    });
-    let wb = Arc::new(WriteBehind::new(
-        vec![snapshots],
-        Some(usage),
-        WriteBehindConfig {
+    let core = Core::start(CoreConfig {
+        tiers: config.tiers.clone(),
+        keys: Vec::new(),
+        snapshot_sinks: vec![snapshots],
+        usage: Some(usage),
+        write_behind: WriteBehindConfig {
             interval: config.flush_interval,
             max_pending: config.max_pending_keys,
             ..Default::default()
         },
-    ));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let limiters = KeyLimiters::start(
-        Arc::clone(&source),
-        Arc::clone(&wb),
-        LimiterConfig {
+        limiter: LimiterConfig {
             idle_timeout: config.idle_timeout,
             max_active: config.max_active_keys,
             sweep_interval: (config.idle_timeout / 4).clamp(
@@ -207,17 +200,13 @@ pub async fn run(
             ),
             writer: format!("{}#{boot_ms}", config.node_name),
         },
-        Arc::clone(&clock),
-    )
+        clock: Arc::new(SystemClock),
+    })
     .await
     .context("starting the key limiters")?;
-    let service = Arc::new(Service::new(
-        source,
-        limiters.clone(),
-        store_dyn,
-        clock,
-        os_random,
-    ));
+    let wb = Arc::clone(&core.write_behind);
+    let limiters = core.limiters.clone();
+    let service = core.service(store_dyn, os_random);
     let n = service.warm().await.context("loading keys")?;
     tracing::info!(keys = n, "key cache warmed");
     let mut seed = [0u8; 16];
@@ -231,7 +220,7 @@ pub async fn run(
     let pipelines = background
         .run(Pipelines::start(
             config.pipelines.clone(),
-            Arc::clone(&service.store),
+            Arc::clone(service.store()),
             poster,
             seed,
         ))

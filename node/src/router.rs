@@ -389,7 +389,7 @@ impl Router {
             key_id: key_id.to_string(),
             secret_hash: hash.0,
             cost,
-            now_us: self.service.clock.now_us(),
+            now_us: self.service.now_us(),
             resource: None,
             client_ip: client_ip.map(|ip| ip.to_string()),
         };
@@ -398,7 +398,7 @@ impl Router {
 
     /// Fail-open (the default) or fail-closed, by the key's tier.
     fn owner_unreachable(&self, key_id: &str, owner: &str, e: &ForwardError) -> ValidateOutcome {
-        let key = self.service.source.keys.get(key_id);
+        let key = self.service.key(key_id);
         let closed = key
             .as_ref()
             .is_some_and(|k| self.cfg.fail_closed_tiers.contains(&k.tier));
@@ -430,10 +430,9 @@ impl Router {
             return;
         }
         tracing::info!(node = c.node_name(), "draining: handing keys over");
-        let keys = self.service.limiters.active_keys();
+        let keys = self.service.active_keys();
         if !self
             .service
-            .limiters
             .passivate_keys(&keys, self.cfg.passivate_timeout)
             .await
         {
@@ -477,14 +476,12 @@ impl Router {
         let ring = c.ring();
         let lost: Vec<String> = self
             .service
-            .limiters
             .active_keys()
             .into_iter()
             .filter(|k| ring.owner(k) != me)
             .collect();
         if !lost.is_empty() {
             self.service
-                .limiters
                 .passivate_keys(&lost, self.cfg.passivate_timeout)
                 .await;
         }

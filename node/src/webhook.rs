@@ -3,7 +3,7 @@
 //! pipeline; this only sends one POST.
 
 use async_trait::async_trait;
-use ringlimit_actors::pipeline::HttpPoster;
+use ringlimit_actors::pipeline::{HttpPoster, PostError};
 use std::time::Duration;
 
 /// A pooled HTTP/1.1 client.
@@ -32,16 +32,16 @@ impl HttpPoster for WebhookClient {
         headers: &[(&'static str, String)],
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<u16, String> {
+    ) -> Result<u16, PostError> {
         let mut req = self.client.post(url).timeout(timeout).body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
         match req.send().await {
             Ok(r) => Ok(r.status().as_u16()),
-            Err(e) if e.is_timeout() => Err(format!("timed out after {} ms", timeout.as_millis())),
-            Err(e) if e.is_connect() => Err(format!("cannot connect: {e}")),
-            Err(e) => Err(e.to_string()),
+            Err(e) if e.is_timeout() => Err(PostError::Timeout(timeout)),
+            Err(e) if e.is_connect() => Err(PostError::Connect(e.to_string())),
+            Err(e) => Err(PostError::Other(e.to_string())),
         }
     }
 }

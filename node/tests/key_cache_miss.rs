@@ -3,11 +3,9 @@
 //! path, instead of answering a valid key with 401.
 #![allow(clippy::unwrap_used)]
 
-use ringlimit_actors::catalog::{Catalog, LimitsSource};
-use ringlimit_actors::limiter::{Clock, KeyLimiters, LimiterConfig, SystemClock};
+use ringlimit_actors::core::{Core, CoreConfig};
 use ringlimit_actors::service::{Service, ValidateOutcome};
-use ringlimit_actors::storage::{SnapshotStore, Store, UsageStore};
-use ringlimit_actors::writebehind::{WriteBehind, WriteBehindConfig};
+use ringlimit_actors::storage::Store;
 use ringlimit_node::store::embedded::EmbeddedStore;
 use ringlimit_protocol::admin::CreateKeyRequest;
 use std::sync::Arc;
@@ -18,27 +16,8 @@ fn random(buf: &mut [u8]) {
 
 /// A node of its own (key cache, limiters) over the shared `store`.
 async fn node(store: Arc<dyn Store>) -> Arc<Service> {
-    let snaps: Arc<dyn SnapshotStore> = store.clone();
-    let usage: Arc<dyn UsageStore> = store.clone();
-    let source = Arc::new(LimitsSource {
-        catalog: Catalog::new(ringlimit_node::config::default_tiers()),
-        keys: Default::default(),
-    });
-    let wb = Arc::new(WriteBehind::new(
-        vec![snaps],
-        Some(usage),
-        WriteBehindConfig::default(),
-    ));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let limiters = KeyLimiters::start(
-        Arc::clone(&source),
-        wb,
-        LimiterConfig::default(),
-        Arc::clone(&clock),
-    )
-    .await
-    .unwrap();
-    Arc::new(Service::new(source, limiters, store, clock, random))
+    let config = CoreConfig::over(&store).with_tiers(ringlimit_node::config::default_tiers());
+    Core::start(config).await.unwrap().service(store, random)
 }
 
 #[tokio::test]
@@ -57,15 +36,12 @@ async fn a_key_created_elsewhere_is_found_in_the_store_on_a_cache_miss() {
         .await
         .unwrap();
     // Node b never heard of the key: its cache misses, the store has it.
-    assert!(b.source.keys.get(&k.key.key_id).is_none());
+    assert!(b.key(&k.key.key_id).is_none());
     assert!(matches!(
         b.validate(&k.api_key, 1, None).await,
         ValidateOutcome::Allowed { .. }
     ));
-    assert!(
-        b.source.keys.get(&k.key.key_id).is_some(),
-        "now cached on b"
-    );
+    assert!(b.key(&k.key.key_id).is_some(), "now cached on b");
     // A wrong secret for the same key is still refused.
     let last = if k.api_key.ends_with('x') { 'y' } else { 'x' };
     let wrong = format!("{}{last}", &k.api_key[..k.api_key.len() - 1]);

@@ -10,48 +10,17 @@
 //! This runs in process on the real embedded store, with the real supervisor.
 #![allow(clippy::unwrap_used)]
 
-use async_trait::async_trait;
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::limitset::CheckResult;
-use ringlimit_actors::pipeline::{HttpPoster, Kind, PipelineConfig, Pipelines};
+use ringlimit_actors::pipeline::{Kind, NoWebhooks, PipelineConfig, Pipelines};
 use ringlimit_actors::storage::{Range, Store};
 use ringlimit_node::store::embedded::EmbeddedStore;
-use ringlimit_protocol::admin::{KeyStatus, Metadata};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct NoWebhooks;
-
-#[async_trait]
-impl HttpPoster for NoWebhooks {
-    async fn post(
-        &self,
-        _: &str,
-        _: &[(&'static str, String)],
-        _: Vec<u8>,
-        _: Duration,
-    ) -> Result<u16, String> {
-        Err("no webhooks in this test".into())
-    }
-}
-
 fn key(id: &str) -> Arc<KeyRecord> {
-    Arc::new(KeyRecord {
-        key_id: id.into(),
-        owner: "o".into(),
-        tier: "free".into(),
-        status: KeyStatus::Active,
-        limits: None,
-        metadata: Metadata::new(),
-        secret_hash: SecretHash::of("s"),
-        previous_hash: None,
-        previous_expires_at_ms: None,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        suspended_until_ms: None,
-        suspended_reason: None,
-    })
+    Arc::new(KeyRecord::active(id, "o", "free", SecretHash::of("s"), 0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

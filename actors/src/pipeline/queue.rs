@@ -31,7 +31,6 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 /// Metric names.
 pub mod metric {
@@ -83,7 +82,7 @@ pub struct EventQueue<T> {
     pending_len: AtomicUsize,
     dropped: AtomicU64,
     processed: AtomicU64,
-    started: Instant,
+    started: std::time::Instant,
     last_drop_log_s: AtomicU64,
     closed: std::sync::atomic::AtomicBool,
 }
@@ -114,7 +113,7 @@ impl<T: Clone> EventQueue<T> {
             pending_len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             processed: AtomicU64::new(0),
-            started: Instant::now(),
+            started: crate::clock::monotonic(),
             last_drop_log_s: AtomicU64::new(u64::MAX),
             closed: std::sync::atomic::AtomicBool::new(false),
         }

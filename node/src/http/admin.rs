@@ -154,7 +154,7 @@ pub async fn usage_history(
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     let granularity = q.granularity.unwrap_or(Granularity::Hour);
-    let now = app.service.clock.now_us() / 1_000;
+    let now = app.service.now_ms();
     let to_ms = q.to.unwrap_or(now + 1);
     let from_ms = q
         .from
@@ -211,10 +211,10 @@ pub async fn put_tier(
 
 /// `GET /api/v1/node`: this node's limiter and write-behind counters.
 pub async fn node_info(State(app): State<AppState>) -> Json<serde_json::Value> {
-    let s = app.service.limiters.stats();
+    let s = app.service.limiter_stats();
     Json(serde_json::json!({
         "node_name": app.config.node_name,
-        "keys_cached": app.service.source.keys.len(),
+        "keys_cached": app.service.cached_key_count(),
         "active_key_limiters": s.active,
         "activations": s.activations,
         "passivations": s.passivations,

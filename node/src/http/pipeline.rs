@@ -38,7 +38,7 @@ fn pipelines(app: &AppState) -> Result<&Pipelines, ApiError> {
 }
 
 fn now_ms(app: &AppState) -> u64 {
-    app.service.clock.now_us() / 1_000
+    app.service.now_ms()
 }
 
 /// `from`/`to`/`page`/`limit` of a listing.
@@ -110,7 +110,7 @@ pub async fn list_violations(
     let (range, page, limit) = q.range(now_ms(&app))?;
     let rows = app
         .service
-        .store
+        .store()
         .list_violations(q.key_id.as_deref(), range)
         .await
         .map_err(store_err)?;
@@ -135,7 +135,7 @@ pub async fn list_audit(
     let (range, page, limit) = q.range(now_ms(&app))?;
     let rows = app
         .service
-        .store
+        .store()
         .list_audit(range)
         .await
         .map_err(store_err)?;
@@ -155,7 +155,7 @@ pub async fn list_alerts(
     let (range, page, limit) = q.range(now_ms(&app))?;
     let rows = app
         .service
-        .store
+        .store()
         .list_alerts(q.key_id.as_deref(), range)
         .await
         .map_err(store_err)?;
@@ -180,7 +180,7 @@ pub async fn list_dead_letters(
     let (range, page, limit) = q.range(now_ms(&app))?;
     let rows = app
         .service
-        .store
+        .store()
         .list_dead_letters(range)
         .await
         .map_err(store_err)?;
@@ -241,7 +241,7 @@ pub async fn create_block(
 /// `GET /api/v1/blocks`: the blocks in force (expired ones left out).
 pub async fn list_blocks(State(app): State<AppState>) -> Result<Json<BlockList>, ApiError> {
     let now = now_ms(&app);
-    let mut blocks = app.service.store.list_blocks().await.map_err(store_err)?;
+    let mut blocks = app.service.store().list_blocks().await.map_err(store_err)?;
     blocks.retain(|b| b.expires_at_ms.is_none_or(|t| t > now));
     Ok(Json(BlockList { blocks }))
 }
@@ -301,10 +301,10 @@ pub async fn key_billing(
     ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> Result<Json<BillingList>, ApiError> {
     let p = pipelines(&app)?;
-    if app.service.source.keys.get(&key_id).is_none()
+    if app.service.key(&key_id).is_none()
         && app
             .service
-            .store
+            .store()
             .get_key(&key_id)
             .await
             .map_err(store_err)?
@@ -316,7 +316,7 @@ pub async fn key_billing(
         Some(s) => {
             let start = period_start(&app, p, Some(s))?;
             app.service
-                .store
+                .store()
                 .get_billing(&key_id, start)
                 .await
                 .map_err(store_err)?
@@ -325,7 +325,7 @@ pub async fn key_billing(
         }
         None => app
             .service
-            .store
+            .store()
             .list_billing_for_key(&key_id, 24)
             .await
             .map_err(store_err)?,
@@ -345,7 +345,7 @@ pub async fn list_billing(
     let start = period_start(&app, p, q.period.as_deref())?;
     let records = app
         .service
-        .store
+        .store()
         .list_billing_for_period(start)
         .await
         .map_err(store_err)?;
@@ -424,14 +424,14 @@ pub async fn usage_analytics(
     if !(1..=1_000).contains(&top) {
         return Err(ApiError::invalid("top: must be between 1 and 1000"));
     }
-    let mut keys = app.service.source.keys.all();
+    let mut keys = app.service.cached_keys();
     keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     let mut totals = Vec::new();
     let mut tiers: BTreeMap<String, TierUsageTotal> = BTreeMap::new();
     for k in keys {
         let units: u64 = app
             .service
-            .store
+            .store()
             .usage_history(&k.key_id, granularity, from_ms, to_ms)
             .await
             .map_err(store_err)?

@@ -18,6 +18,14 @@
 //! attempt it becomes a dead letter (listed and re-driven via the admin API).
 //! Deliveries run as tasks beside the worker; alerts still `pending` at start
 //! (the process died mid-delivery) are delivered again.
+//!
+//! The HTTP side (signatures, payloads, retries) is in `delivery.rs`.
+
+mod delivery;
+
+pub use delivery::{
+    HttpPoster, NoWebhooks, PostError, deliver, hmac_sha256, owner_webhook, render, signature,
+};
 
 use super::{Ctx, Kind, Worker, stable_id};
 use crate::keys::KeyRecord;
@@ -25,7 +33,6 @@ use crate::storage::{Range, StoreError};
 use async_trait::async_trait;
 use ringlimit_protocol::pipeline::{Alert, DeadLetter, DeliveryState};
 use ringlimit_protocol::validate::LimitStatus;
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,19 +125,6 @@ impl Default for AlertConfig {
     }
 }
 
-/// Sends one HTTP POST (implemented by the node with its HTTP client).
-#[async_trait]
-pub trait HttpPoster: Send + Sync + 'static {
-    /// The status code, or an error (transport, timeout).
-    async fn post(
-        &self,
-        url: &str,
-        headers: &[(&'static str, String)],
-        body: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<u16, String>;
-}
-
 /// An alert on its way to the alert worker.
 #[derive(Debug, Clone)]
 pub struct AlertEvent {
@@ -195,146 +189,6 @@ impl AlertEvent {
         ev
     }
 }
-
-/// The key owner's webhook from the key's metadata.
-pub fn owner_webhook(key: &KeyRecord) -> Option<(String, Option<String>)> {
-    let url = key.metadata.get("webhook_url")?.as_str()?;
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return None;
-    }
-    let secret = key
-        .metadata
-        .get("webhook_secret")
-        .and_then(|s| s.as_str())
-        .map(str::to_owned);
-    Some((url.to_owned(), secret))
-}
-
-/// HMAC-SHA256 (RFC 2104).
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    const B: usize = 64;
-    let mut k = [0u8; B];
-    if key.len() > B {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut ipad = [0x36u8; B];
-    let mut opad = [0x5cu8; B];
-    for i in 0..B {
-        ipad[i] ^= k[i];
-        opad[i] ^= k[i];
-    }
-    let inner = Sha256::new()
-        .chain_update(ipad)
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(opad)
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
-/// The signature header's value for `body` sent at `t` (unix seconds).
-pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
-    let mut msg = Vec::with_capacity(body.len() + 12);
-    msg.extend_from_slice(t.to_string().as_bytes());
-    msg.push(b'.');
-    msg.extend_from_slice(body);
-    format!(
-        "t={t},v1={}",
-        hex::encode(hmac_sha256(secret.as_bytes(), &msg))
-    )
-}
-
-/// The body sent for `alert` in `format`.
-pub fn render(alert: &Alert, format: WebhookFormat) -> Vec<u8> {
-    let v = match format {
-        WebhookFormat::Generic => serde_json::json!({ "type": "ringlimit.alert", "alert": alert }),
-        WebhookFormat::Slack => {
-            let text = format!(
-                "[{}] {}: {}",
-                alert.severity.to_uppercase(),
-                alert.kind,
-                alert.message
-            );
-            serde_json::json!({
-                "text": text,
-                "blocks": [
-                    { "type": "section", "text": { "type": "mrkdwn", "text": format!("*{}* `{}`\n{}", alert.severity.to_uppercase(), alert.kind, alert.message) } },
-                    { "type": "context", "elements": [ { "type": "mrkdwn", "text": format!("alert `{}`{}", alert.id, alert.key_id.as_deref().map(|k| format!(" · key `{k}`")).unwrap_or_default()) } ] }
-                ]
-            })
-        }
-    };
-    serde_json::to_vec(&v).unwrap_or_default()
-}
-
-fn unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn jitter_seed(id: &str, attempt: u32) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let h = Sha256::new()
-        .chain_update(id.as_bytes())
-        .chain_update(attempt.to_le_bytes())
-        .chain_update(nanos.to_le_bytes())
-        .finalize();
-    u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]))
-}
-
-/// Posts `body` to `url` until a 2xx answer or `max_attempts` attempts.
-/// `Ok(attempts)` or `Err((attempts, last error))`.
-pub async fn deliver(
-    poster: &dyn HttpPoster,
-    policy: &DeliveryPolicy,
-    url: &str,
-    secret: Option<&str>,
-    alert_id: &str,
-    body: &[u8],
-) -> Result<u32, (u32, String)> {
-    let mut last = String::new();
-    let attempts = policy.max_attempts.max(1);
-    for n in 1..=attempts {
-        let mut headers = vec![
-            ("content-type", "application/json".to_string()),
-            ("x-ringlimit-alert-id", alert_id.to_string()),
-            ("x-ringlimit-attempt", n.to_string()),
-        ];
-        if let Some(s) = secret {
-            headers.push(("x-ringlimit-signature", signature(s, unix_s(), body)));
-        }
-        match poster
-            .post(url, &headers, body.to_vec(), policy.timeout)
-            .await
-        {
-            Ok(code) if (200..300).contains(&code) => {
-                metrics::counter!("ringlimit_webhook_deliveries_total", "result" => "delivered")
-                    .increment(1);
-                return Ok(n);
-            }
-            Ok(code) => last = format!("answered HTTP {code}"),
-            Err(e) => last = e,
-        }
-        metrics::counter!("ringlimit_webhook_attempt_failures_total").increment(1);
-        tracing::debug!(url, alert_id, attempt = n, error = %last, "webhook attempt failed");
-        if n < attempts {
-            tokio::time::sleep(policy.backoff(n, jitter_seed(alert_id, n))).await;
-        }
-    }
-    metrics::counter!("ringlimit_webhook_deliveries_total", "result" => "dead_lettered")
-        .increment(1);
-    Err((attempts, last))
-}
-
 /// One place an alert goes.
 #[derive(Debug, Clone)]
 struct Target {
@@ -371,6 +225,26 @@ fn targets(
     t
 }
 
+/// The dead letter of `alert` for target `t`, failed now.
+fn dead_letter(
+    alert: &Alert,
+    t: &Target,
+    attempts: u32,
+    error: String,
+    payload: String,
+) -> DeadLetter {
+    DeadLetter {
+        id: stable_id(&["dead-letter", &alert.id, &t.name]),
+        alert_id: alert.id.clone(),
+        endpoint: t.name.clone(),
+        url: t.url.clone(),
+        failed_at_ms: crate::clock::wall_ms(),
+        attempts,
+        error,
+        payload,
+    }
+}
+
 /// Delivers `alert` to every target, then records the outcome (delivery
 /// state, attempts, dead letters).
 async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
@@ -378,7 +252,24 @@ async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
     let mut attempts = 0;
     let mut dead = Vec::new();
     for t in &targets {
-        let body = render(&alert, t.format);
+        let body = match render(&alert, t.format) {
+            Ok(b) => b,
+            Err(e) => {
+                // Never post an empty body: the target gets a dead letter
+                // saying why, visible in the admin API.
+                metrics::counter!("ringlimit_webhook_deliveries_total", "result" => "dead_lettered")
+                    .increment(1);
+                tracing::error!(alert_id = %alert.id, endpoint = %t.name, error = %e, "cannot render the webhook payload; dead-lettered");
+                dead.push(dead_letter(
+                    &alert,
+                    t,
+                    0,
+                    format!("cannot render the payload: {e}"),
+                    String::new(),
+                ));
+                continue;
+            }
+        };
         match deliver(
             &*ctx.poster,
             &policy,
@@ -393,21 +284,13 @@ async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
             Err((n, error)) => {
                 attempts += n;
                 tracing::warn!(alert_id = %alert.id, endpoint = %t.name, error = %error, "webhook delivery failed; dead-lettered");
-                dead.push(DeadLetter {
-                    id: stable_id(&["dead-letter", &alert.id, &t.name]),
-                    alert_id: alert.id.clone(),
-                    endpoint: t.name.clone(),
-                    url: t.url.clone(),
-                    failed_at_ms: super::now_ms(),
-                    attempts: n,
-                    error,
-                    payload: String::from_utf8_lossy(&body).into_owned(),
-                });
+                let payload = String::from_utf8_lossy(&body).into_owned();
+                dead.push(dead_letter(&alert, t, n, error, payload));
             }
         }
     }
     alert.attempts += attempts;
-    alert.last_attempt_at_ms = Some(super::now_ms());
+    alert.last_attempt_at_ms = Some(crate::clock::wall_ms());
     alert.delivery = if dead.is_empty() {
         DeliveryState::Delivered
     } else {
@@ -447,6 +330,13 @@ pub async fn redrive(ctx: &Ctx, id: &str) -> Result<Redrive, StoreError> {
     let Some(mut letter) = ctx.store.get_dead_letter(id).await? else {
         return Ok(Redrive::NotFound);
     };
+    if letter.payload.is_empty() {
+        // Its payload could not be rendered: there is nothing to send.
+        return Ok(Redrive::Failed {
+            attempts: 0,
+            error: letter.error,
+        });
+    }
     let cfg = &ctx.config.alerts;
     let secret = match letter.endpoint.strip_prefix("key:") {
         Some(key_id) => ctx
@@ -476,7 +366,7 @@ pub async fn redrive(ctx: &Ctx, id: &str) -> Result<Redrive, StoreError> {
             ctx.store.delete_dead_letter(id).await?;
             if let Some(mut a) = ctx.store.get_alert(&letter.alert_id).await? {
                 a.attempts += n;
-                a.last_attempt_at_ms = Some(super::now_ms());
+                a.last_attempt_at_ms = Some(crate::clock::wall_ms());
                 a.delivery = DeliveryState::Delivered;
                 ctx.store.put_alert(&a).await?;
             }
@@ -485,7 +375,7 @@ pub async fn redrive(ctx: &Ctx, id: &str) -> Result<Redrive, StoreError> {
         Err((n, error)) => {
             letter.attempts += n;
             letter.error = error.clone();
-            letter.failed_at_ms = super::now_ms();
+            letter.failed_at_ms = crate::clock::wall_ms();
             ctx.store.put_dead_letter(&letter).await?;
             Ok(Redrive::Failed { attempts: n, error })
         }
@@ -625,130 +515,5 @@ impl Worker for AlertWorker {
 
     fn idle(&self) -> bool {
         self.ctx.alerts.is_idle()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hmac_matches_rfc_4231_case_2() {
-        assert_eq!(
-            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-        // Case 6: a key longer than the block size is hashed first.
-        let key = [0xaau8; 131];
-        assert_eq!(
-            hex::encode(hmac_sha256(
-                &key,
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            )),
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        );
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let p = DeliveryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(1_000),
-            timeout: Duration::from_secs(1),
-        };
-        assert_eq!(p.backoff(1, 0), Duration::from_millis(50));
-        assert_eq!(p.backoff(1, 50), Duration::from_millis(100));
-        assert_eq!(p.backoff(2, 0), Duration::from_millis(100));
-        assert_eq!(p.backoff(3, 0), Duration::from_millis(200));
-        assert_eq!(
-            p.backoff(9, u64::MAX),
-            Duration::from_millis(500 + (u64::MAX % 501))
-        );
-        assert!(p.backoff(30, 7) <= Duration::from_millis(1_000));
-    }
-
-    struct Flaky {
-        fail_first: u32,
-        calls: std::sync::atomic::AtomicU32,
-    }
-
-    #[async_trait]
-    impl HttpPoster for Flaky {
-        async fn post(
-            &self,
-            _: &str,
-            h: &[(&'static str, String)],
-            _: Vec<u8>,
-            _: Duration,
-        ) -> Result<u16, String> {
-            assert!(h.iter().any(|(k, _)| *k == "x-ringlimit-signature"));
-            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(if n < self.fail_first { 500 } else { 200 })
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retries_until_success_or_gives_up() {
-        let p = DeliveryPolicy {
-            max_attempts: 4,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-        };
-        let f = Flaky {
-            fail_first: 3,
-            calls: 0.into(),
-        };
-        assert_eq!(
-            deliver(&f, &p, "http://x", Some("s"), "a", b"{}").await,
-            Ok(4)
-        );
-        let f = Flaky {
-            fail_first: 9,
-            calls: 0.into(),
-        };
-        let e = deliver(&f, &p, "http://x", Some("s"), "a", b"{}")
-            .await
-            .unwrap_err();
-        assert_eq!(e.0, 4);
-        assert!(e.1.contains("500"), "{}", e.1);
-    }
-
-    #[test]
-    fn payloads_in_both_formats() {
-        let a = Alert {
-            id: "a1".into(),
-            raised_at_ms: 5,
-            key_id: Some("k1".into()),
-            kind: "overage".into(),
-            severity: "warning".into(),
-            message: "key k1 crossed".into(),
-            details: serde_json::json!({"units": 3}),
-            delivery: DeliveryState::Pending,
-            attempts: 0,
-            last_attempt_at_ms: None,
-        };
-        let g: serde_json::Value =
-            serde_json::from_slice(&render(&a, WebhookFormat::Generic)).unwrap();
-        assert_eq!(g["type"], "ringlimit.alert");
-        assert_eq!(g["alert"]["details"]["units"], 3);
-        let s: serde_json::Value =
-            serde_json::from_slice(&render(&a, WebhookFormat::Slack)).unwrap();
-        assert_eq!(s["text"], "[WARNING] overage: key k1 crossed");
-        assert!(
-            s["blocks"][0]["text"]["text"]
-                .as_str()
-                .unwrap()
-                .contains("key k1 crossed")
-        );
-    }
-
-    #[test]
-    fn signature_verifies_with_the_shared_secret() {
-        let s = signature("k", 1_700_000_000, b"{\"a\":1}");
-        let (t, v1) = s.split_once(",v1=").unwrap();
-        assert_eq!(t, "t=1700000000");
-        assert_eq!(v1, hex::encode(hmac_sha256(b"k", b"1700000000.{\"a\":1}")));
     }
 }

@@ -1,0 +1,225 @@
+//! The validate (check) path: IP blocks, key look-up (with bounded store
+//! reads after key-cache misses), secret verification and the KeyLimiter.
+
+use super::{Service, metric};
+use crate::keys::{self, AuthResult, KeyRecord, SecretHash};
+use crate::limitset::{CheckError, CheckResult};
+use ringlimit_protocol::apikey;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The answer to a validate call, before it becomes HTTP.
+#[derive(Debug, Clone)]
+pub enum ValidateOutcome {
+    Allowed {
+        key: Arc<KeyRecord>,
+        result: CheckResult,
+    },
+    Denied {
+        key: Arc<KeyRecord>,
+        result: CheckResult,
+    },
+    /// Unknown key, wrong secret, expired old secret or revoked key: all alike.
+    Unauthorized,
+    Suspended {
+        key: Arc<KeyRecord>,
+        until_ms: Option<u64>,
+    },
+    Rejected {
+        key: Arc<KeyRecord>,
+        error: CheckError,
+    },
+    Unavailable,
+    /// The caller's `client_ip` is on the block list.
+    IpBlocked {
+        block: ringlimit_protocol::pipeline::IpBlock,
+    },
+}
+
+/// Most store look-ups a node makes per second for key ids missing from its
+/// cache; more misses are answered 401 without one.
+pub const MISS_LOOKUPS_PER_SECOND: u32 = 200;
+/// How long a key id the store did not have is not looked up again.
+pub const MISS_NEGATIVE_MS: u64 = 1_000;
+/// Longest a look-up after a miss may take before the check answers 401.
+pub const MISS_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+/// Most key ids remembered as absent.
+const MISS_NEGATIVE_MAX: usize = 10_000;
+
+/// Bounds the store reads that key-cache misses cause: a budget per second
+/// and a short memory of ids the store did not have, so a flood of unknown
+/// key ids costs the store at most `MISS_LOOKUPS_PER_SECOND` reads a second.
+#[derive(Debug, Default)]
+pub(super) struct MissGuard {
+    second: u64,
+    used: u32,
+    absent: std::collections::HashMap<String, u64>,
+}
+
+impl MissGuard {
+    /// Whether `key_id` may be looked up in the store now.
+    fn admit(&mut self, key_id: &str, now_ms: u64) -> bool {
+        if self.absent.get(key_id).is_some_and(|until| *until > now_ms) {
+            return false;
+        }
+        let second = now_ms / 1_000;
+        if second != self.second {
+            self.second = second;
+            self.used = 0;
+        }
+        if self.used >= MISS_LOOKUPS_PER_SECOND {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+
+    fn absent(&mut self, key_id: &str, now_ms: u64) {
+        if self.absent.len() >= MISS_NEGATIVE_MAX {
+            self.absent.retain(|_, until| *until > now_ms);
+            if self.absent.len() >= MISS_NEGATIVE_MAX {
+                self.absent.clear();
+            }
+        }
+        self.absent
+            .insert(key_id.to_string(), now_ms + MISS_NEGATIVE_MS);
+    }
+}
+
+impl Service {
+    /// The unexpired block holding `ip`, if any.
+    pub fn ip_blocked(&self, ip: IpAddr) -> Option<ringlimit_protocol::pipeline::IpBlock> {
+        if self.blocks.is_empty() {
+            return None;
+        }
+        self.blocks.find(ip, self.now_ms())
+    }
+
+    /// May the holder of `api_key` spend `cost` now?
+    pub async fn validate(
+        &self,
+        api_key: &str,
+        cost: u64,
+        client_ip: Option<IpAddr>,
+    ) -> ValidateOutcome {
+        if let Some(block) = client_ip.and_then(|ip| self.ip_blocked(ip)) {
+            return ValidateOutcome::IpBlocked { block };
+        }
+        let Some((key_id, secret)) = apikey::parse(api_key) else {
+            // Malformed keys take the same hashing path as unknown ones.
+            let _ = keys::verify_unknown(&SecretHash::of(api_key));
+            return ValidateOutcome::Unauthorized;
+        };
+        self.validate_hashed(key_id, &SecretHash::of(secret), cost, client_ip)
+            .await
+    }
+
+    /// Validate for a key_id and the SHA-256 of the presented secret (what a
+    /// forwarded check carries: the secret never leaves the receiving node).
+    pub async fn validate_hashed(
+        &self,
+        key_id: &str,
+        presented: &SecretHash,
+        cost: u64,
+        client_ip: Option<IpAddr>,
+    ) -> ValidateOutcome {
+        let now_us = self.clock.now_us();
+        let now_ms = now_us / 1_000;
+        let cached = self.source.keys.get(key_id);
+        let found = match cached {
+            Some(k) => Some(k),
+            None => self.key_after_miss(key_id, now_ms).await,
+        };
+        let Some(key) = found else {
+            let _ = keys::verify_unknown(presented);
+            return ValidateOutcome::Unauthorized;
+        };
+        if key.verify(presented, now_ms) != AuthResult::Valid {
+            return ValidateOutcome::Unauthorized;
+        }
+        if key.suspended_at(now_ms) {
+            return ValidateOutcome::Suspended {
+                until_ms: key.suspended_until_ms,
+                key,
+            };
+        }
+        match self.limiters.check(key_id, cost, now_us).await {
+            Ok(Ok(result)) if result.allowed => {
+                if let Some(p) = self.pipelines.get() {
+                    p.on_allowed(&key, &result, cost, now_ms);
+                }
+                ValidateOutcome::Allowed { key, result }
+            }
+            Ok(Ok(result)) => {
+                if let Some(p) = self.pipelines.get() {
+                    p.on_denied(&key, &result, cost, client_ip, now_ms);
+                }
+                ValidateOutcome::Denied { key, result }
+            }
+            Ok(Err(error)) => ValidateOutcome::Rejected { key, error },
+            Err(_) => ValidateOutcome::Unavailable,
+        }
+    }
+
+    /// A key missing from the cache, read from the store (within the miss
+    /// budget). In a cluster a key created on another node reaches this
+    /// node's cache by broadcast a few milliseconds later; a check that
+    /// arrives first finds it here instead of a wrong 401.
+    async fn key_after_miss(&self, key_id: &str, now_ms: u64) -> Option<Arc<KeyRecord>> {
+        if !apikey::is_key_id(key_id) || !self.misses.lock().admit(key_id, now_ms) {
+            return None;
+        }
+        match tokio::time::timeout(MISS_LOOKUP_TIMEOUT, self.store.get_key(key_id)).await {
+            Ok(Ok(Some(rec))) => {
+                metrics::counter!(metric::MISS_LOADED).increment(1);
+                Some(self.source.keys.insert_if_absent(rec))
+            }
+            Ok(Ok(None)) => {
+                self.misses.lock().absent(key_id, now_ms);
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(key_id, error = %e, "key look-up after a cache miss failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn miss_lookups_are_budgeted_per_second_and_absent_ids_remembered() {
+        let mut g = MissGuard::default();
+        let t = 5_000_000;
+        for i in 0..MISS_LOOKUPS_PER_SECOND {
+            assert!(
+                g.admit(&format!("k{i}"), t),
+                "look-up {i} within the budget"
+            );
+        }
+        assert!(
+            !g.admit("one-more", t + 999),
+            "over the budget in the same second"
+        );
+        assert!(g.admit("one-more", t + 1_000), "a new second, a new budget");
+        g.absent("gone", t + 1_000);
+        assert!(!g.admit("gone", t + 1_500), "remembered as absent");
+        assert!(
+            g.admit("gone", t + 1_000 + MISS_NEGATIVE_MS),
+            "forgotten after a while"
+        );
+    }
+
+    #[test]
+    fn the_memory_of_absent_ids_is_bounded() {
+        let mut g = MissGuard::default();
+        for i in 0..MISS_NEGATIVE_MAX + 10 {
+            g.absent(&format!("k{i}"), 0);
+        }
+        assert!(g.absent.len() <= MISS_NEGATIVE_MAX);
+    }
+}

@@ -1,0 +1,275 @@
+//! Validate and key administration, on top of the key cache, the catalog,
+//! the KeyLimiters and the store. The HTTP layer is a thin mapping of this.
+//!
+//! - `check`: the validate (check) path, with the bounded store look-ups
+//!   after key-cache misses.
+//! - `keys`: key administration (create, update, suspend, revoke, rotate)
+//!   and key reloads.
+//! - `tiers`: tiers and their reloads.
+//! - `blocks`: IP/CIDR blocks.
+//! - `usage`: current usage, limits and usage history of a key.
+
+mod blocks;
+mod check;
+mod keys;
+mod tiers;
+mod usage;
+
+pub use blocks::MAX_BLOCK_EXPIRY_MS;
+pub use check::{MISS_LOOKUP_TIMEOUT, MISS_LOOKUPS_PER_SECOND, MISS_NEGATIVE_MS, ValidateOutcome};
+pub use keys::{MAX_GRACE_MS, MAX_METADATA_BYTES, MAX_OWNER_LEN};
+
+use crate::blocks::BlockList;
+use crate::catalog::LimitsSource;
+use crate::keys::KeyRecord;
+use crate::limiter::{Clock, KeyLimiters, LimiterStats};
+use crate::pipeline::{Host, HostError, Pipelines};
+use crate::storage::{Store, StoreError};
+use check::MissGuard;
+use std::sync::Arc;
+
+/// Errors of the admin operations.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the key limiter is unavailable")]
+    Unavailable,
+}
+
+impl From<AdminError> for HostError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::NotFound(what) => HostError::NotFound(what),
+            e @ AdminError::Invalid { .. } => HostError::Refused(e.to_string()),
+            AdminError::Store(e) => HostError::Store(e),
+            AdminError::Unavailable => HostError::Unavailable,
+        }
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> AdminError {
+    AdminError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The service of one node.
+pub struct Service {
+    source: Arc<LimitsSource>,
+    limiters: KeyLimiters,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    random: fn(&mut [u8]),
+    admin_lock: tokio::sync::Mutex<()>,
+    change_hook: std::sync::OnceLock<Box<dyn Fn(Change) + Send + Sync>>,
+    pipelines: std::sync::OnceLock<Pipelines>,
+    /// The IP/CIDR blocks in force.
+    blocks: BlockList,
+    /// Store look-ups after key-cache misses.
+    misses: parking_lot::Mutex<MissGuard>,
+}
+
+/// Metric names of the service.
+pub mod metric {
+    /// Keys read from the store after a key-cache miss on the check path.
+    pub const MISS_LOADED: &str = "ringlimit_key_cache_miss_loaded_total";
+}
+
+/// An admin change other nodes must learn about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Key(String),
+    Tier(String),
+    Blocks,
+    AbuseRules,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("keys", &self.source.keys.len())
+            .finish()
+    }
+}
+
+impl Service {
+    /// `random` fills a buffer from a cryptographically secure source.
+    pub fn new(
+        source: Arc<LimitsSource>,
+        limiters: KeyLimiters,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        random: fn(&mut [u8]),
+    ) -> Self {
+        Service {
+            source,
+            limiters,
+            store,
+            clock,
+            random,
+            admin_lock: tokio::sync::Mutex::new(()),
+            change_hook: std::sync::OnceLock::new(),
+            pipelines: std::sync::OnceLock::new(),
+            blocks: BlockList::default(),
+            misses: parking_lot::Mutex::new(MissGuard::default()),
+        }
+    }
+
+    /// Connects the pipelines (violations, billing, alerts) to the hot path.
+    pub fn set_pipelines(self: &Arc<Self>, p: Pipelines) {
+        let host: Arc<dyn Host> = Arc::clone(self) as Arc<dyn Host>;
+        p.set_host(Arc::downgrade(&host));
+        let _ = self.pipelines.set(p);
+    }
+
+    pub fn pipelines(&self) -> Option<&Pipelines> {
+        self.pipelines.get()
+    }
+
+    /// Loads every key into the cache and applies stored tier changes.
+    pub async fn warm(&self) -> Result<usize, StoreError> {
+        self.blocks.set(self.store.list_blocks().await?);
+        for t in self.store.list_tiers().await? {
+            self.source.catalog.set_tier(t);
+        }
+        let keys = self.store.load_all_keys().await?;
+        let n = keys.len();
+        for k in keys {
+            self.source.keys.insert(k);
+        }
+        self.source.catalog.bump();
+        Ok(n)
+    }
+
+    /// Wall-clock time by the service's clock, µs since the epoch.
+    pub fn now_us(&self) -> u64 {
+        self.clock.now_us()
+    }
+
+    /// Wall-clock time by the service's clock, ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_us() / 1_000
+    }
+
+    /// The store the service reads and writes.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A key from the cache (no store look-up).
+    pub fn key(&self, key_id: &str) -> Option<Arc<KeyRecord>> {
+        self.source.keys.get(key_id)
+    }
+
+    /// Every key in the cache.
+    pub fn cached_keys(&self) -> Vec<Arc<KeyRecord>> {
+        self.source.keys.all()
+    }
+
+    /// How many keys the cache holds.
+    pub fn cached_key_count(&self) -> usize {
+        self.source.keys.len()
+    }
+
+    /// Keys with an active KeyLimiter.
+    pub fn active_keys(&self) -> Vec<String> {
+        self.limiters.active_keys()
+    }
+
+    /// Passivates these keys' KeyLimiters; whether all stopped within `timeout`.
+    pub async fn passivate_keys(&self, keys: &[String], timeout: std::time::Duration) -> bool {
+        self.limiters.passivate_keys(keys, timeout).await
+    }
+
+    /// Counters of the KeyLimiters.
+    pub fn limiter_stats(&self) -> LimiterStats {
+        self.limiters.stats()
+    }
+
+    /// The IP/CIDR blocks in force.
+    pub fn blocks(&self) -> &BlockList {
+        &self.blocks
+    }
+
+    /// Registers the function told about every admin change (the cluster
+    /// broadcasts them to the other nodes).
+    pub fn on_change(&self, f: Box<dyn Fn(Change) + Send + Sync>) {
+        let _ = self.change_hook.set(f);
+    }
+
+    fn changed(&self, c: Change) {
+        if let Some(f) = self.change_hook.get() {
+            f(c);
+        }
+    }
+
+    /// Tells the other nodes the abuse rules changed.
+    pub fn rules_changed(&self) {
+        self.changed(Change::AbuseRules);
+    }
+
+    fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        kind: &str,
+        target: &str,
+        reason: Option<String>,
+        details: serde_json::Value,
+    ) {
+        if let Some(p) = self.pipelines.get() {
+            p.audit(ringlimit_protocol::pipeline::AuditEntry {
+                id: p.ctx.new_id(),
+                at_ms: self.now_ms(),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                target_kind: kind.to_string(),
+                target_id: target.to_string(),
+                reason,
+                details,
+            });
+        }
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[async_trait::async_trait]
+impl Host for Service {
+    fn key(&self, key_id: &str) -> Option<Arc<KeyRecord>> {
+        Service::key(self, key_id)
+    }
+
+    fn keys(&self) -> Vec<Arc<KeyRecord>> {
+        self.cached_keys()
+    }
+
+    async fn suspend(&self, key_id: &str, until_ms: u64, reason: &str) -> Result<(), HostError> {
+        // Never shorten a suspension already in force (an operator's
+        // indefinite one, or a longer one).
+        if let Some(k) = self.source.keys.get(key_id) {
+            if k.suspended_at(self.now_ms()) && k.suspended_until_ms.is_none_or(|u| u >= until_ms) {
+                return Ok(());
+            }
+        }
+        self.suspend_key(key_id, Some(until_ms), reason)
+            .await
+            .map(|_| ())
+            .map_err(HostError::from)
+    }
+
+    fn writebehind_pending(&self) -> usize {
+        self.limiters.stats().pending_writes
+    }
+}
