@@ -138,7 +138,7 @@ async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Ve
                 lat.push(ns);
                 if matches!(
                     out,
-                    ringlimit_actors::service::ValidateOutcome::Denied { .. }
+                    ringlimit_actors::service::ValidateOutcome::Denied(_)
                 ) {
                     denied.push(ns);
                 }

@@ -28,14 +28,13 @@ use crate::cluster::ring::Ring;
 use crate::cluster::inbox::{Inbound, Inbox};
 use crate::cluster::{Cluster, ForwardError};
 use parking_lot::Mutex;
-use ringlimit_actors::keys::{self, SecretHash};
-use ringlimit_actors::service::{self, Change, Service};
+use ringlimit_actors::keys::SecretHash;
+use ringlimit_actors::service::{Change, Service};
 use ringlimit_actors::writebehind::WriteBehind;
-use ringlimit_protocol::apikey;
 use ringlimit_protocol::cluster::{
     AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
 };
-use ringlimit_protocol::validate::{Checked, ValidateOutcome};
+use ringlimit_protocol::validate::ValidateOutcome;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,53 +87,6 @@ impl std::fmt::Debug for Router {
     }
 }
 
-/// The domain outcome of the service's check, in the protocol's terms.
-fn decided(o: service::ValidateOutcome) -> ValidateOutcome {
-    use ringlimit_actors::limitset::CheckError;
-    let checked = |key: &ringlimit_actors::keys::KeyRecord,
-                   r: ringlimit_actors::limitset::CheckResult| Checked {
-        key_id: key.key_id.clone(),
-        tier: key.tier.clone(),
-        limits: r.limits,
-        retry_after_ms: r.retry_after_ms,
-        denied_by: r.denied_by,
-    };
-    match o {
-        service::ValidateOutcome::Allowed { key, result } => {
-            ValidateOutcome::Allowed(checked(&key, result))
-        }
-        service::ValidateOutcome::Denied { key, result } => {
-            ValidateOutcome::Denied(checked(&key, result))
-        }
-        service::ValidateOutcome::Unauthorized => ValidateOutcome::Unauthorized,
-        service::ValidateOutcome::Suspended { key, until_ms } => ValidateOutcome::Suspended {
-            key_id: key.key_id.clone(),
-            tier: key.tier.clone(),
-            reason: key.suspended_reason.clone(),
-            until_ms,
-        },
-        service::ValidateOutcome::Rejected { key, error } => match error {
-            e @ CheckError::CostExceedsCapacity { .. } => ValidateOutcome::CostExceedsCapacity {
-                key_id: key.key_id.clone(),
-                tier: key.tier.clone(),
-                message: e.to_string(),
-            },
-            e @ CheckError::NoLimits => ValidateOutcome::Unavailable {
-                key_id: Some(key.key_id.clone()),
-                tier: Some(key.tier.clone()),
-                message: e.to_string(),
-            },
-        },
-        service::ValidateOutcome::Unavailable => {
-            ValidateOutcome::unavailable("the key limiter is unavailable; retry")
-        }
-        service::ValidateOutcome::IpBlocked { block } => ValidateOutcome::IpBlocked {
-            cidr: block.cidr.to_string(),
-            expires_at_ms: block.expires_at_ms,
-        },
-    }
-}
-
 impl Router {
     /// A router over `cluster` (none: a single node). `forming`: hold checks
     /// of owned keys until the first peers are seen (or `handoff_wait`
@@ -177,28 +129,46 @@ impl Router {
     /// Sends this node's admin changes to every peer.
     fn broadcast_changes(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        self.service.on_change(Box::new(move |c| {
-            let Some(r) = weak.upgrade() else { return };
-            let Some(cl) = r.cluster.clone() else { return };
-            let ev = match c {
-                Change::Key(key_id) => AdminEvent::KeyChanged { key_id },
-                Change::Tier(name) => AdminEvent::TierChanged { name },
-                Change::Blocks => AdminEvent::BlocksChanged,
-                Change::AbuseRules => AdminEvent::AbuseRulesChanged {
-                    rules: r
-                        .service
-                        .pipelines()
-                        .map(|p| serde_json::to_string(&p.abuse_rules()).unwrap_or_default())
-                        .unwrap_or_default(),
-                },
-            };
-            tokio::spawn(async move {
-                let rep = cl.broadcast(ev.clone()).await;
-                if !rep.failed.is_empty() {
-                    tracing::warn!(event = ?ev, failed = ?rep.failed, "admin change not delivered to every peer; they catch up at the next full reload");
+        let mut changes = self.service.changes();
+        tokio::spawn(async move {
+            loop {
+                let c = match changes.recv().await {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "admin changes not broadcast; peers catch up at the next full reload");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(r) = weak.upgrade() else { return };
+                r.broadcast_change(c);
+            }
+        });
+    }
+
+    fn broadcast_change(&self, c: Change) {
+        let Some(cl) = self.cluster.clone() else { return };
+        let ev = match c {
+            Change::Key(key_id) => AdminEvent::KeyChanged { key_id },
+            Change::Tier(name) => AdminEvent::TierChanged { name },
+            Change::Blocks => AdminEvent::BlocksChanged,
+            Change::AbuseRules => {
+                let Some(p) = self.service.pipelines() else { return };
+                match serde_json::to_string(&p.abuse_rules()) {
+                    Ok(rules) => AdminEvent::AbuseRulesChanged { rules },
+                    Err(e) => {
+                        tracing::error!(error = %e, "abuse rules do not encode; not broadcast");
+                        return;
+                    }
                 }
-            });
-        }));
+            }
+        };
+        tokio::spawn(async move {
+            let rep = cl.broadcast(ev.clone()).await;
+            if !rep.failed.is_empty() {
+                tracing::warn!(event = ?ev, failed = ?rep.failed, "admin change not delivered to every peer; they catch up at the next full reload");
+            }
+        });
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -287,23 +257,18 @@ impl Router {
     }
 
     /// Answers one check: locally when this node owns the key, otherwise
-    /// through the owner. The one entry point of a check: the IP block and
-    /// the api_key's parsing are done here, once.
+    /// through the owner. The IP block and the api_key's parsing are done
+    /// once, on the node that received the request.
     pub async fn validate(
         self: &Arc<Self>,
         api_key: &str,
         cost: u64,
         client_ip: Option<IpAddr>,
     ) -> ValidateOutcome {
-        if let Some(block) = client_ip.and_then(|ip| self.service.ip_blocked(ip)) {
-            return decided(service::ValidateOutcome::IpBlocked { block });
-        }
-        let Some((key_id, secret)) = apikey::parse(api_key) else {
-            // Malformed keys take the same hashing path as unknown ones.
-            let _ = keys::verify_unknown(&SecretHash::of(api_key));
-            return ValidateOutcome::Unauthorized;
+        let (key_id, hash) = match self.service.admit_request(api_key, client_ip) {
+            Ok(front) => front,
+            Err(answer) => return answer,
         };
-        let hash = SecretHash::of(secret);
         let Some(ring) = self.routing_ring() else {
             return self.decide_local(key_id, &hash, cost, client_ip).await;
         };
@@ -365,11 +330,9 @@ impl Router {
         cost: u64,
         client_ip: Option<IpAddr>,
     ) -> ValidateOutcome {
-        decided(
-            self.service
-                .validate_hashed(key_id, hash, cost, client_ip)
-                .await,
-        )
+        self.service
+            .validate_hashed(key_id, hash, cost, client_ip)
+            .await
     }
 
     async fn forward(

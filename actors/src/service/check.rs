@@ -4,36 +4,21 @@
 use super::{Service, metric};
 use crate::keys::{self, AuthResult, KeyRecord, SecretHash};
 use crate::limitset::{CheckError, CheckResult};
+pub use ringlimit_protocol::validate::ValidateOutcome;
+use ringlimit_protocol::validate::Checked;
 use ringlimit_protocol::apikey;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The answer to a validate call, before it becomes HTTP.
-#[derive(Debug, Clone)]
-pub enum ValidateOutcome {
-    Allowed {
-        key: Arc<KeyRecord>,
-        result: CheckResult,
-    },
-    Denied {
-        key: Arc<KeyRecord>,
-        result: CheckResult,
-    },
-    /// Unknown key, wrong secret, expired old secret or revoked key: all alike.
-    Unauthorized,
-    Suspended {
-        key: Arc<KeyRecord>,
-        until_ms: Option<u64>,
-    },
-    Rejected {
-        key: Arc<KeyRecord>,
-        error: CheckError,
-    },
-    Unavailable,
-    /// The caller's `client_ip` is on the block list.
-    IpBlocked {
-        block: ringlimit_protocol::pipeline::IpBlock,
-    },
+/// The state of a key's limits after a check that ran.
+fn checked(key: &KeyRecord, r: CheckResult) -> Checked {
+    Checked {
+        key_id: key.key_id.clone(),
+        tier: key.tier.clone(),
+        limits: r.limits,
+        retry_after_ms: r.retry_after_ms,
+        denied_by: r.denied_by,
+    }
 }
 
 /// Most store look-ups a node makes per second for key ids missing from its
@@ -95,23 +80,41 @@ impl Service {
         self.blocks.find(ip, self.now_ms())
     }
 
-    /// May the holder of `api_key` spend `cost` now?
+    /// The front of every check: the caller's IP against the block list,
+    /// then the api_key's form. `Ok` gives the key id and the hash of the
+    /// presented secret for [`Service::validate_hashed`] (here or on the
+    /// key's owner); `Err` is the check's answer already.
+    pub fn admit_request<'a>(
+        &self,
+        api_key: &'a str,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(&'a str, SecretHash), ValidateOutcome> {
+        if let Some(block) = client_ip.and_then(|ip| self.ip_blocked(ip)) {
+            return Err(ValidateOutcome::IpBlocked {
+                cidr: block.cidr,
+                expires_at_ms: block.expires_at_ms,
+            });
+        }
+        let Some((key_id, secret)) = apikey::parse(api_key) else {
+            // Malformed keys take the same hashing path as unknown ones.
+            let _ = keys::verify_unknown(&SecretHash::of(api_key));
+            return Err(ValidateOutcome::Unauthorized);
+        };
+        Ok((key_id, SecretHash::of(secret)))
+    }
+
+    /// May the holder of `api_key` spend `cost` now? The whole check on this
+    /// node (a single node, or tests and benchmarks of the service alone).
     pub async fn validate(
         &self,
         api_key: &str,
         cost: u64,
         client_ip: Option<IpAddr>,
     ) -> ValidateOutcome {
-        if let Some(block) = client_ip.and_then(|ip| self.ip_blocked(ip)) {
-            return ValidateOutcome::IpBlocked { block };
+        match self.admit_request(api_key, client_ip) {
+            Ok((key_id, hash)) => self.validate_hashed(key_id, &hash, cost, client_ip).await,
+            Err(answer) => answer,
         }
-        let Some((key_id, secret)) = apikey::parse(api_key) else {
-            // Malformed keys take the same hashing path as unknown ones.
-            let _ = keys::verify_unknown(&SecretHash::of(api_key));
-            return ValidateOutcome::Unauthorized;
-        };
-        self.validate_hashed(key_id, &SecretHash::of(secret), cost, client_ip)
-            .await
     }
 
     /// Validate for a key_id and the SHA-256 of the presented secret (what a
@@ -139,8 +142,10 @@ impl Service {
         }
         if key.suspended_at(now_ms) {
             return ValidateOutcome::Suspended {
+                key_id: key.key_id.clone(),
+                tier: key.tier.clone(),
+                reason: key.suspended_reason.clone(),
                 until_ms: key.suspended_until_ms,
-                key,
             };
         }
         match self.limiters.check(key_id, cost, now_us).await {
@@ -148,16 +153,27 @@ impl Service {
                 if let Some(p) = self.pipelines.get() {
                     p.on_allowed(&key, &result, cost, now_ms);
                 }
-                ValidateOutcome::Allowed { key, result }
+                ValidateOutcome::Allowed(checked(&key, result))
             }
             Ok(Ok(result)) => {
                 if let Some(p) = self.pipelines.get() {
                     p.on_denied(&key, &result, cost, client_ip, now_ms);
                 }
-                ValidateOutcome::Denied { key, result }
+                ValidateOutcome::Denied(checked(&key, result))
             }
-            Ok(Err(error)) => ValidateOutcome::Rejected { key, error },
-            Err(_) => ValidateOutcome::Unavailable,
+            Ok(Err(e @ CheckError::CostExceedsCapacity { .. })) => {
+                ValidateOutcome::CostExceedsCapacity {
+                    key_id: key.key_id.clone(),
+                    tier: key.tier.clone(),
+                    message: e.to_string(),
+                }
+            }
+            Ok(Err(e @ CheckError::NoLimits)) => ValidateOutcome::Unavailable {
+                key_id: Some(key.key_id.clone()),
+                tier: Some(key.tier.clone()),
+                message: e.to_string(),
+            },
+            Err(_) => ValidateOutcome::unavailable("the key limiter is unavailable; retry"),
         }
     }
 

@@ -67,7 +67,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     random: fn(&mut [u8]),
     admin_lock: tokio::sync::Mutex<()>,
-    change_hook: std::sync::OnceLock<Box<dyn Fn(Change) + Send + Sync>>,
+    /// Admin changes, for whoever tells the other nodes (the router).
+    changes: tokio::sync::broadcast::Sender<Change>,
     pipelines: std::sync::OnceLock<Pipelines>,
     /// The IP/CIDR blocks in force.
     blocks: BlockList,
@@ -80,6 +81,9 @@ pub mod metric {
     /// Keys read from the store after a key-cache miss on the check path.
     pub const MISS_LOADED: &str = "ringlimit_key_cache_miss_loaded_total";
 }
+
+/// Admin changes held for a receiver that is behind.
+pub const CHANGES_BUFFERED: usize = 1_024;
 
 /// An admin change other nodes must learn about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +118,7 @@ impl Service {
             clock,
             random,
             admin_lock: tokio::sync::Mutex::new(()),
-            change_hook: std::sync::OnceLock::new(),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
             pipelines: std::sync::OnceLock::new(),
             blocks: BlockList::default(),
             misses: parking_lot::Mutex::new(MissGuard::default()),
@@ -197,16 +201,17 @@ impl Service {
         &self.blocks
     }
 
-    /// Registers the function told about every admin change (the cluster
-    /// broadcasts them to the other nodes).
-    pub fn on_change(&self, f: Box<dyn Fn(Change) + Send + Sync>) {
-        let _ = self.change_hook.set(f);
+    /// Every admin change made from now on (the cluster broadcasts them to
+    /// the other nodes). A receiver that falls more than
+    /// [`CHANGES_BUFFERED`] changes behind is told how many it missed; the
+    /// periodic full reload catches those up.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     fn changed(&self, c: Change) {
-        if let Some(f) = self.change_hook.get() {
-            f(c);
-        }
+        // No receiver (a single node) is fine: nobody needs to hear it.
+        let _ = self.changes.send(c);
     }
 
     /// Tells the other nodes the abuse rules changed.
