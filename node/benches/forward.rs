@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TOKEN: &str = "bench-admin-token-0123456789";
 
@@ -83,9 +83,9 @@ async fn run(url: &str, key: &str, callers: usize, dur: Duration) -> (Vec<Durati
             tokio::spawn(async move {
                 let c = reqwest::Client::new();
                 let mut lat = Vec::new();
-                let end = Instant::now() + dur;
-                while Instant::now() < end {
-                    let t = Instant::now();
+                let end = ringlimit_actors::clock::monotonic() + dur;
+                while ringlimit_actors::clock::monotonic() < end {
+                    let t = ringlimit_actors::clock::monotonic();
                     let r = c
                         .post(url.as_str())
                         .body(body.as_str().to_owned())

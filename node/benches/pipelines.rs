@@ -37,7 +37,7 @@ use ringlimit_node::store::embedded::EmbeddedStore;
 use ringlimit_protocol::admin::CreateKeyRequest;
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CLIENT_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1));
 
@@ -132,7 +132,7 @@ async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Ve
                     tick.tick().await;
                 }
                 let k = &keys[(i * 7 + c * 13) % keys.len()];
-                let t = Instant::now();
+                let t = ringlimit_actors::clock::monotonic();
                 let out = s.validate(k, 1, Some(CLIENT_IP)).await;
                 let ns = t.elapsed().as_nanos() as u64;
                 lat.push(ns);
@@ -195,7 +195,7 @@ fn main() {
         let (mut lat_off, mut lat_on) = (Vec::new(), Vec::new());
         let (mut den_off, mut den_on) = (Vec::new(), Vec::new());
         let mut round_ratios = Vec::new();
-        let started = Instant::now();
+        let started = ringlimit_actors::clock::monotonic();
         for r in 0..rounds {
             // Alternate which goes first, so drift in the machine hits both.
             let order = if r % 2 == 0 {

@@ -12,7 +12,7 @@ use ringlimit_node::store::redis::RedisSnapshots;
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn main() {
     let own_dir = std::env::temp_dir().join(format!("rl-bench-redis-{}", std::process::id()));
@@ -94,7 +94,7 @@ fn main() {
                         wb.enqueue(c);
                     }
                 }
-                let t = Instant::now();
+                let t = ringlimit_actors::clock::monotonic();
                 let rep = wb.flush_once().await.expect("flush");
                 times.push(t.elapsed());
                 assert_eq!(rep.keys, n);

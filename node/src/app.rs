@@ -10,7 +10,7 @@ use crate::store::redis::RedisSnapshots;
 use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use anyhow::Context;
 use ringlimit_actors::core::{Core, CoreConfig};
-use ringlimit_actors::limiter::{Clock, LimiterConfig, SystemClock};
+use ringlimit_actors::limiter::{LimiterConfig, SystemClock};
 use ringlimit_actors::pipeline::Pipelines;
 use ringlimit_actors::service::Service;
 use ringlimit_actors::storage::{Retention, SnapshotStore, Store, UsageStore};
@@ -138,6 +138,20 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Runs a node until `shutdown` resolves, then drains and saves state.
+///
+/// The wiring, in construction order (each part gets what it uses when it is
+/// built; nothing is attached afterwards):
+/// 1. [`open_stores`]: the key, history and pipeline store (embedded or
+///    ScyllaDB) and the snapshot store for live counters (Redis, or the same).
+/// 2. [`start_limiting`]: the key cache, KeyLimiters and write-behind
+///    ([`Core`]), the [`Service`] over them, and the pipelines on a thread
+///    of their own. The write-behind hands its usage rows to billing.
+/// 3. [`start_routing`]: the cluster layer (when configured), started with an
+///    inbox that queues what peers send, then the [`Router`] over it, which
+///    serves that inbox and broadcasts the service's admin changes.
+/// 4. [`serve`]: the data and admin planes, and the write-behind's flusher.
+/// 5. On shutdown, [`stop`]: hand keys over, stop serving, save state, drain
+///    the pipelines, leave the cluster.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -145,8 +159,26 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
-    let boot_ms = SystemClock.now_us() / 1_000;
-    let store_dyn: Arc<dyn Store> = if config.scylla_nodes.is_empty() {
+    let stores = open_stores(&config).await?;
+    let node = start_limiting(&config, stores).await?;
+    let router = start_routing(&config, &node).await?;
+    let serving = serve(config, &token, &node, &router).await?;
+    shutdown.await;
+    stop(node, router, serving).await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Where a node keeps its data.
+struct Stores {
+    /// Keys, usage history and the pipelines' records.
+    main: Arc<dyn Store>,
+    /// Live counter state (write-behind).
+    snapshots: Arc<dyn SnapshotStore>,
+}
+
+async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    let main: Arc<dyn Store> = if config.scylla_nodes.is_empty() {
         let s = EmbeddedStore::open(&config.data_dir).context("opening the embedded store")?;
         tracing::info!(data_dir = %config.data_dir.display(), "embedded store opened");
         spawn_retention(s.clone(), config.retention);
@@ -155,15 +187,14 @@ pub async fn run(
         let s = ScyllaStore::connect(
             &config.scylla_nodes,
             &config.scylla_keyspace,
-            scylla_options(&config),
+            scylla_options(config),
         )
         .await
         .context("connecting to ScyllaDB (scylla_nodes)")?;
         tracing::info!(nodes = ?config.scylla_nodes, keyspace = %config.scylla_keyspace, "ScyllaDB store connected");
         Arc::new(s)
     };
-    let store = store_dyn.clone();
-    // Live counter state goes to Redis when one is configured, else to the embedded store.
+    // Live counter state goes to Redis when one is configured, else to the main store.
     let snapshots: Arc<dyn SnapshotStore> = if let Some(url) = &config.redis_url {
         let r = RedisSnapshots::connect(url, config.redis_timeout)
             .await
@@ -177,14 +208,27 @@ pub async fn run(
         tracing::info!(nodes = ?config.redis_cluster_nodes, "counter state is written behind to Redis Cluster");
         Arc::new(r)
     } else {
-        store.clone()
+        main.clone()
     };
-    let usage: Arc<dyn UsageStore> = store_dyn.clone();
+    Ok(Stores { main, snapshots })
+}
 
+/// The limiting part of a node: what answers checks on this node.
+struct Limiting {
+    core: Core,
+    service: Arc<Service>,
+    pipelines: Pipelines,
+    /// The pipelines' thread (stops when dropped).
+    background: Background,
+}
+
+async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limiting> {
+    let boot_ms = ringlimit_actors::clock::wall_ms();
+    let usage: Arc<dyn UsageStore> = stores.main.clone();
     let core = Core::start(CoreConfig {
         tiers: config.tiers.clone(),
         keys: Vec::new(),
-        snapshot_sinks: vec![snapshots],
+        snapshot_sinks: vec![stores.snapshots],
         usage: Some(usage),
         write_behind: WriteBehindConfig {
             interval: config.flush_interval,
@@ -204,9 +248,7 @@ pub async fn run(
     })
     .await
     .context("starting the key limiters")?;
-    let wb = Arc::clone(&core.write_behind);
-    let limiters = core.limiters.clone();
-    let service = core.service(store_dyn, os_random);
+    let service = core.service(Arc::clone(&stores.main), os_random);
     let n = service.warm().await.context("loading keys")?;
     tracing::info!(keys = n, "key cache warmed");
     let mut seed = [0u8; 16];
@@ -220,7 +262,7 @@ pub async fn run(
     let pipelines = background
         .run(Pipelines::start(
             config.pipelines.clone(),
-            Arc::clone(service.store()),
+            stores.main,
             poster,
             seed,
         ))
@@ -231,75 +273,99 @@ pub async fn run(
     // Billing counts admitted units from the write-behind's usage rows (one
     // event per key and flush), not from each check.
     let p = pipelines.clone();
-    wb.on_usage_written(Box::new(move |rows| p.on_usage_written(rows)));
+    core.write_behind
+        .on_usage_written(Box::new(move |rows| p.on_usage_written(rows)));
     spawn_block_expiry(Arc::clone(&service));
+    Ok(Limiting {
+        core,
+        service,
+        pipelines,
+        background,
+    })
+}
 
+async fn start_routing(config: &Config, node: &Limiting) -> anyhow::Result<Arc<Router>> {
+    let router_config = RouterConfig {
+        node_name: config.node_name.clone(),
+        fail_closed_tiers: config.fail_closed_tiers.iter().cloned().collect(),
+        handoff_wait: config
+            .heartbeat_timeout
+            .max(std::time::Duration::from_secs(2)),
+        passivate_timeout: config.shutdown_timeout,
+    };
+    let wb = Arc::clone(&node.core.write_behind);
+    let service = Arc::clone(&node.service);
+    let Some(cluster_addr) = config.cluster_addr else {
+        return Ok(Router::new(service, wb, router_config, None, false));
+    };
+    let mut cc = ClusterConfig::new(
+        config.node_name.clone(),
+        cluster_addr,
+        config.cookie.clone().unwrap_or_default(),
+        config.seeds.clone(),
+    );
+    cc.heartbeat_timeout = config.heartbeat_timeout;
+    // A forwarded check waits for a live owner as long as it counts as
+    // alive (see `ClusterConfig::check_timeout`).
+    cc.check_timeout = config.heartbeat_timeout;
+    cc.advertise_addr = config.advertise_addr.clone();
+    cc.heartbeat_interval =
+        (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
     // The cluster layer starts first, queueing what peers send; the router,
     // built over it, serves that queue.
-    let (cluster, inbox) = match config.cluster_addr {
-        Some(cluster_addr) => {
-            let mut cc = ClusterConfig::new(
-                config.node_name.clone(),
-                cluster_addr,
-                config.cookie.clone().unwrap_or_default(),
-                config.seeds.clone(),
-            );
-            cc.heartbeat_timeout = config.heartbeat_timeout;
-            // A forwarded check waits for a live owner as long as it counts as
-            // alive (see `ClusterConfig::check_timeout`).
-            cc.check_timeout = config.heartbeat_timeout;
-            cc.advertise_addr = config.advertise_addr.clone();
-            cc.heartbeat_interval =
-                (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
-            let (handler, inbox) = crate::cluster::inbox::inbox();
-            let cluster = Cluster::start(cc, Arc::new(handler))
-                .await
-                .context("starting the cluster layer")?;
-            (Some(Arc::new(cluster)), Some(inbox))
-        }
-        None => (None, None),
-    };
+    let (handler, inbox) = crate::cluster::inbox::inbox();
+    let cluster = Cluster::start(cc, Arc::new(handler))
+        .await
+        .context("starting the cluster layer")?;
     let router = Router::new(
         Arc::clone(&service),
-        Arc::clone(&wb),
-        RouterConfig {
-            node_name: config.node_name.clone(),
-            fail_closed_tiers: config.fail_closed_tiers.iter().cloned().collect(),
-            handoff_wait: config
-                .heartbeat_timeout
-                .max(std::time::Duration::from_secs(2)),
-            passivate_timeout: config.shutdown_timeout,
-        },
-        cluster,
-        config.cluster_addr.is_some() && !config.seeds.is_empty(),
+        wb,
+        router_config,
+        Some(Arc::new(cluster)),
+        !config.seeds.is_empty(),
     );
-    if let (Some(cluster_addr), Some(inbox)) = (config.cluster_addr, inbox) {
-        tokio::spawn(Arc::clone(&router).serve(inbox));
-        tracing::info!(node = %config.node_name, %cluster_addr, seeds = ?config.seeds, "cluster layer started");
-        // Safety net for admin-change broadcasts a peer missed.
-        let s = Arc::clone(&service);
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(std::time::Duration::from_secs(30));
+    tokio::spawn(Arc::clone(&router).serve(inbox));
+    tracing::info!(node = %config.node_name, %cluster_addr, seeds = ?config.seeds, "cluster layer started");
+    // Safety net for admin-change broadcasts a peer missed.
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs(30));
+        t.tick().await;
+        loop {
             t.tick().await;
-            loop {
-                t.tick().await;
-                if let Err(e) = s.reload_all_keys().await {
-                    tracing::warn!(error = %e, "periodic key reload failed");
-                }
-                let _ = s.reload_tiers().await;
-                let _ = s.reload_blocks().await;
+            if let Err(e) = service.reload_all_keys().await {
+                tracing::warn!(error = %e, "periodic key reload failed");
             }
-        });
-    }
+            let _ = service.reload_tiers().await;
+            let _ = service.reload_blocks().await;
+        }
+    });
+    Ok(router)
+}
 
+/// The running HTTP planes and flusher.
+struct Serving {
+    config: Arc<Config>,
+    ready: Arc<AtomicBool>,
+    stop: tokio::sync::watch::Sender<bool>,
+    data: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+    flusher: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(
+    config: Config,
+    token: &str,
+    node: &Limiting,
+    router: &Arc<Router>,
+) -> anyhow::Result<Serving> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
     let ready = Arc::new(AtomicBool::new(false));
     let config = Arc::new(config);
     let state = AppState {
-        service: Arc::clone(&service),
-        router: Arc::clone(&router),
+        service: Arc::clone(&node.service),
+        router: Arc::clone(router),
         config: Arc::clone(&config),
         admin_token_hash: Sha256::digest(token.as_bytes()).into(),
         ready: Arc::clone(&ready),
@@ -315,9 +381,9 @@ pub async fn run(
     let data_addr = data_l.local_addr()?;
     let admin_addr = admin_l.local_addr()?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let flusher = wb.spawn(stop_rx.clone());
-    let serve = |l: tokio::net::TcpListener, r: axum::Router| {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = node.core.write_behind.spawn(stop_rx.clone());
+    let spawn = |l: tokio::net::TcpListener, r: axum::Router| {
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
             axum::serve(l, r)
@@ -327,8 +393,8 @@ pub async fn run(
                 .await
         })
     };
-    let data_srv = serve(data_l, http::data_router(state.clone(), ids.clone()));
-    let admin_srv = serve(admin_l, http::admin_router(state.clone(), ids));
+    let data = spawn(data_l, http::data_router(state.clone(), ids.clone()));
+    let admin = spawn(admin_l, http::admin_router(state, ids));
     ready.store(true, Ordering::Release);
     tracing::info!(%data_addr, %admin_addr, node = %config.node_name, "ringlimit node ready");
     // One line on stdout for scripts and tests that start nodes on port 0.
@@ -336,18 +402,37 @@ pub async fn run(
     {
         println!("ringlimit listening data_addr={data_addr} admin_addr={admin_addr}");
     }
+    Ok(Serving {
+        config,
+        ready,
+        stop,
+        data,
+        admin,
+        flusher,
+    })
+}
 
-    shutdown.await;
+/// The orderly end: keys handed over, requests finished, state saved,
+/// pipelines drained, the cluster left.
+async fn stop(node: Limiting, router: Arc<Router>, serving: Serving) {
+    let Serving {
+        config,
+        ready,
+        stop,
+        data,
+        admin,
+        flusher,
+    } = serving;
     if router.cluster().is_some() {
         // Hand every key over before this node stops answering for it.
         router.drain().await;
     }
     tracing::info!("shutting down: draining requests");
     ready.store(false, Ordering::Release);
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     let drain = async {
-        let _ = data_srv.await;
-        let _ = admin_srv.await;
+        let _ = data.await;
+        let _ = admin.await;
     };
     if tokio::time::timeout(config.shutdown_timeout, drain)
         .await
@@ -356,9 +441,11 @@ pub async fn run(
         tracing::warn!("in-flight requests did not finish in time");
     }
     let _ = flusher.await;
+    let limiters = &node.core.limiters;
     if !limiters.passivate_all(config.shutdown_timeout).await {
         tracing::warn!("some key limiters did not passivate in time");
     }
+    let wb = &node.core.write_behind;
     match wb.drain(5).await {
         Ok(()) => tracing::info!("state saved"),
         Err(e) => {
@@ -366,15 +453,13 @@ pub async fn run(
         }
     }
     // The last admits and denials are queued now: write them out.
-    pipelines.drain().await;
-    tracing::info!(pipelines = ?pipelines.stats(), "pipelines drained");
-    drop(background);
+    node.pipelines.drain().await;
+    tracing::info!(pipelines = ?node.pipelines.stats(), "pipelines drained");
+    drop(node.background);
     limiters.stop();
     if let Some(c) = router.cluster() {
         c.leave().await;
     }
-    tracing::info!("bye");
-    Ok(())
 }
 
 /// Applies the retention periods to the embedded store, hourly (ScyllaDB
@@ -385,7 +470,7 @@ fn spawn_retention(store: EmbeddedStore, retention: Retention) {
         loop {
             t.tick().await;
             match store
-                .apply_retention(SystemClock.now_us() / 1_000, retention)
+                .apply_retention(ringlimit_actors::clock::wall_ms(), retention)
                 .await
             {
                 Ok(0) => {}

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn servers() -> Option<(String, String)> {
     let cql = std::env::var("RINGLIMIT_TEST_CQL")
@@ -272,7 +272,7 @@ async fn global_limit_ownership_and_admin_reach() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let t0 = Instant::now();
+    let t0 = ringlimit_actors::clock::monotonic();
     for i in [0, 1] {
         assert!(
             eventually(1, async || c.node(i).validate(&key, 1).await.0 == 401).await,
@@ -340,7 +340,7 @@ async fn crash_and_freeze_move_keys_and_nodes_rejoin() {
     let (a1, by1) = burst(&c, &others, &key, 200).await;
     assert_eq!(a1, 200, "{by1:?}");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let killed_at = Instant::now();
+    let killed_at = ringlimit_actors::clock::monotonic();
     let mut n = c.nodes[owner].take().unwrap();
     n.signal_and_wait(SIGKILL);
     assert!(
@@ -418,7 +418,7 @@ async fn slow_owner_is_waited_for_not_bypassed() {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         unsafe_kill(pid, 18);
     });
-    let started = Instant::now();
+    let started = ringlimit_actors::clock::monotonic();
     let (s1, s2, s3) = tokio::join!(
         c.node(via).validate(&key, 1),
         c.node(via).validate(&key, 1),

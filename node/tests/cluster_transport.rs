@@ -10,7 +10,7 @@ use ringlimit_node::cluster::Ring;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The probes' heartbeat timeout (the default): "within the timeout" below
 /// means within this plus scheduling slack.
@@ -106,12 +106,12 @@ impl Probe {
 
     /// Waits for an output line matching `pred`.
     fn wait_line(&self, within: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + within;
+        let deadline = ringlimit_actors::clock::monotonic() + within;
         loop {
             if let Some(l) = self.out.lock().unwrap().iter().find(|l| pred(l)) {
                 return l.clone();
             }
-            if Instant::now() > deadline {
+            if ringlimit_actors::clock::monotonic() > deadline {
                 self.dump();
                 panic!("{}: no matching line within {within:?}", self.name);
             }
@@ -123,7 +123,7 @@ impl Probe {
     fn ask(&mut self, cmd: &str, prefix: &str) -> String {
         let seen = self.lines().len();
         self.send(cmd);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = ringlimit_actors::clock::monotonic() + Duration::from_secs(10);
         loop {
             if let Some(l) = self
                 .out
@@ -135,7 +135,7 @@ impl Probe {
             {
                 return l.clone();
             }
-            if Instant::now() > deadline {
+            if ringlimit_actors::clock::monotonic() > deadline {
                 self.dump();
                 panic!("{}: no answer to {cmd:?}", self.name);
             }
@@ -186,7 +186,7 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 /// Waits until every probe in `probes` shows a ring of exactly `members`,
 /// all with the same version; returns it.
 fn converge(probes: &[&Probe], members: &[&str], within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
+    let deadline = ringlimit_actors::clock::monotonic() + within;
     loop {
         let rings: Vec<_> = probes.iter().map(|p| p.ring()).collect();
         let same = rings
@@ -198,7 +198,7 @@ fn converge(probes: &[&Probe], members: &[&str], within: Duration) -> u64 {
                 return v;
             }
         }
-        if Instant::now() > deadline {
+        if ringlimit_actors::clock::monotonic() > deadline {
             for p in probes {
                 p.dump();
             }
@@ -278,7 +278,7 @@ fn three_probes_form_forward_broadcast_and_survive_a_kill() {
     // SIGKILL c: a and b drop it within the heartbeat timeout + 1 s.
     let key_c = key_of(&ring, "c", "moved");
     c.signal("-KILL");
-    let killed = Instant::now();
+    let killed = ringlimit_actors::clock::monotonic();
     converge(&[&a, &b], &["a", "b"], HEARTBEAT_TIMEOUT + SLACK);
     eprintln!("kill noticed after {:?}", killed.elapsed());
     // Its keys are answered by their next owner.
@@ -311,7 +311,7 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
 
     // SIGSTOP b: a and c take it out within the timeout (+ slack).
     b.signal("-STOP");
-    let stopped = Instant::now();
+    let stopped = ringlimit_actors::clock::monotonic();
     converge(&[&a, &c], &["a", "c"], HEARTBEAT_TIMEOUT + SLACK);
     eprintln!("frozen peer dropped after {:?}", stopped.elapsed());
     assert!(
@@ -320,12 +320,12 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     );
     // Its sessions were stopped (ractor_cluster would have kept them open).
     for p in [&a, &c] {
-        let deadline = Instant::now() + SLACK;
+        let deadline = ringlimit_actors::clock::monotonic() + SLACK;
         while !p.err.lock().unwrap().iter().any(|l| {
             l.contains("stopping the cluster session of a peer that missed its heartbeats")
         }) {
             assert!(
-                Instant::now() < deadline,
+                ringlimit_actors::clock::monotonic() < deadline,
                 "{} did not stop b's session",
                 p.name
             );
@@ -344,7 +344,7 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     let ring = Ring::new("a", ["b", "c"]);
     let key_c = key_of(&ring, "c", "leaving");
     let new_owner = Ring::new("a", ["b"]).owner(&key_c).to_string();
-    let announced = Instant::now();
+    let announced = ringlimit_actors::clock::monotonic();
     c.ask("announce", "announced");
     converge(&[&a, &b, &c], &["a", "b"], SLACK);
     eprintln!("graceful leave seen after {:?}", announced.elapsed());
@@ -363,9 +363,9 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     // Second half: c stops; the others' rings do not change again.
     c.send("leave");
     c.wait_line(Duration::from_secs(5), |l| l == "left");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = ringlimit_actors::clock::monotonic() + Duration::from_secs(5);
     while c.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "c did not exit after leaving");
+        assert!(ringlimit_actors::clock::monotonic() < deadline, "c did not exit after leaving");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));

@@ -14,10 +14,7 @@ async fn hammer(algorithm: &str, window_ms: u64) -> (usize, usize) {
         .await;
     if algorithm == "fixed_window" {
         // Fixed windows are aligned to the epoch: do not straddle a boundary.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now = ringlimit_actors::clock::wall_ms();
         let left = window_ms - now % window_ms;
         if left < 20_000 {
             tokio::time::sleep(std::time::Duration::from_millis(left + 10)).await;

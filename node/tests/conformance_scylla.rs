@@ -37,7 +37,7 @@ use scylla::client::session::Session;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const ENV_ADDR: &str = "RINGLIMIT_TEST_CQL";
 /// Keyspaces of this prefix older than this are leftovers of killed runs.
@@ -79,10 +79,7 @@ fn test_opts() -> ScyllaOptions {
 /// A keyspace name no other test (of this or another process) uses.
 fn unique_keyspace() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = ringlimit_actors::clock::wall_ms() / 1_000;
     format!(
         "rl_test_{secs}_{}_{}",
         std::process::id(),
@@ -118,10 +115,7 @@ async fn drop_stale_keyspaces(session: &Session) {
     if DONE.swap(true, Ordering::SeqCst) {
         return;
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = ringlimit_actors::clock::wall_ms() / 1_000;
     for ks in keyspaces(session).await {
         let Some(rest) = ks.strip_prefix("rl_test_") else {
             continue;
@@ -151,7 +145,7 @@ impl Drop for KeyspaceGuard {
             format!("DROP KEYSPACE IF EXISTS \"{}\"", self.keyspace),
         );
         let handle = self.handle.clone();
-        let t = Instant::now();
+        let t = ringlimit_actors::clock::monotonic();
         // Dropped inside the test's `block_on` on a multi-threaded runtime:
         // block_in_place lets us wait for the drop here.
         let result = tokio::task::block_in_place(move || {
@@ -198,7 +192,7 @@ async fn fresh_store() -> (ScyllaStore, KeyspaceGuard) {
         keyspace: keyspace.clone(),
         handle: tokio::runtime::Handle::current(),
     };
-    let t = Instant::now();
+    let t = ringlimit_actors::clock::monotonic();
     // The migrations the store needs; the runner itself is tested below.
     migrate_to(
         &session,
@@ -818,7 +812,7 @@ async fn migrations_apply_once_and_are_recorded() {
         handle: tokio::runtime::Handle::current(),
     };
 
-    let t = Instant::now();
+    let t = ringlimit_actors::clock::monotonic();
     let first = migrate(&session, &keyspace, DEFAULT_REPLICATION)
         .await
         .expect("first migrate");
@@ -829,7 +823,7 @@ async fn migrations_apply_once_and_are_recorded() {
         "{first:?}"
     );
 
-    let t = Instant::now();
+    let t = ringlimit_actors::clock::monotonic();
     let second = migrate(&session, &keyspace, DEFAULT_REPLICATION)
         .await
         .expect("second migrate");
@@ -971,7 +965,7 @@ async fn closed_port_is_unavailable_at_once() {
         .expect("addr")
         .port();
     // The listener is dropped: nothing listens on `port` any more.
-    let t = Instant::now();
+    let t = ringlimit_actors::clock::monotonic();
     let err = ScyllaStore::connect(&[format!("127.0.0.1:{port}")], "rl_closed", fast_opts())
         .await
         .expect_err("no server");
@@ -999,7 +993,7 @@ async fn silent_server_is_unavailable_within_the_timeout() {
     let opts = fast_opts();
     // connect_timeout × (nodes + 1) + request_timeout, see connect_session.
     let bound = opts.connect_timeout * 2 + opts.request_timeout;
-    let t = Instant::now();
+    let t = ringlimit_actors::clock::monotonic();
     let err = ScyllaStore::connect(&[addr.to_string()], "rl_silent", opts)
         .await
         .expect_err("silent server");
@@ -1016,7 +1010,7 @@ async fn silent_server_is_unavailable_within_the_timeout() {
 /// A unresolvable host name fails with an error, not a hang. Needs no server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_fails_fast() {
-    let t = Instant::now();
+    let t = ringlimit_actors::clock::monotonic();
     let err = ScyllaStore::connect(
         &["no-such-host.invalid:9042".to_owned()],
         "rl_nohost",
@@ -1145,7 +1139,7 @@ async fn outage_fails_fast_and_recovers() {
     for (mode, name) in [(Mode::Down, "down"), (Mode::Hung, "hung")] {
         proxy.set(mode);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let t = Instant::now();
+        let t = ringlimit_actors::clock::monotonic();
         let results = touch_everything(&store, 2).await;
         let took = t.elapsed();
         for (i, r) in results.iter().enumerate() {
@@ -1173,7 +1167,7 @@ async fn outage_fails_fast_and_recovers() {
 
         // Back up: the same store recovers by itself.
         proxy.set(Mode::Up);
-        let t = Instant::now();
+        let t = ringlimit_actors::clock::monotonic();
         loop {
             let results = touch_everything(&store, 3).await;
             if results.iter().all(Result::is_ok) {

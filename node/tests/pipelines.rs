@@ -19,10 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    ringlimit_actors::clock::wall_ms()
 }
 
 /// Writes `toml` as the node's config file; returns the env entry naming it.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn script(args: &[&str]) -> String {
     let out = Command::new("bash")
@@ -163,7 +163,7 @@ async fn sigkill_under_load_loses_at_most_the_last_flush_interval() {
     let url = format!("{}/api/v1/validate", node.data);
     let stop = Arc::new(AtomicBool::new(false));
     let admitted = Arc::new(AtomicU64::new(0));
-    let t0 = Instant::now();
+    let t0 = ringlimit_actors::clock::monotonic();
     // Client-side arrival times (µs since t0) of every 200.
     let times = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
     let workers: Vec<_> = (0..8)

@@ -96,10 +96,29 @@ impl PageQuery {
     }
 }
 
-fn paged<T>(mut rows: Vec<T>, page: u32, limit: usize) -> (Vec<T>, Option<u32>) {
+/// One page of a listing by time: the rows, the page number and the next
+/// page's number when there is one. `by_time_only` names the listing when
+/// it cannot be filtered by key.
+async fn page_of<T, F, Fut>(
+    app: &AppState,
+    q: &PageQuery,
+    by_time_only: Option<&str>,
+    fetch: F,
+) -> Result<(Vec<T>, u32, Option<u32>), ApiError>
+where
+    F: FnOnce(Range) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, StoreError>>,
+{
+    if let (Some(what), Some(_)) = (by_time_only, &q.key_id) {
+        return Err(ApiError::invalid(format!(
+            "key_id: {what} are listed by time only"
+        )));
+    }
+    let (range, page, limit) = q.range(now_ms(app))?;
+    let mut rows = fetch(range).await.map_err(store_err)?;
     let next = (rows.len() > limit).then_some(page + 1);
     rows.truncate(limit);
-    (rows, next)
+    Ok((rows, page, next))
 }
 
 /// `GET /api/v1/violations?key_id=&from=&to=&page=&limit=`.
@@ -107,14 +126,11 @@ pub async fn list_violations(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<ViolationPage>, ApiError> {
-    let (range, page, limit) = q.range(now_ms(&app))?;
-    let rows = app
-        .service
-        .store()
-        .list_violations(q.key_id.as_deref(), range)
-        .await
-        .map_err(store_err)?;
-    let (violations, next_page) = paged(rows, page, limit);
+    let store = app.service.store();
+    let (violations, page, next_page) = page_of(&app, &q, None, |r| {
+        store.list_violations(q.key_id.as_deref(), r)
+    })
+    .await?;
     Ok(Json(ViolationPage {
         violations,
         page,
@@ -127,19 +143,9 @@ pub async fn list_audit(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    if q.key_id.is_some() {
-        return Err(ApiError::invalid(
-            "key_id: the audit log is listed by time only",
-        ));
-    }
-    let (range, page, limit) = q.range(now_ms(&app))?;
-    let rows = app
-        .service
-        .store()
-        .list_audit(range)
-        .await
-        .map_err(store_err)?;
-    let (entries, next_page) = paged(rows, page, limit);
+    let store = app.service.store();
+    let (entries, page, next_page) =
+        page_of(&app, &q, Some("audit entries"), |r| store.list_audit(r)).await?;
     Ok(Json(AuditPage {
         entries,
         page,
@@ -152,14 +158,11 @@ pub async fn list_alerts(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<AlertPage>, ApiError> {
-    let (range, page, limit) = q.range(now_ms(&app))?;
-    let rows = app
-        .service
-        .store()
-        .list_alerts(q.key_id.as_deref(), range)
-        .await
-        .map_err(store_err)?;
-    let (alerts, next_page) = paged(rows, page, limit);
+    let store = app.service.store();
+    let (alerts, page, next_page) = page_of(&app, &q, None, |r| {
+        store.list_alerts(q.key_id.as_deref(), r)
+    })
+    .await?;
     Ok(Json(AlertPage {
         alerts,
         page,
@@ -172,19 +175,9 @@ pub async fn list_dead_letters(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    if q.key_id.is_some() {
-        return Err(ApiError::invalid(
-            "key_id: dead letters are listed by time only",
-        ));
-    }
-    let (range, page, limit) = q.range(now_ms(&app))?;
-    let rows = app
-        .service
-        .store()
-        .list_dead_letters(range)
-        .await
-        .map_err(store_err)?;
-    let (dead_letters, next_page) = paged(rows, page, limit);
+    let store = app.service.store();
+    let (dead_letters, page, next_page) =
+        page_of(&app, &q, Some("dead letters"), |r| store.list_dead_letters(r)).await?;
     Ok(Json(DeadLetterPage {
         dead_letters,
         page,

@@ -161,8 +161,8 @@ pub fn limit(name: &str, algorithm: &str, limit: u64, window_ms: u64) -> Value {
 
 /// Polls `f` until it is true, for at most `secs` seconds.
 pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
+    let deadline = ringlimit_actors::clock::monotonic() + Duration::from_secs(secs);
+    while ringlimit_actors::clock::monotonic() < deadline {
         if f().await {
             return true;
         }
