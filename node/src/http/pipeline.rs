@@ -121,69 +121,50 @@ where
     Ok((rows, page, next))
 }
 
-/// `GET /api/v1/violations?key_id=&from=&to=&page=&limit=`.
-pub async fn list_violations(
-    State(app): State<AppState>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<ViolationPage>, ApiError> {
-    let store = app.service.store();
-    let (violations, page, next_page) = page_of(&app, &q, None, |r| {
-        store.list_violations(q.key_id.as_deref(), r)
-    })
-    .await?;
-    Ok(Json(ViolationPage {
-        violations,
-        page,
-        next_page,
-    }))
+/// A listing handler: `GET` with a [`PageQuery`], answering one page whose
+/// rows go in `$field` of `$page`. `$by_time_only` names what cannot be
+/// filtered by key (or is `None`); `$fetch` reads a range from the store.
+macro_rules! listing {
+    ($(#[$doc:meta])* $name:ident, $page:ident, $field:ident, $by_time_only:expr,
+     |$store:ident, $key:ident, $range:ident| $fetch:expr) => {
+        $(#[$doc])*
+        pub async fn $name(
+            State(app): State<AppState>,
+            ApiQuery(q): ApiQuery<PageQuery>,
+        ) -> Result<Json<$page>, ApiError> {
+            let $store = app.service.store();
+            let $key = q.key_id.as_deref();
+            let ($field, page, next_page) =
+                page_of(&app, &q, $by_time_only, |$range| $fetch).await?;
+            Ok(Json($page {
+                $field,
+                page,
+                next_page,
+            }))
+        }
+    };
 }
 
-/// `GET /api/v1/audit?from=&to=&page=&limit=`.
-pub async fn list_audit(
-    State(app): State<AppState>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<AuditPage>, ApiError> {
-    let store = app.service.store();
-    let (entries, page, next_page) =
-        page_of(&app, &q, Some("audit entries"), |r| store.list_audit(r)).await?;
-    Ok(Json(AuditPage {
-        entries,
-        page,
-        next_page,
-    }))
-}
-
-/// `GET /api/v1/alerts?key_id=&from=&to=&page=&limit=`.
-pub async fn list_alerts(
-    State(app): State<AppState>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<AlertPage>, ApiError> {
-    let store = app.service.store();
-    let (alerts, page, next_page) = page_of(&app, &q, None, |r| {
-        store.list_alerts(q.key_id.as_deref(), r)
-    })
-    .await?;
-    Ok(Json(AlertPage {
-        alerts,
-        page,
-        next_page,
-    }))
-}
-
-/// `GET /api/v1/dead-letters?from=&to=&page=&limit=`.
-pub async fn list_dead_letters(
-    State(app): State<AppState>,
-    ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<DeadLetterPage>, ApiError> {
-    let store = app.service.store();
-    let (dead_letters, page, next_page) =
-        page_of(&app, &q, Some("dead letters"), |r| store.list_dead_letters(r)).await?;
-    Ok(Json(DeadLetterPage {
-        dead_letters,
-        page,
-        next_page,
-    }))
-}
+listing!(
+    /// `GET /api/v1/violations?key_id=&from=&to=&page=&limit=`.
+    list_violations, ViolationPage, violations, None,
+    |store, key, r| store.list_violations(key, r)
+);
+listing!(
+    /// `GET /api/v1/audit?from=&to=&page=&limit=`.
+    list_audit, AuditPage, entries, Some("audit entries"),
+    |store, _key, r| store.list_audit(r)
+);
+listing!(
+    /// `GET /api/v1/alerts?key_id=&from=&to=&page=&limit=`.
+    list_alerts, AlertPage, alerts, None,
+    |store, key, r| store.list_alerts(key, r)
+);
+listing!(
+    /// `GET /api/v1/dead-letters?from=&to=&page=&limit=`.
+    list_dead_letters, DeadLetterPage, dead_letters, Some("dead letters"),
+    |store, _key, r| store.list_dead_letters(r)
+);
 
 /// `POST /api/v1/dead-letters/{id}/redrive`: sends the payload again.
 /// 200 when delivered (the letter is gone), 502 when it failed again (the
