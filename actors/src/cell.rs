@@ -101,6 +101,10 @@ pub struct CellInner {
     pub snap: Snapshot,
     /// Bumped on every change; the write-behind compares it to know what it wrote.
     pub version: u64,
+    /// Set by the cell's actor as it passivates: from then on no check may
+    /// change the cell directly (it goes through a new activation, which
+    /// clears the flag when it takes the cell over).
+    pub retired: bool,
 }
 
 /// One key's limiter state.
@@ -123,6 +127,7 @@ impl KeyCell {
                 epoch: None,
                 snap: Snapshot::default(),
                 version: 0,
+                retired: false,
             }),
             in_pending: AtomicBool::new(false),
             last_used_ms: AtomicU64::new(now_ms),

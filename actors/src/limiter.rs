@@ -186,6 +186,10 @@ impl Actor for KeyLimiter {
                     }
                     return Ok(());
                 }
+                // Checks that lock the cell directly stop here: any that got
+                // the lock first has finished, any later one goes through a
+                // new activation, which takes this cell over.
+                st.cell.lock().retired = true;
                 st.shared
                     .entries
                     .remove_if(key, |_, e| e.actor.get_id() == me.get_id());
@@ -233,32 +237,49 @@ async fn load_with_retry(wb: &WriteBehind, key_id: &str) -> Option<Snapshot> {
 
 impl KeyLimiterState {
     fn refresh_limits(&self, g: &mut crate::cell::CellInner) {
-        let epoch = self.shared.source.catalog.epoch();
-        if g.epoch != Some(epoch) {
-            let (e, specs) = self.shared.source.resolve(&self.cell.key_id);
-            g.snap.limits.reconcile(&specs);
-            g.epoch = Some(e);
-        }
+        refresh_limits(&self.shared, &self.cell.key_id, g);
     }
 
     fn check(&self, cost: u64, now_us: Micros) -> Result<CheckResult, CheckError> {
-        let mut g = self.cell.lock();
-        self.refresh_limits(&mut g);
-        let r = g.snap.limits.check(now_us, cost);
-        let enqueue = match &r {
-            Ok(res) if res.allowed => {
-                g.snap.usage.add(now_us / 1_000, cost);
-                self.cell.mark_changed(&mut g)
-            }
-            _ => false,
-        };
-        drop(g);
-        if enqueue {
-            self.shared.writebehind.enqueue(&self.cell);
-        }
-        self.cell.touch(now_us);
-        r
+        let g = self.cell.lock();
+        check_locked(&self.shared, &self.cell, g, cost, now_us)
     }
+}
+
+/// Re-resolves a key's limits when the catalog changed since they were.
+fn refresh_limits(shared: &Shared, key_id: &str, g: &mut crate::cell::CellInner) {
+    let epoch = shared.source.catalog.epoch();
+    if g.epoch != Some(epoch) {
+        let (e, specs) = shared.source.resolve(key_id);
+        g.snap.limits.reconcile(&specs);
+        g.epoch = Some(e);
+    }
+}
+
+/// A check on a cell whose lock the caller holds: the algorithm step, the
+/// usage count and, when the cell changed, its place in the write-behind.
+fn check_locked(
+    shared: &Shared,
+    cell: &Arc<KeyCell>,
+    mut g: parking_lot::MutexGuard<'_, crate::cell::CellInner>,
+    cost: u64,
+    now_us: Micros,
+) -> Result<CheckResult, CheckError> {
+    refresh_limits(shared, &cell.key_id, &mut g);
+    let r = g.snap.limits.check(now_us, cost);
+    let enqueue = match &r {
+        Ok(res) if res.allowed => {
+            g.snap.usage.add(now_us / 1_000, cost);
+            cell.mark_changed(&mut g)
+        }
+        _ => false,
+    };
+    drop(g);
+    if enqueue {
+        shared.writebehind.enqueue(cell);
+    }
+    cell.touch(now_us);
+    r
 }
 
 /// Restarts failed KeyLimiters on their cell.
@@ -398,6 +419,8 @@ impl KeyLimiters {
                     .writebehind
                     .pending_cell(key_id)
                     .unwrap_or_else(|| Arc::new(KeyCell::new(key_id.to_string(), now_ms)));
+                // A cell a passivated actor left pending: this actor owns it now.
+                cell.lock().retired = false;
                 cell.touch(now_ms * 1_000);
                 let st = KeyLimiterState {
                     cell: Arc::clone(&cell),
@@ -459,18 +482,47 @@ impl KeyLimiters {
     }
 
     /// Checks `cost` for a key at `now_us`.
+    ///
+    /// A key whose actor is active and has loaded its state is checked on
+    /// the actor's cell directly, under the cell's lock: no message, no task
+    /// switch. The actor still owns the cell's life (activation, loading,
+    /// passivation, supervision); everything else goes through its mailbox.
     pub async fn check(
         &self,
         key_id: &str,
         cost: u64,
         now_us: Micros,
     ) -> Result<Result<CheckResult, CheckError>, LimiterError> {
+        if let Some(r) = self.check_direct(key_id, cost, now_us) {
+            return Ok(r);
+        }
         self.ask(key_id, |reply| KeyMsg::Check {
             cost,
             now_us,
             reply,
         })
         .await
+    }
+
+    /// The check on an active, loaded key's cell; `None` sends the check to
+    /// the actor (not active, still loading, or passivating). Public for
+    /// tests of the direct path; callers use [`KeyLimiters::check`].
+    #[doc(hidden)]
+    pub fn check_direct(
+        &self,
+        key_id: &str,
+        cost: u64,
+        now_us: Micros,
+    ) -> Option<Result<CheckResult, CheckError>> {
+        let cell = {
+            let e = self.shared.entries.get(key_id)?;
+            Arc::clone(&e.cell)
+        };
+        let g = cell.lock();
+        if !g.loaded || g.retired {
+            return None;
+        }
+        Some(check_locked(&self.shared, &cell, g, cost, now_us))
     }
 
     /// The live state of a key's limits.

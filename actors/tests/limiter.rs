@@ -64,6 +64,16 @@ async fn fixture(
     max_active: usize,
     flush: Duration,
 ) -> Fixture {
+    fixture_swept(keys, idle, max_active, flush, Duration::from_millis(5)).await
+}
+
+async fn fixture_swept(
+    keys: &[(&str, u64)],
+    idle: Duration,
+    max_active: usize,
+    flush: Duration,
+    sweep: Duration,
+) -> Fixture {
     let store = Arc::new(MemSnapshots::default());
     let sink: Arc<dyn SnapshotStore> = store.clone();
     let core = Core::start(CoreConfig {
@@ -75,7 +85,7 @@ async fn fixture(
         limiter: LimiterConfig {
             idle_timeout: idle,
             max_active,
-            sweep_interval: Duration::from_millis(5),
+            sweep_interval: sweep,
             writer: "t".into(),
         },
         ..CoreConfig::default().with_keys(keys.iter().map(|(id, l)| key(id, *l)))
@@ -205,4 +215,85 @@ async fn exact_counts_hold_while_actors_churn() {
         f.limiters.stats().passivations > 0,
         "the test did exercise passivation"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_loaded_key_is_checked_on_its_cell_without_a_message() {
+    let f = fixture(
+        &[("a", 10)],
+        Duration::from_secs(60),
+        100,
+        Duration::from_millis(10),
+    )
+    .await;
+    let now = SystemClock.now_us();
+    assert!(
+        f.limiters.check_direct("a", 1, now).is_none(),
+        "an inactive key goes to its actor (activation)"
+    );
+    assert_eq!(check(&f.limiters, "a").await, (true, 9));
+    // The actor has loaded the key: the next checks take the direct path,
+    // and count on the same state as the actor's.
+    let r = f.limiters.check_direct("a", 1, now).expect("direct").unwrap();
+    assert_eq!((r.allowed, r.limits[0].remaining), (true, 8));
+    assert_eq!(check(&f.limiters, "a").await, (true, 7));
+    // Passivation retires the cell: no direct check after it.
+    f.limiters.passivate("a");
+    eventually(|| !f.limiters.is_active("a")).await;
+    assert!(f.limiters.check_direct("a", 1, now).is_none());
+    // A new activation takes the cell over, count intact, and checks it directly.
+    assert_eq!(check(&f.limiters, "a").await, (true, 6));
+    let r = f.limiters.check_direct("a", 1, now).expect("direct again").unwrap();
+    assert_eq!(r.limits[0].remaining, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivations_racing_direct_checks_lose_no_count() {
+    // The sweeper runs every millisecond with a 1 ms idle timeout and a cap
+    // of 2 actors over 8 keys, while bursts of concurrent checks hit each
+    // key: most take the direct path on an active cell, and passivations
+    // and re-activations land between and during them. Every key must
+    // admit exactly its limit.
+    let ids: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let keys: Vec<(&str, u64)> = ids.iter().map(|k| (k.as_str(), 40)).collect();
+    let f = fixture_swept(
+        &keys,
+        Duration::from_millis(1),
+        2,
+        Duration::from_millis(1),
+        Duration::from_millis(1),
+    )
+    .await;
+    let mut allowed: HashMap<String, u32> = HashMap::new();
+    let mut direct = 0u32;
+    for round in 0..30 {
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let l = f.limiters.clone();
+                let id = ids[(i + round) % ids.len()].clone();
+                tokio::spawn(async move {
+                    let now = SystemClock.now_us();
+                    let (ok, was_direct) = match l.check_direct(&id, 1, now) {
+                        Some(r) => (r.unwrap().allowed, true),
+                        None => (l.check(&id, 1, now).await.unwrap().unwrap().allowed, false),
+                    };
+                    (id, ok, was_direct)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (id, ok, was_direct) = t.await.unwrap();
+            direct += u32::from(was_direct);
+            if ok {
+                *allowed.entry(id).or_default() += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for id in &ids {
+        assert_eq!(allowed.get(id).copied().unwrap_or(0), 40, "key {id}");
+    }
+    let s = f.limiters.stats();
+    assert!(s.passivations > 10, "the test did exercise passivation: {s:?}");
+    assert!(direct > 100, "the test did exercise the direct path: {direct}");
 }

@@ -220,6 +220,8 @@ struct Limiting {
     pipelines: Pipelines,
     /// The pipelines' thread (stops when dropped).
     background: Background,
+    /// The write-behind's thread (stops when dropped).
+    persistence: Background,
 }
 
 async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limiting> {
@@ -276,11 +278,20 @@ async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limit
     core.write_behind
         .on_usage_written(Box::new(move |rows| p.on_usage_written(rows)));
     spawn_block_expiry(Arc::clone(&service));
+    // Flushes (snapshot encoding, store writes and their blocking threads)
+    // run on a thread of their own, below the checks' priority: their cost
+    // follows the number of dirty keys and never takes a request thread.
+    let persistence = Background::start(
+        "ringlimit-writebehind",
+        crate::background::WRITEBEHIND_NICE,
+    )
+    .context("starting the write-behind's thread")?;
     Ok(Limiting {
         core,
         service,
         pipelines,
         background,
+        persistence,
     })
 }
 
@@ -382,7 +393,13 @@ async fn serve(
     let admin_addr = admin_l.local_addr()?;
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let flusher = node.core.write_behind.spawn(stop_rx.clone());
+    let flusher = {
+        let wb = Arc::clone(&node.core.write_behind);
+        let rx = stop_rx.clone();
+        node.persistence.handle().spawn(async move {
+            let _ = wb.spawn(rx).await;
+        })
+    };
     let spawn = |l: tokio::net::TcpListener, r: axum::Router| {
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
@@ -456,6 +473,7 @@ async fn stop(node: Limiting, router: Arc<Router>, serving: Serving) {
     node.pipelines.drain().await;
     tracing::info!(pipelines = ?node.pipelines.stats(), "pipelines drained");
     drop(node.background);
+    drop(node.persistence);
     limiters.stop();
     if let Some(c) = router.cluster() {
         c.leave().await;

@@ -30,6 +30,11 @@ pub struct Background {
 /// Niceness of background threads relative to the process (0 disables).
 pub const DEFAULT_NICE: i32 = 19;
 
+/// Niceness of the write-behind's thread: below the checks, above the
+/// pipelines, so under saturation flushes still get a share of the CPU (the
+/// SIGKILL loss window stays short) without taking the checks' threads.
+pub const WRITEBEHIND_NICE: i32 = 10;
+
 impl Background {
     /// Starts the thread `name`; `nice` is added to its CPU niceness
     /// (ignored where the OS refuses or is not Linux, with a log line).

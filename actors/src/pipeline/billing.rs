@@ -335,6 +335,7 @@ impl Worker for BillingWorker {
         let ctx = Arc::clone(&self.ctx);
         let cfg = &ctx.config.billing;
         let pct = u128::from(ctx.config.alerts.included_percent);
+        ctx.refill_admits();
         let batch = ctx.admits.begin(ctx.config.batch_max);
         // Read what the store holds for keys new in their period first, so a
         // failed read leaves the running counts untouched (the batch is retried).
@@ -486,11 +487,11 @@ impl Worker for BillingWorker {
             let current = cfg.period.start_of(now_ms);
             self.running.retain(|_, r| r.start >= current);
         }
-        Ok(!self.ctx.admits.is_idle())
+        Ok(!self.ctx.billing_idle())
     }
 
     fn idle(&self) -> bool {
-        self.ctx.admits.is_idle()
+        self.ctx.billing_idle()
     }
 }
 

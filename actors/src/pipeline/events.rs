@@ -2,7 +2,7 @@
 //! methods of [`Pipelines`] a check, a write-behind flush or an admin change
 //! calls. None of them waits; each pushes onto a bounded queue.
 
-use super::{AlertEvent, Pipelines};
+use super::{AlertEvent, Pipelines, metric};
 use crate::keys::KeyRecord;
 use crate::limitset::CheckResult;
 use ringlimit_protocol::pipeline::AuditEntry;
@@ -20,6 +20,56 @@ pub struct Admit {
     pub writer: String,
     pub bucket_start_ms: u64,
     pub units: u64,
+}
+
+/// Admitted units not yet in the billing queue: one entry per (minute
+/// bucket, key, writer), holding the latest absolute count of that bucket
+/// (usage rows are absolute, so a newer row replaces an older one). It grows
+/// with the keys admitting while billing is behind, never with the checks,
+/// and nothing in it is ever dropped: billing takes from it, oldest minute
+/// first, as its queue has room.
+#[derive(Debug, Default)]
+pub(crate) struct AdmitBacklog {
+    rows: std::collections::BTreeMap<(u64, String, String), u64>,
+}
+
+impl AdmitBacklog {
+    /// Adds a usage row's absolute count.
+    pub(crate) fn add(&mut self, key_id: &str, writer: &str, bucket_start_ms: u64, units: u64) {
+        let e = self
+            .rows
+            .entry((bucket_start_ms, key_id.to_owned(), writer.to_owned()))
+            .or_insert(0);
+        *e = (*e).max(units);
+    }
+
+    /// Takes up to `n` entries, oldest minute first.
+    pub(crate) fn take(&mut self, n: usize) -> Vec<Admit> {
+        let mut out = Vec::with_capacity(n.min(self.rows.len()));
+        while out.len() < n {
+            let Some(((bucket_start_ms, key_id, writer), units)) = self.rows.pop_first() else {
+                break;
+            };
+            out.push(Admit {
+                key_id,
+                writer,
+                bucket_start_ms,
+                units,
+            });
+        }
+        out
+    }
+
+    /// Puts back what did not fit (keeping any newer count of the same bucket).
+    pub(crate) fn put_back(&mut self, admits: impl IntoIterator<Item = Admit>) {
+        for a in admits {
+            self.add(&a.key_id, &a.writer, a.bucket_start_ms, a.units);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
 }
 
 /// A key id as events carry it (key ids are 20 bytes).
@@ -93,17 +143,18 @@ pub fn stable_id(parts: &[&str]) -> String {
 impl Pipelines {
     /// The write-behind wrote these usage rows: the minute buckets go to
     /// billing (one event per key and flush, not one per check).
+    ///
+    /// The rows go to a coalescing backlog, not straight into the bounded
+    /// queue: money is never dropped, whatever the load. The billing worker
+    /// moves them into its queue as it has room.
     pub fn on_usage_written(&self, rows: &[crate::storage::UsageRow]) {
+        let mut backlog = self.ctx.admit_backlog.lock();
         for r in rows {
             if r.granularity == ringlimit_protocol::admin::Granularity::Minute {
-                self.ctx.admits.push(Admit {
-                    key_id: r.key_id.clone(),
-                    writer: r.writer.clone(),
-                    bucket_start_ms: r.bucket_start_ms,
-                    units: r.units,
-                });
+                backlog.add(&r.key_id, &r.writer, r.bucket_start_ms, r.units);
             }
         }
+        metrics::gauge!(metric::ADMIT_BACKLOG).set(backlog.len() as f64);
     }
 
     /// Hot path: an admitted check.
@@ -170,5 +221,69 @@ impl Pipelines {
     /// Raises an alert (stored and delivered by the alert worker).
     pub fn alert(&self, ev: AlertEvent) {
         self.ctx.alerts.push(ev);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::queue::EventQueue;
+
+    #[test]
+    fn the_backlog_coalesces_per_bucket_and_hands_out_oldest_first() {
+        let mut b = AdmitBacklog::default();
+        b.add("k1", "w", 120_000, 3);
+        b.add("k1", "w", 60_000, 5);
+        // A newer absolute count of the same bucket replaces the older one;
+        // an older one arriving late never lowers it.
+        b.add("k1", "w", 60_000, 9);
+        b.add("k1", "w", 60_000, 7);
+        b.add("k2", "w", 60_000, 1);
+        assert_eq!(b.len(), 3);
+        let first = b.take(2);
+        assert_eq!(
+            first
+                .iter()
+                .map(|a| (a.key_id.as_str(), a.bucket_start_ms, a.units))
+                .collect::<Vec<_>>(),
+            vec![("k1", 60_000, 9), ("k2", 60_000, 1)]
+        );
+        b.put_back(first);
+        b.add("k1", "w", 60_000, 11);
+        assert_eq!(b.len(), 3);
+        let all = b.take(10);
+        assert_eq!(all[0].units, 11, "put back never hides a newer count");
+        assert_eq!(b.len(), 0);
+    }
+
+    #[test]
+    fn rows_beyond_the_queue_bound_wait_instead_of_dropping() {
+        // A billing queue of 4 and 1 000 rows of 100 keys over 10 minutes:
+        // every row reaches the consumer, none is dropped.
+        let q: EventQueue<Admit> = EventQueue::new("billing", 4);
+        let mut b = AdmitBacklog::default();
+        for minute in 0..10u64 {
+            for k in 0..100 {
+                b.add(&format!("k{k}"), "w", minute * 60_000, minute + 1);
+            }
+        }
+        q.close(); // a draining node: refills still go in
+        let mut seen = 0u64;
+        let mut units = 0u64;
+        loop {
+            let mut taken = b.take(q.room()).into_iter();
+            q.refill(taken.by_ref());
+            b.put_back(taken);
+            let batch = q.begin(3);
+            if batch.is_empty() && b.len() == 0 {
+                break;
+            }
+            seen += batch.len() as u64;
+            units += batch.iter().map(|a| a.units).sum::<u64>();
+            q.commit();
+        }
+        assert_eq!(seen, 1_000);
+        assert_eq!(units, 100 * (1..=10).sum::<u64>());
+        assert_eq!(q.stats().dropped, 0);
     }
 }

@@ -54,6 +54,7 @@ pub use alerts::{
     WebhookFormat,
 };
 pub use billing::{BillingConfig, Period, Price};
+use events::AdmitBacklog;
 pub use events::{Admit, Decision, Denial, KeyId, LimitName, stable_id};
 pub use supervisor::{PipelineSupervisor, SupervisorMsg, SupervisorState};
 pub use violations::{AbuseRule, AbuseRuleKind};
@@ -154,6 +155,9 @@ pub struct Ctx {
     host: Mutex<Option<Weak<dyn Host>>>,
     pub decisions: EventQueue<Decision>,
     pub admits: EventQueue<Admit>,
+    /// Admitted units waiting for room in `admits`, coalesced per key,
+    /// writer and minute (see [`Pipelines::on_usage_written`]).
+    pub(crate) admit_backlog: Mutex<AdmitBacklog>,
     pub alerts: EventQueue<AlertEvent>,
     pub audit: EventQueue<AuditEntry>,
     pub poster: Arc<dyn HttpPoster>,
@@ -186,6 +190,27 @@ impl std::fmt::Debug for Ctx {
 }
 
 impl Ctx {
+    /// Moves coalesced admits into the billing queue, as far as it has room.
+    pub(crate) fn refill_admits(&self) {
+        let room = self.admits.room();
+        if room == 0 {
+            return;
+        }
+        let mut backlog = self.admit_backlog.lock();
+        if backlog.len() == 0 {
+            return;
+        }
+        let mut taken = backlog.take(room).into_iter();
+        self.admits.refill(taken.by_ref());
+        backlog.put_back(taken);
+        metrics::gauge!(metric::ADMIT_BACKLOG).set(backlog.len() as f64);
+    }
+
+    /// Whether billing has nothing left: no backlog, nothing queued or in flight.
+    pub(crate) fn billing_idle(&self) -> bool {
+        self.admit_backlog.lock().len() == 0 && self.admits.is_idle()
+    }
+
     pub fn host(&self) -> Option<Arc<dyn Host>> {
         self.host.lock().as_ref().and_then(Weak::upgrade)
     }
@@ -261,6 +286,7 @@ impl Pipelines {
             host: Mutex::new(None),
             decisions: EventQueue::new("violations", cap),
             admits: EventQueue::new("billing", cap),
+            admit_backlog: Mutex::new(AdmitBacklog::default()),
             alerts: EventQueue::new("alerts", cap),
             audit: EventQueue::new("audit", cap),
             poster,
@@ -313,7 +339,12 @@ impl Pipelines {
     pub fn stats(&self) -> Vec<(&'static str, queue::QueueStats)> {
         vec![
             (self.ctx.decisions.name(), self.ctx.decisions.stats()),
-            (self.ctx.admits.name(), self.ctx.admits.stats()),
+            (self.ctx.admits.name(), {
+                // Coalesced rows waiting for room count as queued.
+                let mut s = self.ctx.admits.stats();
+                s.queued += self.ctx.admit_backlog.lock().len();
+                s
+            }),
             (self.ctx.alerts.name(), self.ctx.alerts.stats()),
             (self.ctx.audit.name(), self.ctx.audit.stats()),
         ]

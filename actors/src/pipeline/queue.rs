@@ -40,6 +40,8 @@ pub mod metric {
     pub const QUEUED: &str = "ringlimit_pipeline_queued";
     pub const FAILURES: &str = "ringlimit_pipeline_store_failures_total";
     pub const RESTARTS: &str = "ringlimit_pipeline_restarts_total";
+    /// Billing rows coalesced and waiting for room in the billing queue.
+    pub const ADMIT_BACKLOG: &str = "ringlimit_billing_backlog_rows";
 }
 
 /// Counters of one queue.
@@ -256,6 +258,27 @@ impl<T: Clone> EventQueue<T> {
             queued,
             inflight,
         }
+    }
+
+    /// Room left before the bound (what [`Self::push`] would still accept).
+    pub fn room(&self) -> usize {
+        let q = self.queue.lock();
+        self.capacity
+            .saturating_sub(q.len() + self.pending_len.load(Ordering::Relaxed))
+    }
+
+    /// Adds events the consumer moves in itself from a backlog of its own
+    /// (after [`Self::room`]): within the bound, and also after
+    /// [`Self::close`], since they were accepted before it. Returns how many
+    /// were added; the rest stay with the caller.
+    pub fn refill(&self, events: impl IntoIterator<Item = T>) -> usize {
+        let mut q = self.queue.lock();
+        let room = self
+            .capacity
+            .saturating_sub(q.len() + self.pending_len.load(Ordering::Relaxed));
+        let before = q.len();
+        q.extend(events.into_iter().take(room));
+        q.len() - before
     }
 
     /// Refuses every later event (counted as dropped): the node is shutting
