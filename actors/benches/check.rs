@@ -91,9 +91,6 @@ mod actor {
         async fn load_snapshot(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(None)
         }
-        async fn delete_snapshot(&self, _: &str) -> Result<(), StoreError> {
-            Ok(())
-        }
     }
 
     fn setup(rt: &tokio::runtime::Runtime) -> KeyLimiters {

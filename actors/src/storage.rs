@@ -2,7 +2,7 @@
 //! and the conformance suite (feature `conformance`) runs the same scenarios
 //! over each.
 
-use crate::keys::{KeyRecord, SecretHash};
+use crate::keys::KeyRecord;
 use async_trait::async_trait;
 use ringlimit_protocol::LimitSpec;
 use ringlimit_protocol::admin::{Granularity, KeyStatus, UsageBucket};
@@ -123,14 +123,12 @@ impl BucketSum {
     }
 }
 
-/// API keys, by id and by secret hash.
+/// API keys, by id.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    /// Inserts or replaces a key, and indexes its current and previous secret hashes.
+    /// Inserts or replaces a key.
     async fn put_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError>;
-    /// The key whose current or previous secret hash is `hash`.
-    async fn key_id_by_hash(&self, hash: &SecretHash) -> Result<Option<String>, StoreError>;
     /// Keys in key_id order, strictly after `after`, at most `limit`, matching `filter`.
     async fn list_keys(
         &self,
@@ -155,7 +153,6 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// Writes all snapshots; atomically where the backend allows.
     async fn save_snapshots(&self, batch: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
     async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    async fn delete_snapshot(&self, key_id: &str) -> Result<(), StoreError>;
 }
 
 /// Usage history: per-minute buckets and hourly and daily rollups.

@@ -409,9 +409,6 @@ mod tests {
         async fn load_snapshot(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(None)
         }
-        async fn delete_snapshot(&self, _: &str) -> Result<(), StoreError> {
-            Ok(())
-        }
     }
 
     fn unencodable(_: &Snapshot) -> Result<Vec<u8>, rmp_serde::encode::Error> {

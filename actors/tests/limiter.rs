@@ -32,10 +32,6 @@ impl SnapshotStore for MemSnapshots {
     async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.map.lock().get(key_id).cloned())
     }
-    async fn delete_snapshot(&self, key_id: &str) -> Result<(), StoreError> {
-        self.map.lock().remove(key_id);
-        Ok(())
-    }
 }
 
 fn key(id: &str, limit: u64) -> KeyRecord {

@@ -345,51 +345,11 @@ async fn listing_walks_shards_in_key_id_order() {
     );
 }
 
-/// A hash index entry whose key no longer has that hash (left by an
-/// interrupted rotation) finds nothing; nor does one whose key is gone.
+/// An empty key id finds nothing and is refused on write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_hash_entries_are_not_trusted() {
+async fn empty_key_id_is_refused() {
     let (store, _guard) = fresh_store().await;
-    let k = sample_key("k1");
-    store.put_key(&k).await.expect("put_key");
-    let ks = store.keyspace().to_owned();
-    let stale = SecretHash::of("an old secret");
-    let orphan = SecretHash::of("secret of a key that is not there");
-    for (h, id) in [(stale, "k1"), (orphan, "ghost")] {
-        store
-            .session()
-            .query_unpaged(
-                format!("INSERT INTO \"{ks}\".keys_by_hash (secret_hash, key_id) VALUES (?, ?)"),
-                (h.0.as_slice(), id),
-            )
-            .await
-            .expect("insert index entry");
-    }
-    assert_eq!(
-        store
-            .key_id_by_hash(&k.secret_hash)
-            .await
-            .expect("by hash")
-            .as_deref(),
-        Some("k1")
-    );
-    assert_eq!(store.key_id_by_hash(&stale).await.expect("by hash"), None);
-    assert_eq!(store.key_id_by_hash(&orphan).await.expect("by hash"), None);
-    // A rotation that lists the old hash as previous makes it valid again.
-    let rotated = KeyRecord {
-        previous_hash: Some(stale),
-        previous_expires_at_ms: Some(9),
-        ..k.clone()
-    };
-    store.put_key(&rotated).await.expect("put_key");
-    assert_eq!(
-        store
-            .key_id_by_hash(&stale)
-            .await
-            .expect("by hash")
-            .as_deref(),
-        Some("k1")
-    );
+    store.put_key(&sample_key("k1")).await.expect("put_key");
     assert_eq!(store.get_key("").await.expect("empty id"), None);
     assert!(
         store.put_key(&sample_key("")).await.is_err(),
@@ -858,7 +818,6 @@ async fn migrations_apply_once_and_are_recorded() {
     for t in [
         "schema_migrations",
         "keys",
-        "keys_by_hash",
         "keys_by_page",
         "tiers",
         "counter_snapshots",
@@ -881,8 +840,9 @@ async fn migrations_apply_once_and_are_recorded() {
     ] {
         assert!(tables.contains_key(t), "table {t} missing: {tables:?}");
     }
-    // 0006 dropped the unused tables of 0005.
+    // 0006 dropped the unused tables of 0005, 0007 `keys_by_hash` of 0002.
     for t in [
+        "keys_by_hash",
         "violations",
         "alerts",
         "alerts_by_key",
@@ -1073,7 +1033,6 @@ async fn touch_everything(store: &ScyllaStore, i: u64) -> Vec<Result<(), StoreEr
     vec![
         store.put_key(&sample_key(&format!("k{i}"))).await,
         store.get_key("k1").await.map(drop),
-        store.key_id_by_hash(&SecretHash::of("k1")).await.map(drop),
         store
             .list_keys(&Default::default(), None, 10)
             .await

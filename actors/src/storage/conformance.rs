@@ -120,14 +120,12 @@ macro_rules! __storage_conformance_scenarios {
             key_round_trip,
             key_overwrite,
             get_missing_key,
-            key_by_hash_current_and_previous,
-            key_by_hash_unknown,
-            key_by_hash_stale_removed_after_rotation,
+            key_rotation_keeps_key_loadable,
             list_keys_order_and_paging,
             list_keys_filters,
             load_all_keys,
             tiers_put_list_overwrite,
-            snapshots_save_load_delete,
+            snapshots_save_load,
             snapshots_overwrite,
             usage_idempotent_absolute_writes,
             usage_writers_summed,
@@ -375,111 +373,44 @@ pub async fn get_missing_key(store: &dyn Store) {
     );
 }
 
-/// Both the current and the previous secret hash lead to the key.
-pub async fn key_by_hash_current_and_previous(store: &dyn Store) {
-    let k = full_key("k-full");
-    store.put_key(&k).await.expect("put_key");
-    let other = key("k-other", "o", "free", KeyStatus::Active);
-    store.put_key(&other).await.expect("put_key");
-
-    assert_eq!(
-        store
-            .key_id_by_hash(&SecretHash::of("new-secret"))
-            .await
-            .expect("by hash")
-            .as_deref(),
-        Some("k-full")
-    );
-    assert_eq!(
-        store
-            .key_id_by_hash(&SecretHash::of("old-secret"))
-            .await
-            .expect("by hash")
-            .as_deref(),
-        Some("k-full")
-    );
-    assert_eq!(
-        store
-            .key_id_by_hash(&other.secret_hash)
-            .await
-            .expect("by hash")
-            .as_deref(),
-        Some("k-other")
-    );
-}
-
-/// A hash no key has is `None`.
-pub async fn key_by_hash_unknown(store: &dyn Store) {
-    assert_eq!(
-        store
-            .key_id_by_hash(&SecretHash::of("x"))
-            .await
-            .expect("by hash on empty store"),
-        None
-    );
-    store
-        .put_key(&key("k1", "o", "free", KeyStatus::Active))
-        .await
-        .expect("put_key");
-    assert_eq!(
-        store
-            .key_id_by_hash(&SecretHash::of("x"))
-            .await
-            .expect("by hash"),
-        None
-    );
-    assert_eq!(
-        store
-            .key_id_by_hash(&SecretHash([0; 32]))
-            .await
-            .expect("by hash"),
-        None
-    );
-}
-
-/// Rotation: new hash current, old hash previous; once the previous hash is
-/// dropped from the record it no longer finds the key.
-pub async fn key_by_hash_stale_removed_after_rotation(store: &dyn Store) {
+/// Rotation (new current hash, old one previous, then cleared, then rotated
+/// again and without grace period): every put replaces the record, which
+/// stays loadable by id.
+pub async fn key_rotation_keeps_key_loadable(store: &dyn Store) {
     let (h1, h2, h3) = (
         SecretHash::of("s1"),
         SecretHash::of("s2"),
         SecretHash::of("s3"),
     );
-    let by = |h: SecretHash| async move { store.key_id_by_hash(&h).await.expect("key_id_by_hash") };
-    let some = || Some("k1".to_owned());
+    let loaded = move || async move { store.get_key("k1").await.expect("get_key") };
 
     let mut k = key("k1", "o", "free", KeyStatus::Active);
     k.secret_hash = h1;
     store.put_key(&k).await.expect("put_key");
-    assert_eq!(by(h1).await, some());
-    assert_eq!(by(h2).await, None);
+    assert_eq!(loaded().await.as_ref(), Some(&k));
 
     // Rotate: s2 current, s1 still valid during the grace period.
     k.secret_hash = h2;
     k.previous_hash = Some(h1);
     k.previous_expires_at_ms = Some(5_000);
     store.put_key(&k).await.expect("put_key (rotate)");
-    assert_eq!(by(h1).await, some(), "previous hash not indexed");
-    assert_eq!(by(h2).await, some(), "new hash not indexed");
+    assert_eq!(loaded().await.as_ref(), Some(&k), "rotation not stored");
 
     // Grace period over: the previous hash is cleared.
     k.previous_hash = None;
     k.previous_expires_at_ms = None;
     store.put_key(&k).await.expect("put_key (clear previous)");
     assert_eq!(
-        by(h1).await,
-        None,
-        "stale previous hash still finds the key"
+        loaded().await.as_ref(),
+        Some(&k),
+        "previous hash not cleared"
     );
-    assert_eq!(by(h2).await, some());
 
     // Rotate twice in a row: s3 current, s2 previous.
     k.secret_hash = h3;
     k.previous_hash = Some(h2);
     store.put_key(&k).await.expect("put_key (rotate again)");
-    assert_eq!(by(h1).await, None);
-    assert_eq!(by(h2).await, some());
-    assert_eq!(by(h3).await, some());
+    assert_eq!(loaded().await.as_ref(), Some(&k));
 
     // Rotate with no grace period: s1 again current (reused), nothing previous.
     k.secret_hash = h1;
@@ -488,14 +419,12 @@ pub async fn key_by_hash_stale_removed_after_rotation(store: &dyn Store) {
         .put_key(&k)
         .await
         .expect("put_key (rotate without grace)");
-    assert_eq!(by(h1).await, some());
+    assert_eq!(loaded().await.as_ref(), Some(&k));
     assert_eq!(
-        by(h2).await,
-        None,
-        "stale previous hash still finds the key"
+        store.load_all_keys().await.expect("load_all_keys"),
+        vec![k],
+        "rotation duplicated the key"
     );
-    assert_eq!(by(h3).await, None, "stale current hash still finds the key");
-    assert_eq!(store.get_key("k1").await.expect("get_key"), Some(k));
 }
 
 /// Keys come back in key_id order, strictly after the cursor, at most `limit` per page.
@@ -746,8 +675,8 @@ pub async fn tiers_put_list_overwrite(store: &dyn Store) {
 
 // ---------------------------------------------------------------- snapshots
 
-/// A batch is saved, each snapshot loads back, deletes are per key.
-pub async fn snapshots_save_load_delete(store: &dyn Store) {
+/// A batch is saved and each snapshot loads back; unknown keys have none.
+pub async fn snapshots_save_load(store: &dyn Store) {
     assert_eq!(
         store
             .load_snapshot("k1")
@@ -764,7 +693,7 @@ pub async fn snapshots_save_load_delete(store: &dyn Store) {
     let batch: Vec<(String, Vec<u8>)> = vec![
         ("k1".into(), vec![1, 2, 3]),
         ("k2".into(), vec![0, 255, 0, 255]),
-        ("k3".into(), big.clone()),
+        ("k3".into(), big),
     ];
     store.save_snapshots(&batch).await.expect("save_snapshots");
     for (id, bytes) in &batch {
@@ -783,30 +712,6 @@ pub async fn snapshots_save_load_delete(store: &dyn Store) {
         store.load_snapshot("k4").await.expect("load_snapshot"),
         None
     );
-
-    store.delete_snapshot("k2").await.expect("delete_snapshot");
-    assert_eq!(
-        store.load_snapshot("k2").await.expect("load_snapshot"),
-        None,
-        "deleted snapshot still there"
-    );
-    assert_eq!(
-        store.load_snapshot("k1").await.expect("load_snapshot"),
-        Some(vec![1, 2, 3])
-    );
-    assert_eq!(
-        store.load_snapshot("k3").await.expect("load_snapshot"),
-        Some(big)
-    );
-    // Deleting what is not there is not an error.
-    store
-        .delete_snapshot("k2")
-        .await
-        .expect("delete_snapshot twice");
-    store
-        .delete_snapshot("never")
-        .await
-        .expect("delete_snapshot of an unknown key");
 }
 
 /// A later save replaces the snapshot; untouched keys keep theirs.
@@ -828,8 +733,6 @@ pub async fn snapshots_overwrite(store: &dyn Store) {
         store.load_snapshot("k2").await.expect("load_snapshot"),
         Some(vec![2; 10])
     );
-    // Save after delete.
-    store.delete_snapshot("k2").await.expect("delete_snapshot");
     store
         .save_snapshots(&[("k2".into(), vec![3])])
         .await
@@ -1797,14 +1700,6 @@ mod tests {
         async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
             Ok(self.keys.lock().get(key_id).cloned())
         }
-        async fn key_id_by_hash(&self, hash: &SecretHash) -> Result<Option<String>, StoreError> {
-            Ok(self
-                .keys
-                .lock()
-                .values()
-                .find(|k| k.secret_hash == *hash || k.previous_hash == Some(*hash))
-                .map(|k| k.key_id.clone()))
-        }
         async fn list_keys(
             &self,
             filter: &KeyFilter,
@@ -1844,10 +1739,6 @@ mod tests {
         }
         async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(self.snapshots.lock().get(key_id).cloned())
-        }
-        async fn delete_snapshot(&self, key_id: &str) -> Result<(), StoreError> {
-            self.snapshots.lock().remove(key_id);
-            Ok(())
         }
     }
 
@@ -1925,12 +1816,6 @@ mod tests {
             async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
                 self.0.get_key(key_id).await
             }
-            async fn key_id_by_hash(
-                &self,
-                hash: &SecretHash,
-            ) -> Result<Option<String>, StoreError> {
-                self.0.key_id_by_hash(hash).await
-            }
             async fn list_keys(
                 &self,
                 f: &KeyFilter,
@@ -1959,9 +1844,6 @@ mod tests {
             }
             async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
                 self.0.load_snapshot(key_id).await
-            }
-            async fn delete_snapshot(&self, key_id: &str) -> Result<(), StoreError> {
-                self.0.delete_snapshot(key_id).await
             }
         }
         #[async_trait]

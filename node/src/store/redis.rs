@@ -229,12 +229,6 @@ impl SnapshotStore for RedisSnapshots {
         c.arg(state_key(key_id));
         self.query::<Option<Vec<u8>>>(c).await
     }
-
-    async fn delete_snapshot(&self, key_id: &str) -> Result<(), StoreError> {
-        let mut c = redis::cmd("DEL");
-        c.arg(state_key(key_id));
-        self.query::<i64>(c).await.map(|_| ())
-    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,9 @@
-//! Logic both the embedded and the ScyllaDB store use: how a key is found by
-//! its hashes, the code of a granularity, JSON records, and the paging of
-//! newest-first lists (skip `offset`, keep at most `limit`).
+//! Logic both the embedded and the ScyllaDB store use: the code of a
+//! granularity, JSON records, and the paging of newest-first lists (skip
+//! `offset`, keep at most `limit`).
 
-use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::storage::{Range, StoreError};
 use ringlimit_protocol::admin::Granularity;
-
-/// The hashes a key is found by: its current one and its previous one.
-pub(crate) fn hashes(k: &KeyRecord) -> impl Iterator<Item = SecretHash> {
-    std::iter::once(k.secret_hash).chain(k.previous_hash)
-}
 
 /// The code of a granularity (minute 0, hour 1, day 2): its place in stored
 /// keys and its index in per-granularity arrays.

@@ -1,11 +1,11 @@
-//! Keys in the embedded store: `keys` and the `key_hashes` index.
+//! Keys in the embedded store: `keys`, JSON records by key_id.
 
 use super::common::{EmbeddedStore, db_err, encode};
-use super::tables::{KEY_HASHES, KEYS};
-use crate::store::shared::{decode_json, hashes};
+use super::tables::KEYS;
+use crate::store::shared::decode_json;
 use async_trait::async_trait;
 use redb::{ReadableTable, ReadableTableMetadata};
-use ringlimit_actors::keys::{KeyRecord, SecretHash};
+use ringlimit_actors::keys::KeyRecord;
 use ringlimit_actors::storage::{KeyFilter, KeyStore, StoreError};
 use std::ops::Bound;
 
@@ -20,33 +20,10 @@ impl KeyStore for EmbeddedStore {
         let json = encode("key", &key.key_id, &key)?;
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
-            {
-                let mut keys = tx.open_table(KEYS).map_err(db_err)?;
-                let mut index = tx.open_table(KEY_HASHES).map_err(db_err)?;
-                let old = keys
-                    .insert(key.key_id.as_str(), json.as_slice())
-                    .map_err(db_err)?;
-                let old = match old {
-                    // An undecodable old record cannot tell its hashes; it is replaced
-                    // anyway, and its stale index entries (if any) lead to this key only.
-                    Some(guard) => decode_key(&key.key_id, guard.value()).ok(),
-                    None => None,
-                };
-                let new: Vec<SecretHash> = hashes(&key).collect();
-                for stale in old.iter().flat_map(hashes).filter(|h| !new.contains(h)) {
-                    // Remove only entries that still point at this key.
-                    let ours = index
-                        .get(stale.0)
-                        .map_err(db_err)?
-                        .is_some_and(|v| v.value() == key.key_id);
-                    if ours {
-                        index.remove(stale.0).map_err(db_err)?;
-                    }
-                }
-                for h in &new {
-                    index.insert(h.0, key.key_id.as_str()).map_err(db_err)?;
-                }
-            }
+            tx.open_table(KEYS)
+                .map_err(db_err)?
+                .insert(key.key_id.as_str(), json.as_slice())
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)
         })
         .await
@@ -61,19 +38,6 @@ impl KeyStore for EmbeddedStore {
                 Some(v) => decode_key(&key_id, v.value()).map(Some),
                 None => Ok(None),
             }
-        })
-        .await
-    }
-
-    async fn key_id_by_hash(&self, hash: &SecretHash) -> Result<Option<String>, StoreError> {
-        let hash = *hash;
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let index = tx.open_table(KEY_HASHES).map_err(db_err)?;
-            Ok(index
-                .get(hash.0)
-                .map_err(db_err)?
-                .map(|v| v.value().to_owned()))
         })
         .await
     }

@@ -10,7 +10,6 @@
 //! | table        | key                                                    | value                               |
 //! |--------------|--------------------------------------------------------|-------------------------------------|
 //! | `keys`       | key_id (`&str`)                                        | JSON of [`KeyRecord`] (`&[u8]`)     |
-//! | `key_hashes` | secret hash (`[u8; 32]`, raw SHA-256)                  | key_id (`&str`)                     |
 //! | `tiers`      | tier name (`&str`)                                     | JSON of [`TierRecord`] (`&[u8]`)    |
 //! | `snapshots`  | key_id (`&str`)                                        | opaque snapshot bytes (`&[u8]`)     |
 //! | `usage`      | (key_id `&str`, granularity `u8`, bucket_start_ms `u64`, writer `&str`) | absolute units (`u64`) |
@@ -30,9 +29,8 @@
 //! ([`EmbeddedStore::apply_retention`]) deletes usage buckets and violations
 //! older than the configured periods; the node runs it periodically.
 //!
-//! - `key_hashes` indexes the current and the previous secret hash of every
-//!   key. [`put_key`] reads the old record in the same write
-//!   transaction and removes the index entries of hashes the key no longer has.
+//! - `key_hashes` (secret hash to key_id), written by older versions, is
+//!   deleted when the file is opened.
 //! - `usage` keys sort by key_id, then granularity (minute 0, hour 1, day 2),
 //!   then bucket start, then writer, so a history query is one range scan; the
 //!   rows of the writers of one bucket are adjacent and summed while scanning.
@@ -61,7 +59,6 @@
 //! [`Alert`]: ringlimit_protocol::pipeline::Alert
 //! [`DeadLetter`]: ringlimit_protocol::pipeline::DeadLetter
 //! [`BillingRecord`]: ringlimit_protocol::pipeline::BillingRecord
-//! [`put_key`]: ringlimit_actors::storage::KeyStore::put_key
 
 mod alerts;
 mod audit;
@@ -103,9 +100,11 @@ impl EmbeddedStore {
             )),
             e => db_err(e),
         })?;
-        // Create every table up front, so readers never meet a missing table.
+        // Create every table up front, so readers never meet a missing table,
+        // and delete those older versions left behind.
         let tx = db.begin_write().map_err(db_err)?;
         tables::create_all(&tx)?;
+        tables::delete_retired(&tx)?;
         tx.commit().map_err(db_err)?;
         Ok(EmbeddedStore {
             db: Arc::new(db),
@@ -134,5 +133,42 @@ mod tests {
         );
         drop(store);
         EmbeddedStore::open(dir.path()).expect("reopen after drop");
+    }
+
+    #[test]
+    fn open_deletes_retired_tables() {
+        use redb::{ReadableTableMetadata, TableDefinition, TableHandle};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE_NAME);
+        let names = |db: &Database| -> Vec<String> {
+            let tx = db.begin_read().expect("read");
+            let tables = tx.list_tables().expect("list tables");
+            tables.map(|t| t.name().to_owned()).collect()
+        };
+        // A file as an older version left it: the secret hash index, one entry.
+        let old: TableDefinition<[u8; 32], &str> = TableDefinition::new("key_hashes");
+        {
+            let db = Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("write");
+            tx.open_table(old)
+                .expect("open")
+                .insert([7; 32], "k1")
+                .expect("insert");
+            tx.commit().expect("commit");
+            assert!(names(&db).contains(&"key_hashes".to_owned()));
+        }
+        drop(EmbeddedStore::open(dir.path()).expect("open"));
+        let db = Database::open(&path).expect("reopen");
+        let left = names(&db);
+        assert!(!left.contains(&"key_hashes".to_owned()), "{left:?}");
+        assert!(left.contains(&"keys".to_owned()), "{left:?}");
+        // Opening again, with nothing left to delete, is fine.
+        drop(db);
+        let store = EmbeddedStore::open(dir.path()).expect("open again");
+        let db = &store.db;
+        let tx = db.begin_read().expect("read");
+        assert!(tx.open_table(old).is_err(), "key_hashes came back");
+        let keys = tx.open_table(tables::KEYS).expect("keys");
+        assert_eq!(keys.len().expect("len"), 0);
     }
 }

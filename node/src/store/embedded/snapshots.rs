@@ -39,17 +39,4 @@ impl SnapshotStore for EmbeddedStore {
         })
         .await
     }
-
-    async fn delete_snapshot(&self, key_id: &str) -> Result<(), StoreError> {
-        let key_id = key_id.to_owned();
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
-            tx.open_table(SNAPSHOTS)
-                .map_err(db_err)?
-                .remove(key_id.as_str())
-                .map_err(db_err)?;
-            tx.commit().map_err(db_err)
-        })
-        .await
-    }
 }

@@ -9,7 +9,6 @@ use ringlimit_actors::storage::StoreError;
 pub const FILE_NAME: &str = "ringlimit.redb";
 
 pub(super) const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
-pub(super) const KEY_HASHES: TableDefinition<[u8; 32], &str> = TableDefinition::new("key_hashes");
 pub(super) const TIERS: TableDefinition<&str, &[u8]> = TableDefinition::new("tiers");
 pub(super) const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 pub(super) type UsageKey = (&'static str, u8, u64, &'static str);
@@ -38,7 +37,6 @@ pub(super) const BILLING_BY_PERIOD: TableDefinition<PeriodKey, ()> =
 /// Creates every table (those that exist are left as they are).
 pub(super) fn create_all(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(KEYS).map_err(db_err)?;
-    tx.open_table(KEY_HASHES).map_err(db_err)?;
     tx.open_table(TIERS).map_err(db_err)?;
     tx.open_table(SNAPSHOTS).map_err(db_err)?;
     tx.open_table(USAGE).map_err(db_err)?;
@@ -53,5 +51,20 @@ pub(super) fn create_all(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(DEAD_BY_TIME).map_err(db_err)?;
     tx.open_table(BILLING).map_err(db_err)?;
     tx.open_table(BILLING_BY_PERIOD).map_err(db_err)?;
+    Ok(())
+}
+
+/// Tables that older versions wrote and nothing reads any more: `key_hashes`
+/// (secret hash to key_id).
+pub(super) const RETIRED: &[&str] = &["key_hashes"];
+
+/// Deletes the [`RETIRED`] tables a file written by an older version may
+/// still hold (a table that is not there is left alone).
+pub(super) fn delete_retired(tx: &WriteTransaction) -> Result<(), StoreError> {
+    for name in RETIRED {
+        // Deleting a table does not look at its key and value types.
+        tx.delete_table(TableDefinition::<(), ()>::new(name))
+            .map_err(db_err)?;
+    }
     Ok(())
 }

@@ -1,15 +1,15 @@
-//! Keys on ScyllaDB: `keys`, `keys_by_hash` and the `keys_by_page` listing
-//! (see the module documentation for how they are written and read).
+//! Keys on ScyllaDB: `keys` and the `keys_by_page` listing (see the module
+//! documentation for how they are written and read).
 
 use super::common::to_i64;
 use super::errors;
 use super::session::ScyllaStore;
-use crate::store::shared::{decode_json, encode_json, hashes};
+use crate::store::shared::{decode_json, encode_json};
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
-use ringlimit_actors::keys::{KeyRecord, SecretHash};
+use ringlimit_actors::keys::KeyRecord;
 use ringlimit_actors::storage::{KeyFilter, KeyStore, StoreError};
 
 /// The listing partition of a key id: its first byte.
@@ -34,17 +34,6 @@ impl ScyllaStore {
             Some((None,)) => Err(StoreError::Corrupt(format!("key {key_id:?}: no record"))),
             None => Ok(None),
         }
-    }
-
-    async fn hash_owner(&self, hash: &SecretHash) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> = self
-            .row(
-                "key_id_by_hash",
-                &self.inner.st.get_hash,
-                (hash.0.as_slice(),),
-            )
-            .await?;
-        Ok(row.and_then(|(k,)| k))
     }
 
     /// The listing shards, in increasing order.
@@ -104,24 +93,7 @@ impl KeyStore for ScyllaStore {
         let record = encode_json("key", id, key)?;
         let work = Box::pin(async {
             let st = &self.inner.st;
-            let old = match self.read_key(id).await {
-                Ok(old) => old,
-                // An undecodable old record cannot tell its hashes; it is replaced
-                // anyway, and its stale index entries are never confirmed.
-                Err(StoreError::Corrupt(_)) => None,
-                Err(e) => return Err(e),
-            };
-            let new: Vec<SecretHash> = hashes(key).collect();
-            // 1. The new hashes, so the key is findable as soon as its record is there.
-            let mut writes = Vec::new();
-            for h in &new {
-                writes.push(
-                    self.exec("put_key (hash index)", &st.put_hash, (h.0.as_slice(), id))
-                        .boxed(),
-                );
-            }
-            self.run_all(writes).await?;
-            // 2. The record and its listing row.
+            // The record and its listing row.
             let (owner, tier, status) =
                 (key.owner.as_str(), key.tier.as_str(), key.status.as_str());
             let updated = to_i64(key.updated_at_ms);
@@ -138,15 +110,7 @@ impl KeyStore for ScyllaStore {
                 ),
             );
             a?;
-            b?;
-            // 3. Hashes the key no longer has, when they still lead to it.
-            for stale in old.iter().flat_map(hashes).filter(|h| !new.contains(h)) {
-                if self.hash_owner(&stale).await?.as_deref() == Some(id) {
-                    self.exec("put_key (stale hash)", &st.del_hash, (stale.0.as_slice(),))
-                        .await?;
-                }
-            }
-            Ok(())
+            b
         });
         self.bounded("put_key", self.inner.opts.operation_timeout, work)
             .await
@@ -158,22 +122,6 @@ impl KeyStore for ScyllaStore {
             self.inner.opts.operation_timeout,
             self.read_key(key_id),
         )
-        .await
-    }
-
-    async fn key_id_by_hash(&self, hash: &SecretHash) -> Result<Option<String>, StoreError> {
-        self.bounded("key_id_by_hash", self.inner.opts.operation_timeout, async {
-            let Some(id) = self.hash_owner(hash).await? else {
-                return Ok(None);
-            };
-            // Confirm against the record: the entry may be left over from an
-            // interrupted rotation.
-            let confirmed = match self.read_key(&id).await? {
-                Some(rec) => rec.secret_hash == *hash || rec.previous_hash == Some(*hash),
-                None => false,
-            };
-            Ok(confirmed.then_some(id))
-        })
         .await
     }
 

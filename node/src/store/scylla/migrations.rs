@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_usage"),
     migration!(5, "0005_pipelines"),
     migration!(6, "0006_pipeline_tables"),
+    migration!(7, "0007_drop_keys_by_hash"),
 ];
 
 /// Replication of a keyspace created for tests or a single node.
@@ -321,7 +322,7 @@ mod tests {
                 m.name
             );
         }
-        assert_eq!(MIGRATIONS.len(), 6);
+        assert_eq!(MIGRATIONS.len(), 7);
     }
 
     #[test]

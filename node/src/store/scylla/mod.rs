@@ -25,7 +25,6 @@
 //! | table               | key                                         | value |
 //! |---------------------|---------------------------------------------|-------|
 //! | `keys`              | `key_id`                                    | JSON of [`KeyRecord`] in `record`; owner, tier, status copied into columns |
-//! | `keys_by_hash`      | `secret_hash` (raw 32 bytes)                | `key_id` |
 //! | `keys_by_page`      | `((shard), key_id)`, shard = first byte of key_id | owner, tier, status |
 //! | `tiers`             | `name`                                      | JSON of the limits |
 //! | `counter_snapshots` | `key_id`                                    | snapshot blob |
@@ -45,12 +44,7 @@
 //! billing) are described under [Pipeline records](#pipeline-records).
 //!
 //! ## Keys
-//! - `put_key` reads the old record, writes the hash index entries of the new
-//!   hashes, then the record and its listing row, then deletes the index
-//!   entries of hashes the key no longer has. `key_id_by_hash` confirms an
-//!   index hit against the record (the hash must be its current or previous
-//!   hash), so an entry left behind by an interrupted `put_key` never finds a
-//!   key it should not.
+//! - `put_key` writes the record and its listing row (concurrently).
 //! - `list_keys` needs key_id order, which a scan of `keys` (token order) does
 //!   not give. `keys_by_page` is partitioned by the first byte of the key_id:
 //!   its partitions, read in increasing shard order and each in clustering
@@ -163,4 +157,5 @@ pub use migrations::{
 pub use session::{ScyllaOptions, ScyllaStore, connect_session, migrate_cluster};
 
 /// The schema versions the store reads and writes: migrations 1 to this one.
+/// (Migration 7 only drops `keys_by_hash`, which the store no longer uses.)
 pub const STORE_SCHEMA_VERSION: i32 = 6;

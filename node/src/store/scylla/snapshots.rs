@@ -53,16 +53,4 @@ impl SnapshotStore for ScyllaStore {
         })
         .await
     }
-
-    async fn delete_snapshot(&self, key_id: &str) -> Result<(), StoreError> {
-        if key_id.is_empty() {
-            return Ok(());
-        }
-        self.bounded(
-            "delete_snapshot",
-            self.inner.opts.operation_timeout,
-            self.exec("delete_snapshot", &self.inner.st.del_snapshot, (key_id,)),
-        )
-        .await
-    }
 }

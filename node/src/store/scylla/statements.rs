@@ -13,9 +13,6 @@ pub(super) struct Statements {
     pub(super) get_key: PreparedStatement,
     pub(super) put_key: PreparedStatement,
     pub(super) put_page: PreparedStatement,
-    pub(super) get_hash: PreparedStatement,
-    pub(super) put_hash: PreparedStatement,
-    pub(super) del_hash: PreparedStatement,
     pub(super) shards: PreparedStatement,
     pub(super) page_after: PreparedStatement,
     pub(super) page_all: PreparedStatement,
@@ -24,7 +21,6 @@ pub(super) struct Statements {
     pub(super) all_tiers: PreparedStatement,
     pub(super) put_snapshot: PreparedStatement,
     pub(super) get_snapshot: PreparedStatement,
-    pub(super) del_snapshot: PreparedStatement,
     /// Indexed by [`gi`].
     pub(super) put_usage: [PreparedStatement; 3],
     pub(super) get_usage: [PreparedStatement; 3],
@@ -76,9 +72,6 @@ pub(super) async fn prepare_all(session: &Session, ks: &str) -> Result<Statement
         .await?,
         put_page: prep(format!("INSERT INTO {ks}.keys_by_page (shard, key_id, owner, tier, status) VALUES (?, ?, ?, ?, ?)"))
             .await?,
-        get_hash: prep(format!("SELECT key_id FROM {ks}.keys_by_hash WHERE secret_hash = ?")).await?,
-        put_hash: prep(format!("INSERT INTO {ks}.keys_by_hash (secret_hash, key_id) VALUES (?, ?)")).await?,
-        del_hash: prep(format!("DELETE FROM {ks}.keys_by_hash WHERE secret_hash = ?")).await?,
         shards: prep(format!("SELECT DISTINCT shard FROM {ks}.keys_by_page")).await?,
         page_after: prep(format!(
             "SELECT key_id, owner, tier, status FROM {ks}.keys_by_page WHERE shard = ? AND key_id > ?"
@@ -91,7 +84,6 @@ pub(super) async fn prepare_all(session: &Session, ks: &str) -> Result<Statement
         put_snapshot: prep(format!("INSERT INTO {ks}.counter_snapshots (key_id, snapshot, saved_at) VALUES (?, ?, ?)"))
             .await?,
         get_snapshot: prep(format!("SELECT snapshot FROM {ks}.counter_snapshots WHERE key_id = ?")).await?,
-        del_snapshot: prep(format!("DELETE FROM {ks}.counter_snapshots WHERE key_id = ?")).await?,
         put_usage: [prep(pm).await?, prep(ph).await?, prep(pd).await?],
         get_usage: [prep(gm).await?, prep(gh).await?, prep(gd).await?],
         put_partition: prep(format!(
