@@ -706,10 +706,6 @@ mod tests {
         ) -> Result<Option<Vec<u8>>, crate::storage::StoreError> {
             Ok(self.0.lock().get(key_id).cloned())
         }
-        async fn delete_snapshot(&self, key_id: &str) -> Result<(), crate::storage::StoreError> {
-            self.0.lock().remove(key_id);
-            Ok(())
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,7 +213,13 @@ impl ScyllaStore {
     ) -> Result<Self, StoreError> {
         let ks = migrations::keyspace_ident(keyspace)?;
         if opts.migrate {
-            let report = migrate(&session, keyspace, &opts.replication).await?;
+            // Only what this version reads and writes: a later migration that
+            // drops what older versions still use (0007) waits for
+            // `ringlimit migrate`, so a rolling upgrade never breaks the
+            // nodes not yet upgraded.
+            let report =
+                migrations::migrate_to(&session, keyspace, &opts.replication, STORE_SCHEMA_VERSION)
+                    .await?;
             if !report.applied.is_empty() {
                 tracing::info!(keyspace, applied = ?report.applied, "CQL schema migrated");
             }
