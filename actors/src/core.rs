@@ -3,8 +3,14 @@
 //!
 //! ```text
 //!  CoreConfig ──Core::start──▶ Core { source, write_behind, limiters, clock }
-//!                               └─ service(store, random) ──▶ Arc<Service>
+//!                               ├─ host() ──▶ (NodeHost, Suspensions)   for the pipelines
+//!                               └─ service(store, random, pipelines) ──▶ Arc<Service>
 //! ```
+//!
+//! A node builds, in this order: the core (its write-behind given the
+//! billing feed as its usage sink), the pipelines (given the core's host and
+//! the same feed), then the service (given the pipelines), which then serves
+//! the host's suspension requests. Nothing is attached after construction.
 //!
 //! The node, its tests and the benches all build the core this way; what
 //! differs between them (sinks, tiers, tuning, clock) is in the config.
@@ -13,9 +19,10 @@ use crate::catalog::{Catalog, LimitsSource};
 use crate::clock::{Clock, SystemClock};
 use crate::keys::KeyRecord;
 use crate::limiter::{KeyLimiters, LimiterConfig};
-use crate::service::Service;
+use crate::pipeline::Pipelines;
+use crate::service::{NodeHost, Service, Suspensions};
 use crate::storage::{SnapshotStore, Store, TierRecord, UsageStore};
-use crate::writebehind::{WriteBehind, WriteBehindConfig};
+use crate::writebehind::{UsageSink, WriteBehind, WriteBehindConfig};
 use std::sync::Arc;
 
 /// What a [`Core`] is built from.
@@ -31,6 +38,8 @@ pub struct CoreConfig {
     pub snapshot_sinks: Vec<Arc<dyn SnapshotStore>>,
     /// Where the write-behind writes usage rows, if anywhere.
     pub usage: Option<Arc<dyn UsageStore>>,
+    /// Told about the usage rows of every flush (billing), if anything.
+    pub usage_sink: Option<Arc<dyn UsageSink>>,
     pub write_behind: WriteBehindConfig,
     pub limiter: LimiterConfig,
     /// Wall-clock time of the limiters and the service.
@@ -44,6 +53,7 @@ impl std::fmt::Debug for CoreConfig {
             .field("keys", &self.keys.len())
             .field("snapshot_sinks", &self.snapshot_sinks.len())
             .field("usage", &self.usage.is_some())
+            .field("usage_sink", &self.usage_sink.is_some())
             .field("write_behind", &self.write_behind)
             .field("limiter", &self.limiter)
             .field("clock", &self.clock)
@@ -59,6 +69,7 @@ impl Default for CoreConfig {
             keys: Vec::new(),
             snapshot_sinks: Vec::new(),
             usage: None,
+            usage_sink: None,
             write_behind: WriteBehindConfig::default(),
             limiter: LimiterConfig::default(),
             clock: Arc::new(SystemClock),
@@ -115,6 +126,7 @@ impl Core {
         let write_behind = Arc::new(WriteBehind::new(
             config.snapshot_sinks,
             config.usage,
+            config.usage_sink,
             config.write_behind,
         ));
         let limiters = KeyLimiters::start(
@@ -132,18 +144,54 @@ impl Core {
         })
     }
 
+    /// Loads the stored tiers and keys into the cache (before anything that
+    /// reads the cache, such as the pipelines, starts). Returns the keys.
+    pub async fn warm(&self, store: &dyn Store) -> Result<usize, crate::storage::StoreError> {
+        load_keys(&self.source, store).await
+    }
+
     /// A [`Service`] over this core and `store`. `random` fills a buffer
     /// from a cryptographically secure source. Several services may share
     /// one core (they share its keys, limiters and write-behind).
-    pub fn service(&self, store: Arc<dyn Store>, random: fn(&mut [u8])) -> Arc<Service> {
+    pub fn service(
+        &self,
+        store: Arc<dyn Store>,
+        random: fn(&mut [u8]),
+        pipelines: Option<Pipelines>,
+    ) -> Arc<Service> {
         Arc::new(Service::new(
             Arc::clone(&self.source),
             self.limiters.clone(),
             store,
             Arc::clone(&self.clock),
             random,
+            pipelines,
         ))
     }
+
+    /// What the pipelines see of this core (its key cache and write-behind),
+    /// and where their suspension requests arrive (for
+    /// [`Service::serve_suspensions`]).
+    pub fn host(&self) -> (NodeHost, Suspensions) {
+        NodeHost::new(Arc::clone(&self.source), Arc::clone(&self.write_behind))
+    }
+}
+
+/// Puts the stored tiers and keys in the cache; returns how many keys.
+pub(crate) async fn load_keys(
+    source: &LimitsSource,
+    store: &dyn Store,
+) -> Result<usize, crate::storage::StoreError> {
+    for t in store.list_tiers().await? {
+        source.catalog.set_tier(t);
+    }
+    let keys = store.load_all_keys().await?;
+    let n = keys.len();
+    for k in keys {
+        source.keys.insert(k);
+    }
+    source.catalog.bump();
+    Ok(n)
 }
 
 #[cfg(test)]

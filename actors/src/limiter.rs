@@ -729,7 +729,13 @@ mod tests {
         .expect("core");
         let l = &core.limiters;
         let now = SystemClock.now_us();
-        assert!(l.check("a", 1, now).await.expect("reached").expect("checked").allowed);
+        assert!(
+            l.check("a", 1, now)
+                .await
+                .expect("reached")
+                .expect("checked")
+                .allowed
+        );
         // A direct check looked the cell up, then the actor passivated
         // before it took the lock.
         let stale = Arc::clone(&l.shared.entries.get("a").expect("active").cell);
@@ -750,7 +756,11 @@ mod tests {
             "a retired cell is never checked directly"
         );
         // Through a new activation the count goes on from the written state.
-        let r = l.check("a", 1, now).await.expect("reached").expect("checked");
+        let r = l
+            .check("a", 1, now)
+            .await
+            .expect("reached")
+            .expect("checked");
         assert_eq!(r.limits[0].remaining, 3);
     }
 }

@@ -62,6 +62,13 @@ pub mod metric {
     pub const SATURATED: &str = "ringlimit_writebehind_backlog_bound_reached_total";
 }
 
+/// Told about the usage rows of every successful flush (the billing
+/// pipeline counts admitted units from them, not from each check). Given to
+/// the write-behind when it is built.
+pub trait UsageSink: Send + Sync + 'static {
+    fn usage_written(&self, rows: &[UsageRow]);
+}
+
 /// A cell taken into a flush: the version snapshotted and its usage rows.
 type Taken<'a> = (&'a Arc<KeyCell>, u64, Vec<(String, UsageCell)>);
 
@@ -73,9 +80,8 @@ pub struct WriteBehind {
     pub config: WriteBehindConfig,
     pub stats: FlushStats,
     over_bound: std::sync::atomic::AtomicBool,
-    /// Told about the usage rows of every successful flush (the billing
-    /// pipeline counts admitted units from them, not from each check).
-    usage_hook: std::sync::OnceLock<Box<dyn Fn(&[UsageRow]) + Send + Sync>>,
+    /// Told about the usage rows of every successful flush.
+    usage_sink: Option<Arc<dyn UsageSink>>,
     /// How a snapshot becomes bytes ([`Snapshot::encode`]; tests make it fail).
     encode: fn(&Snapshot) -> Result<Vec<u8>, rmp_serde::encode::Error>,
 }
@@ -102,6 +108,7 @@ impl WriteBehind {
     pub fn new(
         snapshot_sinks: Vec<Arc<dyn SnapshotStore>>,
         usage: Option<Arc<dyn UsageStore>>,
+        usage_sink: Option<Arc<dyn UsageSink>>,
         config: WriteBehindConfig,
     ) -> Self {
         WriteBehind {
@@ -111,14 +118,9 @@ impl WriteBehind {
             config,
             stats: FlushStats::default(),
             over_bound: std::sync::atomic::AtomicBool::new(false),
-            usage_hook: std::sync::OnceLock::new(),
+            usage_sink,
             encode: Snapshot::encode,
         }
-    }
-
-    /// Registers the function told about the usage rows of each successful flush.
-    pub fn on_usage_written(&self, f: Box<dyn Fn(&[UsageRow]) + Send + Sync>) {
-        let _ = self.usage_hook.set(f);
     }
 
     /// Adds a changed cell (called once per cell until it is written).
@@ -244,8 +246,8 @@ impl WriteBehind {
                 }
             });
         }
-        if let Some(hook) = self.usage_hook.get() {
-            hook(&usage_rows);
+        if let Some(sink) = &self.usage_sink {
+            sink.usage_written(&usage_rows);
         }
         self.stats
             .keys_written
@@ -434,6 +436,7 @@ mod tests {
         let sink = Arc::new(Recorder::default());
         let mut wb = WriteBehind::new(
             vec![sink.clone() as Arc<dyn SnapshotStore>],
+            None,
             None,
             WriteBehindConfig {
                 interval: Duration::from_millis(1),

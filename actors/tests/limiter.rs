@@ -230,7 +230,11 @@ async fn an_active_loaded_key_is_checked_on_its_cell_without_a_message() {
     assert_eq!(check(&f.limiters, "a").await, (true, 9));
     // The actor has loaded the key: the next checks take the direct path,
     // and count on the same state as the actor's.
-    let r = f.limiters.check_direct("a", 1, now).expect("direct").unwrap();
+    let r = f
+        .limiters
+        .check_direct("a", 1, now)
+        .expect("direct")
+        .unwrap();
     assert_eq!((r.allowed, r.limits[0].remaining), (true, 8));
     assert_eq!(check(&f.limiters, "a").await, (true, 7));
     // Passivation retires the cell: no direct check after it.
@@ -239,7 +243,11 @@ async fn an_active_loaded_key_is_checked_on_its_cell_without_a_message() {
     assert!(f.limiters.check_direct("a", 1, now).is_none());
     // A new activation takes the cell over, count intact, and checks it directly.
     assert_eq!(check(&f.limiters, "a").await, (true, 6));
-    let r = f.limiters.check_direct("a", 1, now).expect("direct again").unwrap();
+    let r = f
+        .limiters
+        .check_direct("a", 1, now)
+        .expect("direct again")
+        .unwrap();
     assert_eq!(r.limits[0].remaining, 5);
 }
 
@@ -290,6 +298,12 @@ async fn passivations_racing_direct_checks_lose_no_count() {
         assert_eq!(allowed.get(id).copied().unwrap_or(0), 40, "key {id}");
     }
     let s = f.limiters.stats();
-    assert!(s.passivations > 10, "the test did exercise passivation: {s:?}");
-    assert!(direct > 100, "the test did exercise the direct path: {direct}");
+    assert!(
+        s.passivations > 10,
+        "the test did exercise passivation: {s:?}"
+    );
+    assert!(
+        direct > 100,
+        "the test did exercise the direct path: {direct}"
+    );
 }

@@ -29,7 +29,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use ringlimit_actors::core::{Core, CoreConfig};
-use ringlimit_actors::pipeline::{NoWebhooks, PipelineConfig, Pipelines};
+use ringlimit_actors::pipeline::{BillingFeed, NoWebhooks, PipelineConfig, Pipelines};
 use ringlimit_actors::service::Service;
 use ringlimit_actors::storage::Store;
 use ringlimit_node::background::{Background, DEFAULT_NICE};
@@ -53,13 +53,14 @@ async fn node(
 ) -> (Arc<Service>, Arc<Service>, Vec<String>, Option<Pipelines>) {
     let store = EmbeddedStore::open(dir).unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
-    let config = CoreConfig::over(&store).with_tiers(ringlimit_node::config::default_tiers());
+    let billing = BillingFeed::new();
+    let config = CoreConfig {
+        usage_sink: Some(billing.clone()),
+        ..CoreConfig::over(&store).with_tiers(ringlimit_node::config::default_tiers())
+    };
     let core = Core::start(config).await.unwrap();
     let wb = Arc::clone(&core.write_behind);
-    let (off, on) = (
-        core.service(Arc::clone(&store), random),
-        core.service(Arc::clone(&store), random),
-    );
+    let off = core.service(Arc::clone(&store), random, None);
     let mut keys = Vec::new();
     for i in 0..100 {
         let k = off
@@ -87,7 +88,15 @@ async fn node(
         // As the node runs them: on the background thread, unless
         // RINGLIMIT_BENCH_SAME_RUNTIME=1 puts them on the checks' runtime.
         let same = std::env::var("RINGLIMIT_BENCH_SAME_RUNTIME").is_ok_and(|v| v == "1");
-        let start = Pipelines::start(cfg, Arc::clone(&store), Arc::new(NoWebhooks), [1; 16]);
+        let (host, suspensions) = core.host();
+        let start = Pipelines::start(
+            cfg,
+            Arc::clone(&store),
+            Arc::new(NoWebhooks),
+            [1; 16],
+            Arc::new(host),
+            billing,
+        );
         let p = if same {
             start.await.unwrap()
         } else {
@@ -97,11 +106,19 @@ async fn node(
             std::mem::forget(bg);
             p
         };
-        on.set_pipelines(p.clone());
-        Some(p)
+        Some((p, suspensions))
     } else {
         None
     };
+    let on = core.service(
+        Arc::clone(&store),
+        random,
+        p.as_ref().map(|(p, _)| p.clone()),
+    );
+    let p = p.map(|(p, suspensions)| {
+        tokio::spawn(Arc::clone(&on).serve_suspensions(suspensions));
+        p
+    });
     // Warm every key's actor.
     for k in &keys {
         off.validate(k, 1, None).await;
@@ -136,10 +153,7 @@ async fn round(service: &Arc<Service>, keys: &Arc<Vec<String>>, n: usize) -> (Ve
                 let out = s.validate(k, 1, Some(CLIENT_IP)).await;
                 let ns = t.elapsed().as_nanos() as u64;
                 lat.push(ns);
-                if matches!(
-                    out,
-                    ringlimit_actors::service::ValidateOutcome::Denied(_)
-                ) {
+                if matches!(out, ringlimit_actors::service::ValidateOutcome::Denied(_)) {
                     denied.push(ns);
                 }
             }

@@ -67,6 +67,7 @@ fn main() {
             let wb = WriteBehind::new(
                 vec![Arc::clone(&sink)],
                 None,
+                None,
                 WriteBehindConfig {
                     max_batch: n,
                     ..Default::default()

@@ -11,7 +11,7 @@ use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use anyhow::Context;
 use ringlimit_actors::core::{Core, CoreConfig};
 use ringlimit_actors::limiter::{LimiterConfig, SystemClock};
-use ringlimit_actors::pipeline::Pipelines;
+use ringlimit_actors::pipeline::{BillingFeed, Pipelines};
 use ringlimit_actors::service::Service;
 use ringlimit_actors::storage::{Retention, SnapshotStore, Store, UsageStore};
 use ringlimit_actors::writebehind::WriteBehindConfig;
@@ -227,11 +227,15 @@ struct Limiting {
 async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limiting> {
     let boot_ms = ringlimit_actors::clock::wall_ms();
     let usage: Arc<dyn UsageStore> = stores.main.clone();
+    // Billing counts admitted units from the write-behind's usage rows (one
+    // row per key and flush), not from each check.
+    let billing = BillingFeed::new();
     let core = Core::start(CoreConfig {
         tiers: config.tiers.clone(),
         keys: Vec::new(),
         snapshot_sinks: vec![stores.snapshots],
         usage: Some(usage),
+        usage_sink: Some(billing.clone()),
         write_behind: WriteBehindConfig {
             interval: config.flush_interval,
             max_pending: config.max_pending_keys,
@@ -250,9 +254,6 @@ async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limit
     })
     .await
     .context("starting the key limiters")?;
-    let service = core.service(Arc::clone(&stores.main), os_random);
-    let n = service.warm().await.context("loading keys")?;
-    tracing::info!(keys = n, "key cache warmed");
     let mut seed = [0u8; 16];
     os_random(&mut seed);
     let poster =
@@ -261,31 +262,35 @@ async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limit
     // their batches never hold up the threads that answer checks.
     let background = Background::start("ringlimit-pipelines", crate::background::DEFAULT_NICE)
         .context("starting the pipelines' thread")?;
+    // The cache is warm before the pipelines start (billing reads it).
+    let n = core
+        .warm(stores.main.as_ref())
+        .await
+        .context("loading keys")?;
+    tracing::info!(keys = n, "key cache warmed");
+    let (host, suspensions) = core.host();
     let pipelines = background
         .run(Pipelines::start(
             config.pipelines.clone(),
-            stores.main,
+            Arc::clone(&stores.main),
             poster,
             seed,
+            Arc::new(host),
+            billing,
         ))
         .await
         .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?
         .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?;
-    service.set_pipelines(pipelines.clone());
-    // Billing counts admitted units from the write-behind's usage rows (one
-    // event per key and flush), not from each check.
-    let p = pipelines.clone();
-    core.write_behind
-        .on_usage_written(Box::new(move |rows| p.on_usage_written(rows)));
+    let service = core.service(stores.main, os_random, Some(pipelines.clone()));
+    tokio::spawn(Arc::clone(&service).serve_suspensions(suspensions));
+    service.warm().await.context("loading IP blocks")?;
     spawn_block_expiry(Arc::clone(&service));
     // Flushes (snapshot encoding, store writes and their blocking threads)
     // run on a thread of their own, below the checks' priority: their cost
     // follows the number of dirty keys and never takes a request thread.
-    let persistence = Background::start(
-        "ringlimit-writebehind",
-        crate::background::WRITEBEHIND_NICE,
-    )
-    .context("starting the write-behind's thread")?;
+    let persistence =
+        Background::start("ringlimit-writebehind", crate::background::WRITEBEHIND_NICE)
+            .context("starting the write-behind's thread")?;
     Ok(Limiting {
         core,
         service,

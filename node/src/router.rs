@@ -24,8 +24,8 @@
 //! re-routes once on its own ring.
 
 use crate::cluster::handoff::{Effect, HandoffGate, Opened};
-use crate::cluster::ring::Ring;
 use crate::cluster::inbox::{Inbound, Inbox};
+use crate::cluster::ring::Ring;
 use crate::cluster::{Cluster, ForwardError};
 use parking_lot::Mutex;
 use ringlimit_actors::keys::SecretHash;
@@ -37,8 +37,8 @@ use ringlimit_protocol::cluster::{
 use ringlimit_protocol::validate::ValidateOutcome;
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -135,7 +135,10 @@ impl Router {
                 let c = match changes.recv().await {
                     Ok(c) => c,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "admin changes not broadcast; peers catch up at the next full reload");
+                        tracing::warn!(
+                            missed = n,
+                            "admin changes not broadcast; peers catch up at the next full reload"
+                        );
                         continue;
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -147,13 +150,17 @@ impl Router {
     }
 
     fn broadcast_change(&self, c: Change) {
-        let Some(cl) = self.cluster.clone() else { return };
+        let Some(cl) = self.cluster.clone() else {
+            return;
+        };
         let ev = match c {
             Change::Key(key_id) => AdminEvent::KeyChanged { key_id },
             Change::Tier(name) => AdminEvent::TierChanged { name },
             Change::Blocks => AdminEvent::BlocksChanged,
             Change::AbuseRules => {
-                let Some(p) = self.service.pipelines() else { return };
+                let Some(p) = self.service.pipelines() else {
+                    return;
+                };
                 match serde_json::to_string(&p.abuse_rules()) {
                     Ok(rules) => AdminEvent::AbuseRulesChanged { rules },
                     Err(e) => {

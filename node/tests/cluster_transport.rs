@@ -365,7 +365,10 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     c.wait_line(Duration::from_secs(5), |l| l == "left");
     let deadline = ringlimit_actors::clock::monotonic() + Duration::from_secs(5);
     while c.child.try_wait().unwrap().is_none() {
-        assert!(ringlimit_actors::clock::monotonic() < deadline, "c did not exit after leaving");
+        assert!(
+            ringlimit_actors::clock::monotonic() < deadline,
+            "c did not exit after leaving"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));

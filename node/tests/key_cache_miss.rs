@@ -17,7 +17,10 @@ fn random(buf: &mut [u8]) {
 /// A node of its own (key cache, limiters) over the shared `store`.
 async fn node(store: Arc<dyn Store>) -> Arc<Service> {
     let config = CoreConfig::over(&store).with_tiers(ringlimit_node::config::default_tiers());
-    Core::start(config).await.unwrap().service(store, random)
+    Core::start(config)
+        .await
+        .unwrap()
+        .service(store, random, None)
 }
 
 #[tokio::test]

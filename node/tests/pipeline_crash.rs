@@ -12,7 +12,9 @@
 
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
 use ringlimit_actors::limitset::CheckResult;
-use ringlimit_actors::pipeline::{Kind, NoWebhooks, PipelineConfig, Pipelines};
+use ringlimit_actors::pipeline::{
+    BillingFeed, Kind, NoHost, NoWebhooks, PipelineConfig, Pipelines,
+};
 use ringlimit_actors::storage::{Range, Store};
 use ringlimit_node::store::embedded::EmbeddedStore;
 use std::collections::HashSet;
@@ -35,9 +37,16 @@ async fn killing_the_violation_worker_mid_stream_loses_no_accepted_event() {
         tick: Duration::from_millis(1),
         ..PipelineConfig::default()
     };
-    let p = Pipelines::start(cfg, Arc::clone(&store), Arc::new(NoWebhooks), [7; 16])
-        .await
-        .unwrap();
+    let p = Pipelines::start(
+        cfg,
+        Arc::clone(&store),
+        Arc::new(NoWebhooks),
+        [7; 16],
+        Arc::new(NoHost),
+        BillingFeed::new(),
+    )
+    .await
+    .unwrap();
     let denied = CheckResult {
         allowed: false,
         limits: vec![],

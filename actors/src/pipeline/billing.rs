@@ -220,12 +220,7 @@ pub async fn close_period(
     let cfg = &ctx.config.billing;
     let end = cfg.period.end_of(start);
     let g = cfg.period.granularity();
-    let Some(host) = ctx.host() else {
-        return Err(StoreError::Unavailable(
-            "the node is not ready to bill yet".into(),
-        ));
-    };
-    let mut keys = host.keys();
+    let mut keys = ctx.host().keys();
     keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     let mut out = Vec::new();
     for k in keys.iter().filter(|k| k.created_at_ms < end) {
@@ -285,7 +280,7 @@ pub struct BillingWorker {
 /// The key owner's webhook, for quota notices.
 fn owner_of(ctx: &Ctx, key_id: &str) -> Option<(String, Option<String>)> {
     ctx.host()
-        .and_then(|h| h.key(key_id))
+        .key(key_id)
         .and_then(|k| super::alerts::owner_webhook(&k))
 }
 
@@ -398,11 +393,7 @@ impl Worker for BillingWorker {
                 continue;
             }
             r.units = r.units.saturating_add(delta);
-            let Some(tier) = ctx
-                .host()
-                .and_then(|h| h.key(&a.key_id))
-                .map(|k| k.tier.clone())
-            else {
+            let Some(tier) = ctx.host().key(&a.key_id).map(|k| k.tier.clone()) else {
                 continue;
             };
             let Some(price) = cfg.prices.get(&tier) else {

@@ -2,9 +2,10 @@
 //! methods of [`Pipelines`] a check, a write-behind flush or an admin change
 //! calls. None of them waits; each pushes onto a bounded queue.
 
-use super::{AlertEvent, Pipelines, metric};
+use super::{AlertEvent, Host, HostError, Pipelines, metric};
 use crate::keys::KeyRecord;
 use crate::limitset::CheckResult;
+use crate::writebehind::UsageSink;
 use ringlimit_protocol::pipeline::AuditEntry;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -69,6 +70,62 @@ impl AdmitBacklog {
 
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
+    }
+}
+
+/// What the write-behind tells billing: the usage rows of every flush (its
+/// [`UsageSink`]). Minute rows go to a coalescing backlog, not straight into
+/// the bounded queue, so money is never dropped whatever the load; the
+/// billing worker moves them into its queue as it has room.
+#[derive(Debug, Default)]
+pub struct BillingFeed {
+    pub(crate) backlog: parking_lot::Mutex<AdmitBacklog>,
+}
+
+impl BillingFeed {
+    pub fn new() -> Arc<BillingFeed> {
+        Arc::new(BillingFeed::default())
+    }
+
+    /// Rows waiting for room in the billing queue.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.lock().len()
+    }
+}
+
+impl UsageSink for BillingFeed {
+    fn usage_written(&self, rows: &[crate::storage::UsageRow]) {
+        let mut backlog = self.backlog.lock();
+        for r in rows {
+            if r.granularity == ringlimit_protocol::admin::Granularity::Minute {
+                backlog.add(&r.key_id, &r.writer, r.bucket_start_ms, r.units);
+            }
+        }
+        metrics::gauge!(metric::ADMIT_BACKLOG).set(backlog.len() as f64);
+    }
+}
+
+/// The host of pipelines that run without a node (tests, benches): no keys,
+/// nothing pending, and suspensions refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHost;
+
+#[async_trait::async_trait]
+impl Host for NoHost {
+    fn key(&self, _: &str) -> Option<Arc<KeyRecord>> {
+        None
+    }
+
+    fn keys(&self) -> Vec<Arc<KeyRecord>> {
+        Vec::new()
+    }
+
+    async fn suspend(&self, key_id: &str, _: u64, _: &str) -> Result<(), HostError> {
+        Err(HostError::NotFound(format!("key {key_id}")))
+    }
+
+    fn writebehind_pending(&self) -> usize {
+        0
     }
 }
 
@@ -141,22 +198,6 @@ pub fn stable_id(parts: &[&str]) -> String {
 }
 
 impl Pipelines {
-    /// The write-behind wrote these usage rows: the minute buckets go to
-    /// billing (one event per key and flush, not one per check).
-    ///
-    /// The rows go to a coalescing backlog, not straight into the bounded
-    /// queue: money is never dropped, whatever the load. The billing worker
-    /// moves them into its queue as it has room.
-    pub fn on_usage_written(&self, rows: &[crate::storage::UsageRow]) {
-        let mut backlog = self.ctx.admit_backlog.lock();
-        for r in rows {
-            if r.granularity == ringlimit_protocol::admin::Granularity::Minute {
-                backlog.add(&r.key_id, &r.writer, r.bucket_start_ms, r.units);
-            }
-        }
-        metrics::gauge!(metric::ADMIT_BACKLOG).set(backlog.len() as f64);
-    }
-
     /// Hot path: an admitted check.
     pub fn on_allowed(&self, key: &Arc<KeyRecord>, result: &CheckResult, _cost: u64, now_ms: u64) {
         let ctx = &self.ctx;

@@ -44,8 +44,8 @@ use queue::EventQueue;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ringlimit_protocol::pipeline::{AuditEntry, Violation};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -54,8 +54,7 @@ pub use alerts::{
     WebhookFormat,
 };
 pub use billing::{BillingConfig, Period, Price};
-use events::AdmitBacklog;
-pub use events::{Admit, Decision, Denial, KeyId, LimitName, stable_id};
+pub use events::{Admit, BillingFeed, Decision, Denial, KeyId, LimitName, NoHost, stable_id};
 pub use supervisor::{PipelineSupervisor, SupervisorMsg, SupervisorState};
 pub use violations::{AbuseRule, AbuseRuleKind};
 pub use worker::{Worker, WorkerActor, WorkerMsg, WorkerState};
@@ -152,12 +151,12 @@ impl Kind {
 pub struct Ctx {
     pub config: PipelineConfig,
     pub store: Arc<dyn Store>,
-    host: Mutex<Option<Weak<dyn Host>>>,
+    host: Arc<dyn Host>,
     pub decisions: EventQueue<Decision>,
     pub admits: EventQueue<Admit>,
     /// Admitted units waiting for room in `admits`, coalesced per key,
-    /// writer and minute (see [`Pipelines::on_usage_written`]).
-    pub(crate) admit_backlog: Mutex<AdmitBacklog>,
+    /// writer and minute (see [`BillingFeed`]).
+    pub(crate) feed: Arc<BillingFeed>,
     pub alerts: EventQueue<AlertEvent>,
     pub audit: EventQueue<AuditEntry>,
     pub poster: Arc<dyn HttpPoster>,
@@ -196,7 +195,7 @@ impl Ctx {
         if room == 0 {
             return;
         }
-        let mut backlog = self.admit_backlog.lock();
+        let mut backlog = self.feed.backlog.lock();
         if backlog.len() == 0 {
             return;
         }
@@ -208,11 +207,12 @@ impl Ctx {
 
     /// Whether billing has nothing left: no backlog, nothing queued or in flight.
     pub(crate) fn billing_idle(&self) -> bool {
-        self.admit_backlog.lock().len() == 0 && self.admits.is_idle()
+        self.feed.backlog.lock().len() == 0 && self.admits.is_idle()
     }
 
-    pub fn host(&self) -> Option<Arc<dyn Host>> {
-        self.host.lock().as_ref().and_then(Weak::upgrade)
+    /// The node as the pipelines see it.
+    pub fn host(&self) -> &Arc<dyn Host> {
+        &self.host
     }
 
     /// A new unique id (node, boot and a counter, hashed): what events carry.
@@ -271,11 +271,15 @@ impl std::fmt::Debug for Pipelines {
 impl Pipelines {
     /// Starts the supervisor and its three workers. `seed` must come from a
     /// secure random source (it makes event ids unique across processes).
+    /// `host` is the node as the pipelines see it; `feed` is what the
+    /// write-behind tells about admitted units (its usage sink).
     pub async fn start(
         config: PipelineConfig,
         store: Arc<dyn Store>,
         poster: Arc<dyn HttpPoster>,
         seed: [u8; 16],
+        host: Arc<dyn Host>,
+        feed: Arc<BillingFeed>,
     ) -> Result<Self, ActorProcessingErr> {
         let cap = config.queue_capacity;
         let ctx = Arc::new(Ctx {
@@ -283,10 +287,10 @@ impl Pipelines {
             ratio_rules: AtomicBool::new(config.abuse.iter().any(AbuseRule::needs_allowed)),
             config,
             store,
-            host: Mutex::new(None),
+            host,
             decisions: EventQueue::new("violations", cap),
             admits: EventQueue::new("billing", cap),
-            admit_backlog: Mutex::new(AdmitBacklog::default()),
+            feed,
             alerts: EventQueue::new("alerts", cap),
             audit: EventQueue::new("audit", cap),
             poster,
@@ -305,11 +309,6 @@ impl Pipelines {
         });
         let (supervisor, _) = Actor::spawn(None, PipelineSupervisor, Arc::clone(&ctx)).await?;
         Ok(Pipelines { ctx, supervisor })
-    }
-
-    /// Tells the pipelines about the node (after the service exists).
-    pub fn set_host(&self, host: Weak<dyn Host>) {
-        *self.ctx.host.lock() = Some(host);
     }
 
     /// Replaces the abuse rules (run-time change).
@@ -342,7 +341,7 @@ impl Pipelines {
             (self.ctx.admits.name(), {
                 // Coalesced rows waiting for room count as queued.
                 let mut s = self.ctx.admits.stats();
-                s.queued += self.ctx.admit_backlog.lock().len();
+                s.queued += self.ctx.feed.backlog.lock().len();
                 s
             }),
             (self.ctx.alerts.name(), self.ctx.alerts.stats()),

@@ -249,8 +249,7 @@ impl ViolationWorker {
     async fn suspend(&self, rule: &AbuseRule, key_id: &str, now_ms: u64) {
         let until = now_ms.saturating_add(rule.suspend_for_ms);
         let reason = format!("abuse rule '{}': {}", rule.name, rule.describe());
-        let Some(host) = self.ctx.host() else { return };
-        if let Err(e) = host.suspend(key_id, until, &reason).await {
+        if let Err(e) = self.ctx.host().suspend(key_id, until, &reason).await {
             tracing::warn!(key_id, rule = %rule.name, error = %e, "abuse rule tripped but the key could not be suspended");
             return;
         }

@@ -82,7 +82,7 @@ impl Service {
         for b in self.store.list_blocks().await? {
             if b.expires_at_ms.is_some_and(|t| t <= now) && self.store.delete_block(&b.id).await? {
                 n += 1;
-                if let Some(p) = self.pipelines.get() {
+                if let Some(p) = self.pipelines.as_ref() {
                     p.audit(ringlimit_protocol::pipeline::AuditEntry {
                         id: crate::pipeline::stable_id(&["block.expire", &b.id]),
                         at_ms: b.expires_at_ms.unwrap_or(now),

@@ -4,9 +4,9 @@
 use super::{Service, metric};
 use crate::keys::{self, AuthResult, KeyRecord, SecretHash};
 use crate::limitset::{CheckError, CheckResult};
-pub use ringlimit_protocol::validate::ValidateOutcome;
-use ringlimit_protocol::validate::Checked;
 use ringlimit_protocol::apikey;
+use ringlimit_protocol::validate::Checked;
+pub use ringlimit_protocol::validate::ValidateOutcome;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -150,13 +150,13 @@ impl Service {
         }
         match self.limiters.check(key_id, cost, now_us).await {
             Ok(Ok(result)) if result.allowed => {
-                if let Some(p) = self.pipelines.get() {
+                if let Some(p) = self.pipelines.as_ref() {
                     p.on_allowed(&key, &result, cost, now_ms);
                 }
                 ValidateOutcome::Allowed(checked(&key, result))
             }
             Ok(Ok(result)) => {
-                if let Some(p) = self.pipelines.get() {
+                if let Some(p) = self.pipelines.as_ref() {
                     p.on_denied(&key, &result, cost, client_ip, now_ms);
                 }
                 ValidateOutcome::Denied(checked(&key, result))

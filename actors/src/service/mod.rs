@@ -11,19 +11,21 @@
 
 mod blocks;
 mod check;
+mod host;
 mod keys;
 mod tiers;
 mod usage;
 
 pub use blocks::MAX_BLOCK_EXPIRY_MS;
 pub use check::{MISS_LOOKUP_TIMEOUT, MISS_LOOKUPS_PER_SECOND, MISS_NEGATIVE_MS, ValidateOutcome};
+pub use host::{NodeHost, SuspendRequest, Suspensions};
 pub use keys::{MAX_GRACE_MS, MAX_METADATA_BYTES, MAX_OWNER_LEN};
 
 use crate::blocks::BlockList;
 use crate::catalog::LimitsSource;
 use crate::keys::KeyRecord;
 use crate::limiter::{Clock, KeyLimiters, LimiterStats};
-use crate::pipeline::{Host, HostError, Pipelines};
+use crate::pipeline::{HostError, Pipelines};
 use crate::storage::{Store, StoreError};
 use check::MissGuard;
 use std::sync::Arc;
@@ -69,7 +71,7 @@ pub struct Service {
     admin_lock: tokio::sync::Mutex<()>,
     /// Admin changes, for whoever tells the other nodes (the router).
     changes: tokio::sync::broadcast::Sender<Change>,
-    pipelines: std::sync::OnceLock<Pipelines>,
+    pipelines: Option<Pipelines>,
     /// The IP/CIDR blocks in force.
     blocks: BlockList,
     /// Store look-ups after key-cache misses.
@@ -110,6 +112,7 @@ impl Service {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         random: fn(&mut [u8]),
+        pipelines: Option<Pipelines>,
     ) -> Self {
         Service {
             source,
@@ -119,36 +122,21 @@ impl Service {
             random,
             admin_lock: tokio::sync::Mutex::new(()),
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFERED).0,
-            pipelines: std::sync::OnceLock::new(),
+            pipelines,
             blocks: BlockList::default(),
             misses: parking_lot::Mutex::new(MissGuard::default()),
         }
     }
 
-    /// Connects the pipelines (violations, billing, alerts) to the hot path.
-    pub fn set_pipelines(self: &Arc<Self>, p: Pipelines) {
-        let host: Arc<dyn Host> = Arc::clone(self) as Arc<dyn Host>;
-        p.set_host(Arc::downgrade(&host));
-        let _ = self.pipelines.set(p);
-    }
-
     pub fn pipelines(&self) -> Option<&Pipelines> {
-        self.pipelines.get()
+        self.pipelines.as_ref()
     }
 
-    /// Loads every key into the cache and applies stored tier changes.
-    pub async fn warm(&self) -> Result<usize, StoreError> {
+    /// Loads the IP blocks in force. (Keys and tiers are in the core's cache
+    /// already: [`crate::core::Core::warm`].)
+    pub async fn warm(&self) -> Result<(), StoreError> {
         self.blocks.set(self.store.list_blocks().await?);
-        for t in self.store.list_tiers().await? {
-            self.source.catalog.set_tier(t);
-        }
-        let keys = self.store.load_all_keys().await?;
-        let n = keys.len();
-        for k in keys {
-            self.source.keys.insert(k);
-        }
-        self.source.catalog.bump();
-        Ok(n)
+        Ok(())
     }
 
     /// Wall-clock time by the service's clock, µs since the epoch.
@@ -228,7 +216,7 @@ impl Service {
         reason: Option<String>,
         details: serde_json::Value,
     ) {
-        if let Some(p) = self.pipelines.get() {
+        if let Some(p) = self.pipelines.as_ref() {
             p.audit(ringlimit_protocol::pipeline::AuditEntry {
                 id: p.ctx.new_id(),
                 at_ms: self.now_ms(),
@@ -247,34 +235,5 @@ fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
         None => s,
-    }
-}
-
-#[async_trait::async_trait]
-impl Host for Service {
-    fn key(&self, key_id: &str) -> Option<Arc<KeyRecord>> {
-        Service::key(self, key_id)
-    }
-
-    fn keys(&self) -> Vec<Arc<KeyRecord>> {
-        self.cached_keys()
-    }
-
-    async fn suspend(&self, key_id: &str, until_ms: u64, reason: &str) -> Result<(), HostError> {
-        // Never shorten a suspension already in force (an operator's
-        // indefinite one, or a longer one).
-        if let Some(k) = self.source.keys.get(key_id) {
-            if k.suspended_at(self.now_ms()) && k.suspended_until_ms.is_none_or(|u| u >= until_ms) {
-                return Ok(());
-            }
-        }
-        self.suspend_key(key_id, Some(until_ms), reason)
-            .await
-            .map(|_| ())
-            .map_err(HostError::from)
-    }
-
-    fn writebehind_pending(&self) -> usize {
-        self.limiters.stats().pending_writes
     }
 }

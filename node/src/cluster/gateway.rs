@@ -14,8 +14,7 @@ use super::peers::Shared;
 use super::wire::{decode, encode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ringlimit_protocol::cluster::{
-    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, Heartbeat,
-    Hello, Leave,
+    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, Heartbeat, Hello, Leave,
 };
 use ringlimit_protocol::validate::ValidateOutcome;
 use serde::Serialize;

@@ -82,7 +82,12 @@ impl HandoffGate {
     /// A gate for node `me` that waits at most `wait` for markers. A
     /// `forming` node starts closed and must be woken at the returned
     /// deadline.
-    pub fn new(me: &str, wait: Duration, forming: bool, now: Instant) -> (HandoffGate, Vec<Effect>) {
+    pub fn new(
+        me: &str,
+        wait: Duration,
+        forming: bool,
+        now: Instant,
+    ) -> (HandoffGate, Vec<Effect>) {
         let mut g = HandoffGate {
             me: me.to_string(),
             wait,
@@ -109,7 +114,9 @@ impl HandoffGate {
     pub fn deadline(&self) -> Option<Instant> {
         match &self.state {
             GateState::Open => None,
-            GateState::Forming { deadline } | GateState::Waiting { deadline, .. } => Some(*deadline),
+            GateState::Forming { deadline } | GateState::Waiting { deadline, .. } => {
+                Some(*deadline)
+            }
         }
     }
 
@@ -149,9 +156,7 @@ impl HandoffGate {
             }
         } else {
             // A new wait, or the one still running.
-            let d = deadline
-                .or(running_deadline)
-                .unwrap_or(now + self.wait);
+            let d = deadline.or(running_deadline).unwrap_or(now + self.wait);
             if deadline.is_some() {
                 out.push(Effect::WakeAt(d));
             }
@@ -355,7 +360,11 @@ mod tests {
             &members(&["a", "b", "c", "d"]),
             t0,
         );
-        let fx = g.on_ring_change(&change(&[], &["c"]), &members(&["a", "b", "d"]), t0 + ms(10));
+        let fx = g.on_ring_change(
+            &change(&[], &["c"]),
+            &members(&["a", "b", "d"]),
+            t0 + ms(10),
+        );
         assert!(fx.is_empty(), "{fx:?}");
         assert_eq!(g.deadline(), Some(t0 + WAIT));
         assert_eq!(

@@ -194,11 +194,11 @@ async fn call_batch(
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{check, recorder, shared};
-    use ringlimit_protocol::validate::ValidateOutcome;
     use super::super::gateway::Gateway;
     use super::super::peers::Shared;
     use super::*;
     use ractor::Actor;
+    use ringlimit_protocol::validate::ValidateOutcome;
 
     /// A link from `sender` to the gateway `gw` of node `o`.
     fn link_from(sender: &Shared, gw: &ActorRef<GatewayMsg>) -> PeerLink {
@@ -283,10 +283,7 @@ mod tests {
             Err(ForwardError::Unreachable { peer: "o".into() })
         );
         assert!(
-            matches!(
-                rx1.await.expect("answered"),
-                Ok(ForwardOutcome::Decided(_))
-            ),
+            matches!(rx1.await.expect("answered"), Ok(ForwardOutcome::Decided(_))),
             "in flight completes"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -204,7 +204,10 @@ async fn route(cluster: &Cluster, key: &str) -> (String, Result<String, String>)
                 return (owner, Ok(c.tier));
             }
             Ok(ForwardOutcome::Decided(other)) => {
-                return (owner, Err(format!("answer_without_tier outcome={}", other.label())));
+                return (
+                    owner,
+                    Err(format!("answer_without_tier outcome={}", other.label())),
+                );
             }
             Ok(ForwardOutcome::NotOwner { ring_version }) => {
                 let ring = cluster.ring();

@@ -266,7 +266,10 @@ mod tests {
             limits: LimitSet::new(&[spec(1_000), spec(86_400_000)]),
             usage: Default::default(),
         };
-        assert_eq!(ttl_ms(&snap.encode().expect("encodes")), 86_400_000 + TTL_MARGIN_MS);
+        assert_eq!(
+            ttl_ms(&snap.encode().expect("encodes")),
+            86_400_000 + TTL_MARGIN_MS
+        );
         assert_eq!(ttl_ms(b"garbage"), 60_000 + TTL_MARGIN_MS);
     }
 }

@@ -341,7 +341,7 @@ pub async fn redrive(ctx: &Ctx, id: &str) -> Result<Redrive, StoreError> {
     let secret = match letter.endpoint.strip_prefix("key:") {
         Some(key_id) => ctx
             .host()
-            .and_then(|h| h.key(key_id))
+            .key(key_id)
             .and_then(|k| owner_webhook(&k))
             .and_then(|(_, s)| s)
             .or_else(|| cfg.owner_secret.clone()),
@@ -410,7 +410,7 @@ impl AlertWorker {
                 let owner = a
                     .key_id
                     .as_deref()
-                    .and_then(|k| self.ctx.host().and_then(|h| h.key(k)))
+                    .and_then(|k| self.ctx.host().key(k))
                     .filter(|_| is_quota_notice(&a.kind))
                     .and_then(|k| owner_webhook(&k));
                 let t = targets(&self.ctx, owner.as_ref(), a.key_id.as_deref());
@@ -421,10 +421,10 @@ impl AlertWorker {
     }
 
     fn check_backlog(&mut self, now_ms: u64) {
-        let (Some(bound), Some(host)) = (self.ctx.config.alerts.backlog_bound, self.ctx.host())
-        else {
+        let Some(bound) = self.ctx.config.alerts.backlog_bound else {
             return;
         };
+        let host = self.ctx.host();
         let pending = host.writebehind_pending();
         match self.backlog_since {
             None if pending > bound => {
