@@ -297,12 +297,15 @@ async fn deliver_all(ctx: Arc<Ctx>, mut alert: Alert, targets: Vec<Target>) {
         DeliveryState::DeadLettered
     };
     // The outcome is worth a few retries: the store may be briefly down.
+    // The alert's state goes first, so whoever sees a dead letter finds its
+    // alert marked dead-lettered (both writes are idempotent).
     for i in 0..5u32 {
         let r: Result<(), StoreError> = async {
+            ctx.store.put_alert(&alert).await?;
             for d in &dead {
                 ctx.store.put_dead_letter(d).await?;
             }
-            ctx.store.put_alert(&alert).await
+            Ok(())
         }
         .await;
         match r {
