@@ -11,9 +11,9 @@
 //! Run: `cargo bench -p ringlimit-node --bench allocs`. Prints one line
 //! per path; the figure goes in BENCHMARKS.md. A count, not a timing.
 
+use axum::http::HeaderMap;
 use ringlimit_actors::core::{Core, CoreConfig};
 use ringlimit_actors::keys::{KeyRecord, SecretHash};
-use axum::http::HeaderMap;
 use ringlimit_actors::limiter::{Clock, SystemClock};
 use ringlimit_actors::storage::Store;
 use ringlimit_node::http::data::{answer, ratelimit_headers};
@@ -36,7 +36,13 @@ fn key() -> KeyRecord {
             window_ms: 60_000,
             burst: None,
         }]),
-        ..KeyRecord::active("benchkey000000000000", "o", "free", SecretHash::of(SECRET), 0)
+        ..KeyRecord::active(
+            "benchkey000000000000",
+            "o",
+            "free",
+            SecretHash::of(SECRET),
+            0,
+        )
     }
 }
 

@@ -283,7 +283,7 @@ async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limit
         .map_err(|e| anyhow::anyhow!("starting the pipelines: {e}"))?;
     let service = core.service(stores.main, os_random, Some(pipelines.clone()));
     tokio::spawn(Arc::clone(&service).serve_suspensions(suspensions));
-    service.warm().await.context("loading IP blocks")?;
+    service.load_blocks().await.context("loading IP blocks")?;
     spawn_block_expiry(Arc::clone(&service));
     // Flushes (snapshot encoding, store writes and their blocking threads)
     // run on a thread of their own, below the checks' priority: their cost

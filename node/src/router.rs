@@ -279,7 +279,7 @@ impl Router {
         let Some(ring) = self.routing_ring() else {
             return self.decide_local(key_id, &hash, cost, client_ip).await;
         };
-        let me = self.me().unwrap_or_default().to_string();
+        let me = self.me().unwrap_or_default();
         let mut ring = ring;
         for attempt in 0..3 {
             let owner = ring.owner(key_id).to_string();
@@ -523,7 +523,7 @@ impl Router {
 
 impl Router {
     async fn check_batch(self: &Arc<Self>, batch: ForwardBatch) -> ForwardReply {
-        let me = self.me().unwrap_or_default().to_string();
+        let me = self.me().unwrap_or_default();
         let mut results = Vec::with_capacity(batch.checks.len());
         let futures = batch.checks.iter().map(|chk| async {
             if self.draining.load(Ordering::Acquire) {

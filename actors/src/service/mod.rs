@@ -134,7 +134,7 @@ impl Service {
 
     /// Loads the IP blocks in force. (Keys and tiers are in the core's cache
     /// already: [`crate::core::Core::warm`].)
-    pub async fn warm(&self) -> Result<(), StoreError> {
+    pub async fn load_blocks(&self) -> Result<(), StoreError> {
         self.blocks.set(self.store.list_blocks().await?);
         Ok(())
     }
