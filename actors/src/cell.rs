@@ -80,12 +80,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The snapshot as MessagePack. An error is never turned into an empty
-    /// blob: the write-behind keeps the cell pending instead.
+    /// The snapshot as compact MessagePack: fields by position, not by
+    /// name. An error is never turned into an empty blob: the write-behind
+    /// keeps the cell pending instead.
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec_named(self)
+        rmp_serde::to_vec(self)
     }
 
+    /// Decodes a snapshot, compact or in the named form earlier versions
+    /// wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
     }
@@ -157,6 +160,92 @@ impl KeyCell {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ringlimit_protocol::{AlgorithmKind, LimitSpec};
+
+    fn busy_snapshot() -> Snapshot {
+        let specs: Vec<LimitSpec> = [
+            ("per-minute", AlgorithmKind::SlidingWindow, 60_000),
+            ("per-hour", AlgorithmKind::TokenBucket, 3_600_000),
+            ("per-day", AlgorithmKind::FixedWindow, 86_400_000),
+            ("burst", AlgorithmKind::Gcra, 1_000),
+            ("exact", AlgorithmKind::SlidingLog, 10_000),
+        ]
+        .into_iter()
+        .map(|(name, algorithm, window_ms)| LimitSpec {
+            name: name.into(),
+            algorithm,
+            limit: 50,
+            window_ms,
+            burst: None,
+        })
+        .collect();
+        let mut limits = LimitSet::new(&specs);
+        for i in 0..5 {
+            limits.check(1_000_000 + i * 1_000, 1).expect("checks");
+        }
+        let mut usage = UsageCounters::default();
+        usage.adopt_writer("node-a#1764000000000");
+        usage.add(1_000, 5);
+        usage.adopt_writer("node-b#1764000000001");
+        usage.add(61_000, 2);
+        Snapshot { limits, usage }
+    }
+
+    #[test]
+    fn snapshots_are_compact_and_round_trip() {
+        let s = busy_snapshot();
+        let compact = s.encode().expect("encodes");
+        let named = rmp_serde::to_vec_named(&s).expect("encodes");
+        assert_eq!(Snapshot::decode(&compact).expect("decodes"), s);
+        // Field names are not written: one sliding-window limit and its
+        // usage took about 270 bytes in the named form.
+        assert!(
+            compact.len() * 10 < named.len() * 7,
+            "compact {} bytes against named {}",
+            compact.len(),
+            named.len()
+        );
+    }
+
+    #[test]
+    fn snapshots_in_the_named_form_of_earlier_versions_still_load() {
+        let s = busy_snapshot();
+        let named = rmp_serde::to_vec_named(&s).expect("encodes");
+        assert_eq!(Snapshot::decode(&named).expect("decodes"), s);
+        // Written before usage counters existed: the field defaults.
+        let old = rmp_serde::to_vec_named(&LimitsOnly { limits: &s.limits }).expect("encodes");
+        let back = Snapshot::decode(&old).expect("decodes");
+        assert_eq!(back.limits, s.limits);
+        assert_eq!(back.usage, UsageCounters::default());
+    }
+
+    #[derive(serde::Serialize)]
+    struct LimitsOnly<'a> {
+        limits: &'a LimitSet,
+    }
+
+    #[test]
+    fn one_sliding_window_key_snapshots_in_few_bytes() {
+        let spec = LimitSpec {
+            name: "per-minute".into(),
+            algorithm: AlgorithmKind::SlidingWindow,
+            limit: 1_000,
+            window_ms: 60_000,
+            burst: None,
+        };
+        let mut limits = LimitSet::new(&[spec]);
+        limits.check(1_764_000_000_000_000, 1).expect("checks");
+        let mut usage = UsageCounters::default();
+        usage.adopt_writer("node-a#1764000000000");
+        usage.add(1_764_000_000_000, 1);
+        let s = Snapshot { limits, usage };
+        let n = s.encode().expect("encodes").len();
+        eprintln!(
+            "one sliding_window key: {n} bytes compact, {} named",
+            rmp_serde::to_vec_named(&s).expect("encodes").len()
+        );
+        assert!(n < 160, "{n} bytes");
+    }
 
     #[test]
     fn usage_rolls_buckets_and_keeps_closed_ones_until_written() {

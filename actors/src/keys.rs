@@ -188,7 +188,7 @@ fn pick(random: &mut dyn FnMut(&mut [u8]), alphabet: &[u8], n: usize) -> String 
 /// updated on every admin change, so validation never waits on the store.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    by_id: DashMap<String, Arc<KeyRecord>>,
+    by_id: DashMap<String, Arc<KeyRecord>, crate::HotHasher>,
 }
 
 impl KeyCache {

@@ -42,3 +42,8 @@ pub mod pipeline;
 pub mod service;
 pub mod storage;
 pub mod writebehind;
+
+/// The hasher of the maps a check looks keys up in. Key ids are short, so
+/// SipHash dominated those look-ups; foldhash is seeded per map, and entries
+/// are only ever added for keys an operator created.
+pub type HotHasher = foldhash::fast::RandomState;

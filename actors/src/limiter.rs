@@ -111,7 +111,7 @@ struct Entry {
 pub struct Shared {
     source: Arc<LimitsSource>,
     writebehind: Arc<WriteBehind>,
-    entries: DashMap<String, Entry>,
+    entries: DashMap<String, Entry, crate::HotHasher>,
     by_actor: DashMap<ActorId, String>,
     config: LimiterConfig,
     supervisor: OnceLock<ActorCell>,
@@ -368,7 +368,7 @@ impl KeyLimiters {
         let shared = Arc::new(Shared {
             source,
             writebehind,
-            entries: DashMap::new(),
+            entries: DashMap::default(),
             by_actor: DashMap::new(),
             config,
             supervisor: OnceLock::new(),

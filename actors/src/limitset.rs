@@ -164,7 +164,7 @@ impl LimitSet {
 
     /// Encodes the set for a snapshot.
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec_named(self)
+        rmp_serde::to_vec(self)
     }
 
     /// Decodes a snapshot.

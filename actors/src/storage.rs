@@ -153,6 +153,17 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// Writes all snapshots; atomically where the backend allows.
     async fn save_snapshots(&self, batch: &[(String, Vec<u8>)]) -> Result<(), StoreError>;
     async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes a flush's snapshots and its usage rows in one transaction,
+    /// for a store that is the node's usage store too. `Ok(false)`: this
+    /// store cannot, and nothing was written; the write-behind writes the two
+    /// apart.
+    async fn save_flush(
+        &self,
+        _snapshots: &[(String, Vec<u8>)],
+        _usage: &[UsageRow],
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// Usage history: per-minute buckets and hourly and daily rollups.

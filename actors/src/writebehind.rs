@@ -74,9 +74,12 @@ type Taken<'a> = (&'a Arc<KeyCell>, u64, Vec<(String, UsageCell)>);
 
 /// The write-behind of one node.
 pub struct WriteBehind {
-    pending: DashMap<String, Arc<KeyCell>>,
+    pending: DashMap<String, Arc<KeyCell>, crate::HotHasher>,
     snapshot_sinks: Vec<Arc<dyn SnapshotStore>>,
     usage: Option<Arc<dyn UsageStore>>,
+    /// The only snapshot sink is the usage store too: a flush is one
+    /// transaction there ([`SnapshotStore::save_flush`]).
+    one_store: bool,
     pub config: WriteBehindConfig,
     pub stats: FlushStats,
     over_bound: std::sync::atomic::AtomicBool,
@@ -111,10 +114,15 @@ impl WriteBehind {
         usage_sink: Option<Arc<dyn UsageSink>>,
         config: WriteBehindConfig,
     ) -> Self {
+        let one_store = match (snapshot_sinks.as_slice(), &usage) {
+            ([s], Some(u)) => std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(u)),
+            _ => false,
+        };
         WriteBehind {
-            pending: DashMap::new(),
+            pending: DashMap::default(),
             snapshot_sinks,
             usage,
+            one_store,
             config,
             stats: FlushStats::default(),
             over_bound: std::sync::atomic::AtomicBool::new(false),
@@ -266,6 +274,9 @@ impl WriteBehind {
         snaps: &[(String, Vec<u8>)],
         usage_rows: &[UsageRow],
     ) -> Result<(), StoreError> {
+        if self.one_store && self.snapshot_sinks[0].save_flush(snaps, usage_rows).await? {
+            return Ok(());
+        }
         for s in &self.snapshot_sinks {
             s.save_snapshots(snaps).await?;
         }
@@ -411,6 +422,109 @@ mod tests {
         async fn load_snapshot(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(None)
         }
+    }
+
+    /// A store holding snapshots and usage, as the embedded store does:
+    /// counts how each flush reached it.
+    #[derive(Debug, Default)]
+    struct BothStore {
+        one_transaction: bool,
+        flushes: AtomicU64,
+        snapshot_writes: AtomicU64,
+        usage_writes: AtomicU64,
+        rows: parking_lot::Mutex<Vec<UsageRow>>,
+    }
+
+    #[async_trait]
+    impl SnapshotStore for BothStore {
+        async fn save_snapshots(&self, _: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.snapshot_writes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        async fn load_snapshot(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        async fn save_flush(
+            &self,
+            _: &[(String, Vec<u8>)],
+            usage: &[UsageRow],
+        ) -> Result<bool, StoreError> {
+            if !self.one_transaction {
+                return Ok(false);
+            }
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.rows.lock().extend_from_slice(usage);
+            Ok(true)
+        }
+    }
+
+    #[async_trait]
+    impl UsageStore for BothStore {
+        async fn write_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
+            self.usage_writes.fetch_add(1, Ordering::Relaxed);
+            self.rows.lock().extend_from_slice(rows);
+            Ok(())
+        }
+        async fn usage_history(
+            &self,
+            _: &str,
+            _: ringlimit_protocol::admin::Granularity,
+            _: u64,
+            _: u64,
+        ) -> Result<Vec<ringlimit_protocol::admin::UsageBucket>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_to_a_store_that_holds_usage_too_is_one_transaction() {
+        for one_transaction in [true, false] {
+            let store = Arc::new(BothStore {
+                one_transaction,
+                ..BothStore::default()
+            });
+            let wb = WriteBehind::new(
+                vec![store.clone() as Arc<dyn SnapshotStore>],
+                Some(store.clone() as Arc<dyn UsageStore>),
+                None,
+                WriteBehindConfig::default(),
+            );
+            for k in ["k1", "k2", "k3"] {
+                changed_cell(&wb, k);
+            }
+            let r = wb.flush_once().await.expect("flush");
+            assert_eq!(r.keys, 3);
+            let (flushes, snaps, usage) = (
+                store.flushes.load(Ordering::Relaxed),
+                store.snapshot_writes.load(Ordering::Relaxed),
+                store.usage_writes.load(Ordering::Relaxed),
+            );
+            if one_transaction {
+                assert_eq!((flushes, snaps, usage), (1, 0, 0));
+            } else {
+                assert_eq!((flushes, snaps, usage), (0, 1, 1), "written apart");
+            }
+            assert_eq!(store.rows.lock().len(), r.usage_rows);
+            assert!(r.usage_rows >= 3, "every key's usage rows: {r:?}");
+            assert_eq!(wb.pending_len(), 0);
+        }
+        // Separate snapshot and usage stores are written apart.
+        let snaps = Arc::new(BothStore {
+            one_transaction: true,
+            ..BothStore::default()
+        });
+        let usage = Arc::new(BothStore::default());
+        let wb = WriteBehind::new(
+            vec![snaps.clone() as Arc<dyn SnapshotStore>],
+            Some(usage.clone() as Arc<dyn UsageStore>),
+            None,
+            WriteBehindConfig::default(),
+        );
+        changed_cell(&wb, "k1");
+        wb.flush_once().await.expect("flush");
+        assert_eq!(snaps.flushes.load(Ordering::Relaxed), 0);
+        assert_eq!(snaps.snapshot_writes.load(Ordering::Relaxed), 1);
+        assert_eq!(usage.usage_writes.load(Ordering::Relaxed), 1);
     }
 
     fn unencodable(_: &Snapshot) -> Result<Vec<u8>, rmp_serde::encode::Error> {

@@ -405,18 +405,27 @@ async fn serve(
             let _ = wb.spawn(rx).await;
         })
     };
-    let spawn = |l: tokio::net::TcpListener, r: axum::Router| {
-        let mut rx = stop_rx.clone();
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let data = {
+        let plane = http::data_plane(state.clone(), ids.clone());
+        let rx = stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(l, r)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
+            axum::serve(data_l, axum::ServiceExt::into_make_service(plane))
+                .with_graceful_shutdown(stopped(rx))
                 .await
         })
     };
-    let data = spawn(data_l, http::data_router(state.clone(), ids.clone()));
-    let admin = spawn(admin_l, http::admin_router(state, ids));
+    let admin = {
+        let router = http::admin_router(state, ids);
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(admin_l, router)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+        })
+    };
     ready.store(true, Ordering::Release);
     tracing::info!(%data_addr, %admin_addr, node = %config.node_name, "ringlimit node ready");
     // One line on stdout for scripts and tests that start nodes on port 0.

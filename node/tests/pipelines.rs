@@ -244,6 +244,166 @@ async fn billing_equals_admitted_on_scylla() {
     .await;
 }
 
+/// Saturation, small: 400 keys checked from 8 connections in batches of 100
+/// as fast as the node answers, with pipeline queues of 4 events. The
+/// violations queue overflows (observability: dropped and counted); billing
+/// never drops, and the billed units equal the 200s counted, key by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn saturation_drops_no_billing_and_bills_every_admitted_unit() {
+    const KEYS: usize = 400;
+    const WORKERS: usize = 8;
+    const BATCHES: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        r#"
+billing_period = "1m"
+[billing]
+close_delay_ms = 500
+[pipelines]
+queue_capacity = 4
+batch_max = 2
+tick_ms = 50
+"#,
+    );
+    let env = [
+        ("RINGLIMIT_CONFIG", cfg.as_str()),
+        ("RINGLIMIT_FLUSH_INTERVAL_MS", "20"),
+    ];
+    let node = Node::start(dir.path(), &env);
+    let mut keys = Vec::with_capacity(KEYS);
+    for _ in 0..KEYS {
+        keys.push(
+            node.create_key(json!([limit("per-minute", "sliding_log", 60, 60_000)]))
+                .await,
+        );
+    }
+    let keys = Arc::new(keys);
+    let ok: Arc<Vec<AtomicU32>> = Arc::new((0..KEYS).map(|_| AtomicU32::new(0)).collect());
+    let denied = Arc::new(AtomicU32::new(0));
+    let started = now_ms();
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let http = node.http.clone();
+        let url = format!("{}/api/v1/validate/batch", node.data);
+        let keys = Arc::clone(&keys);
+        let ok = Arc::clone(&ok);
+        let denied = Arc::clone(&denied);
+        tasks.push(tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let picked: Vec<usize> = (0..100)
+                    .map(|i| (w * 7919 + b * 101 + i * 13) % KEYS)
+                    .collect();
+                let checks: Vec<Value> = picked
+                    .iter()
+                    .map(|&k| json!({"api_key": keys[k].1, "cost": 1}))
+                    .collect();
+                let r = http
+                    .post(&url)
+                    .json(&json!({ "checks": checks }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let v: Value = r.json().await.unwrap();
+                for (res, &k) in v["results"].as_array().unwrap().iter().zip(&picked) {
+                    match res["status"].as_u64().unwrap() {
+                        200 => {
+                            ok[k].fetch_add(1, Ordering::Relaxed);
+                        }
+                        429 => {
+                            denied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        s => panic!("unexpected status {s}: {res}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let finished = now_ms();
+    let counted: Vec<u64> = ok
+        .iter()
+        .map(|a| u64::from(a.load(Ordering::Relaxed)))
+        .collect();
+    let denied = u64::from(denied.load(Ordering::Relaxed));
+    assert_eq!(
+        counted.iter().sum::<u64>() + denied,
+        (WORKERS * BATCHES * 100) as u64
+    );
+    assert!(denied > 0, "the load must include denials");
+
+    let metrics = || async {
+        node.http
+            .get(format!("{}/metrics", node.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let dropped = |text: &str, pipeline: &str| -> u64 {
+        let prefix = format!("ringlimit_pipeline_dropped_total{{pipeline=\"{pipeline}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|n| n.trim().parse().unwrap())
+            .unwrap_or(0)
+    };
+    let text = metrics().await;
+    assert!(
+        dropped(&text, "violations") > 0,
+        "the queues were saturated: violations beyond their bound were dropped and counted\n{text}"
+    );
+
+    // Wait until the last period the load touched has closed, then bill it.
+    let first = started - started % MINUTE;
+    let last = finished - finished % MINUTE;
+    while now_ms() < last + MINUTE + 600 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut billed: HashMap<String, u64> = HashMap::new();
+    let mut period = first;
+    while period <= last {
+        let (s, v) = node
+            .admin(
+                Method::POST,
+                "/api/v1/billing/close",
+                Some(json!({"period": period.to_string()})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        for r in v["records"].as_array().unwrap() {
+            *billed
+                .entry(r["key_id"].as_str().unwrap().to_string())
+                .or_default() += r["units"].as_u64().unwrap();
+        }
+        period += MINUTE;
+    }
+    for (i, (id, _)) in keys.iter().enumerate() {
+        assert_eq!(
+            billed.get(id).copied().unwrap_or(0),
+            counted[i],
+            "key {id}: billed vs 200s counted"
+        );
+    }
+    let text = metrics().await;
+    assert_eq!(
+        dropped(&text, "billing"),
+        0,
+        "billing dropped events\n{text}"
+    );
+    assert_eq!(dropped(&text, "usage"), 0, "usage dropped events\n{text}");
+    eprintln!(
+        "saturation: {} admitted, {denied} denied, over {} ms; violations dropped {}",
+        counted.iter().sum::<u64>(),
+        finished - started,
+        dropped(&text, "violations")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn billing_rejects_bad_and_open_periods() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,6 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::ApiJson;
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +18,34 @@ pub const MAX_API_KEY_CHARS: usize = 256;
 /// Metric names.
 pub mod metric {
     pub const VALIDATE: &str = "ringlimit_validate_total";
+}
+
+/// `ringlimit_validate_total` by outcome: the handles are made once, so a
+/// check does not look its counter up in the registry.
+fn count(outcome: &ValidateOutcome) {
+    use std::sync::OnceLock;
+    const LABELS: [&str; 8] = [
+        "allowed",
+        "denied",
+        "unauthorized",
+        "suspended",
+        "rejected",
+        "ip_blocked",
+        "unavailable",
+        "fail_open",
+    ];
+    static COUNTERS: OnceLock<Vec<metrics::Counter>> = OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        LABELS
+            .iter()
+            .map(|l| metrics::counter!(metric::VALIDATE, "outcome" => *l))
+            .collect()
+    });
+    let label = outcome.label();
+    match LABELS.iter().position(|l| *l == label) {
+        Some(i) => counters[i].increment(1),
+        None => metrics::counter!(metric::VALIDATE, "outcome" => label).increment(1),
+    }
 }
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -65,7 +92,7 @@ fn with_error(
 /// Status and body of one check: the one place a [`ValidateOutcome`]
 /// becomes HTTP.
 pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
-    metrics::counter!(metric::VALIDATE, "outcome" => outcome.label()).increment(1);
+    count(&outcome);
     match outcome {
         ValidateOutcome::Allowed(c) => (StatusCode::OK, checked(true, c)),
         ValidateOutcome::Denied(c) => {
@@ -148,38 +175,47 @@ fn window_secs(ms: u64) -> u64 {
     ms.div_ceil(1_000).max(1)
 }
 
-/// `RateLimit-Policy` and `RateLimit` in the IETF draft's structured-field syntax.
+/// `RateLimit-Policy` and `RateLimit` in the IETF draft's structured-field
+/// syntax, written without the formatting machinery.
 pub fn ratelimit_headers(limits: &[LimitStatus], headers: &mut HeaderMap) {
     if limits.is_empty() {
         return;
     }
-    let mut policy = String::with_capacity(48 * limits.len());
-    let mut state = String::with_capacity(40 * limits.len());
+    let mut policy = Vec::with_capacity(48 * limits.len());
+    let mut state = Vec::with_capacity(40 * limits.len());
+    let mut num = itoa::Buffer::new();
     for (i, l) in limits.iter().enumerate() {
         if i > 0 {
-            policy.push_str(", ");
-            state.push_str(", ");
+            policy.extend_from_slice(b", ");
+            state.extend_from_slice(b", ");
         }
-        use std::fmt::Write;
-        let _ = write!(
-            policy,
-            "\"{}\";q={};w={}",
-            l.name,
-            l.limit,
-            window_secs(l.window_ms)
-        );
-        let _ = write!(
-            state,
-            "\"{}\";r={};t={}",
-            l.name,
-            l.remaining,
-            l.reset_after_ms.div_ceil(1_000)
-        );
+        for (out, a, x, b, y) in [
+            (&mut policy, "q", l.limit, "w", window_secs(l.window_ms)),
+            (
+                &mut state,
+                "r",
+                l.remaining,
+                "t",
+                l.reset_after_ms.div_ceil(1_000),
+            ),
+        ] {
+            out.push(b'"');
+            out.extend_from_slice(l.name.as_bytes());
+            out.extend_from_slice(b"\";");
+            out.extend_from_slice(a.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(num.format(x).as_bytes());
+            out.push(b';');
+            out.extend_from_slice(b.as_bytes());
+            out.push(b'=');
+            out.extend_from_slice(num.format(y).as_bytes());
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&policy) {
+    // A name a header cannot carry leaves the headers out, never the answer.
+    if let Ok(v) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(policy)) {
         headers.insert(RATELIMIT_POLICY.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&state) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(axum::body::Bytes::from(state)) {
         headers.insert(RATELIMIT.clone(), v);
     }
 }
@@ -206,31 +242,55 @@ fn check_request(req: &ValidateRequest) -> Result<Option<std::net::IpAddr>, ApiE
         .transpose()
 }
 
-/// `POST /api/v1/validate`.
-pub async fn validate(
-    State(app): State<AppState>,
-    ApiJson(req): ApiJson<ValidateRequest>,
-) -> Result<Response, ApiError> {
-    let client_ip = check_request(&req)?;
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// A JSON body with its status, serialized into one buffer.
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, capacity: usize) -> Response {
+    let mut buf = Vec::with_capacity(capacity);
+    if let Err(e) = serde_json::to_writer(&mut buf, body) {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("the answer does not encode: {e}"),
+        )
+        .into_response();
+    }
+    let mut res = Response::new(axum::body::Body::from(buf));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, APPLICATION_JSON.clone());
+    res
+}
+
+/// The answer to one validate request: status, RateLimit headers,
+/// `Retry-After` on 429, and the body.
+pub async fn validate_answer(app: &AppState, req: &ValidateRequest) -> Result<Response, ApiError> {
+    let client_ip = check_request(req)?;
     let (status, b) = answer(
         app.router
             .validate(&req.api_key, req.cost.0, client_ip)
             .await,
     );
-    let mut headers = HeaderMap::new();
-    ratelimit_headers(&b.limits, &mut headers);
+    let mut res = json_response(status, &b, 256);
+    let headers = res.headers_mut();
+    ratelimit_headers(&b.limits, headers);
     if status == StatusCode::TOO_MANY_REQUESTS {
         let secs = b.retry_after_ms.unwrap_or(1_000).div_ceil(1_000).max(1);
         headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    Ok((status, headers, Json(b)).into_response())
+    Ok(res)
 }
 
-/// `POST /api/v1/validate/batch`: every check answered, in order.
-pub async fn validate_batch(
+/// `POST /api/v1/validate`.
+pub async fn validate(
     State(app): State<AppState>,
-    ApiJson(req): ApiJson<BatchRequest>,
-) -> Result<Json<BatchResponse>, ApiError> {
+    ApiJson(req): ApiJson<ValidateRequest>,
+) -> Result<Response, ApiError> {
+    validate_answer(&app, &req).await
+}
+
+/// The answer to a batch: every check answered, in order.
+pub async fn batch_answer(app: &AppState, req: &BatchRequest) -> Result<Response, ApiError> {
     if req.checks.is_empty() {
         return Err(ApiError::invalid("checks must hold at least one check"));
     }
@@ -255,7 +315,7 @@ pub async fn validate_batch(
         .zip(client_ips)
         .map(|(c, ip)| app.router.validate(&c.api_key, c.cost.0, ip));
     let outcomes = futures_util::future::join_all(futures).await;
-    let results = outcomes
+    let results: Vec<BatchResult> = outcomes
         .into_iter()
         .map(|outcome| {
             let (status, body) = answer(outcome);
@@ -265,5 +325,18 @@ pub async fn validate_batch(
             }
         })
         .collect();
-    Ok(Json(BatchResponse { results }))
+    let body = BatchResponse { results };
+    Ok(json_response(
+        StatusCode::OK,
+        &body,
+        64 + 200 * body.results.len(),
+    ))
+}
+
+/// `POST /api/v1/validate/batch`: every check answered, in order.
+pub async fn validate_batch(
+    State(app): State<AppState>,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> Result<Response, ApiError> {
+    batch_answer(&app, &req).await
 }

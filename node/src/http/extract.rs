@@ -45,6 +45,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// Parses JSON: syntax errors are 400 `invalid_json`, shape errors 422
 /// `invalid_request` naming the field (`limits[0].algorithm: unknown variant …`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The common case pays nothing for field paths; only a body that fails
+    // is parsed again to name where.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut *de);
     if result.is_ok() {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod data;
 pub mod error;
 pub mod extract;
+pub mod fast;
 pub mod pipeline;
 
 use crate::config::Config;
@@ -33,7 +34,7 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
 }
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request ids: a per-process random prefix and a counter.
 #[derive(Clone, Debug)]
@@ -49,15 +50,16 @@ impl RequestIds {
             next: Arc::new(AtomicU64::new(1)),
         }
     }
+
+    /// The next id: `<prefix>-<counter in hex>`.
+    pub fn next(&self) -> axum::http::HeaderValue {
+        fast::request_id(&self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.prefix)
-            .parse()
-            .ok()
-            .map(RequestId::new)
+        Some(RequestId::new(self.next()))
     }
 }
 
@@ -92,6 +94,13 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Va
 
 async fn metrics(State(app): State<AppState>) -> String {
     app.metrics.as_ref().map(|h| h.render()).unwrap_or_default()
+}
+
+/// The data plane: the check routes answered by [`fast::DataPlane`], the
+/// rest by [`data_router`].
+pub fn data_plane(state: AppState, ids: RequestIds) -> fast::DataPlane {
+    let rest = data_router(state.clone(), ids.clone());
+    fast::DataPlane::new(state, ids, rest)
 }
 
 /// The data plane router.
