@@ -142,18 +142,7 @@ impl Actor for KeyLimiter {
         _me: ActorRef<KeyMsg>,
         st: KeyLimiterState,
     ) -> Result<KeyLimiterState, ActorProcessingErr> {
-        let loaded = st.cell.lock().loaded;
-        if !loaded {
-            let stored = load_with_retry(&st.shared.writebehind, &st.cell.key_id).await;
-            let mut g = st.cell.lock();
-            if !g.loaded {
-                if let Some(snap) = stored {
-                    g.snap = snap;
-                }
-                g.snap.usage.adopt_writer(&st.shared.config.writer);
-                g.loaded = true;
-            }
-        }
+        st.ensure_loaded(3).await;
         Ok(st)
     }
 
@@ -169,10 +158,17 @@ impl Actor for KeyLimiter {
                 now_us,
                 reply,
             } => {
-                let r = st.check(cost, now_us);
+                // A key whose state could not be read at activation tries
+                // again, once per check, and is never checked fresh.
+                let r = if st.ensure_loaded(1).await {
+                    st.check(cost, now_us)
+                } else {
+                    Err(CheckError::StateUnavailable)
+                };
                 let _ = reply.send(r);
             }
             KeyMsg::Peek { now_us, reply } => {
+                st.ensure_loaded(1).await;
                 let mut g = st.cell.lock();
                 st.refresh_limits(&mut g);
                 let _ = reply.send(g.snap.limits.peek(now_us));
@@ -212,30 +208,72 @@ impl Actor for KeyLimiter {
     }
 }
 
-async fn load_with_retry(wb: &WriteBehind, key_id: &str) -> Option<Snapshot> {
-    for attempt in 0..3u32 {
+/// What a snapshot load found.
+enum Loaded {
+    /// The stored state (`None`: the key has none yet, it starts full).
+    State(Option<Snapshot>),
+    /// The store could not be read: the state is unknown.
+    Unreadable,
+}
+
+async fn load_with_retry(wb: &WriteBehind, key_id: &str, attempts: u32) -> Loaded {
+    for attempt in 0..attempts {
         match wb.load(key_id).await {
             Ok(Some(bytes)) => match Snapshot::decode(&bytes) {
-                Ok(s) => return Some(s),
+                Ok(s) => return Loaded::State(Some(s)),
                 Err(e) => {
+                    // Bytes no version can read will never load: the key
+                    // starts fresh (logged and counted) rather than never.
                     tracing::error!(key_id, error = %e, "undecodable snapshot; starting the key fresh");
                     metrics::counter!(metric::LOAD_FAILURES).increment(1);
-                    return None;
+                    return Loaded::State(None);
                 }
             },
-            Ok(None) => return None,
+            Ok(None) => return Loaded::State(None),
             Err(e) => {
                 tracing::warn!(key_id, attempt, error = %e, "snapshot load failed");
-                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                if attempt + 1 < attempts {
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
             }
         }
     }
-    tracing::error!(key_id, "snapshot store unreachable; starting the key fresh");
+    tracing::error!(
+        key_id,
+        "snapshot store unreachable; the key's checks answer 503 until its state can be read"
+    );
     metrics::counter!(metric::LOAD_FAILURES).increment(1);
-    None
+    Loaded::Unreadable
 }
 
 impl KeyLimiterState {
+    /// Loads the cell's stored state if it is not loaded yet; whether it is
+    /// loaded now. A cell whose state could not be read stays unloaded: no
+    /// check changes it (direct checks skip unloaded cells, the actor
+    /// answers [`CheckError::StateUnavailable`]), so the write-behind never
+    /// writes it over the state it could not read.
+    async fn ensure_loaded(&self, attempts: u32) -> bool {
+        if self.cell.lock().loaded {
+            return true;
+        }
+        let stored = load_with_retry(&self.shared.writebehind, &self.cell.key_id, attempts).await;
+        let mut g = self.cell.lock();
+        if g.loaded {
+            return true;
+        }
+        match stored {
+            Loaded::State(snap) => {
+                if let Some(snap) = snap {
+                    g.snap = snap;
+                }
+                g.snap.usage.adopt_writer(&self.shared.config.writer);
+                g.loaded = true;
+                true
+            }
+            Loaded::Unreadable => false,
+        }
+    }
+
     fn refresh_limits(&self, g: &mut crate::cell::CellInner) {
         refresh_limits(&self.shared, &self.cell.key_id, g);
     }

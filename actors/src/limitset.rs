@@ -42,6 +42,11 @@ pub enum CheckError {
     },
     #[error("the key has no limits configured")]
     NoLimits,
+    /// The key's stored counter state could not be read (the snapshot
+    /// store is down). The key is not started fresh: that would give it its
+    /// whole quota again and then write the reset over the real state.
+    #[error("the key's counter state cannot be read from the snapshot store; retry")]
+    StateUnavailable,
 }
 
 fn ceil_ms(us: u64) -> u64 {

@@ -307,3 +307,87 @@ async fn passivations_racing_direct_checks_lose_no_count() {
         "the test did exercise the direct path: {direct}"
     );
 }
+
+/// A snapshot store that can be taken down: loads and saves fail meanwhile.
+#[derive(Debug, Default)]
+struct FlakySnapshots {
+    inner: MemSnapshots,
+    down: std::sync::atomic::AtomicBool,
+    saves_while_down: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl SnapshotStore for FlakySnapshots {
+    async fn save_snapshots(&self, batch: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            self.saves_while_down
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        self.inner.save_snapshots(batch).await
+    }
+    async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("down".into()));
+        }
+        self.inner.load_snapshot(key_id).await
+    }
+}
+
+/// A key activated while its stored state cannot be read is not started
+/// fresh: its checks answer "state unavailable" and nothing of it is
+/// written; once the store is back the stored count holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_load_never_resets_the_key() {
+    use ringlimit_actors::limitset::CheckError;
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(FlakySnapshots::default());
+    let sink: Arc<dyn SnapshotStore> = store.clone();
+    let core = Core::start(CoreConfig {
+        snapshot_sinks: vec![sink],
+        write_behind: WriteBehindConfig {
+            interval: Duration::from_millis(5),
+            ..Default::default()
+        },
+        limiter: LimiterConfig {
+            idle_timeout: Duration::from_secs(60),
+            max_active: 100,
+            sweep_interval: Duration::from_millis(5),
+            writer: "t".into(),
+        },
+        ..CoreConfig::default().with_keys([key("k", 5)])
+    })
+    .await
+    .unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    core.write_behind.spawn(rx);
+    let l = &core.limiters;
+    // Spend the whole limit, write it, and passivate the key.
+    for _ in 0..5 {
+        assert!(check(l, "k").await.0);
+    }
+    assert!(!check(l, "k").await.0);
+    core.write_behind.drain(3).await.unwrap();
+    l.passivate("k");
+    eventually(|| !l.is_active("k")).await;
+
+    // The store goes down; the key is activated again.
+    store.down.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let r = l.check("k", 1, SystemClock.now_us()).await.unwrap();
+        assert_eq!(r, Err(CheckError::StateUnavailable), "never a fresh quota");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.saves_while_down.load(Ordering::SeqCst),
+        0,
+        "a state that was not read is not written"
+    );
+    assert_eq!(core.write_behind.pending_len(), 0);
+
+    // The store is back: the stored state loads, the limit is still spent.
+    store.down.store(false, Ordering::SeqCst);
+    let (allowed, remaining) = check(l, "k").await;
+    assert!(!allowed, "the spent limit still holds after the outage");
+    assert_eq!(remaining, 0);
+}

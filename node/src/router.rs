@@ -263,6 +263,31 @@ impl Router {
         let _ = tokio::time::timeout(self.cfg.passivate_timeout * 2, rx.wait_for(|d| *d)).await;
     }
 
+    /// The check decided without waiting, when this node owns the key (or
+    /// is alone), no handoff holds it, and the key's limiter is active (see
+    /// [`Service::validate_now`]). `None`: take [`Router::validate`], which
+    /// answers the same.
+    pub fn validate_now(
+        &self,
+        api_key: &str,
+        cost: u64,
+        client_ip: Option<IpAddr>,
+    ) -> Option<ValidateOutcome> {
+        let (key_id, hash) = match self.service.admit_request(api_key, client_ip) {
+            Ok(front) => front,
+            Err(answer) => return Some(answer),
+        };
+        if let Some(c) = self.cluster.as_ref() {
+            if self.draining.load(Ordering::Acquire)
+                || !*self.gate_open.borrow()
+                || c.ring().owner(key_id) != c.node_name()
+            {
+                return None;
+            }
+        }
+        self.service.validate_now(key_id, &hash, cost, client_ip)
+    }
+
     /// Answers one check: locally when this node owns the key, otherwise
     /// through the owner. The IP block and the api_key's parsing are done
     /// once, on the node that received the request.
@@ -322,7 +347,7 @@ impl Router {
                         ring = now;
                         continue;
                     }
-                    return self.owner_unreachable(key_id, &owner, &e);
+                    return self.owner_unreachable(key_id, &hash, &owner, &e).await;
                 }
             }
         }
@@ -367,26 +392,58 @@ impl Router {
     }
 
     /// Fail-open (the default) or fail-closed, by the key's tier.
-    fn owner_unreachable(&self, key_id: &str, owner: &str, e: &ForwardError) -> ValidateOutcome {
-        let key = self.service.key(key_id);
-        let closed = key
-            .as_ref()
-            .is_some_and(|k| self.cfg.fail_closed_tiers.contains(&k.tier));
+    /// The answer when the key's owner could not answer a check.
+    ///
+    /// Only an owner that is gone or silent (`Unreachable`, `Timeout`) may
+    /// be failed open, and only for a key this node authenticates itself:
+    /// known, the secret's hash matching, not revoked, not suspended. A
+    /// wrong secret, a revoked or a suspended key gets the answer it would
+    /// get from the owner (401, 403). An overloaded link or a protocol error
+    /// is this cluster's own trouble, not the owner's absence: 503, as for
+    /// fail-closed tiers.
+    async fn owner_unreachable(
+        &self,
+        key_id: &str,
+        hash: &SecretHash,
+        owner: &str,
+        e: &ForwardError,
+    ) -> ValidateOutcome {
+        let unavailable = |why: &str| {
+            metrics::counter!(metric::FAIL_CLOSED).increment(1);
+            ValidateOutcome::Unavailable {
+                key_id: None,
+                tier: None,
+                message: format!("the owner of this key ({owner}) {why}; retry"),
+            }
+        };
+        match e {
+            ForwardError::Unreachable { .. } | ForwardError::Timeout { .. } => {}
+            ForwardError::Overloaded { .. } => {
+                tracing::warn!(key_id, owner, error = %e, "owner overloaded; not failing open");
+                return unavailable("has too many checks queued");
+            }
+            ForwardError::Local | ForwardError::Protocol(_) => {
+                tracing::warn!(key_id, owner, error = %e, "forward failed; not failing open");
+                return unavailable("could not be asked");
+            }
+        }
+        let key = match self
+            .service
+            .authenticate(key_id, hash, self.service.now_ms())
+            .await
+        {
+            Ok(key) => key,
+            Err(answer) => return answer,
+        };
+        let closed = self.cfg.fail_closed_tiers.contains(&key.tier);
         tracing::warn!(key_id, owner, error = %e, fail_closed = closed, "owner unreachable");
-        match key {
-            Some(k) if !closed => {
-                metrics::counter!(metric::FAIL_OPEN).increment(1);
-                ValidateOutcome::FailOpen {
-                    key_id: key_id.to_string(),
-                    tier: k.tier.clone(),
-                }
-            }
-            _ => {
-                metrics::counter!(metric::FAIL_CLOSED).increment(1);
-                ValidateOutcome::unavailable(format!(
-                    "the owner of this key ({owner}) is unreachable"
-                ))
-            }
+        if closed {
+            return unavailable("is unreachable");
+        }
+        metrics::counter!(metric::FAIL_OPEN).increment(1);
+        ValidateOutcome::FailOpen {
+            key_id: key.key_id.clone(),
+            tier: key.tier.clone(),
         }
     }
 
@@ -575,6 +632,206 @@ impl Router {
         };
         if let Err(e) = r {
             tracing::warn!(event = ?ev, error = %e, "could not apply an admin change from a peer");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use ringlimit_actors::core::{Core, CoreConfig};
+    use ringlimit_actors::storage::{Store, TierRecord};
+    use ringlimit_protocol::admin::CreateKeyRequest;
+    use ringlimit_protocol::{AlgorithmKind, LimitSpec};
+
+    struct Fixture {
+        router: Arc<Router>,
+        service: Arc<Service>,
+        _core: Core,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+        let tier = |name: &str| TierRecord {
+            name: name.into(),
+            limits: vec![LimitSpec {
+                name: "per-minute".into(),
+                algorithm: AlgorithmKind::SlidingLog,
+                limit: 10,
+                window_ms: 60_000,
+                burst: None,
+            }],
+        };
+        let core = Core::start(CoreConfig::over(&store).with_tiers([tier("free"), tier("paid")]))
+            .await
+            .expect("core");
+        let service = core.service(store, crate::app::os_random, None);
+        let router = Router::new(
+            Arc::clone(&service),
+            Arc::clone(&core.write_behind),
+            RouterConfig {
+                node_name: "n0".into(),
+                fail_closed_tiers: ["paid".to_string()].into_iter().collect(),
+                handoff_wait: Duration::from_secs(1),
+                passivate_timeout: Duration::from_secs(1),
+            },
+            None,
+            false,
+        );
+        Fixture {
+            router,
+            service,
+            _core: core,
+            _dir: dir,
+        }
+    }
+
+    async fn key(s: &Service, tier: &str) -> (String, SecretHash) {
+        let k = s
+            .create_key(CreateKeyRequest {
+                owner: "o".into(),
+                tier: tier.into(),
+                limits: None,
+                metadata: None,
+            })
+            .await
+            .expect("created");
+        let (id, secret) = ringlimit_protocol::apikey::parse(&k.api_key).expect("parses");
+        (id.to_string(), SecretHash::of(secret))
+    }
+
+    fn gone() -> ForwardError {
+        ForwardError::Unreachable { peer: "n1".into() }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_owner_fails_open_only_for_a_key_this_node_authenticates() {
+        let f = fixture().await;
+        let (id, hash) = key(&f.service, "free").await;
+        let timeout = ForwardError::Timeout { peer: "n1".into() };
+        for e in [gone(), timeout] {
+            let o = f.router.owner_unreachable(&id, &hash, "n1", &e).await;
+            assert!(
+                matches!(&o, ValidateOutcome::FailOpen { key_id, .. } if *key_id == id),
+                "{e}: {o:?}"
+            );
+        }
+        // A wrong secret for a known key id.
+        let wrong = SecretHash::of("not-the-secret");
+        let o = f.router.owner_unreachable(&id, &wrong, "n1", &gone()).await;
+        assert_eq!(o, ValidateOutcome::Unauthorized);
+        // An unknown key id answers like a wrong secret, not 503.
+        let o = f
+            .router
+            .owner_unreachable("aaaaaaaaaaaaaaaaaaaa", &hash, "n1", &gone())
+            .await;
+        assert_eq!(o, ValidateOutcome::Unauthorized);
+        // A suspended key.
+        let (sid, shash) = key(&f.service, "free").await;
+        f.service
+            .suspend_key(&sid, None, "abuse")
+            .await
+            .expect("suspended");
+        let o = f
+            .router
+            .owner_unreachable(&sid, &shash, "n1", &gone())
+            .await;
+        assert!(matches!(o, ValidateOutcome::Suspended { .. }), "{o:?}");
+        // A revoked key.
+        let (rid, rhash) = key(&f.service, "free").await;
+        f.service.revoke_key(&rid).await.expect("revoked");
+        let o = f
+            .router
+            .owner_unreachable(&rid, &rhash, "n1", &gone())
+            .await;
+        assert_eq!(o, ValidateOutcome::Unauthorized);
+        // A fail-closed tier.
+        let (pid, phash) = key(&f.service, "paid").await;
+        let o = f
+            .router
+            .owner_unreachable(&pid, &phash, "n1", &gone())
+            .await;
+        assert!(matches!(o, ValidateOutcome::Unavailable { .. }), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn a_check_decided_on_the_spot_answers_as_the_routed_check_does() {
+        let f = fixture().await;
+        let k = f
+            .service
+            .create_key(CreateKeyRequest {
+                owner: "o".into(),
+                tier: "free".into(),
+                limits: None,
+                metadata: None,
+            })
+            .await
+            .expect("created");
+        let api_key = k.api_key.as_str();
+        // Not active yet: the routed path activates and loads the key.
+        assert_eq!(f.router.validate_now(api_key, 1, None), None);
+        assert!(matches!(
+            f.router.validate(api_key, 1, None).await,
+            ValidateOutcome::Allowed(_)
+        ));
+        // Active: decided on the spot, counted once each, 10 in all.
+        let mut allowed = 1;
+        for _ in 0..12 {
+            match f.router.validate_now(api_key, 1, None) {
+                Some(ValidateOutcome::Allowed(c)) => {
+                    allowed += 1;
+                    assert_eq!(c.limits[0].remaining, 10 - allowed);
+                }
+                Some(ValidateOutcome::Denied(c)) => {
+                    assert_eq!(c.denied_by.as_deref(), Some("per-minute"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(allowed, 10, "the limit is exact on the spot too");
+        assert!(matches!(
+            f.router.validate(api_key, 1, None).await,
+            ValidateOutcome::Denied(_)
+        ));
+        // A wrong secret, a malformed key, a suspended key.
+        let (id, _) = ringlimit_protocol::apikey::parse(api_key).expect("parses");
+        let wrong = ringlimit_protocol::apikey::format(id, &"B".repeat(43));
+        assert_eq!(
+            f.router.validate_now(&wrong, 1, None),
+            Some(ValidateOutcome::Unauthorized)
+        );
+        assert_eq!(
+            f.router.validate_now("rl_nope", 1, None),
+            Some(ValidateOutcome::Unauthorized)
+        );
+        f.service
+            .suspend_key(id, None, "abuse")
+            .await
+            .expect("suspended");
+        assert!(matches!(
+            f.router.validate_now(api_key, 1, None),
+            Some(ValidateOutcome::Suspended { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_link_or_a_protocol_error_is_never_failed_open() {
+        let f = fixture().await;
+        let (id, hash) = key(&f.service, "free").await;
+        for e in [
+            ForwardError::Overloaded { peer: "n1".into() },
+            ForwardError::Protocol("garbled".into()),
+        ] {
+            let o = f.router.owner_unreachable(&id, &hash, "n1", &e).await;
+            assert!(
+                matches!(&o, ValidateOutcome::Unavailable { .. }),
+                "{e}: {o:?}"
+            );
+            let (status, _) = crate::http::data::answer(o);
+            assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
         }
     }
 }

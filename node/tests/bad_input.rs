@@ -288,3 +288,66 @@ async fn admin_needs_the_right_token_and_bad_admin_input_changes_nothing() {
     let (_, t) = node.admin(Method::GET, "/api/v1/tiers/free", None).await;
     assert_eq!(t["limits"].as_array().unwrap().len(), 2);
 }
+
+/// A multi-byte character at every position of an api_key of the right
+/// byte length: 401 with a JSON body, alone and in a batch, and the batch's
+/// other checks keep their answers. The node keeps answering (no reset
+/// connection, no panic), and the key's state does not change.
+#[tokio::test]
+async fn unicode_in_an_api_key_at_every_position_is_a_401_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let (id, key) = node
+        .create_key(json!([limit("l", "sliding_log", 1_000, 60_000)]))
+        .await;
+    assert_eq!(node.validate(&key, 1).await.0, 200);
+    let before = used(&node, &id).await;
+    let url = format!("{}/api/v1/validate", node.data);
+    for ch in ['é', '€', '𝄞'] {
+        let w = ch.len_utf8();
+        for at in 0..=key.len() - w {
+            let bad = format!("{}{}{}", &key[..at], ch, &key[at + w..]);
+            assert_eq!(bad.len(), key.len());
+            let r = node
+                .http
+                .post(&url)
+                .json(&json!({"api_key": bad, "cost": 1}))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{ch} at byte {at}: the connection failed: {e}"));
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 401, "{ch} at byte {at}: {body}");
+            assert_eq!(error_of(&body).0, "unauthorized", "{ch} at byte {at}");
+        }
+    }
+    // In a batch, between good checks: every check answered, in order.
+    let bad = format!("rl_{}é_{}", "a".repeat(19), "A".repeat(42));
+    let (s, v) = {
+        let r = node
+            .http
+            .post(format!("{}/api/v1/validate/batch", node.data))
+            .json(&json!({"checks": [
+                {"api_key": key, "cost": 1},
+                {"api_key": bad, "cost": 1},
+                {"api_key": key, "cost": 1},
+            ]}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(s, 200, "{v}");
+    let statuses: Vec<u64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 401, 200], "{v}");
+    assert_eq!(
+        used(&node, &id).await,
+        before.as_u64().unwrap() + 2,
+        "only the two good checks counted"
+    );
+}

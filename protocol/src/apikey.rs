@@ -23,11 +23,13 @@ pub fn is_key_id(s: &str) -> bool {
 
 /// Splits an api_key into `(key_id, secret)`; `None` when malformed.
 pub fn parse(api_key: &str) -> Option<(&str, &str)> {
-    if api_key.len() != MAX_API_KEY_LEN {
+    // Only ASCII is ever valid, and only ASCII may be split by byte offset:
+    // a multi-byte character straddling an offset would panic.
+    if api_key.len() != MAX_API_KEY_LEN || !api_key.is_ascii() {
         return None;
     }
     let rest = api_key.strip_prefix(PREFIX)?;
-    let (id, secret) = rest.split_at(KEY_ID_LEN);
+    let (id, secret) = rest.split_at_checked(KEY_ID_LEN)?;
     let secret = secret.strip_prefix('_')?;
     if !is_key_id(id) || !secret.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
@@ -43,6 +45,31 @@ pub fn format(key_id: &str, secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multi_byte_character_anywhere_is_malformed_never_a_panic() {
+        let id = "abcdefghij0123456789";
+        let good = format(id, &"A".repeat(SECRET_LEN));
+        assert!(parse(&good).is_some());
+        for ch in ['é', '€', '𝄞'] {
+            let w = ch.len_utf8();
+            // Replace the bytes at every position with the character (the
+            // string keeps its byte length, so only the check on characters
+            // stands between it and a split inside the character).
+            for at in 0..=good.len() - w {
+                if !good.is_char_boundary(at) {
+                    continue;
+                }
+                let k = format!("{}{}{}", &good[..at], ch, &good[at + w..]);
+                assert_eq!(k.len(), good.len());
+                assert_eq!(parse(&k), None, "{ch} at byte {at}");
+            }
+        }
+        // The reviewer's key: 19 letters, then 'é' straddling byte 20.
+        let k = format!("rl_{}é_{}", "a".repeat(19), "A".repeat(42));
+        assert_eq!(k.len(), 67);
+        assert_eq!(parse(&k), None);
+    }
 
     #[test]
     fn round_trip() {

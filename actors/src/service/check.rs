@@ -21,6 +21,16 @@ fn checked(key: &KeyRecord, r: CheckResult) -> Checked {
     }
 }
 
+/// The answer for a suspended key.
+fn suspended(key: &KeyRecord) -> ValidateOutcome {
+    ValidateOutcome::Suspended {
+        key_id: key.key_id.clone(),
+        tier: key.tier.clone(),
+        reason: key.suspended_reason.clone(),
+        until_ms: key.suspended_until_ms,
+    }
+}
+
 /// Most store look-ups a node makes per second for key ids missing from its
 /// cache; more misses are answered 401 without one.
 pub const MISS_LOOKUPS_PER_SECOND: u32 = 200;
@@ -128,38 +138,59 @@ impl Service {
     ) -> ValidateOutcome {
         let now_us = self.clock.now_us();
         let now_ms = now_us / 1_000;
-        let cached = self.source.keys.get(key_id);
-        let found = match cached {
-            Some(k) => Some(k),
-            None => self.key_after_miss(key_id, now_ms).await,
+        let key = match self.authenticate(key_id, presented, now_ms).await {
+            Ok(key) => key,
+            Err(answer) => return answer,
         };
-        let Some(key) = found else {
-            let _ = keys::verify_unknown(presented);
-            return ValidateOutcome::Unauthorized;
-        };
+        let r = self.limiters.check(key_id, cost, now_us).await;
+        self.decided(&key, r, cost, client_ip, now_ms)
+    }
+
+    /// The check decided without waiting, when it can be: the key is in
+    /// the cache and its limiter is active with its state loaded (the
+    /// common case under load). `None`: take [`Service::validate_hashed`].
+    /// Answers exactly as that would.
+    pub fn validate_now(
+        &self,
+        key_id: &str,
+        presented: &SecretHash,
+        cost: u64,
+        client_ip: Option<IpAddr>,
+    ) -> Option<ValidateOutcome> {
+        let now_us = self.clock.now_us();
+        let now_ms = now_us / 1_000;
+        let key = self.source.keys.get(key_id)?;
         if key.verify(presented, now_ms) != AuthResult::Valid {
-            return ValidateOutcome::Unauthorized;
+            return Some(ValidateOutcome::Unauthorized);
         }
         if key.suspended_at(now_ms) {
-            return ValidateOutcome::Suspended {
-                key_id: key.key_id.clone(),
-                tier: key.tier.clone(),
-                reason: key.suspended_reason.clone(),
-                until_ms: key.suspended_until_ms,
-            };
+            return Some(suspended(&key));
         }
-        match self.limiters.check(key_id, cost, now_us).await {
+        let r = self.limiters.check_direct(key_id, cost, now_us)?;
+        Some(self.decided(&key, Ok(r), cost, client_ip, now_ms))
+    }
+
+    /// The outcome of a check the limiter answered (or could not).
+    fn decided(
+        &self,
+        key: &Arc<KeyRecord>,
+        r: Result<Result<CheckResult, CheckError>, crate::limiter::LimiterError>,
+        cost: u64,
+        client_ip: Option<IpAddr>,
+        now_ms: u64,
+    ) -> ValidateOutcome {
+        match r {
             Ok(Ok(result)) if result.allowed => {
                 if let Some(p) = self.pipelines.as_ref() {
-                    p.on_allowed(&key, &result, cost, now_ms);
+                    p.on_allowed(key, &result, cost, now_ms);
                 }
-                ValidateOutcome::Allowed(checked(&key, result))
+                ValidateOutcome::Allowed(checked(key, result))
             }
             Ok(Ok(result)) => {
                 if let Some(p) = self.pipelines.as_ref() {
-                    p.on_denied(&key, &result, cost, client_ip, now_ms);
+                    p.on_denied(key, &result, cost, client_ip, now_ms);
                 }
-                ValidateOutcome::Denied(checked(&key, result))
+                ValidateOutcome::Denied(checked(key, result))
             }
             Ok(Err(e @ CheckError::CostExceedsCapacity { .. })) => {
                 ValidateOutcome::CostExceedsCapacity {
@@ -168,13 +199,44 @@ impl Service {
                     message: e.to_string(),
                 }
             }
-            Ok(Err(e @ CheckError::NoLimits)) => ValidateOutcome::Unavailable {
-                key_id: Some(key.key_id.clone()),
-                tier: Some(key.tier.clone()),
-                message: e.to_string(),
-            },
+            Ok(Err(e @ (CheckError::NoLimits | CheckError::StateUnavailable))) => {
+                ValidateOutcome::Unavailable {
+                    key_id: Some(key.key_id.clone()),
+                    tier: Some(key.tier.clone()),
+                    message: e.to_string(),
+                }
+            }
             Err(_) => ValidateOutcome::unavailable("the key limiter is unavailable; retry"),
         }
+    }
+
+    /// The key a check may spend from: known (in the cache, or read from the
+    /// store after a miss), the presented secret's hash matching, not
+    /// revoked and not suspended at `now_ms`. `Err` is the check's answer
+    /// (401 or 403). Every path that answers for a key without its limiter
+    /// (failing open when its owner is unreachable) goes through here too.
+    pub async fn authenticate(
+        &self,
+        key_id: &str,
+        presented: &SecretHash,
+        now_ms: u64,
+    ) -> Result<Arc<KeyRecord>, ValidateOutcome> {
+        let cached = self.source.keys.get(key_id);
+        let found = match cached {
+            Some(k) => Some(k),
+            None => self.key_after_miss(key_id, now_ms).await,
+        };
+        let Some(key) = found else {
+            let _ = keys::verify_unknown(presented);
+            return Err(ValidateOutcome::Unauthorized);
+        };
+        if key.verify(presented, now_ms) != AuthResult::Valid {
+            return Err(ValidateOutcome::Unauthorized);
+        }
+        if key.suspended_at(now_ms) {
+            return Err(suspended(&key));
+        }
+        Ok(key)
     }
 
     /// A key missing from the cache, read from the store (within the miss

@@ -266,11 +266,15 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, capacity: us
 /// `Retry-After` on 429, and the body.
 pub async fn validate_answer(app: &AppState, req: &ValidateRequest) -> Result<Response, ApiError> {
     let client_ip = check_request(req)?;
-    let (status, b) = answer(
-        app.router
-            .validate(&req.api_key, req.cost.0, client_ip)
-            .await,
-    );
+    let outcome = match app.router.validate_now(&req.api_key, req.cost.0, client_ip) {
+        Some(o) => o,
+        None => {
+            app.router
+                .validate(&req.api_key, req.cost.0, client_ip)
+                .await
+        }
+    };
+    let (status, b) = answer(outcome);
     let mut res = json_response(status, &b, 256);
     let headers = res.headers_mut();
     ratelimit_headers(&b.limits, headers);
@@ -309,16 +313,34 @@ pub async fn batch_answer(app: &AppState, req: &BatchRequest) -> Result<Response
             check_request(c).map_err(|e| ApiError::invalid(format!("checks[{i}]: {}", e.message)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let futures = req
+    // Checks of active keys are decided on the spot, in order; only the
+    // rest (keys to activate or load, keys owned elsewhere) wait, together.
+    let mut outcomes: Vec<Option<ValidateOutcome>> = req
         .checks
         .iter()
-        .zip(client_ips)
-        .map(|(c, ip)| app.router.validate(&c.api_key, c.cost.0, ip));
-    let outcomes = futures_util::future::join_all(futures).await;
+        .zip(&client_ips)
+        .map(|(c, ip)| app.router.validate_now(&c.api_key, c.cost.0, *ip))
+        .collect();
+    let waiting: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
+    if !waiting.is_empty() {
+        let futures = waiting.iter().map(|&i| {
+            let c = &req.checks[i];
+            app.router.validate(&c.api_key, c.cost.0, client_ips[i])
+        });
+        let decided = futures_util::future::join_all(futures).await;
+        for (i, o) in waiting.into_iter().zip(decided) {
+            outcomes[i] = Some(o);
+        }
+    }
     let results: Vec<BatchResult> = outcomes
         .into_iter()
         .map(|outcome| {
-            let (status, body) = answer(outcome);
+            let (status, body) = answer(
+                outcome
+                    .unwrap_or_else(|| ValidateOutcome::unavailable("the check was not decided")),
+            );
             BatchResult {
                 status: status.as_u16(),
                 body,

@@ -66,6 +66,29 @@ impl From<AdminError> for ApiError {
     }
 }
 
+/// Counted for every request whose handler panicked.
+pub const PANICS: &str = "ringlimit_http_panics_total";
+
+/// The answer to a request whose handler panicked: a JSON 500, logged and
+/// counted. The connection and the node carry on.
+pub fn panicked(detail: &(dyn std::any::Any + Send)) -> Response {
+    let what = detail
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| detail.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    metrics::counter!(PANICS).increment(1);
+    tracing::error!(panic = %what, "a request handler panicked; answered 500");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(ErrorBody::new(
+            ErrorCode::Internal,
+            "internal error while handling the request",
+        )),
+    )
+        .into_response()
+}
+
 /// 404 for routes that do not exist.
 pub async fn no_route(uri: axum::http::Uri) -> ApiError {
     let path: String = uri.path().chars().take(200).collect();

@@ -166,7 +166,17 @@ impl tower::Service<Request<Body>> for DataPlane {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let inner = Arc::clone(&self.inner);
-        Box::pin(async move { Ok(inner.call(req).await) })
+        Box::pin(async move { Ok(guarded(inner.call(req)).await) })
+    }
+}
+
+/// Runs a request's future; a panic in it becomes a JSON 500 (see
+/// [`super::error::panicked`]) instead of a reset connection.
+async fn guarded(f: impl Future<Output = Response>) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        Ok(r) => r,
+        Err(p) => super::error::panicked(&*p),
     }
 }
 
@@ -194,6 +204,54 @@ pub(super) fn request_id(prefix: &str, n: u64) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_request_is_answered_with_a_json_500() {
+        let r = guarded(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+            Response::new(Body::empty())
+        })
+        .await;
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(r.into_body(), 4096)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["error"]["code"], "internal", "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_route_of_the_routers_is_answered_with_a_json_500() {
+        let app = super::super::with_common_layers(
+            Router::new().route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("boom");
+                    }
+                    "never"
+                }),
+            ),
+            1024,
+            RequestIds::new("t".into()),
+        );
+        let req = Request::builder()
+            .uri("/boom")
+            .body(Body::empty())
+            .expect("request");
+        let r = tower::ServiceExt::oneshot(app, req)
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(r.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(r.into_body(), 4096)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["error"]["code"], "internal", "{v}");
+    }
 
     #[test]
     fn request_ids_are_the_prefix_and_the_counter_in_hex() {

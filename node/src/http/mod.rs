@@ -63,16 +63,19 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-fn with_common_layers(router: Router, state: &AppState, ids: RequestIds) -> Router {
+fn with_common_layers(router: Router, max_body_bytes: usize, ids: RequestIds) -> Router {
     router
         .fallback(error::no_route)
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
                 tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
             }),
         )
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |p: Box<dyn std::any::Any + Send>| error::panicked(&*p),
+        ))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), ids))
 }
@@ -117,7 +120,7 @@ pub fn data_router(state: AppState, ids: RequestIds) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state.clone());
-    with_common_layers(r, &state, ids)
+    with_common_layers(r, state.config.max_body_bytes, ids)
 }
 
 /// The admin plane router.
@@ -242,5 +245,5 @@ pub fn admin_router(state: AppState, ids: RequestIds) -> Router {
         .route("/metrics", get(metrics))
         .merge(api)
         .with_state(state.clone());
-    with_common_layers(r, &state, ids)
+    with_common_layers(r, state.config.max_body_bytes, ids)
 }
