@@ -62,6 +62,12 @@ pub fn init_tracing(config: &Config) {
 }
 
 /// Fills `buf` from the OS's secure random source.
+/// Blocking threads of the request runtime (embedded-store reads when keys
+/// activate, admin writes). Tokio's default (512) lets a burst of
+/// activations start hundreds of threads, each with its own allocator arena:
+/// with a million keys that was a gigabyte of memory for nothing.
+pub const MAX_BLOCKING_THREADS: usize = 16;
+
 pub fn os_random(buf: &mut [u8]) {
     if let Err(e) = getrandom::fill(buf) {
         // Without randomness no secret can be made; refuse to continue.

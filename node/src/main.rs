@@ -27,6 +27,7 @@ fn main() -> std::process::ExitCode {
     app::init_tracing(&config);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(ringlimit_node::app::MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

@@ -82,6 +82,11 @@ use ringlimit_actors::storage::StoreError;
 use std::path::Path;
 use std::sync::Arc;
 
+/// redb's page cache. Its default (1 GiB) would be most of a node's memory
+/// with a million keys; the hot data (keys, counters) lives in the node's
+/// own memory, so the store needs far less.
+pub const CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 impl EmbeddedStore {
     /// Opens (creating if needed) `dir/ringlimit.redb`, creating `dir` too.
     ///
@@ -93,13 +98,16 @@ impl EmbeddedStore {
             StoreError::Backend(format!("create data directory {}: {e}", dir.display()))
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                "{} is already open (a redb database can be opened only once per process)",
-                path.display()
-            )),
-            e => db_err(e),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                    "{} is already open (a redb database can be opened only once per process)",
+                    path.display()
+                )),
+                e => db_err(e),
+            })?;
         // Create every table up front, so readers never meet a missing table,
         // and delete those older versions left behind.
         let tx = db.begin_write().map_err(db_err)?;
