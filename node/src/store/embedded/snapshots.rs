@@ -2,10 +2,23 @@
 
 use super::common::{EmbeddedStore, db_err};
 use super::tables::SNAPSHOTS;
-use super::tables::USAGE;
-use crate::store::shared::granularity_code;
+use super::usage::put_usage;
 use async_trait::async_trait;
 use ringlimit_actors::storage::{SnapshotStore, StoreError, UsageRow};
+
+/// Writes snapshots in a write transaction.
+fn put_snapshots(
+    tx: &redb::WriteTransaction,
+    batch: &[(String, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let mut snaps = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+    for (key_id, bytes) in batch {
+        snaps
+            .insert(key_id.as_str(), bytes.as_slice())
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
 
 #[async_trait]
 impl SnapshotStore for EmbeddedStore {
@@ -16,14 +29,7 @@ impl SnapshotStore for EmbeddedStore {
         let batch = batch.to_vec();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
-            {
-                let mut snaps = tx.open_table(SNAPSHOTS).map_err(db_err)?;
-                for (key_id, bytes) in &batch {
-                    snaps
-                        .insert(key_id.as_str(), bytes.as_slice())
-                        .map_err(db_err)?;
-                }
-            }
+            put_snapshots(&tx, &batch)?;
             tx.commit().map_err(db_err)
         })
         .await
@@ -40,24 +46,8 @@ impl SnapshotStore for EmbeddedStore {
         let usage = usage.to_vec();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
-            {
-                let mut snaps = tx.open_table(SNAPSHOTS).map_err(db_err)?;
-                for (key_id, bytes) in &snapshots {
-                    snaps
-                        .insert(key_id.as_str(), bytes.as_slice())
-                        .map_err(db_err)?;
-                }
-                let mut rows = tx.open_table(USAGE).map_err(db_err)?;
-                for r in &usage {
-                    let k = (
-                        r.key_id.as_str(),
-                        granularity_code(r.granularity),
-                        r.bucket_start_ms,
-                        r.writer.as_str(),
-                    );
-                    rows.insert(k, r.units).map_err(db_err)?;
-                }
-            }
+            put_snapshots(&tx, &snapshots)?;
+            put_usage(&tx, &usage)?;
             tx.commit().map_err(db_err)?;
             Ok(true)
         })

@@ -8,6 +8,21 @@ use async_trait::async_trait;
 use ringlimit_actors::storage::{BucketSum, StoreError, UsageRow, UsageStore};
 use ringlimit_protocol::admin::{Granularity, UsageBucket};
 
+/// Writes usage rows (absolute values) in a write transaction.
+pub(super) fn put_usage(tx: &redb::WriteTransaction, rows: &[UsageRow]) -> Result<(), StoreError> {
+    let mut usage = tx.open_table(USAGE).map_err(db_err)?;
+    for r in rows {
+        let k = (
+            r.key_id.as_str(),
+            granularity_code(r.granularity),
+            r.bucket_start_ms,
+            r.writer.as_str(),
+        );
+        usage.insert(k, r.units).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl UsageStore for EmbeddedStore {
     async fn write_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
@@ -17,18 +32,7 @@ impl UsageStore for EmbeddedStore {
         let rows = rows.to_vec();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
-            {
-                let mut usage = tx.open_table(USAGE).map_err(db_err)?;
-                for r in &rows {
-                    let k = (
-                        r.key_id.as_str(),
-                        granularity_code(r.granularity),
-                        r.bucket_start_ms,
-                        r.writer.as_str(),
-                    );
-                    usage.insert(k, r.units).map_err(db_err)?;
-                }
-            }
+            put_usage(&tx, &rows)?;
             tx.commit().map_err(db_err)
         })
         .await
