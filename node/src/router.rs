@@ -48,6 +48,7 @@ pub mod metric {
     pub const FAIL_OPEN: &str = "ringlimit_owner_unreachable_fail_open_total";
     pub const FAIL_CLOSED: &str = "ringlimit_owner_unreachable_fail_closed_total";
     pub const NOT_OWNER: &str = "ringlimit_not_owner_total";
+    pub const STATE_FAIL_OPEN: &str = "ringlimit_state_unavailable_fail_open_total";
 }
 
 /// Settings of the router.
@@ -362,9 +363,34 @@ impl Router {
         cost: u64,
         client_ip: Option<IpAddr>,
     ) -> ValidateOutcome {
-        self.service
+        let o = self
+            .service
             .validate_hashed(key_id, hash, cost, client_ip)
-            .await
+            .await;
+        self.state_policy(o)
+    }
+
+    /// A key whose stored state cannot be read (the snapshot store is down
+    /// as it activates) is never checked fresh. Its tier decides: a
+    /// fail-closed tier answers 503; any other fails open (allowed, not
+    /// counted, in `ringlimit_state_unavailable_fail_open_total`), as when
+    /// a key's owner is unreachable. Nothing is written for the key until
+    /// its state has been read.
+    fn state_policy(&self, o: ValidateOutcome) -> ValidateOutcome {
+        if !ringlimit_actors::service::check::state_unavailable(&o) {
+            return o;
+        }
+        match o {
+            ValidateOutcome::Unavailable {
+                key_id: Some(key_id),
+                tier: Some(tier),
+                ..
+            } if !self.cfg.fail_closed_tiers.contains(&tier) => {
+                metrics::counter!(metric::STATE_FAIL_OPEN).increment(1);
+                ValidateOutcome::FailOpen { key_id, tier }
+            }
+            other => other,
+        }
     }
 
     async fn forward(
@@ -815,6 +841,31 @@ mod tests {
             f.router.validate_now(api_key, 1, None),
             Some(ValidateOutcome::Suspended { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_state_fails_open_or_closed_by_tier_never_fresh() {
+        use ringlimit_actors::limitset::CheckError;
+        let f = fixture().await;
+        let unreadable = |tier: &str| ValidateOutcome::Unavailable {
+            key_id: Some("k".into()),
+            tier: Some(tier.into()),
+            message: CheckError::StateUnavailable.to_string(),
+        };
+        assert_eq!(
+            f.router.state_policy(unreadable("free")),
+            ValidateOutcome::FailOpen {
+                key_id: "k".into(),
+                tier: "free".into()
+            }
+        );
+        assert_eq!(
+            f.router.state_policy(unreadable("paid")),
+            unreadable("paid")
+        );
+        // Other unavailable answers are left alone.
+        let other = ValidateOutcome::unavailable("the key limiter is unavailable; retry");
+        assert_eq!(f.router.state_policy(other.clone()), other);
     }
 
     #[tokio::test]

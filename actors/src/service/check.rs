@@ -21,6 +21,14 @@ fn checked(key: &KeyRecord, r: CheckResult) -> Checked {
     }
 }
 
+/// Whether `o` is the answer for a key whose stored counter state could not
+/// be read ([`CheckError::StateUnavailable`]): the router applies the
+/// tier's fail-open or fail-closed choice to it.
+pub fn state_unavailable(o: &ValidateOutcome) -> bool {
+    matches!(o, ValidateOutcome::Unavailable { key_id: Some(_), message, .. }
+        if *message == CheckError::StateUnavailable.to_string())
+}
+
 /// The answer for a suspended key.
 fn suspended(key: &KeyRecord) -> ValidateOutcome {
     ValidateOutcome::Suspended {

@@ -10,7 +10,7 @@
 //! - `usage`: current usage, limits and usage history of a key.
 
 mod blocks;
-mod check;
+pub mod check;
 mod host;
 mod keys;
 mod tiers;
