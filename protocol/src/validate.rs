@@ -172,6 +172,18 @@ pub enum ValidateOutcome {
 }
 
 impl ValidateOutcome {
+    /// Every value [`ValidateOutcome::label`] gives, in variant order.
+    pub const LABELS: [&'static str; 8] = [
+        "allowed",
+        "denied",
+        "unauthorized",
+        "suspended",
+        "rejected",
+        "ip_blocked",
+        "unavailable",
+        "fail_open",
+    ];
+
     /// The outcome's name in metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {

@@ -24,16 +24,7 @@ pub mod metric {
 /// check does not look its counter up in the registry.
 fn count(outcome: &ValidateOutcome) {
     use std::sync::OnceLock;
-    const LABELS: [&str; 8] = [
-        "allowed",
-        "denied",
-        "unauthorized",
-        "suspended",
-        "rejected",
-        "ip_blocked",
-        "unavailable",
-        "fail_open",
-    ];
+    const LABELS: [&str; 8] = ValidateOutcome::LABELS;
     static COUNTERS: OnceLock<Vec<metrics::Counter>> = OnceLock::new();
     let counters = COUNTERS.get_or_init(|| {
         LABELS
