@@ -69,6 +69,15 @@ impl UsageCounters {
     pub fn written(&mut self, rows: &[(String, UsageCell)]) {
         self.closed.retain(|c| !rows.contains(c));
     }
+
+    /// Whether a `g` bucket starting before `end_ms` waits to be written:
+    /// a closed one, or an open one when the open buckets are not written
+    /// (`open_written` false).
+    pub fn unwritten_before(&self, g: Granularity, end_ms: u64, open_written: bool) -> bool {
+        let before = |c: &UsageCell| c.0 == g && c.1 < end_ms;
+        self.closed.iter().any(|(_, c)| before(c))
+            || (!open_written && self.open.iter().any(before))
+    }
 }
 
 /// What a snapshot holds.
@@ -104,10 +113,40 @@ pub struct CellInner {
     pub snap: Snapshot,
     /// Bumped on every change; the write-behind compares it to know what it wrote.
     pub version: u64,
+    /// Version the first snapshot sink last stored (the write-behind's
+    /// bookkeeping: each sink progresses on its own).
+    pub(crate) stored: u64,
+    /// Versions the other snapshot sinks last stored (usually none).
+    pub(crate) stored_more: Vec<u64>,
+    /// Version whose usage rows the usage store last took.
+    pub(crate) usage_stored: u64,
     /// Set by the cell's actor as it passivates: from then on no check may
     /// change the cell directly (it goes through a new activation, which
     /// clears the flag when it takes the cell over).
     pub retired: bool,
+}
+
+impl CellInner {
+    /// The version snapshot sink `sink` last stored.
+    pub(crate) fn stored(&self, sink: usize) -> u64 {
+        match sink {
+            0 => self.stored,
+            n => self.stored_more.get(n - 1).copied().unwrap_or(0),
+        }
+    }
+
+    /// Records that snapshot sink `sink` stored `version`.
+    pub(crate) fn set_stored(&mut self, sink: usize, version: u64) {
+        match sink {
+            0 => self.stored = version,
+            n => {
+                if self.stored_more.len() < n {
+                    self.stored_more.resize(n, 0);
+                }
+                self.stored_more[n - 1] = version;
+            }
+        }
+    }
 }
 
 /// One key's limiter state.
@@ -130,6 +169,9 @@ impl KeyCell {
                 epoch: None,
                 snap: Snapshot::default(),
                 version: 0,
+                stored: 0,
+                stored_more: Vec::new(),
+                usage_stored: 0,
                 retired: false,
             }),
             in_pending: AtomicBool::new(false),

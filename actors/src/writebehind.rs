@@ -2,13 +2,17 @@
 //!
 //! A KeyLimiter that changes its state puts its [`KeyCell`] in the pending
 //! map (once; later changes only bump the cell's version). Every flush
-//! interval the [`WriteBehind`] snapshots every pending cell, writes all
+//! interval the [`WriteBehind`] snapshots every pending cell, writes the
 //! snapshots to each snapshot sink in one batch (one redb transaction, one
 //! Redis pipeline, …) and the usage rows to the usage store, and then drops
-//! from the pending map the cells that did not change meanwhile.
+//! from the pending map the cells that every sink has stored and that did
+//! not change meanwhile.
 //!
 //! A flush never holds a cell's lock across I/O, so it never blocks a check.
-//! A failed flush leaves everything pending; the next flush retries. A cell
+//! The sinks progress independently: a cell remembers the version each sink
+//! stored, so a sink that is down keeps the cell pending for that sink only,
+//! and the others keep taking the new state. When more cells are pending
+//! than one flush takes, flushes take them in turn. A cell
 //! whose snapshot cannot be encoded is left out of the flush (never written
 //! as an empty blob) and stays pending; the error is logged and counted. The
 //! pending map is the only place a passivated key's unwritten state lives,
@@ -69,8 +73,9 @@ pub trait UsageSink: Send + Sync + 'static {
     fn usage_written(&self, rows: &[UsageRow]);
 }
 
-/// A cell taken into a flush: the version snapshotted and its usage rows.
-type Taken<'a> = (&'a Arc<KeyCell>, u64, Vec<(String, UsageCell)>);
+/// A cell taken into a flush: the version taken, the snapshot sinks that
+/// lack it, and its usage rows (when the usage store lacks them).
+type Taken<'a> = (&'a Arc<KeyCell>, u64, Vec<usize>, Option<Vec<(String, UsageCell)>>);
 
 /// The write-behind of one node.
 pub struct WriteBehind {
@@ -83,6 +88,9 @@ pub struct WriteBehind {
     pub config: WriteBehindConfig,
     pub stats: FlushStats,
     over_bound: std::sync::atomic::AtomicBool,
+    /// Where the next flush's batch starts when more is pending than one
+    /// flush takes.
+    cursor: std::sync::atomic::AtomicUsize,
     /// Told about the usage rows of every successful flush.
     usage_sink: Option<Arc<dyn UsageSink>>,
     /// How a snapshot becomes bytes ([`Snapshot::encode`]; tests make it fail).
@@ -126,6 +134,7 @@ impl WriteBehind {
             config,
             stats: FlushStats::default(),
             over_bound: std::sync::atomic::AtomicBool::new(false),
+            cursor: std::sync::atomic::AtomicUsize::new(0),
             usage_sink,
             encode: Snapshot::encode,
         }
@@ -184,68 +193,139 @@ impl WriteBehind {
         }
     }
 
-    /// Writes every pending cell once.
-    pub async fn flush_once(&self) -> Result<FlushReport, StoreError> {
-        let cells: Vec<Arc<KeyCell>> = self
+    /// The cells of the next flush: every pending cell, or when more are
+    /// pending than one flush takes, the next `max_batch` after the previous
+    /// flush's, so a backlog is written in turn rather than the same first
+    /// batch every time.
+    fn next_batch(&self) -> Vec<Arc<KeyCell>> {
+        let max = self.config.max_batch.max(1);
+        let len = self.pending.len();
+        if len <= max {
+            return self.pending.iter().map(|e| Arc::clone(e.value())).collect();
+        }
+        let from = self.cursor.load(Ordering::Relaxed) % len;
+        let mut out: Vec<Arc<KeyCell>> = self
             .pending
             .iter()
-            .take(self.config.max_batch)
+            .skip(from)
+            .take(max)
             .map(|e| Arc::clone(e.value()))
             .collect();
+        if out.len() < max {
+            // Wrap around; the map may have changed meanwhile, so never take
+            // a cell twice (a key is written at most once per flush).
+            let mut seen: std::collections::HashSet<*const KeyCell> =
+                out.iter().map(Arc::as_ptr).collect();
+            let rest = (max - out.len()).min(from);
+            for e in self.pending.iter().take(rest) {
+                if seen.insert(Arc::as_ptr(e.value())) {
+                    out.push(Arc::clone(e.value()));
+                }
+            }
+        }
+        self.cursor
+            .store((from + out.len()) % len.max(1), Ordering::Relaxed);
+        out
+    }
+
+    /// Writes every pending cell once (or the next `max_batch` of them).
+    ///
+    /// Each sink makes progress on its own: a snapshot sink that fails does
+    /// not keep the usage rows from the usage store, nor the other way
+    /// round. A cell records what each sink stored, is written next time
+    /// only to the sinks that lack its current version, and leaves the
+    /// pending map once every sink has it. The first error is returned
+    /// after the other sinks' progress is recorded.
+    pub async fn flush_once(&self) -> Result<FlushReport, StoreError> {
+        let cells = self.next_batch();
         metrics::gauge!(metric::PENDING).set(self.pending.len() as f64);
         if cells.is_empty() {
             return Ok(FlushReport::default());
         }
         let started = crate::clock::monotonic();
-        let mut snaps = Vec::with_capacity(cells.len());
-        let mut written: Vec<Taken<'_>> = Vec::with_capacity(cells.len());
+        let sinks = self.snapshot_sinks.len();
+        // Per sink, the snapshots it lacks (index into `snaps`).
+        let mut snaps: Vec<(String, Vec<u8>)> = Vec::with_capacity(cells.len());
+        let mut wants: Vec<Vec<usize>> = vec![Vec::new(); sinks];
+        let mut taken: Vec<Taken<'_>> = Vec::with_capacity(cells.len());
         let mut usage_rows = Vec::new();
         let mut unencodable = 0;
         for c in &cells {
             let g = c.lock();
-            let snap = match (self.encode)(&g.snap) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    unencodable += 1;
-                    self.stats.encode_failures.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(metric::ENCODE_FAILURES).increment(1);
-                    tracing::error!(key_id = %c.key_id, error = %e, "cannot encode a key's snapshot; it stays pending");
-                    continue;
+            let v = g.version;
+            let lacking: Vec<usize> = (0..sinks).filter(|&i| g.stored(i) != v).collect();
+            let snap = if lacking.is_empty() {
+                None
+            } else {
+                match (self.encode)(&g.snap) {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        unencodable += 1;
+                        self.stats.encode_failures.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(metric::ENCODE_FAILURES).increment(1);
+                        tracing::error!(key_id = %c.key_id, error = %e, "cannot encode a key's snapshot; it stays pending");
+                        continue;
+                    }
                 }
             };
-            let rows = g.snap.usage.rows();
-            for (writer, (granularity, start, units)) in &rows {
-                usage_rows.push(UsageRow {
-                    key_id: c.key_id.clone(),
-                    granularity: *granularity,
-                    bucket_start_ms: *start,
-                    writer: writer.clone(),
-                    units: *units,
-                });
+            let rows = if self.usage.is_some() && g.usage_stored != v {
+                let rows = g.snap.usage.rows();
+                for (writer, (granularity, start, units)) in &rows {
+                    usage_rows.push(UsageRow {
+                        key_id: c.key_id.clone(),
+                        granularity: *granularity,
+                        bucket_start_ms: *start,
+                        writer: writer.clone(),
+                        units: *units,
+                    });
+                }
+                Some(rows)
+            } else {
+                None
+            };
+            if let Some(bytes) = snap {
+                for &i in &lacking {
+                    wants[i].push(snaps.len());
+                }
+                snaps.push((c.key_id.clone(), bytes));
             }
-            snaps.push((c.key_id.clone(), snap));
-            written.push((c, g.version, rows));
+            taken.push((c, v, lacking, rows));
         }
-        if written.is_empty() {
+        if taken.is_empty() {
             return Ok(FlushReport {
                 unencodable,
                 ..FlushReport::default()
             });
         }
-        let result = self.write(&snaps, &usage_rows).await;
+        let (stored, usage_ok, first_err) = self.write(&snaps, &wants, &usage_rows).await;
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = result {
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(metric::FLUSH_FAILURES).increment(1);
-            return Err(e);
-        }
-        for (c, version, rows) in &written {
+        let mut done = 0;
+        for (c, version, lacking, rows) in &taken {
+            let mut g = c.lock();
+            for &i in lacking {
+                if stored[i] {
+                    g.set_stored(i, *version);
+                }
+            }
+            if let (true, Some(rows)) = (usage_ok, rows) {
+                g.snap.usage.written(rows);
+                g.usage_stored = *version;
+            }
+            let clean = g.version == *version
+                && (0..sinks).all(|i| g.stored(i) == *version)
+                && (self.usage.is_none() || g.usage_stored == *version);
+            drop(g);
+            if !clean {
+                continue;
+            }
+            done += 1;
             self.pending.remove_if(&c.key_id, |_, pc| {
                 if !Arc::ptr_eq(pc, c) {
                     return false;
                 }
-                let mut g = c.lock();
-                g.snap.usage.written(rows);
+                // Re-checked under the lock: a check may have changed the
+                // cell since (it then stays pending and is written again).
+                let g = c.lock();
                 if g.version == *version {
                     c.in_pending.store(false, Ordering::Release);
                     true
@@ -254,36 +334,96 @@ impl WriteBehind {
                 }
             });
         }
-        if let Some(sink) = &self.usage_sink {
-            sink.usage_written(&usage_rows);
+        if usage_ok && !usage_rows.is_empty() {
+            if let Some(sink) = &self.usage_sink {
+                sink.usage_written(&usage_rows);
+            }
         }
-        self.stats
-            .keys_written
-            .fetch_add(written.len() as u64, Ordering::Relaxed);
-        metrics::histogram!(metric::FLUSH_KEYS).record(written.len() as f64);
+        self.stats.keys_written.fetch_add(done, Ordering::Relaxed);
+        metrics::histogram!(metric::FLUSH_KEYS).record(done as f64);
         metrics::histogram!(metric::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        if let Some(e) = first_err {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         Ok(FlushReport {
-            keys: written.len(),
-            usage_rows: usage_rows.len(),
+            keys: done as usize,
+            usage_rows: if usage_ok { usage_rows.len() } else { 0 },
             unencodable,
         })
     }
 
+    /// Writes each sink its part; returns which snapshot sinks stored their
+    /// part, whether the usage rows were stored, and the first error.
     async fn write(
         &self,
         snaps: &[(String, Vec<u8>)],
+        wants: &[Vec<usize>],
         usage_rows: &[UsageRow],
-    ) -> Result<(), StoreError> {
-        if self.one_store && self.snapshot_sinks[0].save_flush(snaps, usage_rows).await? {
-            return Ok(());
+    ) -> (Vec<bool>, bool, Option<StoreError>) {
+        let mut first_err = None;
+        let mut fail = |sink: &'static str, e: StoreError| {
+            metrics::counter!(metric::FLUSH_FAILURES, "sink" => sink).increment(1);
+            tracing::warn!(sink, error = %e, "write-behind flush failed; retried at the next flush");
+            first_err.get_or_insert(e);
+        };
+        let whole = wants.first().is_some_and(|w| w.len() == snaps.len());
+        if self.one_store && whole {
+            match self.snapshot_sinks[0].save_flush(snaps, usage_rows).await {
+                Ok(true) => return (vec![true], true, None),
+                Ok(false) => {}
+                Err(e) => {
+                    fail("snapshots+usage", e);
+                    return (vec![false], false, first_err);
+                }
+            }
         }
-        for s in &self.snapshot_sinks {
-            s.save_snapshots(snaps).await?;
+        let mut stored = Vec::with_capacity(wants.len());
+        for (s, want) in self.snapshot_sinks.iter().zip(wants) {
+            if want.is_empty() {
+                stored.push(true);
+                continue;
+            }
+            let r = if want.len() == snaps.len() {
+                s.save_snapshots(snaps).await
+            } else {
+                let part: Vec<(String, Vec<u8>)> = want.iter().map(|&i| snaps[i].clone()).collect();
+                s.save_snapshots(&part).await
+            };
+            match r {
+                Ok(()) => stored.push(true),
+                Err(e) => {
+                    stored.push(false);
+                    fail("snapshots", e);
+                }
+            }
         }
-        if let (Some(u), false) = (&self.usage, usage_rows.is_empty()) {
-            u.write_usage(usage_rows).await?;
+        let usage_ok = match (&self.usage, usage_rows.is_empty()) {
+            (Some(u), false) => match u.write_usage(usage_rows).await {
+                Ok(()) => true,
+                Err(e) => {
+                    fail("usage", e);
+                    false
+                }
+            },
+            _ => true,
+        };
+        (stored, usage_ok, first_err)
+    }
+
+    /// Whether usage of granularity `g` in a bucket that starts before
+    /// `end_ms` is admitted but not yet written (a billing period ending at
+    /// `end_ms` must not close before it is).
+    pub fn unwritten_usage_before(&self, g: ringlimit_protocol::admin::Granularity, end_ms: u64) -> bool {
+        if self.usage.is_none() {
+            return false;
         }
-        Ok(())
+        self.pending.iter().any(|e| {
+            let c = e.value().lock();
+            c.snap
+                .usage
+                .unwritten_before(g, end_ms, c.usage_stored == c.version)
+        })
     }
 
     /// Flushes until nothing is pending or `attempts` flushes failed (a
@@ -525,6 +665,128 @@ mod tests {
         assert_eq!(snaps.flushes.load(Ordering::Relaxed), 0);
         assert_eq!(snaps.snapshot_writes.load(Ordering::Relaxed), 1);
         assert_eq!(usage.usage_writes.load(Ordering::Relaxed), 1);
+    }
+
+    /// A sink whose snapshot and usage writes fail while `down` is set;
+    /// records what it stored.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        snapshots_down: std::sync::atomic::AtomicBool,
+        usage_down: std::sync::atomic::AtomicBool,
+        snapshots: parking_lot::Mutex<Vec<String>>,
+        rows: parking_lot::Mutex<Vec<UsageRow>>,
+    }
+
+    #[async_trait]
+    impl SnapshotStore for Flaky {
+        async fn save_snapshots(&self, batch: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            if self.snapshots_down.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("snapshots down".into()));
+            }
+            self.snapshots
+                .lock()
+                .extend(batch.iter().map(|(k, _)| k.clone()));
+            Ok(())
+        }
+        async fn load_snapshot(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    #[async_trait]
+    impl UsageStore for Flaky {
+        async fn write_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
+            if self.usage_down.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("usage down".into()));
+            }
+            self.rows.lock().extend_from_slice(rows);
+            Ok(())
+        }
+        async fn usage_history(
+            &self,
+            _: &str,
+            _: ringlimit_protocol::admin::Granularity,
+            _: u64,
+            _: u64,
+        ) -> Result<Vec<ringlimit_protocol::admin::UsageBucket>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn flaky_pair(max_batch: usize) -> (Arc<Flaky>, Arc<Flaky>, WriteBehind) {
+        let snaps = Arc::new(Flaky::default());
+        let usage = Arc::new(Flaky::default());
+        let wb = WriteBehind::new(
+            vec![snaps.clone() as Arc<dyn SnapshotStore>],
+            Some(usage.clone() as Arc<dyn UsageStore>),
+            None,
+            WriteBehindConfig {
+                max_batch,
+                ..WriteBehindConfig::default()
+            },
+        );
+        (snaps, usage, wb)
+    }
+
+    #[tokio::test]
+    async fn usage_reaches_its_store_while_the_snapshot_store_is_down() {
+        let (snaps, usage, wb) = flaky_pair(100);
+        snaps.snapshots_down.store(true, Ordering::Relaxed);
+        changed_cell(&wb, "k1");
+        assert!(wb.flush_once().await.is_err(), "the snapshot write failed");
+        let rows = usage.rows.lock().len();
+        assert!(rows >= 1, "the usage rows were written all the same");
+        assert_eq!(wb.pending_len(), 1, "the snapshot is still owed");
+        // The next flush owes only the snapshot: the rows are not written again.
+        assert!(wb.flush_once().await.is_err());
+        assert_eq!(usage.rows.lock().len(), rows);
+        snaps.snapshots_down.store(false, Ordering::Relaxed);
+        wb.flush_once().await.expect("flush");
+        assert_eq!(*snaps.snapshots.lock(), vec!["k1".to_string()]);
+        assert_eq!(usage.rows.lock().len(), rows);
+        assert_eq!(wb.pending_len(), 0);
+        assert!(!wb.unwritten_usage_before(ringlimit_protocol::admin::Granularity::Minute, u64::MAX));
+    }
+
+    #[tokio::test]
+    async fn snapshots_reach_their_store_while_the_usage_store_is_down() {
+        let (snaps, usage, wb) = flaky_pair(100);
+        usage.usage_down.store(true, Ordering::Relaxed);
+        changed_cell(&wb, "k1");
+        assert!(wb.flush_once().await.is_err(), "the usage write failed");
+        assert_eq!(*snaps.snapshots.lock(), vec!["k1".to_string()]);
+        assert_eq!(wb.pending_len(), 1, "the usage rows are still owed");
+        let minute = ringlimit_protocol::admin::Granularity::Minute;
+        // The admitted minute (60 000..120 000) is not written: a period
+        // ending after its start must wait; one ending before it need not.
+        assert!(wb.unwritten_usage_before(minute, 120_000));
+        assert!(!wb.unwritten_usage_before(minute, 60_000));
+        assert!(wb.flush_once().await.is_err());
+        assert_eq!(snaps.snapshots.lock().len(), 1, "the snapshot is not written again");
+        usage.usage_down.store(false, Ordering::Relaxed);
+        let r = wb.flush_once().await.expect("flush");
+        assert!(r.usage_rows >= 1);
+        assert_eq!(wb.pending_len(), 0);
+        assert!(!wb.unwritten_usage_before(minute, 120_000));
+    }
+
+    #[tokio::test]
+    async fn a_backlog_larger_than_a_flush_is_taken_in_turn() {
+        let (snaps, usage, wb) = flaky_pair(2);
+        usage.usage_down.store(true, Ordering::Relaxed);
+        let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            changed_cell(&wb, k);
+        }
+        // Usage is down, so nothing leaves the map; still, every key's
+        // snapshot is written within ceil(7 / 2) flushes, once each.
+        for _ in 0..4 {
+            assert!(wb.flush_once().await.is_err());
+        }
+        let mut written = snaps.snapshots.lock().clone();
+        written.sort();
+        assert_eq!(written, keys, "every pending key had its turn, once");
+        assert_eq!(wb.pending_len(), 7);
     }
 
     fn unencodable(_: &Snapshot) -> Result<Vec<u8>, rmp_serde::encode::Error> {

@@ -314,6 +314,7 @@ async fn start_routing(config: &Config, node: &Limiting) -> anyhow::Result<Arc<R
             .heartbeat_timeout
             .max(std::time::Duration::from_secs(2)),
         passivate_timeout: config.shutdown_timeout,
+        admin_ack_wait: config.heartbeat_timeout,
     };
     let wb = Arc::clone(&node.core.write_behind);
     let service = Arc::clone(&node.service);

@@ -26,7 +26,7 @@
 use crate::cluster::handoff::{Effect, HandoffGate, Opened};
 use crate::cluster::inbox::{Inbound, Inbox};
 use crate::cluster::ring::Ring;
-use crate::cluster::{Cluster, ForwardError};
+use crate::cluster::{Cluster, ForwardError, HandlerError};
 use parking_lot::Mutex;
 use ringlimit_actors::keys::SecretHash;
 use ringlimit_actors::service::{Change, Service};
@@ -63,7 +63,25 @@ pub struct RouterConfig {
     pub handoff_wait: Duration,
     /// Longest passivation may take during a handoff.
     pub passivate_timeout: Duration,
+    /// Longest an admin change of a key (a revocation) waits for the other
+    /// members to acknowledge it before the caller is told what is pending
+    /// (the heartbeat timeout: a member silent longer leaves the ring).
+    pub admin_ack_wait: Duration,
 }
+
+/// Who applied a key's admin change (see [`Router::confirm_key_change`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Propagation {
+    /// Members that acknowledged it, sorted.
+    pub acknowledged: Vec<String>,
+    /// Members that did not within the bound, sorted; they are still retried
+    /// in the background, and reload every key at their periodic reload.
+    pub pending: Vec<String>,
+}
+
+/// How long a change left pending is still retried in the background: the
+/// members' periodic full reload catches up anything older.
+pub const ADMIN_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Routes checks to their owners.
 pub struct Router {
@@ -177,6 +195,69 @@ impl Router {
                 tracing::warn!(event = ?ev, failed = ?rep.failed, "admin change not delivered to every peer; they catch up at the next full reload");
             }
         });
+    }
+
+    /// Delivers a key's admin change (revocation, suspension) to every ring
+    /// member and waits, with retries, until each acknowledged having
+    /// applied it, at most [`RouterConfig::admin_ack_wait`]. The members
+    /// still pending then are retried in the background for
+    /// [`ADMIN_RETRY_FOR`]. Without a cluster nothing is pending: the local
+    /// cache was updated by the change itself.
+    pub async fn confirm_key_change(self: &Arc<Self>, key_id: &str) -> Propagation {
+        let Some(cl) = self.cluster.clone() else {
+            return Propagation::default();
+        };
+        let ev = AdminEvent::KeyChanged {
+            key_id: key_id.to_string(),
+        };
+        let deadline = tokio::time::Instant::now() + self.cfg.admin_ack_wait;
+        let mut p = Propagation::default();
+        let mut pause = Duration::from_millis(25);
+        loop {
+            // Members of the ring now, and any member still pending from
+            // before (one that left the ring has not applied it either).
+            let me = cl.node_name();
+            let mut to: Vec<String> = cl
+                .ring()
+                .members()
+                .iter()
+                .filter(|m| m.as_str() != me && !p.acknowledged.contains(m))
+                .cloned()
+                .collect();
+            for m in &p.pending {
+                if !to.contains(m) {
+                    to.push(m.clone());
+                }
+            }
+            let rep = cl.send_admin_to(&ev, &to).await;
+            p.acknowledged.extend(rep.delivered);
+            p.pending = rep.failed.into_iter().map(|(n, _)| n).collect();
+            p.pending.retain(|n| !n.is_empty());
+            if p.pending.is_empty() || tokio::time::Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(400));
+        }
+        p.acknowledged.sort();
+        p.pending.sort();
+        if !p.pending.is_empty() {
+            tracing::warn!(key_id, pending = ?p.pending, "key change not acknowledged by every member; retrying in the background");
+            let pending = p.pending.clone();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + ADMIN_RETRY_FOR;
+                let mut pending = pending;
+                while !pending.is_empty() && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let rep = cl.send_admin_to(&ev, &pending).await;
+                    pending = rep.failed.into_iter().map(|(n, _)| n).collect();
+                }
+                if pending.is_empty() {
+                    tracing::info!(event = ?ev, "key change acknowledged by every member after a retry");
+                }
+            });
+        }
+        p
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -582,8 +663,7 @@ impl Router {
                 Inbound::Admin { event, done } => {
                     let r = Arc::clone(&self);
                     tokio::spawn(async move {
-                        r.admin_event(event).await;
-                        let _ = done.send(());
+                        let _ = done.send(r.admin_event(event).await);
                     });
                 }
                 Inbound::Handoff { marker, reply } => {
@@ -637,7 +717,7 @@ impl Router {
         ForwardReply { results }
     }
 
-    async fn admin_event(&self, ev: AdminEvent) {
+    async fn admin_event(&self, ev: AdminEvent) -> Result<(), HandlerError> {
         let r = match &ev {
             AdminEvent::KeyChanged { key_id } => self.service.reload_key(key_id).await,
             AdminEvent::TierChanged { .. } => self.service.reload_tiers().await,
@@ -658,7 +738,11 @@ impl Router {
         };
         if let Err(e) = r {
             tracing::warn!(event = ?ev, error = %e, "could not apply an admin change from a peer");
+            return Err(HandlerError::Refused(format!(
+                "could not apply the change: {e}"
+            )));
         }
+        Ok(())
     }
 }
 
@@ -703,6 +787,7 @@ mod tests {
                 fail_closed_tiers: ["paid".to_string()].into_iter().collect(),
                 handoff_wait: Duration::from_secs(1),
                 passivate_timeout: Duration::from_secs(1),
+                admin_ack_wait: Duration::from_secs(1),
             },
             None,
             false,

@@ -442,3 +442,63 @@ async fn slow_owner_is_waited_for_not_bypassed() {
         "the owner never left the ring"
     );
 }
+
+/// A revocation is answered 204 only once every member applied it. With the
+/// key's owner briefly frozen (well under the heartbeat timeout), the DELETE
+/// on another node waits for it, then answers 202 naming it as pending; once
+/// the owner resumes, the background retry reaches it and the key is refused
+/// there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_waits_for_every_member_and_reports_what_is_pending() {
+    let Some(c) = Cluster::start_with("revoke", &[("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "4000")]).await
+    else {
+        return;
+    };
+    let limits = json!([limit("per-minute", "sliding_log", 1000, 60_000)]);
+
+    // Every member up: 204, and the owner refuses the key at once.
+    let (id, key) = c.node(0).create_key(limits.clone()).await;
+    assert!(c.knows_key(&id).await);
+    let owner = c.index(&c.owner(0, &id).await);
+    let via = (owner + 1) % 3;
+    assert_eq!(c.node(owner).validate(&key, 1).await.0, 200);
+    let (s, body) = c
+        .node(via)
+        .admin(Method::DELETE, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(s, 204, "{body}");
+    assert_eq!(
+        c.node(owner).validate(&key, 1).await.0,
+        401,
+        "the owner acknowledged the revocation before the 204"
+    );
+
+    // The owner frozen: the DELETE waits for it, then says it is pending.
+    let (id, key) = c.node(0).create_key(limits).await;
+    assert!(c.knows_key(&id).await);
+    let owner = c.index(&c.owner(0, &id).await);
+    let via = (owner + 1) % 3;
+    assert_eq!(c.node(owner).validate(&key, 1).await.0, 200);
+    let pid = c.node(owner).pid();
+    unsafe_kill(pid, 19);
+    let (s, body) = c
+        .node(via)
+        .admin(Method::DELETE, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    unsafe_kill(pid, 18);
+    assert_eq!(s, 202, "not acknowledged by the frozen owner: {body}");
+    assert_eq!(body["revoked"], true);
+    assert_eq!(body["pending"], json!([c.names[owner]]), "{body}");
+    let others: Vec<Value> = (0..3)
+        .filter(|&i| i != owner && i != via)
+        .map(|i| json!(c.names[i]))
+        .collect();
+    assert_eq!(body["acknowledged_by"], json!(others), "{body}");
+    // The revocation holds on the node that took it, and reaches the owner
+    // once it resumes (the background retry, well before the 30 s reload).
+    assert_eq!(c.node(via).validate(&key, 1).await.0, 401);
+    assert!(
+        eventually(5, async || c.node(owner).validate(&key, 1).await.0 == 401).await,
+        "the owner applies the revocation after it resumes"
+    );
+}

@@ -219,41 +219,97 @@ pub async fn close_period(
 ) -> Result<Vec<BillingRecord>, StoreError> {
     let cfg = &ctx.config.billing;
     let end = cfg.period.end_of(start);
-    let g = cfg.period.granularity();
     let mut keys = ctx.host().keys();
     keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     let mut out = Vec::new();
     for k in keys.iter().filter(|k| k.created_at_ms < end) {
-        let units: u64 = ctx
-            .store
-            .usage_history(&k.key_id, g, start, end)
-            .await?
-            .iter()
-            .map(|b| b.units)
-            .sum();
-        let price = cfg.price(&k.tier);
-        let overage = units.saturating_sub(price.included_units);
-        let rec = BillingRecord {
-            key_id: k.key_id.clone(),
-            period_start_ms: start,
-            period_end_ms: end,
-            owner: k.owner.clone(),
-            tier: k.tier.clone(),
-            units,
-            included_units: price.included_units,
-            overage_units: overage,
-            unit_price_nanos: price.unit_price_nanos,
-            amount_nanos: overage.saturating_mul(price.unit_price_nanos),
-            currency: price.currency.clone(),
-            computed_at_ms: now_ms,
-            computed_by: ctx.config.node.clone(),
-        };
+        let rec = record_of(ctx, k, start, now_ms).await?;
         ctx.store.put_billing(&rec).await?;
         out.push(rec);
     }
     metrics::counter!("ringlimit_billing_records_written_total").increment(out.len() as u64);
     tracing::info!(period = %cfg.period.label(start), keys = out.len(), "billing period closed");
     Ok(out)
+}
+
+/// The billing record of key `k` for the period starting at `start`, from
+/// the usage history stored now.
+async fn record_of(
+    ctx: &Ctx,
+    k: &crate::keys::KeyRecord,
+    start: u64,
+    now_ms: u64,
+) -> Result<BillingRecord, StoreError> {
+    let cfg = &ctx.config.billing;
+    let end = cfg.period.end_of(start);
+    let units: u64 = ctx
+        .store
+        .usage_history(&k.key_id, cfg.period.granularity(), start, end)
+        .await?
+        .iter()
+        .map(|b| b.units)
+        .sum();
+    let price = cfg.price(&k.tier);
+    let overage = units.saturating_sub(price.included_units);
+    Ok(BillingRecord {
+        key_id: k.key_id.clone(),
+        period_start_ms: start,
+        period_end_ms: end,
+        owner: k.owner.clone(),
+        tier: k.tier.clone(),
+        units,
+        included_units: price.included_units,
+        overage_units: overage,
+        unit_price_nanos: price.unit_price_nanos,
+        amount_nanos: overage.saturating_mul(price.unit_price_nanos),
+        currency: price.currency.clone(),
+        computed_at_ms: now_ms,
+        computed_by: ctx.config.node.clone(),
+    })
+}
+
+/// Recomputes a closed period's record of `key_id` after usage of that
+/// period arrived late; when the units changed, writes the new record and
+/// an audit entry (`billing.adjust`) with the units before and after.
+/// Returns the new record when it changed.
+pub async fn adjust_closed(
+    ctx: &Ctx,
+    key_id: &str,
+    start: u64,
+    now_ms: u64,
+) -> Result<Option<BillingRecord>, StoreError> {
+    let Some(k) = ctx.host().key(key_id) else {
+        return Ok(None);
+    };
+    let Some(before) = ctx.store.get_billing(key_id, start).await? else {
+        // Never closed for this key: the period's close writes it.
+        return Ok(None);
+    };
+    let rec = record_of(ctx, &k, start, now_ms).await?;
+    if rec.units == before.units {
+        return Ok(None);
+    }
+    ctx.store.put_billing(&rec).await?;
+    let entry = ringlimit_protocol::pipeline::AuditEntry {
+        id: super::stable_id(&["billing.adjust", key_id, &start.to_string(), &rec.units.to_string()]),
+        at_ms: now_ms,
+        actor: "system".into(),
+        action: "billing.adjust".into(),
+        target_kind: "billing".into(),
+        target_id: format!("{key_id}/{start}"),
+        reason: Some("usage of a closed period was written after it closed".into()),
+        details: serde_json::json!({
+            "period_start_ms": start,
+            "units_before": before.units,
+            "units_after": rec.units,
+            "amount_nanos_before": before.amount_nanos,
+            "amount_nanos_after": rec.amount_nanos,
+        }),
+    };
+    ctx.store.append_audit(&[entry]).await?;
+    metrics::counter!("ringlimit_billing_adjustments_total").increment(1);
+    tracing::warn!(key_id, period_start_ms = start, before = before.units, after = rec.units, "closed billing record adjusted for late usage");
+    Ok(Some(rec))
 }
 
 /// Running count of one key in the current period.
@@ -275,6 +331,8 @@ pub struct BillingWorker {
     /// Last absolute units seen per (key, writer, minute bucket).
     last_abs: HashMap<(String, String, u64), u64>,
     last_closed: Option<u64>,
+    /// The period whose close was last postponed (logged once).
+    postponed: Option<u64>,
 }
 
 /// The key owner's webhook, for quota notices.
@@ -323,6 +381,7 @@ impl Worker for BillingWorker {
             running: HashMap::new(),
             last_abs: HashMap::new(),
             last_closed: None,
+            postponed: None,
         }
     }
 
@@ -332,11 +391,32 @@ impl Worker for BillingWorker {
         let pct = u128::from(ctx.config.alerts.included_percent);
         ctx.refill_admits();
         let batch = ctx.admits.begin(ctx.config.batch_max);
+        // The last period that is due to be closed (it ended at least
+        // `close_delay` ago).
+        let due = cfg.period.prev(
+            cfg.period
+                .start_of(now_ms.saturating_sub(cfg.close_delay.as_millis() as u64)),
+        );
+        // Usage of a period that is already due arrived late: its closed
+        // record (if written) is recomputed, not counted as running usage.
+        let mut late: Vec<(&str, u64)> = Vec::new();
+        for a in batch.iter() {
+            let start = cfg.period.start_of(a.bucket_start_ms);
+            if start <= due && !late.contains(&(a.key_id.as_str(), start)) {
+                late.push((a.key_id.as_str(), start));
+            }
+        }
+        for (key_id, start) in &late {
+            adjust_closed(&ctx, key_id, *start, now_ms).await?;
+        }
         // Read what the store holds for keys new in their period first, so a
         // failed read leaves the running counts untouched (the batch is retried).
         let mut fresh: HashMap<&str, Running> = HashMap::new();
         for a in batch.iter() {
             let start = cfg.period.start_of(a.bucket_start_ms);
+            if start <= due {
+                continue;
+            }
             let known = self
                 .running
                 .get(&a.key_id)
@@ -362,6 +442,9 @@ impl Worker for BillingWorker {
         }
         for a in batch.iter() {
             let start = cfg.period.start_of(a.bucket_start_ms);
+            if start <= due {
+                continue;
+            }
             if self.running.get(&a.key_id).is_none_or(|r| r.start != start) {
                 let r = fresh
                     .remove(a.key_id.as_str())
@@ -452,11 +535,8 @@ impl Worker for BillingWorker {
             let horizon = now_ms.saturating_sub(10 * MINUTE_MS);
             self.last_abs.retain(|(_, _, b), _| *b >= horizon);
         }
-        // Close the last period that ended at least `close_delay` ago.
-        let due = cfg.period.prev(
-            cfg.period
-                .start_of(now_ms.saturating_sub(cfg.close_delay.as_millis() as u64)),
-        );
+        // Close the last period that ended at least `close_delay` ago, once
+        // no usage admitted before its end waits to be written.
         if self.last_closed != Some(due) {
             // Every period that ended since the last one closed (a node that
             // was down across several boundaries catches up), at most 100.
@@ -464,15 +544,31 @@ impl Worker for BillingWorker {
                 Some(l) if l < due => cfg.period.end_of(l),
                 _ => due,
             };
+            let mut postponed = false;
             for _ in 0..100 {
                 if p > due {
+                    break;
+                }
+                if ctx
+                    .host()
+                    .unwritten_usage_before(cfg.period.granularity(), cfg.period.end_of(p))
+                {
+                    metrics::counter!("ringlimit_billing_close_postponed_total").increment(1);
+                    if self.postponed != Some(p) {
+                        self.postponed = Some(p);
+                        tracing::warn!(
+                            period = %cfg.period.label(p),
+                            "billing period not closed yet: usage admitted before its end is not written"
+                        );
+                    }
+                    postponed = true;
                     break;
                 }
                 close_period(&ctx, p, now_ms).await?;
                 self.last_closed = Some(p);
                 p = cfg.period.end_of(p);
             }
-            if p <= due {
+            if p <= due && !postponed {
                 self.last_closed = Some(due);
             }
             let current = cfg.period.start_of(now_ms);

@@ -127,6 +127,10 @@ impl Host for NoHost {
     fn writebehind_pending(&self) -> usize {
         0
     }
+
+    fn unwritten_usage_before(&self, _: ringlimit_protocol::admin::Granularity, _: u64) -> bool {
+        false
+    }
 }
 
 /// A key id as events carry it (key ids are 20 bytes).

@@ -40,7 +40,9 @@ impl ClusterHandler for Recorder {
                 .collect(),
         }
     }
-    async fn admin_event(&self, _ev: AdminEvent) {}
+    async fn admin_event(&self, _ev: AdminEvent) -> Result<(), HandlerError> {
+        Ok(())
+    }
     async fn handoff(&self, _h: Handoff) -> Result<(), HandlerError> {
         Ok(())
     }

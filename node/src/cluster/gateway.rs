@@ -92,10 +92,15 @@ impl Actor for Gateway {
                 let shared = st.shared.clone();
                 tokio::spawn(async move {
                     serve_rpc(&b, reply, "admin", |ev: AdminEvent| async move {
-                        shared.handler.admin_event(ev).await;
-                        Ack {
-                            ok: true,
-                            error: None,
+                        match shared.handler.admin_event(ev).await {
+                            Ok(()) => Ack {
+                                ok: true,
+                                error: None,
+                            },
+                            Err(e) => Ack {
+                                ok: false,
+                                error: Some(e.to_string()),
+                            },
                         }
                     })
                     .await;

@@ -28,7 +28,7 @@ pub enum Inbound {
     /// An admin change made on another node; reply once it is applied.
     Admin {
         event: AdminEvent,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Result<(), HandlerError>>,
     },
     /// A handoff marker.
     Handoff {
@@ -72,11 +72,12 @@ impl ClusterHandler for InboxHandler {
         rx.await.unwrap_or(ForwardReply { results: vec![] })
     }
 
-    async fn admin_event(&self, event: AdminEvent) {
+    async fn admin_event(&self, event: AdminEvent) -> Result<(), HandlerError> {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Inbound::Admin { event, done }).is_ok() {
-            let _ = rx.await;
-        }
+        self.tx
+            .send(Inbound::Admin { event, done })
+            .map_err(|_| InboxHandler::closed())?;
+        rx.await.unwrap_or_else(|_| Err(InboxHandler::closed()))
     }
 
     async fn handoff(&self, marker: Handoff) -> Result<(), HandlerError> {

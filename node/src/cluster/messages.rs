@@ -60,7 +60,9 @@ pub trait ClusterHandler: Send + Sync + 'static {
     /// (say, if the ring moved since).
     async fn check_batch(&self, batch: ForwardBatch) -> ForwardReply;
     /// An admin change made on another node.
-    async fn admin_event(&self, ev: AdminEvent);
+    /// Applies an admin change; `Err` when it could not be applied (the
+    /// sender sees a refused acknowledgement and retries).
+    async fn admin_event(&self, ev: AdminEvent) -> Result<(), HandlerError>;
     /// A handoff marker from a node that flushed the keys it handed over.
     async fn handoff(&self, h: Handoff) -> Result<(), HandlerError>;
     /// The ring changed (called from the cluster driver: keep it short, hand

@@ -255,8 +255,30 @@ impl Cluster {
     /// Sends `ev` to every peer this node has a gateway for, concurrently,
     /// each with the forward timeout. Best effort: the report says who got it.
     pub async fn broadcast(&self, ev: AdminEvent) -> BroadcastReport {
+        self.send_admin(&ev, |_| true).await
+    }
+
+    /// Sends `ev` to the peers among `to`, concurrently, each with the
+    /// forward timeout; a peer of `to` this node has no gateway for is in
+    /// the report's `failed` as unreachable. The report says who
+    /// acknowledged having applied it.
+    pub async fn send_admin_to(&self, ev: &AdminEvent, to: &[String]) -> BroadcastReport {
+        let mut report = self.send_admin(ev, |n| to.iter().any(|t| t == n)).await;
+        for t in to {
+            let known = report.delivered.iter().any(|d| d == t)
+                || report.failed.iter().any(|(f, _)| f == t);
+            if !known && t != &self.shared.name {
+                report
+                    .failed
+                    .push((t.clone(), ForwardError::Unreachable { peer: t.clone() }));
+            }
+        }
+        report
+    }
+
+    async fn send_admin(&self, ev: &AdminEvent, to: impl Fn(&str) -> bool) -> BroadcastReport {
         let mut report = BroadcastReport::default();
-        let bytes = match encode(&ev) {
+        let bytes = match encode(ev) {
             Ok(b) => b,
             Err(e) => {
                 report
@@ -267,22 +289,25 @@ impl Cluster {
         };
         let targets = self.shared.gateways();
         let timeout = self.shared.cfg.forward_timeout;
-        let calls = targets.into_iter().map(|(name, gw)| {
-            let b = bytes.clone();
-            async move {
-                let r = match call_gateway(&gw, GatewayMsg::Admin, b, timeout, &name).await {
-                    Ok(b) => match decode::<Ack>(&b) {
-                        Ok(Ack { ok: true, .. }) => Ok(()),
-                        Ok(Ack { error, .. }) => Err(ForwardError::Protocol(
-                            error.unwrap_or_else(|| format!("{name} refused the event")),
-                        )),
-                        Err(e) => Err(ForwardError::Protocol(e.to_string())),
-                    },
-                    Err(e) => Err(e),
-                };
-                (name, r)
-            }
-        });
+        let calls = targets
+            .into_iter()
+            .filter(|(name, _)| to(name))
+            .map(|(name, gw)| {
+                let b = bytes.clone();
+                async move {
+                    let r = match call_gateway(&gw, GatewayMsg::Admin, b, timeout, &name).await {
+                        Ok(b) => match decode::<Ack>(&b) {
+                            Ok(Ack { ok: true, .. }) => Ok(()),
+                            Ok(Ack { error, .. }) => Err(ForwardError::Protocol(
+                                error.unwrap_or_else(|| format!("{name} refused the event")),
+                            )),
+                            Err(e) => Err(ForwardError::Protocol(e.to_string())),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    (name, r)
+                }
+            });
         for (name, r) in futures_util::future::join_all(calls).await {
             match r {
                 Ok(()) => report.delivered.push(name),

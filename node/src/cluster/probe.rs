@@ -79,7 +79,7 @@ impl ClusterHandler for ProbeHandler {
         }
     }
 
-    async fn admin_event(&self, ev: AdminEvent) {
+    async fn admin_event(&self, ev: AdminEvent) -> Result<(), HandlerError> {
         match ev {
             AdminEvent::KeyChanged { key_id } => {
                 self.out.line(&format!("admin key_changed key={key_id}"))
@@ -90,6 +90,7 @@ impl ClusterHandler for ProbeHandler {
             AdminEvent::BlocksChanged => self.out.line("admin blocks_changed"),
             AdminEvent::AbuseRulesChanged { .. } => self.out.line("admin abuse_rules_changed"),
         }
+        Ok(())
     }
 
     async fn handoff(&self, h: Handoff) -> Result<(), HandlerError> {

@@ -100,16 +100,54 @@ pub async fn update_key(
         app.service.audit_key_status(&id, &v, "admin");
     }
     tracing::info!(key_id = %id, "key updated");
-    Ok(Json(v).into_response())
+    let mut res = Json(v).into_response();
+    if status_changed {
+        // A suspension or revocation is in force on every member before
+        // the answer, or the answer says which members have not applied it.
+        pending_header(&mut res, &app.router.confirm_key_change(&id).await);
+    }
+    Ok(res)
 }
+
+/// Names the members that did not acknowledge a key change in time.
+fn pending_header(res: &mut Response, p: &crate::router::Propagation) {
+    if p.pending.is_empty() {
+        return;
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&p.pending.join(",")) {
+        res.headers_mut().insert(PENDING_MEMBERS, v);
+    }
+}
+
+/// Header naming the members a key change is still pending on.
+pub const PENDING_MEMBERS: &str = "ringlimit-pending-members";
 
 pub async fn revoke_key(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     app.service.revoke_key(&id).await?;
     tracing::info!(key_id = %id, "key revoked");
-    Ok(StatusCode::NO_CONTENT)
+    // 204 once every member acknowledged the revocation; 202 with what is
+    // pending when the bound passed first.
+    let p = app.router.confirm_key_change(&id).await;
+    if p.pending.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let mut res = (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "key_id": id,
+            "revoked": true,
+            "acknowledged_by": p.acknowledged,
+            "pending": p.pending,
+            "detail": "the key is revoked in the store and on the members that acknowledged; \
+                the pending members are retried in the background and reload every key within 30 s",
+        })),
+    )
+        .into_response();
+    pending_header(&mut res, &p);
+    Ok(res)
 }
 
 pub async fn rotate_key(
@@ -119,7 +157,9 @@ pub async fn rotate_key(
 ) -> Result<Response, ApiError> {
     let k = app.service.rotate_key(&id, req.grace_period_ms).await?;
     tracing::info!(key_id = %id, grace_period_ms = req.grace_period_ms, "key rotated");
-    Ok(Json(k).into_response())
+    let mut res = Json(k).into_response();
+    pending_header(&mut res, &app.router.confirm_key_change(&id).await);
+    Ok(res)
 }
 
 pub async fn usage_current(

@@ -354,6 +354,25 @@ pub async fn close_billing(
             ),
         ));
     }
+    // Usage admitted before the period's end must be written first: wait a
+    // few flushes for it, then say what blocks the close.
+    let g = p.ctx.config.billing.period.granularity();
+    let mut waited = 0;
+    while p.ctx.host().unwritten_usage_before(g, end) {
+        if waited >= 40 {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                format!(
+                    "period {} cannot close yet: usage admitted before its end is not written \
+                     (is the usage store reachable?); retry later",
+                    p.ctx.config.billing.period.label(start)
+                ),
+            ));
+        }
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let records = billing::close_period(&p.ctx, start, now)
         .await
         .map_err(store_err)?;
