@@ -34,6 +34,7 @@ use ringlimit_actors::writebehind::WriteBehind;
 use ringlimit_protocol::cluster::{
     AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
 };
+use ringlimit_protocol::admin::KeyStatus;
 use ringlimit_protocol::validate::ValidateOutcome;
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -398,6 +399,15 @@ impl Router {
                 }
                 self.wait_gates().await;
                 return self.decide_local(key_id, &hash, cost, client_ip).await;
+            }
+            // A revocation is final: a key this node knows revoked is
+            // refused here, even while the owner has not applied it yet.
+            if self
+                .service
+                .key(key_id)
+                .is_some_and(|k| k.status == KeyStatus::Revoked)
+            {
+                return ValidateOutcome::Unauthorized;
             }
             match self.forward(&owner, key_id, &hash, cost, client_ip).await {
                 Ok(ForwardOutcome::Decided(outcome)) => return outcome,
