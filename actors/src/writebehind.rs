@@ -75,7 +75,12 @@ pub trait UsageSink: Send + Sync + 'static {
 
 /// A cell taken into a flush: the version taken, the snapshot sinks that
 /// lack it, and its usage rows (when the usage store lacks them).
-type Taken<'a> = (&'a Arc<KeyCell>, u64, Vec<usize>, Option<Vec<(String, UsageCell)>>);
+type Taken<'a> = (
+    &'a Arc<KeyCell>,
+    u64,
+    Vec<usize>,
+    Option<Vec<(String, UsageCell)>>,
+);
 
 /// The write-behind of one node.
 pub struct WriteBehind {
@@ -414,7 +419,11 @@ impl WriteBehind {
     /// Whether usage of granularity `g` in a bucket that starts before
     /// `end_ms` is admitted but not yet written (a billing period ending at
     /// `end_ms` must not close before it is).
-    pub fn unwritten_usage_before(&self, g: ringlimit_protocol::admin::Granularity, end_ms: u64) -> bool {
+    pub fn unwritten_usage_before(
+        &self,
+        g: ringlimit_protocol::admin::Granularity,
+        end_ms: u64,
+    ) -> bool {
         if self.usage.is_none() {
             return false;
         }
@@ -745,7 +754,9 @@ mod tests {
         assert_eq!(*snaps.snapshots.lock(), vec!["k1".to_string()]);
         assert_eq!(usage.rows.lock().len(), rows);
         assert_eq!(wb.pending_len(), 0);
-        assert!(!wb.unwritten_usage_before(ringlimit_protocol::admin::Granularity::Minute, u64::MAX));
+        assert!(
+            !wb.unwritten_usage_before(ringlimit_protocol::admin::Granularity::Minute, u64::MAX)
+        );
     }
 
     #[tokio::test]
@@ -762,7 +773,11 @@ mod tests {
         assert!(wb.unwritten_usage_before(minute, 120_000));
         assert!(!wb.unwritten_usage_before(minute, 60_000));
         assert!(wb.flush_once().await.is_err());
-        assert_eq!(snaps.snapshots.lock().len(), 1, "the snapshot is not written again");
+        assert_eq!(
+            snaps.snapshots.lock().len(),
+            1,
+            "the snapshot is not written again"
+        );
         usage.usage_down.store(false, Ordering::Relaxed);
         let r = wb.flush_once().await.expect("flush");
         assert!(r.usage_rows >= 1);

@@ -31,10 +31,10 @@ use parking_lot::Mutex;
 use ringlimit_actors::keys::SecretHash;
 use ringlimit_actors::service::{Change, Service};
 use ringlimit_actors::writebehind::WriteBehind;
+use ringlimit_protocol::admin::KeyStatus;
 use ringlimit_protocol::cluster::{
     AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
 };
-use ringlimit_protocol::admin::KeyStatus;
 use ringlimit_protocol::validate::ValidateOutcome;
 use std::collections::HashSet;
 use std::net::IpAddr;

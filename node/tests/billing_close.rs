@@ -125,7 +125,10 @@ async fn a_period_waits_for_unwritten_usage_and_late_usage_adjusts_its_record() 
         bucket_start_ms: period,
         ..late
     };
-    store.write_usage(std::slice::from_ref(&late)).await.unwrap();
+    store
+        .write_usage(std::slice::from_ref(&late))
+        .await
+        .unwrap();
     feed.usage_written(&[late]);
     assert!(
         eventually(10, async || store

@@ -450,7 +450,8 @@ async fn slow_owner_is_waited_for_not_bypassed() {
 /// there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revocation_waits_for_every_member_and_reports_what_is_pending() {
-    let Some(c) = Cluster::start_with("revoke", &[("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "4000")]).await
+    let Some(c) =
+        Cluster::start_with("revoke", &[("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "4000")]).await
     else {
         return;
     };

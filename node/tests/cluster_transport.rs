@@ -374,3 +374,29 @@ fn a_frozen_probe_leaves_the_ring_and_rejoins_then_one_leaves_gracefully() {
     std::thread::sleep(Duration::from_millis(300));
     converge(&[&a, &b], &["a", "b"], SLACK);
 }
+
+/// A leave is taken from the node that leaves, not from a payload: a member
+/// (any holder of the cookie) that sends the others a leave naming another
+/// member evicts no one. The named member is asked through its own session
+/// and answers that it is not leaving.
+#[test]
+fn a_leave_sent_in_another_members_name_evicts_no_one() {
+    let (a, b, mut c) = three();
+    let v = converge(&[&a, &b, &c], &["a", "b", "c"], CONVERGE);
+    let l = c.ask("forge_leave a", "forged_leave ");
+    assert_eq!(field(&l, "acked"), Some("a,b"), "{l}");
+    // Long enough for the forged leave to have acted (it acted at once
+    // before: a was out of b's ring and stayed out).
+    std::thread::sleep(HEARTBEAT_TIMEOUT);
+    for p in [&a, &b, &c] {
+        assert_eq!(
+            p.ring(),
+            Some((v, vec!["a".into(), "b".into(), "c".into()])),
+            "{}'s ring is unchanged",
+            p.name
+        );
+    }
+    // A real leave still works: c announces it and the others drop it.
+    c.ask("announce", "announced");
+    converge(&[&a, &b], &["a", "b"], SLACK);
+}

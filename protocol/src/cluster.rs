@@ -93,7 +93,9 @@ pub struct PeerAddr {
     pub addr: String,
 }
 
-/// Sent by every node to every peer it knows, every heartbeat interval.
+/// A node's liveness and view, pulled by every peer every heartbeat
+/// interval through the session to that node (so it is always the session's
+/// authenticated peer that answers, never a claim in a payload).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub from: String,
@@ -107,9 +109,14 @@ pub struct Heartbeat {
     /// Peers the sender knows, with their addresses.
     #[serde(default)]
     pub peers: Vec<PeerAddr>,
+    /// The sender is leaving the cluster (a graceful leave).
+    #[serde(default)]
+    pub leaving: bool,
 }
 
-/// A graceful leave: drop the sender from the ring at once.
+/// A graceful leave's nudge: the receiver asks the named node itself (its
+/// [`Heartbeat`] through that node's own session) and drops it from the ring
+/// once it answers that it is leaving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Leave {
     pub from: String,
@@ -246,6 +253,7 @@ mod tests {
                 name: "b".into(),
                 addr: "127.0.0.1:7001".into(),
             }],
+            leaving: true,
         });
         round_trip(&Leave {
             from: "a".into(),

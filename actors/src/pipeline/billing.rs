@@ -291,7 +291,12 @@ pub async fn adjust_closed(
     }
     ctx.store.put_billing(&rec).await?;
     let entry = ringlimit_protocol::pipeline::AuditEntry {
-        id: super::stable_id(&["billing.adjust", key_id, &start.to_string(), &rec.units.to_string()]),
+        id: super::stable_id(&[
+            "billing.adjust",
+            key_id,
+            &start.to_string(),
+            &rec.units.to_string(),
+        ]),
         at_ms: now_ms,
         actor: "system".into(),
         action: "billing.adjust".into(),
@@ -308,7 +313,13 @@ pub async fn adjust_closed(
     };
     ctx.store.append_audit(&[entry]).await?;
     metrics::counter!("ringlimit_billing_adjustments_total").increment(1);
-    tracing::warn!(key_id, period_start_ms = start, before = before.units, after = rec.units, "closed billing record adjusted for late usage");
+    tracing::warn!(
+        key_id,
+        period_start_ms = start,
+        before = before.units,
+        after = rec.units,
+        "closed billing record adjusted for late usage"
+    );
     Ok(Some(rec))
 }
 

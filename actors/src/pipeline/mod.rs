@@ -73,7 +73,11 @@ pub trait Host: Send + Sync + 'static {
     /// Whether admitted usage of granularity `g` in a bucket starting before
     /// `end_ms` is not yet written to the usage store (a billing period
     /// ending at `end_ms` waits for it before it closes).
-    fn unwritten_usage_before(&self, g: ringlimit_protocol::admin::Granularity, end_ms: u64) -> bool;
+    fn unwritten_usage_before(
+        &self,
+        g: ringlimit_protocol::admin::Granularity,
+        end_ms: u64,
+    ) -> bool;
 }
 
 /// Why the host could not do what a pipeline asked of it.

@@ -81,7 +81,11 @@ impl Host for NodeHost {
         self.write_behind.pending_len()
     }
 
-    fn unwritten_usage_before(&self, g: ringlimit_protocol::admin::Granularity, end_ms: u64) -> bool {
+    fn unwritten_usage_before(
+        &self,
+        g: ringlimit_protocol::admin::Granularity,
+        end_ms: u64,
+    ) -> bool {
         self.write_behind.unwritten_usage_before(g, end_ms)
     }
 }

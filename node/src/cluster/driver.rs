@@ -54,6 +54,7 @@ impl NodeEventSubscription for Events {
         if let Some(n) = &ses.peer_name {
             let _ = self.0.cast(CoreMsg::SessionAuthenticated {
                 actor: ses.actor.clone(),
+                node_id: ses.node_id,
                 name: node_part(&n.name).to_string(),
                 conn: n.connection_string.clone(),
                 peer_addr: ses.peer_addr.clone(),
@@ -80,6 +81,11 @@ pub(crate) struct CoreState {
     pending: HashMap<ActorId, (ActorRef<NodeSessionMessage>, Instant)>,
     /// Authenticated sessions and the peer's node name.
     sessions: HashMap<ActorId, (String, ActorRef<NodeSessionMessage>)>,
+    /// The peer name each session authenticated, by the session's node id
+    /// (the node id of every remote actor reached through it).
+    session_names: HashMap<u64, String>,
+    /// The node id of each authenticated session, by session actor.
+    session_ids: HashMap<ActorId, u64>,
     /// Peers' gateways (remote actors in the process group), identified.
     gateways: HashMap<ActorId, (String, ActorRef<GatewayMsg>)>,
     identifying: HashSet<ActorId>,
@@ -132,6 +138,8 @@ impl Actor for Core {
             dialer,
             pending: HashMap::new(),
             sessions: HashMap::new(),
+            session_names: HashMap::new(),
+            session_ids: HashMap::new(),
             gateways: HashMap::new(),
             identifying: HashSet::new(),
             shunned: HashSet::new(),
@@ -204,7 +212,19 @@ impl Actor for Core {
         let now = Instant::now();
         match msg {
             CoreMsg::Tick => st.tick(&me, now),
-            CoreMsg::Heartbeat(hb) => {
+            CoreMsg::Heartbeat { name, hb } => {
+                if hb.from != name {
+                    tracing::warn!(session = %name, claimed = %hb.from, "a peer's heartbeat names another node; ignored");
+                    return Ok(());
+                }
+                if hb.leaving {
+                    if st.membership.state(&hb.from).is_some_and(|s| s.in_ring()) {
+                        tracing::info!(peer = %hb.from, "peer leaves the cluster");
+                    }
+                    let ev = st.membership.left(&hb.from, hb.incarnation);
+                    st.apply(ev, now);
+                    return Ok(());
+                }
                 if hb.ring_version != st.membership.ring().version() {
                     tracing::trace!(from = %hb.from, theirs = hb.ring_version, ours = st.membership.ring().version(), "ring versions differ");
                 }
@@ -216,9 +236,18 @@ impl Actor for Core {
                 st.apply(ev, now);
             }
             CoreMsg::PeerLeaving(l) => {
-                tracing::info!(peer = %l.from, "peer leaves the cluster");
-                let ev = st.membership.left(&l.from, l.incarnation);
-                st.apply(ev, now);
+                // Not trusted as sent: ask the node it names, through that
+                // node's own session; its answer says whether it leaves.
+                tracing::debug!(peer = %l.from, "a leave was announced; asking the peer");
+                let gws: Vec<(String, ActorRef<GatewayMsg>)> = st
+                    .gateways
+                    .values()
+                    .filter(|(n, _)| *n == l.from)
+                    .cloned()
+                    .collect();
+                for (name, gw) in gws {
+                    st.pull_status(&me, name, gw);
+                }
             }
             CoreMsg::Hello(h) => st.dialer.learn(&h.name, &h.addr),
             CoreMsg::SessionOpened { actor } => {
@@ -226,6 +255,7 @@ impl Actor for Core {
             }
             CoreMsg::SessionAuthenticated {
                 actor,
+                node_id,
                 name,
                 conn,
                 peer_addr,
@@ -248,10 +278,15 @@ impl Actor for Core {
                 st.dialer
                     .connected(&name, (!is_server).then_some(peer_addr.as_str()), now);
                 st.dialer.learn(&name, &conn);
+                st.session_names.insert(node_id, name.clone());
+                st.session_ids.insert(actor.get_id(), node_id);
                 st.sessions.insert(actor.get_id(), (name, actor));
             }
             CoreMsg::SessionClosed { id } => {
                 st.pending.remove(&id);
+                if let Some(node_id) = st.session_ids.remove(&id) {
+                    st.session_names.remove(&node_id);
+                }
                 if let Some((name, _)) = st.sessions.remove(&id) {
                     tracing::debug!(peer = %name, "cluster session closed");
                     let ev = st.membership.session_closed(&name, id.pid());
@@ -259,7 +294,7 @@ impl Actor for Core {
                 }
             }
             CoreMsg::Sessions(list) => {
-                for (actor, name) in list {
+                for (actor, node_id, name) in list {
                     if name == st.shared.name
                         || st.sessions.contains_key(&actor.get_id())
                         || st.leaving
@@ -274,6 +309,8 @@ impl Actor for Core {
                     }
                     st.pending.remove(&actor.get_id());
                     st.membership.session_opened(&name, actor.get_id().pid());
+                    st.session_names.insert(node_id, name.clone());
+                    st.session_ids.insert(actor.get_id(), node_id);
                     st.sessions.insert(actor.get_id(), (name, actor));
                 }
             }
@@ -287,15 +324,29 @@ impl Actor for Core {
                 if !members.iter().any(|c| c.get_id() == id) {
                     return Ok(());
                 }
+                // The gateway is the peer its session authenticated, whatever
+                // its hello says: a cookie holder cannot pose as another node.
+                let ActorId::Remote { node_id, .. } = id else {
+                    return Ok(());
+                };
+                match st.session_names.get(&node_id) {
+                    Some(n) if *n == hello.name => {}
+                    Some(n) => {
+                        tracing::warn!(session = %n, claimed = %hello.name, "a peer's gateway claims another node's name; ignored");
+                        st.shunned.insert(id);
+                        return Ok(());
+                    }
+                    // Its session's authentication is not known yet: the
+                    // next tick identifies it again.
+                    None => return Ok(()),
+                }
                 tracing::debug!(peer = %hello.name, addr = %hello.addr, "peer gateway identified");
                 st.dialer.learn(&hello.name, &hello.addr);
                 let gw: ActorRef<GatewayMsg> = cell.into();
                 st.gateways.insert(id, (hello.name.clone(), gw.clone()));
                 st.shared.set_peer_gateway(&hello.name, id, gw.clone());
-                // Greet at once rather than at the next interval.
-                if let Ok(b) = encode(&st.heartbeat()) {
-                    let _ = gw.cast(GatewayMsg::Heartbeat(b));
-                }
+                // Hear from it at once rather than at the next interval.
+                st.pull_status(&me, hello.name.clone(), gw);
             }
             CoreMsg::IdentifyFailed { id } => {
                 st.identifying.remove(&id);
@@ -355,9 +406,12 @@ impl CoreState {
         {
             self.last_heartbeat = Some(now);
             if let Ok(b) = encode(&self.heartbeat()) {
-                for (_, gw) in self.gateways.values() {
-                    let _ = gw.cast(GatewayMsg::Heartbeat(b.clone()));
-                }
+                self.shared.set_heartbeat(b);
+            }
+            let gws: Vec<(String, ActorRef<GatewayMsg>)> =
+                self.gateways.values().cloned().collect();
+            for (name, gw) in gws {
+                self.pull_status(me, name, gw);
             }
         }
 
@@ -388,9 +442,9 @@ impl CoreState {
                     let list = map
                         .into_values()
                         .filter_map(|s| {
-                            s.peer_name
-                                .as_ref()
-                                .map(|n| (s.actor.clone(), node_part(&n.name).to_string()))
+                            s.peer_name.as_ref().map(|n| {
+                                (s.actor.clone(), s.node_id, node_part(&n.name).to_string())
+                            })
                         })
                         .collect();
                     let _ = me.cast(CoreMsg::Sessions(list));
@@ -398,6 +452,27 @@ impl CoreState {
             });
         }
         self.publish_members(now);
+    }
+
+    /// Asks a peer's gateway for its heartbeat; the answer is the peer its
+    /// session authenticated as `name` (a different `from` is ignored).
+    fn pull_status(&self, me: &ActorRef<CoreMsg>, name: String, gw: ActorRef<GatewayMsg>) {
+        let me = me.clone();
+        let timeout = self
+            .shared
+            .cfg
+            .heartbeat_interval
+            .max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            if let Ok(b) = call_gateway(&gw, GatewayMsg::Status, Vec::new(), timeout, &name).await {
+                match decode::<Heartbeat>(&b) {
+                    Ok(hb) => {
+                        let _ = me.cast(CoreMsg::Heartbeat { name, hb });
+                    }
+                    Err(e) => tracing::debug!(peer = %name, error = %e, "bad status answer"),
+                }
+            }
+        });
     }
 
     fn heartbeat(&self) -> Heartbeat {
@@ -422,6 +497,7 @@ impl CoreState {
             ring_version: ring.version(),
             addr: self.shared.addr.clone(),
             peers,
+            leaving: self.leaving,
         }
     }
 
@@ -628,6 +704,10 @@ impl CoreState {
         }
         self.leaving = true;
         tracing::info!("leaving the cluster");
+        // What peers asking this node now hear: it leaves.
+        if let Ok(b) = encode(&self.heartbeat()) {
+            self.shared.set_heartbeat(b);
+        }
         let leave = Leave {
             from: self.shared.name.clone(),
             incarnation: self.shared.incarnation,

@@ -14,7 +14,7 @@ use super::peers::Shared;
 use super::wire::{decode, encode};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ringlimit_protocol::cluster::{
-    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, Heartbeat, Hello, Leave,
+    Ack, AdminEvent, ForwardBatch, ForwardOutcome, ForwardReply, Handoff, Hello, Leave,
 };
 use ringlimit_protocol::validate::ValidateOutcome;
 use serde::Serialize;
@@ -67,10 +67,9 @@ impl Actor for Gateway {
                 }
                 send_reply(reply, "identify", &st.shared.hello());
             }
-            GatewayMsg::Heartbeat(b) => match decode::<Heartbeat>(&b) {
-                Ok(hb) => st.to_core(CoreMsg::Heartbeat(hb)),
-                Err(e) => tracing::warn!(error = %e, "bad heartbeat frame"),
-            },
+            GatewayMsg::Status(_, reply) => {
+                let _ = reply.send(st.shared.heartbeat());
+            }
             GatewayMsg::Leave(b, reply) => {
                 serve_rpc(&b, reply, "leave", |l: Leave| async move {
                     st.to_core(CoreMsg::PeerLeaving(l));

@@ -92,8 +92,11 @@ pub enum GatewayMsg {
     /// [`Hello`] of the caller → [`Hello`] of this node.
     #[rpc]
     Identify(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// [`Heartbeat`].
-    Heartbeat(Vec<u8>),
+    /// (empty) → this node's latest [`Heartbeat`]. Heartbeats are pulled:
+    /// the caller knows which session, and so which authenticated peer,
+    /// answered.
+    #[rpc]
+    Status(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// [`Leave`] → [`Ack`](ringlimit_protocol::cluster::Ack).
     #[rpc]
     Leave(Vec<u8>, RpcReplyPort<Vec<u8>>),
@@ -112,7 +115,7 @@ impl std::fmt::Debug for GatewayMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (name, len) = match self {
             GatewayMsg::Identify(b, _) => ("Identify", b.len()),
-            GatewayMsg::Heartbeat(b) => ("Heartbeat", b.len()),
+            GatewayMsg::Status(b, _) => ("Status", b.len()),
             GatewayMsg::Leave(b, _) => ("Leave", b.len()),
             GatewayMsg::CheckBatch(b, _) => ("CheckBatch", b.len()),
             GatewayMsg::Admin(b, _) => ("Admin", b.len()),
@@ -147,7 +150,12 @@ pub(crate) async fn call_gateway(
 /// NodeServer's events and its own I/O tasks.
 pub(crate) enum CoreMsg {
     Tick,
-    Heartbeat(Heartbeat),
+    /// A heartbeat pulled from the gateway of the session authenticated as
+    /// `name` (the answer's `from` already checked against it).
+    Heartbeat {
+        name: String,
+        hb: Heartbeat,
+    },
     PeerLeaving(Leave),
     Hello(Hello),
     SessionOpened {
@@ -155,6 +163,8 @@ pub(crate) enum CoreMsg {
     },
     SessionAuthenticated {
         actor: ActorRef<NodeSessionMessage>,
+        /// The session's node id: remote actors reached through it carry it.
+        node_id: u64,
         name: String,
         conn: String,
         peer_addr: String,
@@ -163,7 +173,7 @@ pub(crate) enum CoreMsg {
     SessionClosed {
         id: ActorId,
     },
-    Sessions(Vec<(ActorRef<NodeSessionMessage>, String)>),
+    Sessions(Vec<(ActorRef<NodeSessionMessage>, u64, String)>),
     Identified {
         cell: ActorCell,
         hello: Hello,

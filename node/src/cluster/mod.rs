@@ -318,6 +318,33 @@ impl Cluster {
         report
     }
 
+    /// Sends every peer a [`Leave`](ringlimit_protocol::cluster::Leave)
+    /// that names `victim` as its sender (the probe's `forge_leave`, for
+    /// tests that a member cannot be evicted by a claim); returns the peers
+    /// that acknowledged receiving it.
+    #[doc(hidden)]
+    pub async fn send_leave_as(&self, victim: &str) -> Vec<String> {
+        let leave = ringlimit_protocol::cluster::Leave {
+            from: victim.to_string(),
+            incarnation: u64::MAX,
+        };
+        let Ok(bytes) = encode(&leave) else {
+            return Vec::new();
+        };
+        let timeout = self.shared.cfg.forward_timeout;
+        let mut acked = Vec::new();
+        for (name, gw) in self.shared.gateways() {
+            if call_gateway(&gw, GatewayMsg::Leave, bytes.clone(), timeout, &name)
+                .await
+                .is_ok()
+            {
+                acked.push(name);
+            }
+        }
+        acked.sort();
+        acked
+    }
+
     /// Sends `to` a handoff marker, with the handoff timeout. `Ok` once `to`
     /// acknowledged it.
     pub async fn send_handoff(&self, to: &str, h: Handoff) -> Result<(), ForwardError> {

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// and ticks).
     members: RwLock<(Instant, Vec<MemberView>)>,
     peers: RwLock<HashMap<String, PeerHandle>>,
+    /// This node's latest heartbeat, encoded: what a peer's status call gets.
+    heartbeat: RwLock<Vec<u8>>,
 }
 
 impl Shared {
@@ -55,8 +57,18 @@ impl Shared {
             ring: RwLock::new(Arc::new(Ring::new(&cfg.node_name, Vec::<String>::new()))),
             members: RwLock::new((Instant::now(), Vec::new())),
             peers: RwLock::new(HashMap::new()),
+            heartbeat: RwLock::new(Vec::new()),
             cfg,
         }
+    }
+
+    /// This node's latest heartbeat, encoded (empty before the first).
+    pub fn heartbeat(&self) -> Vec<u8> {
+        self.heartbeat.read().clone()
+    }
+
+    pub fn set_heartbeat(&self, b: Vec<u8>) {
+        *self.heartbeat.write() = b;
     }
 
     pub fn ring(&self) -> Arc<Ring> {

@@ -22,6 +22,8 @@
 //! - `handoff PEER` → `handoff_sent to=P ok=true|error=…`
 //! - `bench PEER N C` → N checks forwarded to PEER by C concurrent callers →
 //!   `bench peer=P n=N c=C ok=.. errors=.. p50_us=.. p99_us=.. per_sec=..`
+//! - `forge_leave NAME` → sends every peer a leave that claims to come from
+//!   NAME (what a cookie holder could try), `forged_leave victim=NAME acked=…`
 //! - `announce` → first half of a graceful leave (peers drop this node, it
 //!   forwards everything), `announced`
 //! - `leave` → graceful leave, `left`, exit.
@@ -424,6 +426,13 @@ async fn run(cfg: ClusterConfig, probe_key: Option<String>) -> ExitCode {
                     continue;
                 };
                 out.line(&bench(&cluster, peer, n, c).await);
+            }
+            ["forge_leave", victim] => {
+                let acked = cluster.send_leave_as(victim).await;
+                out.line(&format!(
+                    "forged_leave victim={victim} acked={}",
+                    acked.join(",")
+                ));
             }
             ["announce"] => {
                 cluster.announce_leave().await;
