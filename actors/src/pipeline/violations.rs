@@ -113,6 +113,10 @@ struct KeyState {
     last_ms: u64,
     /// Repeated-violations alert: (window index, count).
     alert_window: (u64, u64),
+    /// After a trip, checks made before this time are not counted: they
+    /// were answered while the suspension was being applied or in force,
+    /// so one storm suspends the key once.
+    quiet_until_ms: u64,
 }
 
 /// Counts violations and decisions per key and says which rule trips.
@@ -135,6 +139,9 @@ impl AbuseDetector {
         }
         let st = self.state(key_id);
         st.last_ms = st.last_ms.max(at_ms);
+        if at_ms < st.quiet_until_ms {
+            return None;
+        }
         let max_window = rules
             .iter()
             .filter_map(|r| match r.kind {
@@ -193,9 +200,10 @@ impl AbuseDetector {
                 denied as f64 / n as f64 > ratio
             }
         });
-        if tripped.is_some() {
+        if let Some(r) = tripped {
             st.violations.clear();
             st.recent.clear();
+            st.quiet_until_ms = at_ms.saturating_add(r.suspend_for_ms);
         }
         tripped
     }
@@ -378,8 +386,16 @@ mod tests {
         assert!(d.observe(&rules, "k", true, 1_150).is_none());
         assert!(d.observe(&rules, "k", true, 1_160).is_none());
         assert!(d.observe(&rules, "k", true, 1_170).is_some());
-        // Reset after tripping.
-        assert!(d.observe(&rules, "k", true, 1_180).is_none());
+        // Reset after tripping, and quiet while the suspension lasts: the
+        // denials answered before it took effect do not trip it again.
+        for t in 1_180..1_190 {
+            assert!(d.observe(&rules, "k", true, t).is_none());
+        }
+        // Once it has ended, the key is counted afresh.
+        for t in [2_170, 2_180, 2_190] {
+            assert!(d.observe(&rules, "k", true, t).is_none());
+        }
+        assert!(d.observe(&rules, "k", true, 2_200).is_some());
         // Other keys are separate; admitted checks do not count.
         assert!(d.observe(&rules, "other", false, 1_180).is_none());
     }
@@ -396,9 +412,9 @@ mod tests {
         assert!(d.observe(&rules, "k", true, 2).is_none());
         // 4 requests, 3 denied + 1 allowed = 0.75 > 0.5
         assert!(d.observe(&rules, "k", false, 3).is_some());
-        // 2 of 4 is not above 0.5.
+        // After the suspension: 2 of 4 is not above 0.5.
         for (i, den) in [true, false, true, false].into_iter().enumerate() {
-            assert!(d.observe(&rules, "k", den, 10 + i as u64).is_none());
+            assert!(d.observe(&rules, "k", den, 1_010 + i as u64).is_none());
         }
     }
 
