@@ -185,6 +185,12 @@ impl Service {
         key_id: &str,
         req: UpdateKeyRequest,
     ) -> Result<KeyView, AdminError> {
+        if req == UpdateKeyRequest::default() {
+            return Err(invalid(
+                "body",
+                "names no field to change (owner, tier, limits, status, metadata)",
+            ));
+        }
         if let Some(o) = &req.owner {
             Self::check_owner(o)?;
         }

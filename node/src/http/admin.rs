@@ -74,6 +74,14 @@ pub async fn list_keys(
     if !(1..=1_000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
+    // A page token is the `next_page` of an earlier answer: a key_id.
+    if let Some(p) = &q.page
+        && !ringlimit_protocol::apikey::is_key_id(p)
+    {
+        return Err(ApiError::invalid(
+            "page must be the next_page value of an earlier answer",
+        ));
+    }
     Ok(Json(
         app.service
             .list_keys(&filter, q.page.as_deref(), limit)

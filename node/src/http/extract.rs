@@ -45,6 +45,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// Parses JSON: syntax errors are 400 `invalid_json`, shape errors 422
 /// `invalid_request` naming the field (`limits[0].algorithm: unknown variant …`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object. serde would also read a struct from an
+    // array of its fields in order (`[]` as "all defaults"), so anything
+    // else is refused before it gets the chance.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::invalid(
+            "invalid request: the body must be a JSON object",
+        ));
+    }
     // The common case pays nothing for field paths; only a body that fails
     // is parsed again to name where.
     if let Ok(v) = serde_json::from_slice(bytes) {
@@ -119,5 +129,23 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
                     format!("invalid path: {}", e.body_text()),
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringlimit_protocol::admin::RotateRequest;
+
+    #[test]
+    fn only_an_object_is_a_body() {
+        for body in [&b"[]"[..], b"[5000]", b" null", b"\"x\"", b"7"] {
+            let e = parse::<RotateRequest>(body).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY, "{body:?}");
+            assert!(e.message.contains("JSON object"), "{}", e.message);
+        }
+        let e = parse::<RotateRequest>(b"[1,").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(parse::<RotateRequest>(b" {}").is_ok());
     }
 }
