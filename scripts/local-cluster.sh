@@ -10,6 +10,8 @@ cd "$ROOT"
 WORK="${1:-$(mktemp -d "${TMPDIR:-/tmp}/ringlimit-cluster.XXXXXX")}"
 mkdir -p "$WORK"
 TOKEN="${RINGLIMIT_ADMIN_TOKEN:-local-cluster-admin-token}"
+# The cluster cookie needs at least 32 characters: a fresh random one per run.
+COOKIE="${RINGLIMIT_COOKIE:-$(python3 -c 'import secrets; print(secrets.token_hex(24))')}"
 log() { printf 'local-cluster: %s\n' "$*" >&2; }
 
 scripts/redis.sh install
@@ -41,7 +43,7 @@ for i in 0 1 2; do
   done
   mkdir -p "$WORK/node$((i + 1))"
   RINGLIMIT_NODE_NAME="node$((i + 1))" RINGLIMIT_CLUSTER_ADDR="127.0.0.1:$cl" RINGLIMIT_SEEDS="$seeds" \
-    RINGLIMIT_COOKIE=local-cluster-cookie RINGLIMIT_DATA_ADDR="127.0.0.1:$data" RINGLIMIT_ADMIN_ADDR="127.0.0.1:$admin" \
+    RINGLIMIT_COOKIE="$COOKIE" RINGLIMIT_DATA_ADDR="127.0.0.1:$data" RINGLIMIT_ADMIN_ADDR="127.0.0.1:$admin" \
     RINGLIMIT_ADMIN_TOKEN="$TOKEN" RINGLIMIT_DATA_DIR="$WORK/node$((i + 1))" RINGLIMIT_REDIS_URL="$REDIS" \
     RINGLIMIT_SCYLLA_NODES="$CQL" RINGLIMIT_SCYLLA_KEYSPACE=ringlimit \
     "$BIN" >"$WORK/node$((i + 1)).out" 2>"$WORK/node$((i + 1)).log" &

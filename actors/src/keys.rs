@@ -1,7 +1,7 @@
 //! API key records, secret hashing and the in-memory key cache.
 
 use dashmap::DashMap;
-use ringlimit_protocol::admin::{KeyStatus, KeyView, Metadata};
+use ringlimit_protocol::admin::{KeyStatus, KeyView, Metadata, WEBHOOK_SECRET};
 use ringlimit_protocol::{LimitSpec, apikey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -143,7 +143,13 @@ impl KeyRecord {
             status: self.status,
             limits: self.limits.clone(),
             effective_limits,
-            metadata: self.metadata.clone(),
+            metadata: self
+                .metadata
+                .iter()
+                .filter(|(k, _)| k.as_str() != WEBHOOK_SECRET)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            webhook_secret_set: self.metadata.contains_key(WEBHOOK_SECRET),
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
             previous_secret_expires_at_ms: self.previous_expires_at_ms,
@@ -232,6 +238,24 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_view_never_shows_the_webhook_secret() {
+        let mut r = KeyRecord::active("k", "o", "free", SecretHash::of("s"), 0);
+        let v = r.view(vec![]);
+        assert!(!v.webhook_secret_set);
+        r.metadata
+            .insert("webhook_url".into(), "https://example.com/hook".into());
+        r.metadata
+            .insert(WEBHOOK_SECRET.into(), "whsec-do-not-show".into());
+        let v = r.view(vec![]);
+        assert!(v.webhook_secret_set);
+        assert!(!v.metadata.contains_key(WEBHOOK_SECRET));
+        assert_eq!(v.metadata["webhook_url"], "https://example.com/hook");
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(!json.contains("whsec-do-not-show"), "{json}");
+        assert!(json.contains("\"webhook_secret_set\":true"), "{json}");
+    }
 
     fn rec(secret: &str) -> KeyRecord {
         KeyRecord::active("k", "o", "free", SecretHash::of(secret), 0)

@@ -26,6 +26,8 @@
 //!   - `service/check.rs`: the validate (check) path and key-cache misses;
 //!   - `service/keys.rs`: key administration; `service/tiers.rs`: tiers;
 //!     `service/blocks.rs`: IP blocks; `service/usage.rs`: usage reads.
+//! - [`redact`]: keeping secrets (tokens, passwords in URLs, webhook paths)
+//!   out of logs and printed configuration.
 //! - [`core`]: the assembly of catalog, key cache, write-behind, KeyLimiters
 //!   and service ([`Core::start`](crate::core::Core::start)), shared by the node, tests and benches.
 
@@ -39,6 +41,7 @@ pub mod keys;
 pub mod limiter;
 pub mod limitset;
 pub mod pipeline;
+pub mod redact;
 pub mod service;
 pub mod storage;
 pub mod writebehind;

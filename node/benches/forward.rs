@@ -44,7 +44,7 @@ fn start(
         .env("RINGLIMIT_NODE_NAME", format!("b{i}"))
         .env("RINGLIMIT_CLUSTER_ADDR", format!("127.0.0.1:{}", ports[i]))
         .env("RINGLIMIT_SEEDS", seeds.join(","))
-        .env("RINGLIMIT_COOKIE", "bench")
+        .env("RINGLIMIT_COOKIE", "bench-cluster-cookie-0123456789abcdef")
         .env("RINGLIMIT_SCYLLA_NODES", cql)
         .env("RINGLIMIT_SCYLLA_KEYSPACE", ks)
         .env("RINGLIMIT_REDIS_URL", redis)

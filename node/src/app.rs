@@ -87,7 +87,11 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
         return Ok(t.clone());
     }
     let path = config.data_dir.join("admin-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
+    // Never through a symbolic link: one planted here would hand the token
+    // to (or take it from) a file elsewhere.
+    if let Some(t) =
+        crate::private::read(&path).with_context(|| format!("reading {}", path.display()))?
+    {
         let t = t.trim().to_string();
         if t.len() >= 16 {
             tracing::info!(path = %path.display(), "admin token read from file");
@@ -95,22 +99,10 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
         }
     }
     let t = random_hex(24);
-    write_private(&path, &t).with_context(|| format!("writing {}", path.display()))?;
+    crate::private::write(&path, &format!("{t}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "admin token generated; read it from this file (or set RINGLIMIT_ADMIN_TOKEN)");
     Ok(t)
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    o.mode(0o600);
-    let mut f = o.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")
 }
 
 /// Driver settings from the config.
@@ -162,7 +154,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
+    crate::private::create_dir(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let token = admin_token(&config)?;
     let stores = open_stores(&config).await?;
@@ -205,7 +197,7 @@ async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
         let r = RedisSnapshots::connect(url, config.redis_timeout)
             .await
             .context("connecting to redis_url")?;
-        tracing::info!(redis = %url, "counter state is written behind to Redis");
+        tracing::info!(redis = %ringlimit_actors::redact::url(url), "counter state is written behind to Redis");
         Arc::new(r)
     } else if !config.redis_cluster_nodes.is_empty() {
         let r = RedisSnapshots::connect_cluster(&config.redis_cluster_nodes, config.redis_timeout)

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod private;
 pub mod router;
 pub mod store;
 pub mod webhook;

@@ -63,7 +63,7 @@ impl Cluster {
                     format!("127.0.0.1:{}", ports[i]),
                 ),
                 ("RINGLIMIT_SEEDS".to_string(), seeds.join(",")),
-                ("RINGLIMIT_COOKIE".to_string(), "test-cookie".to_string()),
+                ("RINGLIMIT_COOKIE".to_string(), COOKIE.to_string()),
                 ("RINGLIMIT_SCYLLA_NODES".to_string(), cql.clone()),
                 ("RINGLIMIT_SCYLLA_KEYSPACE".to_string(), ks.clone()),
                 ("RINGLIMIT_REDIS_URL".to_string(), redis.clone()),

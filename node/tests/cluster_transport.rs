@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
-use common::free_port;
+use common::{COOKIE, free_port};
 use ringlimit_node::cluster::Ring;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -46,7 +46,7 @@ impl Probe {
             .env("RINGLIMIT_NODE_NAME", name)
             .env("RINGLIMIT_CLUSTER_ADDR", addr)
             .env("RINGLIMIT_SEEDS", seeds)
-            .env("RINGLIMIT_COOKIE", "test-cookie")
+            .env("RINGLIMIT_COOKIE", COOKIE)
             .env(
                 "RINGLIMIT_LOG_LEVEL",
                 "info,ractor_cluster=warn,ractor=warn",

@@ -38,6 +38,14 @@ fn compose_file_describes_three_nodes_and_the_backends() {
         let env = v["services"][format!("ringlimit-{i}").as_str()]["environment"]
             .as_mapping()
             .unwrap();
+        let cookie = env
+            .get("RINGLIMIT_COOKIE")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default();
+        assert!(
+            cookie.chars().count() >= 32,
+            "ringlimit-{i}: the cookie has at least 32 characters"
+        );
         for k in [
             "RINGLIMIT_NODE_NAME",
             "RINGLIMIT_CLUSTER_ADDR",

@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 /// Free-form key metadata: a JSON object.
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
+/// The metadata field holding the key owner's webhook signing secret. It is
+/// write-only: a [`KeyView`] never carries it, only
+/// [`KeyView::webhook_secret_set`]. An update whose metadata leaves it out
+/// keeps the stored secret; an explicit `null` clears it.
+pub const WEBHOOK_SECRET: &str = "webhook_secret";
+
 /// Lifecycle of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +48,9 @@ pub struct CreateKeyRequest {
 
 /// `PATCH /api/v1/keys/{key_id}`. Absent fields stay as they are;
 /// `"limits": null` removes the override and falls back to the tier.
+/// `metadata` replaces the key's metadata, except its `webhook_secret`,
+/// which is kept unless the new metadata sets it (a string) or clears it
+/// (`null`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
@@ -97,7 +106,11 @@ pub struct KeyView {
     pub limits: Option<Vec<LimitSpec>>,
     /// The limits checks use now (override, or the tier's).
     pub effective_limits: Vec<LimitSpec>,
+    /// The key's metadata without its `webhook_secret` (see [`WEBHOOK_SECRET`]).
     pub metadata: Metadata,
+    /// Whether the key has a webhook signing secret (never shown).
+    #[serde(default)]
+    pub webhook_secret_set: bool,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,7 +5,8 @@ use super::{AdminError, Change, Service, invalid, truncate};
 use crate::keys::{self, KeyRecord, SecretHash};
 use crate::storage::{KeyFilter, StoreError};
 use ringlimit_protocol::admin::{
-    CreateKeyRequest, KeyPage, KeyStatus, KeyView, KeyWithSecret, UpdateKeyRequest,
+    CreateKeyRequest, KeyPage, KeyStatus, KeyView, KeyWithSecret, Metadata, UpdateKeyRequest,
+    WEBHOOK_SECRET,
 };
 use ringlimit_protocol::limits::validate_limits;
 use ringlimit_protocol::{LimitSpec, apikey};
@@ -15,6 +16,24 @@ pub const MAX_OWNER_LEN: usize = 128;
 pub const MAX_METADATA_BYTES: usize = 8 * 1024;
 /// Longest rotation grace period: 30 days.
 pub const MAX_GRACE_MS: u64 = 30 * 86_400_000;
+
+/// The metadata an update leaves: `new`, with the stored `webhook_secret`
+/// kept when `new` does not mention it (nobody can read it back to send it
+/// again), set when `new` gives one, and cleared when `new` gives `null`.
+fn merge_metadata(old: &Metadata, mut new: Metadata) -> Metadata {
+    match new.get(WEBHOOK_SECRET) {
+        None => {
+            if let Some(s) = old.get(WEBHOOK_SECRET) {
+                new.insert(WEBHOOK_SECRET.to_string(), s.clone());
+            }
+        }
+        Some(serde_json::Value::Null) => {
+            new.remove(WEBHOOK_SECRET);
+        }
+        Some(_) => {}
+    }
+    new
+}
 
 impl Service {
     /// Re-reads one key from the store into the cache (an admin change made
@@ -84,6 +103,16 @@ impl Service {
     }
 
     fn check_metadata(m: &ringlimit_protocol::admin::Metadata) -> Result<(), AdminError> {
+        match m.get(WEBHOOK_SECRET) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if !s.is_empty() => {}
+            Some(_) => {
+                return Err(invalid(
+                    "metadata.webhook_secret",
+                    "must be a non-empty string, or null to clear it",
+                ));
+            }
+        }
         let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_METADATA_BYTES {
             return Err(invalid(
@@ -128,8 +157,11 @@ impl Service {
         if let Some(l) = &req.limits {
             Self::check_limits(l)?;
         }
-        let metadata = req.metadata.unwrap_or_default();
+        let mut metadata = req.metadata.unwrap_or_default();
         Self::check_metadata(&metadata)?;
+        if metadata.get(WEBHOOK_SECRET).is_some_and(|v| v.is_null()) {
+            metadata.remove(WEBHOOK_SECRET);
+        }
         let _g = self.admin_lock.lock().await;
         let (key_id, secret) = self.new_secret();
         let now = self.now_ms();
@@ -221,7 +253,7 @@ impl Service {
             rec.limits = l;
         }
         if let Some(m) = req.metadata {
-            rec.metadata = m;
+            rec.metadata = merge_metadata(&rec.metadata, m);
         }
         if let Some(s) = req.status {
             if s == KeyStatus::Revoked {
@@ -333,5 +365,46 @@ impl Service {
             reason,
             serde_json::json!({ "suspended_until_ms": view.suspended_until_ms }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(v: serde_json::Value) -> Metadata {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn an_update_keeps_sets_or_clears_the_webhook_secret() {
+        let old = meta(serde_json::json!({"webhook_url": "https://a/h", "webhook_secret": "s1"}));
+        // Left out: kept.
+        let m = merge_metadata(&old, meta(serde_json::json!({"team": "x"})));
+        assert_eq!(m.get(WEBHOOK_SECRET), Some(&"s1".into()));
+        assert_eq!(m.get("team"), Some(&"x".into()));
+        assert!(!m.contains_key("webhook_url"));
+        // Given: replaced.
+        let m = merge_metadata(&old, meta(serde_json::json!({"webhook_secret": "s2"})));
+        assert_eq!(m.get(WEBHOOK_SECRET), Some(&"s2".into()));
+        // null: cleared.
+        let m = merge_metadata(&old, meta(serde_json::json!({"webhook_secret": null})));
+        assert!(!m.contains_key(WEBHOOK_SECRET));
+    }
+
+    #[test]
+    fn a_webhook_secret_must_be_a_string() {
+        for bad in [
+            serde_json::json!(1),
+            serde_json::json!(""),
+            serde_json::json!({"a": 1}),
+        ] {
+            let m = meta(serde_json::json!({ "webhook_secret": bad }));
+            assert!(Service::check_metadata(&m).is_err(), "{bad}");
+        }
+        let m = meta(serde_json::json!({"webhook_secret": null}));
+        assert!(Service::check_metadata(&m).is_ok());
+        let m = meta(serde_json::json!({"webhook_secret": "x"}));
+        assert!(Service::check_metadata(&m).is_ok());
     }
 }

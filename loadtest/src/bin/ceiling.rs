@@ -96,6 +96,7 @@ async fn create_key(Json(req): Json<CreateKeyRequest>) -> (StatusCode, Json<KeyW
         effective_limits: req.limits.clone().unwrap_or_default(),
         limits: req.limits,
         metadata: req.metadata.unwrap_or_default(),
+        webhook_secret_set: false,
         created_at_ms: 0,
         updated_at_ms: 0,
         previous_secret_expires_at_ms: None,

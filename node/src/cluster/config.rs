@@ -4,6 +4,10 @@ use super::dialer::Backoff;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The shortest magic cookie a node accepts (`RINGLIMIT_COOKIE`): a shorter
+/// one is guessable, and the cookie is what admits a process to the cluster.
+pub const MIN_COOKIE_LEN: usize = 32;
+
 /// Settings of the cluster layer.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -14,7 +18,8 @@ pub struct ClusterConfig {
     /// `host:port` peers dial to reach this node (default: `cluster_addr`).
     /// Set it when binding `0.0.0.0` or behind NAT (compose: the service name).
     pub advertise_addr: Option<String>,
-    /// The magic cookie every node of the cluster shares.
+    /// The magic cookie every node of the cluster shares
+    /// (at least [`MIN_COOKIE_LEN`] characters).
     pub cookie: String,
     /// Other nodes' cluster addresses (`host:port`); this node's own address may be among them.
     pub seeds: Vec<String>,
@@ -85,8 +90,10 @@ impl ClusterConfig {
         if self.node_name.is_empty() || self.node_name.contains('@') {
             return bad("node_name must be non-empty and without '@'");
         }
-        if self.cookie.is_empty() {
-            return bad("cookie must not be empty");
+        if self.cookie.chars().count() < MIN_COOKIE_LEN {
+            return bad(&format!(
+                "the cookie (RINGLIMIT_COOKIE) must be at least {MIN_COOKIE_LEN} characters"
+            ));
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
             return bad("heartbeat_timeout must be longer than a non-zero heartbeat_interval");
@@ -132,7 +139,7 @@ mod tests {
     #[test]
     fn config_defaults_validate_and_bad_ones_do_not() {
         let addr: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
-        let c = ClusterConfig::new("a", addr, "secret", vec![]);
+        let c = ClusterConfig::new("a", addr, "a-cluster-cookie-of-32-characters", vec![]);
         assert!(c.validate().is_ok());
         assert_eq!(c.advertised(), "127.0.0.1:7000");
         let mut b = c.clone();
@@ -144,6 +151,15 @@ mod tests {
         let mut b = c.clone();
         b.cookie.clear();
         assert!(b.validate().is_err());
+        let mut b = c.clone();
+        b.cookie = "x".repeat(MIN_COOKIE_LEN - 1);
+        let e = b.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("RINGLIMIT_COOKIE") && !e.contains(&b.cookie),
+            "{e}"
+        );
+        b.cookie.push('x');
+        assert!(b.validate().is_ok());
         let mut b = c.clone();
         b.advertise_addr = Some("nohost".into());
         assert!(b.validate().is_err());

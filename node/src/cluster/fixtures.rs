@@ -64,7 +64,12 @@ pub(crate) fn shared(
     k: usize,
     max_batch: usize,
 ) -> Arc<Shared> {
-    let mut cfg = ClusterConfig::new(name, "127.0.0.1:1".parse().expect("addr"), "c", vec![]);
+    let mut cfg = ClusterConfig::new(
+        name,
+        "127.0.0.1:1".parse().expect("addr"),
+        "fixture-cluster-cookie-0123456789",
+        vec![],
+    );
     cfg.max_in_flight_batches = k;
     cfg.max_batch = max_batch;
     cfg.max_queued_checks = 1000;

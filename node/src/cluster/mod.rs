@@ -69,7 +69,7 @@ pub mod probe;
 pub mod ring;
 pub mod wire;
 
-pub use config::{ClusterConfig, ClusterError};
+pub use config::{ClusterConfig, ClusterError, MIN_COOKIE_LEN};
 pub use dialer::Backoff;
 pub use membership::{DownReason, MemberState, MemberView};
 pub use messages::{
@@ -418,7 +418,7 @@ mod tests {
         let cfg = ClusterConfig::new(
             "solo",
             addr,
-            "cookie",
+            "solo-test-cluster-cookie-0123456789",
             vec![addr.to_string(), "127.0.0.1:1".into()],
         );
         let c = Cluster::start(cfg.clone(), recorder("solo", 0))

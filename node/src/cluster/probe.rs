@@ -132,7 +132,8 @@ fn config(
                 .collect()
         })
         .unwrap_or_default();
-    let cookie = pick(&flags.cookie, "RINGLIMIT_COOKIE").unwrap_or_else(|| "ringlimit".into());
+    let cookie =
+        pick(&flags.cookie, "RINGLIMIT_COOKIE").ok_or("--cookie (RINGLIMIT_COOKIE) is required")?;
     let mut cfg = ClusterConfig::new(name, addr, cookie, seeds);
     cfg.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     cfg.heartbeat_timeout = Duration::from_millis(args.heartbeat_timeout_ms);
@@ -459,6 +460,7 @@ mod tests {
             "RINGLIMIT_NODE_NAME" => Some("n1".to_string()),
             "RINGLIMIT_CLUSTER_ADDR" => Some("127.0.0.1:7100".to_string()),
             "RINGLIMIT_SEEDS" => Some("127.0.0.1:7101, 127.0.0.1:7102,".to_string()),
+            "RINGLIMIT_COOKIE" => Some("probe-test-cluster-cookie-0123456789".to_string()),
             _ => None,
         };
         let args = ProbeArgs {
@@ -472,8 +474,21 @@ mod tests {
         let c = config(&Flags::default(), &args, &env).expect("valid");
         assert_eq!(c.node_name, "n1");
         assert_eq!(c.seeds, ["127.0.0.1:7101", "127.0.0.1:7102"]);
-        assert_eq!(c.cookie, "ringlimit");
+        assert_eq!(c.cookie, "probe-test-cluster-cookie-0123456789");
         assert_eq!(c.heartbeat_timeout, Duration::from_millis(400));
         assert!(config(&Flags::default(), &args, &|_| None).is_err());
+        // No cookie, or a short one: refused, naming the cookie but not its value.
+        let without = |k: &str| (k != "RINGLIMIT_COOKIE").then(|| env(k)).flatten();
+        let e = config(&Flags::default(), &args, &without).unwrap_err();
+        assert!(e.contains("RINGLIMIT_COOKIE"), "{e}");
+        let short = |k: &str| match k {
+            "RINGLIMIT_COOKIE" => Some("short-cookie".to_string()),
+            _ => env(k),
+        };
+        let e = config(&Flags::default(), &args, &short).unwrap_err();
+        assert!(
+            e.contains("RINGLIMIT_COOKIE") && !e.contains("short-cookie"),
+            "{e}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 pub mod pipelines;
 
 use ringlimit_actors::pipeline::{AbuseRule, PipelineConfig};
+use ringlimit_actors::redact;
 use ringlimit_actors::storage::{Retention, TierRecord};
 use ringlimit_protocol::limits::validate_limits;
 use ringlimit_protocol::{AlgorithmKind, LimitSpec};
@@ -230,8 +231,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// The validated configuration.
-#[derive(Debug, Clone)]
+/// The validated configuration. Its `Debug` (what `check-config` prints)
+/// hides the admin token and the cookie, and the password of `redis_url`.
+#[derive(Clone)]
 pub struct Config {
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -271,6 +273,74 @@ pub struct Config {
     pub retention: Retention,
     /// Violations, abuse rules, billing, alerts.
     pub pipelines: PipelineConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field is named, so a new one must be placed here on purpose.
+        let Config {
+            data_addr,
+            admin_addr,
+            admin_token,
+            data_dir,
+            log_format,
+            log_level,
+            node_name,
+            max_body_bytes,
+            max_batch,
+            idle_timeout,
+            max_active_keys,
+            flush_interval,
+            shutdown_timeout,
+            redis_url,
+            redis_cluster_nodes,
+            redis_timeout,
+            max_pending_keys,
+            scylla_nodes,
+            scylla_keyspace,
+            scylla_replication,
+            cluster_addr,
+            seeds,
+            cookie,
+            heartbeat_timeout,
+            fail_closed_tiers,
+            advertise_addr,
+            tiers,
+            retention,
+            pipelines,
+        } = self;
+        f.debug_struct("Config")
+            .field("data_addr", data_addr)
+            .field("admin_addr", admin_addr)
+            .field("admin_token", &redact::secret(admin_token))
+            .field("data_dir", data_dir)
+            .field("log_format", log_format)
+            .field("log_level", log_level)
+            .field("node_name", node_name)
+            .field("max_body_bytes", max_body_bytes)
+            .field("max_batch", max_batch)
+            .field("idle_timeout", idle_timeout)
+            .field("max_active_keys", max_active_keys)
+            .field("flush_interval", flush_interval)
+            .field("shutdown_timeout", shutdown_timeout)
+            .field("redis_url", &redis_url.as_deref().map(redact::url))
+            .field("redis_cluster_nodes", redis_cluster_nodes)
+            .field("redis_timeout", redis_timeout)
+            .field("max_pending_keys", max_pending_keys)
+            .field("scylla_nodes", scylla_nodes)
+            .field("scylla_keyspace", scylla_keyspace)
+            .field("scylla_replication", scylla_replication)
+            .field("cluster_addr", cluster_addr)
+            .field("seeds", seeds)
+            .field("cookie", &redact::secret(cookie))
+            .field("heartbeat_timeout", heartbeat_timeout)
+            .field("fail_closed_tiers", fail_closed_tiers)
+            .field("advertise_addr", advertise_addr)
+            .field("tiers", tiers)
+            .field("retention", retention)
+            .field("pipelines", pipelines)
+            .finish()
+    }
 }
 
 fn lim(
@@ -469,6 +539,18 @@ impl Config {
         for s in &seeds {
             host_port("seeds", s)?;
         }
+        if let Some(c) = &r.cookie
+            && !c.is_empty()
+            && c.chars().count() < crate::cluster::MIN_COOKIE_LEN
+        {
+            return Err(bad(
+                "cookie",
+                format!(
+                    "RINGLIMIT_COOKIE must be at least {} characters (a shorter cookie is guessable)",
+                    crate::cluster::MIN_COOKIE_LEN
+                ),
+            ));
+        }
         if cluster_addr.is_some() {
             if scylla_nodes.is_empty() {
                 return Err(bad(
@@ -597,6 +679,13 @@ mod tests {
         assert_eq!(e.field, "tiers.x.limits.limits");
         let e = Config::from_raw(env(&[("RINGLIMIT_ADMIN_TOKEN", "short")])).unwrap_err();
         assert_eq!(e.field, "admin_token");
+        let short = "c".repeat(31);
+        let e = Config::from_raw(env(&[("RINGLIMIT_COOKIE", &short)])).unwrap_err();
+        assert_eq!(e.field, "cookie");
+        assert!(e.to_string().contains("RINGLIMIT_COOKIE"), "{e}");
+        assert!(!e.to_string().contains(&short), "{e}");
+        let ok = "c".repeat(32);
+        assert!(Config::from_raw(env(&[("RINGLIMIT_COOKIE", &ok)])).is_ok());
     }
 
     #[test]
@@ -610,6 +699,40 @@ mod tests {
         assert_eq!(free.limits.len(), 1);
         assert!(c.tiers.iter().any(|t| t.name == "gold"));
         assert!(c.tiers.iter().any(|t| t.name == "pro"));
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let raw = RawConfig::from_toml(
+            "[alerts]\nowner_secret = \"owner-signing-secret\"\n[[alerts.webhooks]]\nname = \"ops\"\nurl = \"https://hooks.example.com/T0/hook-path-token?k=query-token\"\nsecret = \"endpoint-signing-secret\"",
+        )
+        .unwrap();
+        let c = Config::from_raw(raw.merge(env(&[
+            ("RINGLIMIT_ADMIN_TOKEN", "admin-token-value-0123456789"),
+            ("RINGLIMIT_COOKIE", "cluster-cookie-value-0123456789abcdef"),
+            (
+                "RINGLIMIT_REDIS_URL",
+                "redis://user:redis-password@cache:6379/0",
+            ),
+        ])))
+        .unwrap();
+        let out = format!("{c:?} {c:#?}");
+        for secret in [
+            "admin-token-value",
+            "cluster-cookie-value",
+            "redis-password",
+            "owner-signing-secret",
+            "endpoint-signing-secret",
+            "hook-path-token",
+            "query-token",
+        ] {
+            assert!(!out.contains(secret), "{secret} shown: {out}");
+        }
+        assert!(
+            out.contains("redis://user:<redacted>@cache:6379/0"),
+            "{out}"
+        );
+        assert!(out.contains("https://hooks.example.com"), "{out}");
     }
 
     #[test]

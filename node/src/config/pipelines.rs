@@ -177,7 +177,11 @@ fn url(field: &str, u: &str) -> Result<(), ConfigError> {
     } else {
         Err(bad(
             field,
-            format!("'{u}' is not an http:// or https:// URL"),
+            // The origin only: a webhook URL's path often holds its token.
+            format!(
+                "'{}' is not an http:// or https:// URL",
+                ringlimit_actors::redact::origin(u)
+            ),
         ))
     }
 }

@@ -91,6 +91,7 @@ enum Conn {
 pub struct RedisSnapshots {
     conn: Conn,
     timeout: Duration,
+    /// Where it connects, password hidden.
     target: String,
 }
 
@@ -125,7 +126,8 @@ impl RedisSnapshots {
         Ok(RedisSnapshots {
             conn: Conn::Single(conn),
             timeout,
-            target: url.to_string(),
+            // Shown by Debug: without the password.
+            target: ringlimit_actors::redact::url(url),
         })
     }
 

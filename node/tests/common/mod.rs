@@ -12,6 +12,9 @@ use std::time::Duration;
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
+/// The cluster cookie of the process tests (a cookie needs 32 characters or more).
+pub const COOKIE: &str = "test-cluster-cookie-0123456789abcdef";
+
 /// A running node process.
 pub struct Node {
     pub child: Option<Child>,

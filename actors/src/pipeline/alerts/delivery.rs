@@ -176,7 +176,8 @@ pub async fn deliver(
             Err(e) => last = e.to_string(),
         }
         metrics::counter!("ringlimit_webhook_attempt_failures_total").increment(1);
-        tracing::debug!(url, alert_id, attempt = n, error = %last, "webhook attempt failed");
+        // Only the origin: a webhook's path or query often holds its token.
+        tracing::debug!(url = %crate::redact::origin(url), alert_id, attempt = n, error = %last, "webhook attempt failed");
         if n < attempts {
             tokio::time::sleep(policy.backoff(n, jitter_seed(alert_id, n))).await;
         }

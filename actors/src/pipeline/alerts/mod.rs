@@ -46,13 +46,31 @@ pub enum WebhookFormat {
 }
 
 /// A configured webhook endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebhookEndpoint {
     pub name: String,
     pub url: String,
     pub format: WebhookFormat,
     /// HMAC key of the signature header (none: unsigned).
     pub secret: Option<String>,
+}
+
+/// Shows the URL's origin only and hides the secret.
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let WebhookEndpoint {
+            name,
+            url,
+            format,
+            secret,
+        } = self;
+        f.debug_struct("WebhookEndpoint")
+            .field("name", name)
+            .field("url", &crate::redact::origin(url))
+            .field("format", format)
+            .field("secret", &crate::redact::secret(secret))
+            .finish()
+    }
 }
 
 /// Retries of one delivery.
@@ -91,7 +109,7 @@ impl DeliveryPolicy {
 }
 
 /// Alert rules and delivery.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AlertConfig {
     /// Usage of a limit at or above this percentage raises `usage_threshold`
     /// once per key, limit and window (0: off; default 80).
@@ -109,6 +127,30 @@ pub struct AlertConfig {
     /// Signs key owners' notices when their metadata has no `webhook_secret`.
     pub owner_secret: Option<String>,
     pub delivery: DeliveryPolicy,
+}
+
+/// Hides `owner_secret` (the endpoints hide their own).
+impl std::fmt::Debug for AlertConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AlertConfig {
+            usage_percent,
+            included_percent,
+            repeated_violations,
+            backlog_bound,
+            endpoints,
+            owner_secret,
+            delivery,
+        } = self;
+        f.debug_struct("AlertConfig")
+            .field("usage_percent", usage_percent)
+            .field("included_percent", included_percent)
+            .field("repeated_violations", repeated_violations)
+            .field("backlog_bound", backlog_bound)
+            .field("endpoints", endpoints)
+            .field("owner_secret", &crate::redact::secret(owner_secret))
+            .field("delivery", delivery)
+            .finish()
+    }
 }
 
 impl Default for AlertConfig {

@@ -94,10 +94,14 @@ impl EmbeddedStore {
     /// unclean shutdown redb checks and repairs the file here, which can take
     /// a while on a large file.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        crate::private::create_dir(dir).map_err(|e| {
             StoreError::Backend(format!("create data directory {}: {e}", dir.display()))
         })?;
         let path = dir.join(FILE_NAME);
+        // The file exists, mode 0600 and no symbolic link, before redb opens
+        // it (redb initializes an empty file).
+        crate::private::ensure_file(&path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
