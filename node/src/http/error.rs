@@ -41,7 +41,15 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
-        (self.status, Json(ErrorBody::new(self.code, self.message))).into_response()
+        let mut res = (self.status, Json(ErrorBody::new(self.code, self.message))).into_response();
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a body that did not arrive in time is not waited for.
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        res
     }
 }
 
