@@ -175,3 +175,40 @@ async fn fresh_validate_status(node: &Node) -> Option<u16> {
         .ok()
         .map(|r| r.status().as_u16())
 }
+
+/// Sends headers announcing a body of 100 bytes and only 10 of them; the
+/// node's answer and whether it then closed the connection.
+async fn partial_body(addr: &str, path: &str) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"api_key\"",
+        common::TOKEN
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(NEVER, s.read_to_end(&mut answer)).await;
+    (String::from_utf8_lossy(&answer).into_owned(), read.is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_gets_408_on_both_planes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[("RINGLIMIT_HTTP_BODY_TIMEOUT_MS", "1000")]);
+    for (base, path) in [
+        (&node.data, "/api/v1/validate"),
+        (&node.data, "/api/v1/validate/batch"),
+        (&node.admin, "/api/v1/keys"),
+    ] {
+        let addr = base.trim_start_matches("http://");
+        let (answer, closed) = partial_body(addr, path).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("\"request_timeout\""), "{path}: {answer}");
+        assert!(closed, "{path}: the connection is closed after the 408");
+    }
+    let (_, v) = node.admin(reqwest::Method::GET, "/api/v1/keys", None).await;
+    assert_eq!(
+        v["keys"].as_array().unwrap().len(),
+        0,
+        "nothing was created: {v}"
+    );
+}

@@ -125,6 +125,7 @@ impl Node {
         let resp = self
             .http
             .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
