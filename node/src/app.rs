@@ -377,6 +377,11 @@ async fn serve(
         .install_recorder()
         .ok();
     let ready = Arc::new(AtomicBool::new(false));
+    let mut config = config;
+    // Slow or idle clients are bounded by the planes' caps; the caps by the
+    // open-files limit, raised as far as the hard limit allows.
+    let nofile = http::server::raise_nofile_limit();
+    config.http.max_connections = http::server::effective_cap(config.http.max_connections, nofile);
     let config = Arc::new(config);
     let state = AppState {
         service: Arc::clone(&node.service),
@@ -404,26 +409,17 @@ async fn serve(
             let _ = wb.spawn(rx).await;
         })
     };
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let data = {
         let plane = http::data_plane(state.clone(), ids.clone());
         let rx = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(data_l, axum::ServiceExt::into_make_service(plane))
-                .with_graceful_shutdown(stopped(rx))
-                .await
-        })
+        let limits = config.http;
+        tokio::spawn(http::server::serve("data", data_l, plane, limits, rx))
     };
     let admin = {
         let router = http::admin_router(state, ids);
         let rx = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(admin_l, router)
-                .with_graceful_shutdown(stopped(rx))
-                .await
-        })
+        let limits = config.http;
+        tokio::spawn(http::server::serve("admin", admin_l, router, limits, rx))
     };
     ready.store(true, Ordering::Release);
     tracing::info!(%data_addr, %admin_addr, node = %config.node_name, "ringlimit node ready");

@@ -93,6 +93,18 @@ pub struct Flags {
     /// Billing period: `monthly` or a length such as 15m, 1h, 7d.
     #[arg(long, global = true)]
     pub billing_period: Option<String>,
+    /// A request's headers must arrive within this many ms.
+    #[arg(long, global = true)]
+    pub http_header_timeout_ms: Option<u64>,
+    /// A request's body must arrive within this many ms after its headers (else 408).
+    #[arg(long, global = true)]
+    pub http_body_timeout_ms: Option<u64>,
+    /// A keep-alive connection idle this many ms is closed.
+    #[arg(long, global = true)]
+    pub http_idle_timeout_ms: Option<u64>,
+    /// Open connections per HTTP plane; more are closed at once.
+    #[arg(long, global = true)]
+    pub http_max_connections: Option<usize>,
 }
 
 impl Flags {
@@ -125,6 +137,10 @@ impl Flags {
             heartbeat_timeout_ms: self.heartbeat_timeout_ms,
             fail_closed_tiers: self.fail_closed_tiers,
             advertise_addr: self.advertise_addr,
+            http_header_timeout_ms: self.http_header_timeout_ms,
+            http_body_timeout_ms: self.http_body_timeout_ms,
+            http_idle_timeout_ms: self.http_idle_timeout_ms,
+            http_max_connections: self.http_max_connections,
             tiers: None,
             ..RawConfig::default()
         }

@@ -351,3 +351,105 @@ async fn unicode_in_an_api_key_at_every_position_is_a_401_never_a_panic() {
         "only the two good checks counted"
     );
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_declared_json_gets_415_on_both_planes_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let (id, key) = node
+        .create_key(json!([limit("l", "sliding_log", 10, 60_000)]))
+        .await;
+    assert_eq!(node.validate(&key, 1).await.0, 200);
+    let check = serde_json::to_vec(&json!({"api_key": key, "cost": 1})).unwrap();
+    let batch = serde_json::to_vec(&json!({"checks": [{"api_key": key, "cost": 1}]})).unwrap();
+    let new_key = serde_json::to_vec(&json!({"owner": "o", "tier": "free"})).unwrap();
+    let patch = serde_json::to_vec(&json!({"tier": "pro"})).unwrap();
+    let tier =
+        serde_json::to_vec(&json!({"limits": [limit("x", "fixed_window", 1, 1_000)]})).unwrap();
+    let requests: Vec<(Method, String, Vec<u8>)> = vec![
+        (
+            Method::POST,
+            format!("{}/api/v1/validate", node.data),
+            check.clone(),
+        ),
+        (
+            Method::POST,
+            format!("{}/api/v1/validate/batch", node.data),
+            batch.clone(),
+        ),
+        (Method::POST, format!("{}/api/v1/keys", node.admin), new_key),
+        (
+            Method::PATCH,
+            format!("{}/api/v1/keys/{id}", node.admin),
+            patch,
+        ),
+        (
+            Method::PUT,
+            format!("{}/api/v1/tiers/free", node.admin),
+            tier,
+        ),
+        (
+            Method::POST,
+            format!("{}/api/v1/keys/{id}/rotate", node.admin),
+            b"{}".to_vec(),
+        ),
+    ];
+    for (method, url, body) in &requests {
+        for content_type in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("text/json"),
+            None,
+        ] {
+            let mut r = node
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(TOKEN)
+                .body(body.clone());
+            if let Some(t) = content_type {
+                r = r.header("content-type", t);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 415, "{method} {url} as {content_type:?}: {text}");
+            let (code, message) = error_of(&text);
+            assert_eq!(code, "unsupported_media_type", "{text}");
+            assert!(message.contains("content-type"), "{message}");
+        }
+    }
+    // Nothing changed: no check spent, no key made, tier and key untouched.
+    assert_eq!(used(&node, &id).await, 1);
+    let (_, v) = node.admin(Method::GET, "/api/v1/keys", None).await;
+    assert_eq!(v["keys"].as_array().unwrap().len(), 1, "{v}");
+    let (_, v) = node
+        .admin(Method::GET, &format!("/api/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(v["tier"], "free", "{v}");
+    let (_, v) = node.admin(Method::GET, "/api/v1/tiers/free", None).await;
+    assert_ne!(v["limits"][0]["name"], "x", "{v}");
+    // JSON with parameters, and any +json type, is JSON.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ] {
+        let r = node
+            .http
+            .post(format!("{}/api/v1/validate", node.data))
+            .header("content-type", content_type)
+            .body(check.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{content_type}");
+    }
+    // A request without a body needs no content type.
+    let r = node
+        .http
+        .post(format!("{}/api/v1/keys/{id}/rotate", node.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}

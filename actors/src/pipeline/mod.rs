@@ -56,7 +56,7 @@ pub use alerts::{
 pub use billing::{BillingConfig, Period, Price};
 pub use events::{Admit, BillingFeed, Decision, Denial, KeyId, LimitName, NoHost, stable_id};
 pub use supervisor::{PipelineSupervisor, SupervisorMsg, SupervisorState};
-pub use violations::{AbuseRule, AbuseRuleKind};
+pub use violations::{AbuseRule, AbuseRuleKind, abuse_rule_of, suspension_reason};
 pub use worker::{Worker, WorkerActor, WorkerMsg, WorkerState};
 
 /// What the pipelines need from the rest of the node.

@@ -103,6 +103,25 @@ impl AbuseRule {
     }
 }
 
+const ABUSE_REASON_PREFIX: &str = "abuse rule '";
+
+/// The reason a suspension by `rule` records (key record, audit, alert):
+/// `abuse rule 'NAME': THRESHOLDS`.
+pub fn suspension_reason(rule: &AbuseRule) -> String {
+    format!("{ABUSE_REASON_PREFIX}{}': {}", rule.name, rule.describe())
+}
+
+/// The rule's name in a reason written by [`suspension_reason`] (`None`
+/// for any other reason): what a suspended key's caller may be told, as the
+/// thresholds are not for callers to learn.
+pub fn abuse_rule_of(reason: &str) -> Option<&str> {
+    let rest = reason.strip_prefix(ABUSE_REASON_PREFIX)?;
+    match rest.rsplit_once("': ") {
+        Some((name, _)) => Some(name),
+        None => rest.strip_suffix('\''),
+    }
+}
+
 /// Per-key counting state of the abuse rules.
 #[derive(Debug, Default)]
 struct KeyState {
@@ -256,7 +275,7 @@ pub struct ViolationWorker {
 impl ViolationWorker {
     async fn suspend(&self, rule: &AbuseRule, key_id: &str, now_ms: u64) {
         let until = now_ms.saturating_add(rule.suspend_for_ms);
-        let reason = format!("abuse rule '{}': {}", rule.name, rule.describe());
+        let reason = suspension_reason(rule);
         if let Err(e) = self.ctx.host().suspend(key_id, until, &reason).await {
             tracing::warn!(key_id, rule = %rule.name, error = %e, "abuse rule tripped but the key could not be suspended");
             return;

@@ -63,6 +63,10 @@ pub struct RawConfig {
     pub heartbeat_timeout_ms: Option<u64>,
     pub fail_closed_tiers: Option<String>,
     pub advertise_addr: Option<String>,
+    pub http_header_timeout_ms: Option<u64>,
+    pub http_body_timeout_ms: Option<u64>,
+    pub http_idle_timeout_ms: Option<u64>,
+    pub http_max_connections: Option<usize>,
     /// `[tiers.NAME] limits = [...]`: replaces or adds tiers over the defaults.
     pub tiers: Option<BTreeMap<String, TierConfig>>,
     /// `monthly` or a length (`15m`, `1h`, `7d`); also `[billing] period`.
@@ -110,6 +114,10 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_FAIL_CLOSED_TIERS", "fail_closed_tiers"),
     ("RINGLIMIT_ADVERTISE_ADDR", "advertise_addr"),
     ("RINGLIMIT_BILLING_PERIOD", "billing_period"),
+    ("RINGLIMIT_HTTP_HEADER_TIMEOUT_MS", "http_header_timeout_ms"),
+    ("RINGLIMIT_HTTP_BODY_TIMEOUT_MS", "http_body_timeout_ms"),
+    ("RINGLIMIT_HTTP_IDLE_TIMEOUT_MS", "http_idle_timeout_ms"),
+    ("RINGLIMIT_HTTP_MAX_CONNECTIONS", "http_max_connections"),
 ];
 
 fn parse_num<T: std::str::FromStr>(env: &str, v: &str) -> Result<T, ConfigError> {
@@ -159,6 +167,18 @@ impl RawConfig {
                 "RINGLIMIT_FAIL_CLOSED_TIERS" => r.fail_closed_tiers = Some(v),
                 "RINGLIMIT_ADVERTISE_ADDR" => r.advertise_addr = Some(v),
                 "RINGLIMIT_BILLING_PERIOD" => r.billing_period = Some(v),
+                "RINGLIMIT_HTTP_HEADER_TIMEOUT_MS" => {
+                    r.http_header_timeout_ms = Some(parse_num(env, &v)?)
+                }
+                "RINGLIMIT_HTTP_BODY_TIMEOUT_MS" => {
+                    r.http_body_timeout_ms = Some(parse_num(env, &v)?)
+                }
+                "RINGLIMIT_HTTP_IDLE_TIMEOUT_MS" => {
+                    r.http_idle_timeout_ms = Some(parse_num(env, &v)?)
+                }
+                "RINGLIMIT_HTTP_MAX_CONNECTIONS" => {
+                    r.http_max_connections = Some(parse_num(env, &v)?)
+                }
                 _ => {}
             }
         }
@@ -211,6 +231,10 @@ impl RawConfig {
             fail_closed_tiers,
             advertise_addr,
             billing_period,
+            http_header_timeout_ms,
+            http_body_timeout_ms,
+            http_idle_timeout_ms,
+            http_max_connections,
             retention,
             billing,
             alerts,
@@ -221,6 +245,34 @@ impl RawConfig {
             self.tiers.get_or_insert_with(BTreeMap::new).extend(t);
         }
         self
+    }
+}
+
+/// Connection limits of each HTTP plane (data and admin alike), against
+/// slow and idle clients holding connections and file descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this time (from the
+    /// connection's start, or from the first byte after a keep-alive idle),
+    /// else the connection is closed.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this time once the headers are
+    /// in, else 408 and the connection is closed.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections per plane; more are closed as soon as accepted.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
     }
 }
 
@@ -268,6 +320,8 @@ pub struct Config {
     pub fail_closed_tiers: Vec<String>,
     /// `host:port` peers dial to reach this node (default: cluster_addr).
     pub advertise_addr: Option<String>,
+    /// HTTP connections of both planes (see [`HttpLimits`]).
+    pub http: HttpLimits,
     pub tiers: Vec<TierRecord>,
     /// How long usage history and violations are kept.
     pub retention: Retention,
@@ -308,6 +362,7 @@ impl std::fmt::Debug for Config {
             tiers,
             retention,
             pipelines,
+            http,
         } = self;
         f.debug_struct("Config")
             .field("data_addr", data_addr)
@@ -339,6 +394,7 @@ impl std::fmt::Debug for Config {
             .field("tiers", tiers)
             .field("retention", retention)
             .field("pipelines", pipelines)
+            .field("http", http)
             .finish()
     }
 }
@@ -417,6 +473,42 @@ fn list(v: &Option<String>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+fn http_limits(r: &RawConfig) -> Result<HttpLimits, ConfigError> {
+    let d = HttpLimits::default();
+    let ms = |field: &str, v: Option<u64>, default: Duration, max: u64| {
+        let v = v.unwrap_or(default.as_millis() as u64);
+        if !(100..=max).contains(&v) {
+            return Err(bad(field, format!("must be between 100 and {max}")));
+        }
+        Ok(Duration::from_millis(v))
+    };
+    let max_connections = r.http_max_connections.unwrap_or(d.max_connections);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(bad("http_max_connections", "must be between 1 and 1000000"));
+    }
+    Ok(HttpLimits {
+        header_timeout: ms(
+            "http_header_timeout_ms",
+            r.http_header_timeout_ms,
+            d.header_timeout,
+            600_000,
+        )?,
+        body_timeout: ms(
+            "http_body_timeout_ms",
+            r.http_body_timeout_ms,
+            d.body_timeout,
+            600_000,
+        )?,
+        idle_timeout: ms(
+            "http_idle_timeout_ms",
+            r.http_idle_timeout_ms,
+            d.idle_timeout,
+            3_600_000,
+        )?,
+        max_connections,
+    })
 }
 
 impl Config {
@@ -579,6 +671,7 @@ impl Config {
         if let Some(a) = &r.advertise_addr {
             host_port("advertise_addr", a)?;
         }
+        let http = http_limits(&r)?;
         let mut tiers = default_tiers();
         for (name, t) in r.tiers.clone().unwrap_or_default() {
             validate_limits(&t.limits)
@@ -625,6 +718,7 @@ impl Config {
             heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms),
             fail_closed_tiers,
             advertise_addr: r.advertise_addr,
+            http,
             tiers,
             retention,
             pipelines,
@@ -686,6 +780,27 @@ mod tests {
         assert!(!e.to_string().contains(&short), "{e}");
         let ok = "c".repeat(32);
         assert!(Config::from_raw(env(&[("RINGLIMIT_COOKIE", &ok)])).is_ok());
+        let e = Config::from_raw(env(&[("RINGLIMIT_HTTP_HEADER_TIMEOUT_MS", "0")])).unwrap_err();
+        assert_eq!(e.field, "http_header_timeout_ms");
+        let e = Config::from_raw(env(&[("RINGLIMIT_HTTP_MAX_CONNECTIONS", "0")])).unwrap_err();
+        assert_eq!(e.field, "http_max_connections");
+    }
+
+    #[test]
+    fn http_limits_are_read_from_the_environment() {
+        let c = Config::from_raw(env(&[
+            ("RINGLIMIT_HTTP_HEADER_TIMEOUT_MS", "2000"),
+            ("RINGLIMIT_HTTP_BODY_TIMEOUT_MS", "3000"),
+            ("RINGLIMIT_HTTP_IDLE_TIMEOUT_MS", "4000"),
+            ("RINGLIMIT_HTTP_MAX_CONNECTIONS", "50"),
+        ]))
+        .unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_millis(2_000));
+        assert_eq!(c.http.body_timeout, Duration::from_millis(3_000));
+        assert_eq!(c.http.idle_timeout, Duration::from_millis(4_000));
+        assert_eq!(c.http.max_connections, 50);
+        let d = Config::from_raw(RawConfig::default()).unwrap();
+        assert_eq!(d.http, HttpLimits::default());
     }
 
     #[test]

@@ -110,11 +110,10 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
             reason,
             until_ms,
         } => {
-            let reason = reason.unwrap_or_else(|| "suspended by an operator".into());
             let mut b = with_error(
                 body(Some(key_id), Some(tier)),
                 ErrorCode::Suspended,
-                format!("the key is suspended: {reason}"),
+                suspension_message(reason.as_deref()),
             );
             b.suspended_until_ms = until_ms;
             (StatusCode::FORBIDDEN, b)
@@ -131,21 +130,12 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
                 message,
             ),
         ),
-        ValidateOutcome::IpBlocked {
-            cidr,
-            expires_at_ms,
-        } => {
-            let until = expires_at_ms
-                .map(|t| format!(" until {t} (ms since epoch)"))
-                .unwrap_or_default();
-            let mut b = with_error(
-                body(None, None),
-                ErrorCode::Blocked,
-                format!("client_ip is blocked by {cidr}{until}"),
-            );
-            b.suspended_until_ms = expires_at_ms;
-            (StatusCode::FORBIDDEN, b)
-        }
+        // Checked before the key is: the caller may not be the key's owner,
+        // so the answer names no block, range, expiry or reason.
+        ValidateOutcome::IpBlocked { .. } => (
+            StatusCode::FORBIDDEN,
+            with_error(body(None, None), ErrorCode::Forbidden, "forbidden"),
+        ),
         ValidateOutcome::Unavailable {
             key_id,
             tier,
@@ -159,6 +149,19 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
             b.allowed = true;
             (StatusCode::OK, b)
         }
+    }
+}
+
+/// What a suspended key's caller is told: who suspended it (an operator,
+/// or an abuse rule by name), never a rule's thresholds, which the audit
+/// log and the admin plane keep.
+fn suspension_message(reason: Option<&str>) -> String {
+    match reason {
+        None => "the key is suspended by an operator".into(),
+        Some(r) => match ringlimit_actors::pipeline::abuse_rule_of(r) {
+            Some(rule) => format!("the key is suspended by abuse rule '{rule}'"),
+            None => format!("the key is suspended: {r}"),
+        },
     }
 }
 
@@ -352,4 +355,62 @@ pub async fn validate_batch(
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> Result<Response, ApiError> {
     batch_answer(&app, &req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringlimit_actors::pipeline::{AbuseRule, suspension_reason};
+
+    #[test]
+    fn a_blocked_caller_learns_nothing_of_the_block() {
+        let (s, b) = answer(ValidateOutcome::IpBlocked {
+            cidr: "203.0.113.0/24".into(),
+            expires_at_ms: Some(1_234_567),
+        });
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let text = serde_json::to_string(&b).unwrap_or_default();
+        assert!(!text.contains("203.0.113"), "{text}");
+        assert!(!text.contains("1234567"), "{text}");
+        let e = b.error.expect("an error");
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        assert_eq!(b.suspended_until_ms, None);
+    }
+
+    #[test]
+    fn a_suspended_caller_is_told_the_rule_but_not_its_thresholds() {
+        let rule: AbuseRule = serde_json::from_value(serde_json::json!({
+            "name": "denial-storm", "type": "violations", "max": 5,
+            "window_ms": 10000, "suspend_for_ms": 3000
+        }))
+        .expect("a rule");
+        let reason = suspension_reason(&rule);
+        assert!(
+            reason.contains("10000"),
+            "the record keeps the thresholds: {reason}"
+        );
+        let (s, b) = answer(ValidateOutcome::Suspended {
+            key_id: "k".into(),
+            tier: "free".into(),
+            reason: Some(reason),
+            until_ms: Some(9),
+        });
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let m = b.error.expect("an error").message;
+        assert!(m.contains("denial-storm"), "{m}");
+        assert!(!m.contains('5') && !m.contains("10000"), "{m}");
+        assert_eq!(b.suspended_until_ms, Some(9));
+        let (_, b) = answer(ValidateOutcome::Suspended {
+            key_id: "k".into(),
+            tier: "free".into(),
+            reason: Some("unpaid invoice".into()),
+            until_ms: None,
+        });
+        assert!(
+            b.error
+                .expect("an error")
+                .message
+                .contains("unpaid invoice")
+        );
+    }
 }

@@ -42,10 +42,13 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
         let mut res = (self.status, Json(ErrorBody::new(self.code, self.message))).into_response();
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body is not read, so the connection cannot
-            // carry another request: say so, or a client that reuses it
-            // has its next request cut off.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE
+            || self.status == StatusCode::REQUEST_TIMEOUT
+        {
+            // The rest of the body is not read (too large, or it did not
+            // arrive in time), so the connection cannot carry another
+            // request: say so, or a client that reuses it has its next
+            // request cut off.
             res.headers_mut().insert(
                 axum::http::header::CONNECTION,
                 axum::http::HeaderValue::from_static("close"),

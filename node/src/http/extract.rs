@@ -1,23 +1,30 @@
 //! A JSON body extractor whose every rejection is a JSON error naming the
 //! problem (axum's own answers in plain text).
 
+use super::AppState;
 use super::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use ringlimit_protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 
 /// `ApiJson<T>`: the body parsed as JSON into `T`. An empty body reads as `{}`.
+/// A body must be declared JSON (415 otherwise, see [`require_json`]) and
+/// arrive within the body timeout (408, see [`body_timed_out`]).
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        require_json(req.headers())?;
+        let read = axum::body::Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(state.config.http.body_timeout, read)
             .await
+            .map_err(|_| body_timed_out())?
             .map_err(|r| {
                 if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
@@ -39,6 +46,74 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             &bytes
         };
         parse(slice).map(ApiJson)
+    }
+}
+
+/// 408: the body did not arrive within the body timeout (the answer closes
+/// the connection).
+pub fn body_timed_out() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::RequestTimeout,
+        "the request body did not arrive within the body timeout",
+    )
+}
+
+/// Whether a request declares a body: a `Content-Length` above 0, or a
+/// `Transfer-Encoding` (a chunked body of unknown length).
+pub fn declares_body(headers: &HeaderMap) -> bool {
+    match headers.get(CONTENT_LENGTH) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_none_or(|n| n > 0),
+        None => headers.contains_key(TRANSFER_ENCODING),
+    }
+}
+
+/// Whether a `Content-Type` is JSON: `application/json` or
+/// `application/<anything>+json`, with any parameters, in any case.
+pub fn is_json(content_type: &HeaderValue) -> bool {
+    let Ok(v) = content_type.to_str() else {
+        return false;
+    };
+    let essence = v.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    if !kind.eq_ignore_ascii_case("application") {
+        return false;
+    }
+    sub.eq_ignore_ascii_case("json")
+        || (sub.len() > 5 && sub[sub.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// 415 for a request that has a body not declared as JSON; a missing
+/// `Content-Type` is refused too (as `curl -d` without `-H` sends a form).
+/// A request without a body passes whatever its `Content-Type`.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    if !declares_body(headers) {
+        return Ok(());
+    }
+    match headers.get(CONTENT_TYPE) {
+        Some(v) if is_json(v) => Ok(()),
+        Some(v) => {
+            let shown: String = String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect();
+            Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+                format!("the body must be JSON (content-type: application/json), not {shown}"),
+            ))
+        }
+        None => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            "the body has no content-type; send it with content-type: application/json",
+        )),
     }
 }
 
@@ -147,5 +222,64 @@ mod tests {
         let e = parse::<RotateRequest>(b"[1,").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(parse::<RotateRequest>(b" {}").is_ok());
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+            "application/problem+JSON ;x=y",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for no in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonx",
+            "application/+json",
+            "json",
+            "",
+            "text/json",
+        ] {
+            assert!(!is_json(&HeaderValue::from_static(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn only_a_declared_body_needs_json() {
+        assert!(require_json(&headers(&[])).is_ok());
+        assert!(require_json(&headers(&[("content-length", "0")])).is_ok());
+        assert!(
+            require_json(&headers(&[
+                ("content-length", "0"),
+                ("content-type", "text/plain")
+            ]))
+            .is_ok()
+        );
+        let e = require_json(&headers(&[("content-length", "2")])).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let e = require_json(&headers(&[
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnsupportedMediaType);
+        assert!(
+            require_json(&headers(&[
+                ("content-length", "2"),
+                ("content-type", "application/json")
+            ]))
+            .is_ok()
+        );
     }
 }

@@ -65,9 +65,17 @@ fn route_of(req: &Request<Body>) -> Option<Route> {
     }
 }
 
-/// The request body, at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
+/// The request body, at most `limit` bytes, within `timeout`.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, ApiError> {
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| super::extract::body_timed_out())?
+    {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -93,6 +101,9 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 impl Inner {
     async fn check(&self, route: Route, req: Request<Body>) -> Response {
         let limit = self.app.config.max_body_bytes;
+        if let Err(e) = super::extract::require_json(req.headers()) {
+            return e.into_response();
+        }
         let content_length = req
             .headers()
             .get(axum::http::header::CONTENT_LENGTH)
@@ -106,7 +117,8 @@ impl Inner {
             )
             .into_response();
         }
-        let bytes = match read_body(req.into_body(), limit).await {
+        let timeout = self.app.config.http.body_timeout;
+        let bytes = match read_body(req.into_body(), limit, timeout).await {
             Ok(b) => b,
             Err(e) => return e.into_response(),
         };

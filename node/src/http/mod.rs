@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod fast;
 pub mod pipeline;
+pub mod server;
 
 use crate::config::Config;
 use axum::extract::{DefaultBodyLimit, State};

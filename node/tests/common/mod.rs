@@ -128,6 +128,7 @@ impl Node {
         let resp = self
             .http
             .post(format!("{base}{path}"))
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
