@@ -7,6 +7,7 @@
 
 pub mod pipelines;
 
+use crate::cluster::TlsFiles;
 use ringlimit_actors::pipeline::{AbuseRule, PipelineConfig};
 use ringlimit_actors::storage::{Retention, TierRecord};
 use ringlimit_protocol::limits::validate_limits;
@@ -62,6 +63,10 @@ pub struct RawConfig {
     pub heartbeat_timeout_ms: Option<u64>,
     pub fail_closed_tiers: Option<String>,
     pub advertise_addr: Option<String>,
+    pub cluster_tls_cert: Option<PathBuf>,
+    pub cluster_tls_key: Option<PathBuf>,
+    pub cluster_tls_ca: Option<PathBuf>,
+    pub cluster_tls_server_name: Option<String>,
     /// `[tiers.NAME] limits = [...]`: replaces or adds tiers over the defaults.
     pub tiers: Option<BTreeMap<String, TierConfig>>,
     /// `monthly` or a length (`15m`, `1h`, `7d`); also `[billing] period`.
@@ -108,6 +113,13 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "heartbeat_timeout_ms"),
     ("RINGLIMIT_FAIL_CLOSED_TIERS", "fail_closed_tiers"),
     ("RINGLIMIT_ADVERTISE_ADDR", "advertise_addr"),
+    ("RINGLIMIT_CLUSTER_TLS_CERT", "cluster_tls_cert"),
+    ("RINGLIMIT_CLUSTER_TLS_KEY", "cluster_tls_key"),
+    ("RINGLIMIT_CLUSTER_TLS_CA", "cluster_tls_ca"),
+    (
+        "RINGLIMIT_CLUSTER_TLS_SERVER_NAME",
+        "cluster_tls_server_name",
+    ),
     ("RINGLIMIT_BILLING_PERIOD", "billing_period"),
 ];
 
@@ -157,6 +169,10 @@ impl RawConfig {
                 }
                 "RINGLIMIT_FAIL_CLOSED_TIERS" => r.fail_closed_tiers = Some(v),
                 "RINGLIMIT_ADVERTISE_ADDR" => r.advertise_addr = Some(v),
+                "RINGLIMIT_CLUSTER_TLS_CERT" => r.cluster_tls_cert = Some(v.into()),
+                "RINGLIMIT_CLUSTER_TLS_KEY" => r.cluster_tls_key = Some(v.into()),
+                "RINGLIMIT_CLUSTER_TLS_CA" => r.cluster_tls_ca = Some(v.into()),
+                "RINGLIMIT_CLUSTER_TLS_SERVER_NAME" => r.cluster_tls_server_name = Some(v),
                 "RINGLIMIT_BILLING_PERIOD" => r.billing_period = Some(v),
                 _ => {}
             }
@@ -209,6 +225,10 @@ impl RawConfig {
             heartbeat_timeout_ms,
             fail_closed_tiers,
             advertise_addr,
+            cluster_tls_cert,
+            cluster_tls_key,
+            cluster_tls_ca,
+            cluster_tls_server_name,
             billing_period,
             retention,
             billing,
@@ -266,6 +286,8 @@ pub struct Config {
     pub fail_closed_tiers: Vec<String>,
     /// `host:port` peers dial to reach this node (default: cluster_addr).
     pub advertise_addr: Option<String>,
+    /// Mutual TLS between nodes: all three PEM files, or none (plaintext).
+    pub cluster_tls: Option<TlsFiles>,
     pub tiers: Vec<TierRecord>,
     /// How long usage history and violations are kept.
     pub retention: Retention,
@@ -497,6 +519,13 @@ impl Config {
         if let Some(a) = &r.advertise_addr {
             host_port("advertise_addr", a)?;
         }
+        let cluster_tls = TlsFiles::from_settings(
+            r.cluster_tls_cert.clone(),
+            r.cluster_tls_key.clone(),
+            r.cluster_tls_ca.clone(),
+            r.cluster_tls_server_name.clone(),
+        )
+        .map_err(|(field, message)| bad(field, message))?;
         let mut tiers = default_tiers();
         for (name, t) in r.tiers.clone().unwrap_or_default() {
             validate_limits(&t.limits)
@@ -543,6 +572,7 @@ impl Config {
             heartbeat_timeout: Duration::from_millis(heartbeat_timeout_ms),
             fail_closed_tiers,
             advertise_addr: r.advertise_addr,
+            cluster_tls,
             tiers,
             retention,
             pipelines,
@@ -610,6 +640,36 @@ mod tests {
         assert_eq!(free.limits.len(), 1);
         assert!(c.tiers.iter().any(|t| t.name == "gold"));
         assert!(c.tiers.iter().any(|t| t.name == "pro"));
+    }
+
+    #[test]
+    fn cluster_tls_is_all_three_files_or_none() {
+        let c = Config::from_raw(env(&[
+            ("RINGLIMIT_CLUSTER_TLS_CERT", "node.pem"),
+            ("RINGLIMIT_CLUSTER_TLS_KEY", "node.key"),
+            ("RINGLIMIT_CLUSTER_TLS_CA", "ca.pem"),
+        ]))
+        .expect("all three");
+        let tls = c.cluster_tls.expect("tls");
+        assert_eq!(tls.ca, PathBuf::from("ca.pem"));
+        assert_eq!(tls.server_name, None);
+        let e = Config::from_raw(env(&[
+            ("RINGLIMIT_CLUSTER_TLS_CERT", "node.pem"),
+            ("RINGLIMIT_CLUSTER_TLS_CA", "ca.pem"),
+        ]))
+        .expect_err("no key");
+        assert_eq!(e.field, "cluster_tls_key");
+        assert!(e.message.contains("RINGLIMIT_CLUSTER_TLS_KEY"), "{e}");
+        let e =
+            Config::from_raw(RawConfig::from_toml("cluster_tls_key = \"node.key\"").expect("toml"))
+                .expect_err("no cert");
+        assert_eq!(e.field, "cluster_tls_cert");
+        assert!(
+            Config::from_raw(RawConfig::default())
+                .expect("defaults")
+                .cluster_tls
+                .is_none()
+        );
     }
 
     #[test]
