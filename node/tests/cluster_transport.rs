@@ -457,8 +457,7 @@ impl Ca {
     fn node_env(&self, dir: &std::path::Path, name: &str, trust: &Ca) -> Vec<(String, String)> {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -600,7 +599,10 @@ fn a_plaintext_node_cannot_talk_to_a_tls_node() {
         &addr_a,
         vec![("RINGLIMIT_COOKIE".into(), TLS_COOKIE.into())],
     );
-    assert!(d.logged("clustering without TLS"), "the plaintext node warns");
+    assert!(
+        d.logged("clustering without TLS"),
+        "the plaintext node warns"
+    );
     wait_logged(&a, "cluster TLS handshake refused", CONVERGE);
     never_member(&mut a, "d", HEARTBEAT_TIMEOUT * 2 + SLACK);
     never_member(&mut d, "a", Duration::ZERO);

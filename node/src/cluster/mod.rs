@@ -29,13 +29,17 @@
 //!   their I/O; `gateway`: the one remotable actor per node; `link`: the
 //!   PeerLink tasks; [`wire`]: MessagePack framing of
 //!   [`ringlimit_protocol::cluster`].
+//! - [`tls`]: mutual TLS between nodes (the PEM files of [`TlsFiles`],
+//!   the TLS 1.3 configs, and the accept loop that hands only completed
+//!   handshakes to the NodeServer).
 //! - [`probe`]: the hidden `ringlimit cluster-probe` subcommand (this layer
 //!   alone, for multi-process tests and measurements).
 //! - `fixtures` (tests only): a recording handler and a node's shared state
 //!   without its actors, for the gateway, link and handle tests.
 //!
 //! # How it fits together
-//! Each node runs a ractor_cluster `NodeServer` (magic cookie, Isolated
+//! Each node runs a ractor_cluster `NodeServer` (magic cookie, optionally
+//! inside mutual TLS, see [`tls`]; Isolated
 //! connection mode: this layer decides whom to connect to, from the seeds and
 //! from peers' heartbeat gossip, and reconnects with back-off, which
 //! ractor_cluster does not do). Its one remotable actor, the gateway, joins
