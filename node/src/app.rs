@@ -324,6 +324,13 @@ async fn start_routing(config: &Config, node: &Limiting) -> anyhow::Result<Arc<R
     // alive (see `ClusterConfig::check_timeout`).
     cc.check_timeout = config.heartbeat_timeout;
     cc.advertise_addr = config.advertise_addr.clone();
+    cc.tls = config.cluster_tls.clone();
+    if cc.tls.is_none() {
+        tracing::warn!(
+            %cluster_addr,
+            "clustering without TLS: node-to-node traffic (forwarded checks, key hashes) is plaintext; set RINGLIMIT_CLUSTER_TLS_CERT, RINGLIMIT_CLUSTER_TLS_KEY and RINGLIMIT_CLUSTER_TLS_CA"
+        );
+    }
     cc.heartbeat_interval =
         (config.heartbeat_timeout / 4).max(std::time::Duration::from_millis(100));
     // The cluster layer starts first, queueing what peers send; the router,

@@ -90,6 +90,18 @@ pub struct Flags {
     /// host:port peers dial to reach this node (when cluster_addr binds 0.0.0.0).
     #[arg(long, global = true)]
     pub advertise_addr: Option<String>,
+    /// Cluster TLS: this node's certificate chain (PEM), signed by the cluster CA.
+    #[arg(long, global = true)]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// Cluster TLS: the private key of --cluster-tls-cert (PEM).
+    #[arg(long, global = true)]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// Cluster TLS: the CA certificate every node's certificate is signed by (PEM).
+    #[arg(long, global = true)]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// Cluster TLS: the name every node's certificate carries (default: the host dialed).
+    #[arg(long, global = true)]
+    pub cluster_tls_server_name: Option<String>,
     /// Billing period: `monthly` or a length such as 15m, 1h, 7d.
     #[arg(long, global = true)]
     pub billing_period: Option<String>,
@@ -141,6 +153,10 @@ impl Flags {
             http_body_timeout_ms: self.http_body_timeout_ms,
             http_idle_timeout_ms: self.http_idle_timeout_ms,
             http_max_connections: self.http_max_connections,
+            cluster_tls_cert: self.cluster_tls_cert,
+            cluster_tls_key: self.cluster_tls_key,
+            cluster_tls_ca: self.cluster_tls_ca,
+            cluster_tls_server_name: self.cluster_tls_server_name,
             tiers: None,
             ..RawConfig::default()
         }

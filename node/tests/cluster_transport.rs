@@ -22,6 +22,8 @@ struct Probe {
     name: String,
     addr: String,
     seeds: String,
+    /// Set after the defaults (TLS files, another cookie).
+    env: Vec<(String, String)>,
     child: Child,
     stdin: Option<ChildStdin>,
     out: Arc<Mutex<Vec<String>>>,
@@ -39,6 +41,11 @@ fn collect(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>
 
 impl Probe {
     fn start(name: &str, addr: &str, seeds: &str) -> Probe {
+        Probe::start_with(name, addr, seeds, Vec::new())
+    }
+
+    /// [`Probe::start`] with more environment, set after the defaults.
+    fn start_with(name: &str, addr: &str, seeds: &str, env: Vec<(String, String)>) -> Probe {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringlimit"))
             .arg("cluster-probe")
             .env_clear()
@@ -51,6 +58,7 @@ impl Probe {
                 "RINGLIMIT_LOG_LEVEL",
                 "info,ractor_cluster=warn,ractor=warn",
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -65,6 +73,7 @@ impl Probe {
             name: name.into(),
             addr: addr.into(),
             seeds: seeds.into(),
+            env,
             child,
             stdin,
             out,
@@ -78,7 +87,12 @@ impl Probe {
     fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        *self = Probe::start(&self.name.clone(), &self.addr.clone(), &self.seeds.clone());
+        *self = Probe::start_with(
+            &self.name.clone(),
+            &self.addr.clone(),
+            &self.seeds.clone(),
+            self.env.clone(),
+        );
     }
 
     fn pid(&self) -> String {
@@ -150,6 +164,11 @@ impl Probe {
         let v = field(l, "version")?.parse().ok()?;
         let m = field(l, "members")?.split(',').map(String::from).collect();
         Some((v, m))
+    }
+
+    /// Whether a standard error line contains `text`.
+    fn logged(&self, text: &str) -> bool {
+        self.err.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
     fn dump(&self) {
@@ -399,4 +418,192 @@ fn a_leave_sent_in_another_members_name_evicts_no_one() {
     // A real leave still works: c announces it and the others drop it.
     c.ask("announce", "announced");
     converge(&[&a, &b], &["a", "b"], SLACK);
+}
+
+// ---- Mutual TLS between nodes ----
+
+/// Every TLS test's cookie (at least 32 characters).
+const TLS_COOKIE: &str = "tls-test-cookie-0123456789abcdefghij";
+
+/// A certificate authority made for one test.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// Writes a certificate for node `name` (valid for `localhost` and
+    /// 127.0.0.1, for server and client use) signed by this CA, its key,
+    /// and the CA certificate `trust` into `dir`; returns the probe
+    /// environment that uses them.
+    fn node_env(&self, dir: &std::path::Path, name: &str, trust: &Ca) -> Vec<(String, String)> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        let ca_path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&ca_path, &trust.pem).unwrap();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        vec![
+            ("RINGLIMIT_COOKIE".into(), TLS_COOKIE.into()),
+            ("RINGLIMIT_CLUSTER_TLS_CERT".into(), path(&cert_path)),
+            ("RINGLIMIT_CLUSTER_TLS_KEY".into(), path(&key_path)),
+            ("RINGLIMIT_CLUSTER_TLS_CA".into(), path(&ca_path)),
+        ]
+    }
+}
+
+fn loopback() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Asks `p` for its member list a few times over `span` (a bounded wait for
+/// "never") and fails if `outsider` ever shows in it or in its ring.
+fn never_member(p: &mut Probe, outsider: &str, span: Duration) {
+    let deadline = ringlimit_actors::clock::monotonic() + span;
+    let prefix = format!("{outsider}:");
+    loop {
+        let l = p.ask("members", "members ");
+        let listed = field(&format!("m={}", l.trim_start_matches("members ")), "m")
+            .unwrap_or("")
+            .split(',')
+            .any(|m| m.starts_with(&prefix));
+        assert!(!listed, "{outsider} joined {}: {l}", p.name);
+        let ring = p.ring().map(|(_, m)| m).unwrap_or_default();
+        assert!(
+            !ring.iter().any(|m| m == outsider),
+            "{outsider} is in {}'s ring: {ring:?}",
+            p.name
+        );
+        if ringlimit_actors::clock::monotonic() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `p` logged `text` on standard error.
+fn wait_logged(p: &Probe, text: &str, within: Duration) {
+    let deadline = ringlimit_actors::clock::monotonic() + within;
+    while !p.logged(text) {
+        if ringlimit_actors::clock::monotonic() > deadline {
+            p.dump();
+            panic!("{}: never logged {text:?} within {within:?}", p.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two nodes with certificates of one CA form a cluster and forward checks
+/// to each other. A connection that never starts its TLS handshake does not
+/// keep the listener from accepting the second node.
+#[test]
+fn two_tls_nodes_of_one_ca_form_a_cluster_and_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ringlimit test CA");
+    let (addr_a, addr_b) = (loopback(), loopback());
+    // a dials no one: b reaches it only through a's listener.
+    let a = Probe::start_with("a", &addr_a, "", ca.node_env(dir.path(), "a", &ca));
+    let idle = std::net::TcpStream::connect(&addr_a).unwrap();
+    let b = Probe::start_with("b", &addr_b, &addr_a, ca.node_env(dir.path(), "b", &ca));
+    converge(&[&a, &b], &["a", "b"], CONVERGE);
+    drop(idle);
+    for p in [&a, &b] {
+        assert!(
+            !p.logged("clustering without TLS"),
+            "{} warned of plaintext",
+            p.name
+        );
+    }
+    let ring = Ring::new("a", ["b"]);
+    let mut a = a;
+    let mut b = b;
+    for owner in ["a", "b"] {
+        let k = key_of(&ring, owner, "tls");
+        for p in [&mut a, &mut b] {
+            let l = p.ask(&format!("forward {k}"), &format!("forward key={k} "));
+            assert_eq!(field(&l, "owner"), Some(owner), "{l}");
+            assert_eq!(field(&l, "answered_by"), Some(owner), "{l}");
+        }
+    }
+}
+
+/// A node whose certificate another CA signed cannot join, even though it
+/// trusts the cluster's CA (so it accepts the members' certificates): the
+/// members refuse its certificate, and never list it.
+#[test]
+fn a_node_with_a_certificate_of_another_ca_cannot_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ringlimit test CA");
+    let rogue = Ca::new("another CA");
+    let (addr_a, addr_b, addr_c) = (loopback(), loopback(), loopback());
+    let seeds = format!("{addr_a},{addr_b}");
+    let mut a = Probe::start_with("a", &addr_a, &seeds, ca.node_env(dir.path(), "a", &ca));
+    let b = Probe::start_with("b", &addr_b, &seeds, ca.node_env(dir.path(), "b", &ca));
+    converge(&[&a, &b], &["a", "b"], CONVERGE);
+    let c = Probe::start_with(
+        "c",
+        &addr_c,
+        &format!("{seeds},{addr_c}"),
+        rogue.node_env(dir.path(), "c", &ca),
+    );
+    // c did try: a refused its handshake.
+    wait_logged(&a, "cluster TLS handshake refused", CONVERGE);
+    never_member(&mut a, "c", HEARTBEAT_TIMEOUT * 2 + SLACK);
+    assert_eq!(c.ring().map(|(_, m)| m), Some(vec!["c".to_string()]));
+    assert_eq!(
+        b.ring().map(|(_, m)| m),
+        Some(vec!["a".to_string(), "b".to_string()])
+    );
+}
+
+/// A node without TLS (same cookie) cannot talk to a TLS node: its
+/// plaintext handshake is refused, and neither lists the other.
+#[test]
+fn a_plaintext_node_cannot_talk_to_a_tls_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ringlimit test CA");
+    let (addr_a, addr_d) = (loopback(), loopback());
+    let mut a = Probe::start_with("a", &addr_a, "", ca.node_env(dir.path(), "a", &ca));
+    let mut d = Probe::start_with(
+        "d",
+        &addr_d,
+        &addr_a,
+        vec![("RINGLIMIT_COOKIE".into(), TLS_COOKIE.into())],
+    );
+    assert!(
+        d.logged("clustering without TLS"),
+        "the plaintext node warns"
+    );
+    wait_logged(&a, "cluster TLS handshake refused", CONVERGE);
+    never_member(&mut a, "d", HEARTBEAT_TIMEOUT * 2 + SLACK);
+    never_member(&mut d, "a", Duration::ZERO);
 }

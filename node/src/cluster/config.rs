@@ -1,6 +1,7 @@
 //! The settings of the cluster layer, their defaults and their validation.
 
 use super::dialer::Backoff;
+use super::tls::TlsFiles;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ pub struct ClusterConfig {
     pub max_queued_checks: usize,
     /// Reconnect back-off (default 100 ms doubling to 2 s).
     pub reconnect: Backoff,
+    /// Mutual TLS between nodes (default: none, plaintext). With it, every
+    /// session in and out is TLS 1.3 with a certificate signed by the CA.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ClusterConfig {
@@ -75,6 +79,7 @@ impl ClusterConfig {
             max_in_flight_batches: 4,
             max_queued_checks: 16 * 256,
             reconnect: Backoff::default(),
+            tls: None,
         }
     }
 
@@ -130,6 +135,8 @@ pub enum ClusterError {
     Listen { addr: SocketAddr, message: String },
     #[error("cannot start the cluster actors: {0}")]
     Spawn(String),
+    #[error("cluster TLS: {0}")]
+    Tls(String),
 }
 
 #[cfg(test)]

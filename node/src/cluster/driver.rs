@@ -277,7 +277,12 @@ impl Actor for Core {
                 st.membership.session_opened(&name, actor.get_id().pid());
                 st.dialer
                     .connected(&name, (!is_server).then_some(peer_addr.as_str()), now);
-                st.dialer.learn(&name, &conn);
+                // With TLS the NodeServer's own listener is an unused
+                // loopback port, which is what its handshake names; the
+                // peer's address comes from its Hello instead.
+                if st.shared.tls.is_none() {
+                    st.dialer.learn(&name, &conn);
+                }
                 st.session_names.insert(node_id, name.clone());
                 st.session_ids.insert(actor.get_id(), node_id);
                 st.sessions.insert(actor.get_id(), (name, actor));
@@ -553,6 +558,7 @@ impl CoreState {
         let me = me.clone();
         let own = self.shared.cfg.cluster_addr;
         let timeout = self.shared.cfg.heartbeat_timeout;
+        let tls = self.shared.tls.clone();
         tokio::spawn(async move {
             let resolved: Vec<SocketAddr> = match tokio::net::lookup_host(addr.as_str()).await {
                 Ok(it) => it.collect(),
@@ -587,11 +593,22 @@ impl CoreState {
             let mut used = resolved[0];
             for sa in resolved {
                 used = sa;
-                error = match tokio::time::timeout(timeout, ractor_cluster::client_connect(&ns, sa))
-                    .await
-                {
+                let connect = async {
+                    match &tls {
+                        None => ractor_cluster::client_connect(&ns, sa)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Some(t) => {
+                            let name = t.server_name_for(&addr)?;
+                            ractor_cluster::client_connect_enc(&ns, sa, t.connector.clone(), name)
+                                .await
+                                .map_err(|e| format!("TLS: {e}"))
+                        }
+                    }
+                };
+                error = match tokio::time::timeout(timeout, connect).await {
                     Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
+                    Ok(Err(e)) => Some(e),
                     Err(_) => Some("connect timed out".to_string()),
                 };
                 if error.is_none() {

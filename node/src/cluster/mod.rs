@@ -29,13 +29,17 @@
 //!   their I/O; `gateway`: the one remotable actor per node; `link`: the
 //!   PeerLink tasks; [`wire`]: MessagePack framing of
 //!   [`ringlimit_protocol::cluster`].
+//! - [`tls`]: mutual TLS between nodes (the PEM files of [`TlsFiles`],
+//!   the TLS 1.3 configs, and the accept loop that hands only completed
+//!   handshakes to the NodeServer).
 //! - [`probe`]: the hidden `ringlimit cluster-probe` subcommand (this layer
 //!   alone, for multi-process tests and measurements).
 //! - `fixtures` (tests only): a recording handler and a node's shared state
 //!   without its actors, for the gateway, link and handle tests.
 //!
 //! # How it fits together
-//! Each node runs a ractor_cluster `NodeServer` (magic cookie, Isolated
+//! Each node runs a ractor_cluster `NodeServer` (magic cookie, optionally
+//! inside mutual TLS, see [`tls`]; Isolated
 //! connection mode: this layer decides whom to connect to, from the seeds and
 //! from peers' heartbeat gossip, and reconnects with back-off, which
 //! ractor_cluster does not do). Its one remotable actor, the gateway, joins
@@ -67,6 +71,7 @@ mod messages;
 pub(crate) mod peers;
 pub mod probe;
 pub mod ring;
+pub mod tls;
 pub mod wire;
 
 pub use config::{ClusterConfig, ClusterError, MIN_COOKIE_LEN};
@@ -79,6 +84,7 @@ pub use ring::{Ring, RingChange};
 pub use ringlimit_protocol::cluster::{
     AdminEvent, ForwardBatch, ForwardCheck, ForwardOutcome, ForwardReply, Handoff,
 };
+pub use tls::TlsFiles;
 
 use driver::{Core, CoreArgs};
 use gateway::Gateway;
@@ -87,7 +93,7 @@ use messages::{CoreMsg, call_gateway};
 use peers::Shared;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
-use ractor_cluster::{NodeServer, NodeServerMessage};
+use ractor_cluster::{IncomingEncryptionMode, NodeServer, NodeServerMessage};
 use ringlimit_actors::clock;
 use ringlimit_protocol::cluster::{Ack, MAX_FRAME_BYTES};
 use std::sync::Arc;
@@ -101,6 +107,8 @@ pub struct Cluster {
     core: ActorRef<CoreMsg>,
     gateway: ActorRef<GatewayMsg>,
     node_server: ActorRef<NodeServerMessage>,
+    /// The TLS listener's accept loop (with mutual TLS only).
+    tls_listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -128,30 +136,68 @@ impl Cluster {
         handler: Arc<dyn ClusterHandler>,
     ) -> Result<Cluster, ClusterError> {
         cfg.validate()?;
+        let tls = cfg.tls.as_ref().map(tls::ClusterTls::load).transpose()?;
         let addr = cfg.advertised();
         let host = addr
             .rsplit_once(':')
             .map_or(addr.as_str(), |(h, _)| h)
             .to_string();
-        let shared = Arc::new(Shared::new(cfg, addr, new_incarnation(), handler));
+        let mut shared = Shared::new(cfg, addr, new_incarnation(), handler);
+        shared.tls = tls;
+        let shared = Arc::new(shared);
         let cfg = &shared.cfg;
+        let listen_err = |e: String| ClusterError::Listen {
+            addr: cfg.cluster_addr,
+            message: e,
+        };
+        // With TLS this node accepts on its own listener (see `tls`); the
+        // NodeServer's listener takes an unused loopback port, TLS too.
+        let (port, listen_ip, mode, tls_listener) = match &shared.tls {
+            None => (cfg.cluster_addr.port(), cfg.cluster_addr.ip(), None, None),
+            Some(t) => {
+                let l = tokio::net::TcpListener::bind(cfg.cluster_addr)
+                    .await
+                    .map_err(|e| listen_err(e.to_string()))?;
+                let loopback: std::net::IpAddr = if cfg.cluster_addr.is_ipv6() {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                };
+                (
+                    0,
+                    loopback,
+                    Some(IncomingEncryptionMode::Tls(t.acceptor.clone())),
+                    Some((l, t.acceptor.clone())),
+                )
+            }
+        };
         let server = NodeServer::new(
-            cfg.cluster_addr.port(),
+            port,
             cfg.cookie.clone(),
             cfg.node_name.clone(),
             host,
-            None,
+            mode,
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(cfg.cluster_addr.ip())
+        .with_listen_addr(listen_ip)
         .with_max_inbound_frame_size((MAX_FRAME_BYTES as u64) * 2);
-        let (node_server, _) =
-            Actor::spawn(None, server, ())
-                .await
-                .map_err(|e| ClusterError::Listen {
-                    addr: cfg.cluster_addr,
-                    message: e.to_string(),
-                })?;
+        let (node_server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| listen_err(e.to_string()))?;
+        let tls_listener = tls_listener.map(|(l, acceptor)| {
+            tokio::spawn(tls::accept_loop(
+                l,
+                acceptor,
+                node_server.clone(),
+                cfg.heartbeat_timeout,
+            ))
+        });
+        let stop_listeners = || {
+            if let Some(t) = &tls_listener {
+                t.abort();
+            }
+            node_server.stop(None);
+        };
         let (core, _) = match Actor::spawn(
             None,
             Core,
@@ -164,7 +210,7 @@ impl Cluster {
         {
             Ok(x) => x,
             Err(e) => {
-                node_server.stop(None);
+                stop_listeners();
                 return Err(ClusterError::Spawn(e.to_string()));
             }
         };
@@ -173,7 +219,7 @@ impl Cluster {
                 Ok(x) => x,
                 Err(e) => {
                     core.stop(None);
-                    node_server.stop(None);
+                    stop_listeners();
                     return Err(ClusterError::Spawn(e.to_string()));
                 }
             };
@@ -183,6 +229,7 @@ impl Cluster {
             incarnation = shared.incarnation,
             seeds = ?shared.cfg.seeds,
             ring_version = shared.ring().version(),
+            tls = shared.tls.is_some(),
             "cluster layer started"
         );
         Ok(Cluster {
@@ -190,6 +237,7 @@ impl Cluster {
             core,
             gateway,
             node_server,
+            tls_listener,
         })
     }
 
@@ -388,7 +436,14 @@ impl Cluster {
         self.shared.drop_all_peers();
         self.gateway.stop(Some("left".into()));
         self.core.stop(Some("left".into()));
+        self.stop_tls_listener();
         self.node_server.stop(Some("left".into()));
+    }
+
+    fn stop_tls_listener(&self) {
+        if let Some(t) = &self.tls_listener {
+            t.abort();
+        }
     }
 }
 
@@ -396,6 +451,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.gateway.stop(None);
         self.core.stop(None);
+        self.stop_tls_listener();
         self.node_server.stop(None);
         self.shared.drop_all_peers();
     }

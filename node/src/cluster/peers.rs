@@ -10,6 +10,7 @@ use super::link::{PeerLink, RingVersion};
 use super::membership::MemberView;
 use super::messages::{ClusterHandler, GatewayMsg};
 use super::ring::Ring;
+use super::tls::ClusterTls;
 use parking_lot::RwLock;
 use ractor::{ActorId, ActorRef};
 use ringlimit_protocol::cluster::Hello;
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     pub incarnation: u64,
     pub cfg: ClusterConfig,
     pub handler: Arc<dyn ClusterHandler>,
+    /// Mutual TLS for every session, when configured.
+    pub tls: Option<ClusterTls>,
     ring: RwLock<Arc<Ring>>,
     /// The member list as of an instant (the driver publishes it on changes
     /// and ticks).
@@ -54,6 +57,7 @@ impl Shared {
             addr,
             incarnation,
             handler,
+            tls: None,
             ring: RwLock::new(Arc::new(Ring::new(&cfg.node_name, Vec::<String>::new()))),
             members: RwLock::new((Instant::now(), Vec::new())),
             peers: RwLock::new(HashMap::new()),

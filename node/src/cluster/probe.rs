@@ -3,8 +3,9 @@
 //!
 //! Settings come from the global flags or the environment of DESIGN.md §4a
 //! (`--node-name`/`RINGLIMIT_NODE_NAME`, `--cluster-addr`/`RINGLIMIT_CLUSTER_ADDR`,
-//! `--seeds`/`RINGLIMIT_SEEDS`, `--cookie`/`RINGLIMIT_COOKIE`) plus the probe's
-//! own timing flags. The handler answers every forwarded check with status
+//! `--seeds`/`RINGLIMIT_SEEDS`, `--cookie`/`RINGLIMIT_COOKIE`, and the
+//! cluster TLS files `--cluster-tls-cert`/`RINGLIMIT_CLUSTER_TLS_CERT`,
+//! `…-key`, `…-ca`, `…-server-name`) plus the probe's own timing flags. The handler answers every forwarded check with status
 //! 200 and a body whose `tier` is this node's name.
 //!
 //! Standard output, one line per fact:
@@ -32,6 +33,7 @@ use super::Cluster;
 use super::config::ClusterConfig;
 use super::messages::{ClusterHandler, HandlerError};
 use super::ring::{Ring, RingChange};
+use super::tls::{self, TlsFiles};
 use crate::cli::{Flags, ProbeArgs};
 use ringlimit_actors::clock;
 use ringlimit_protocol::cluster::{
@@ -40,6 +42,7 @@ use ringlimit_protocol::cluster::{
 use ringlimit_protocol::validate::{Checked, ValidateOutcome};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +144,21 @@ fn config(
     cfg.check_timeout = cfg.forward_timeout;
     cfg.max_in_flight_batches = args.max_in_flight_batches;
     cfg.advertise_addr = args.advertise.clone();
+    let path = |flag: &Option<PathBuf>, var: &str| {
+        flag.clone()
+            .or_else(|| env(var).map(PathBuf::from))
+            .filter(|p| !p.as_os_str().is_empty())
+    };
+    cfg.tls = TlsFiles::from_settings(
+        path(&flags.cluster_tls_cert, tls::ENV_CERT),
+        path(&flags.cluster_tls_key, tls::ENV_KEY),
+        path(&flags.cluster_tls_ca, tls::ENV_CA),
+        pick(&flags.cluster_tls_server_name, tls::ENV_SERVER_NAME),
+    )
+    .map_err(|(_, message)| message)?;
+    if cfg.tls.is_none() {
+        tracing::warn!("clustering without TLS: node-to-node traffic is plaintext");
+    }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
 }

@@ -7,6 +7,7 @@
 
 pub mod pipelines;
 
+use crate::cluster::TlsFiles;
 use ringlimit_actors::pipeline::{AbuseRule, PipelineConfig};
 use ringlimit_actors::redact;
 use ringlimit_actors::storage::{Retention, TierRecord};
@@ -67,6 +68,10 @@ pub struct RawConfig {
     pub http_body_timeout_ms: Option<u64>,
     pub http_idle_timeout_ms: Option<u64>,
     pub http_max_connections: Option<usize>,
+    pub cluster_tls_cert: Option<PathBuf>,
+    pub cluster_tls_key: Option<PathBuf>,
+    pub cluster_tls_ca: Option<PathBuf>,
+    pub cluster_tls_server_name: Option<String>,
     /// `[tiers.NAME] limits = [...]`: replaces or adds tiers over the defaults.
     pub tiers: Option<BTreeMap<String, TierConfig>>,
     /// `monthly` or a length (`15m`, `1h`, `7d`); also `[billing] period`.
@@ -113,6 +118,13 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_HEARTBEAT_TIMEOUT_MS", "heartbeat_timeout_ms"),
     ("RINGLIMIT_FAIL_CLOSED_TIERS", "fail_closed_tiers"),
     ("RINGLIMIT_ADVERTISE_ADDR", "advertise_addr"),
+    ("RINGLIMIT_CLUSTER_TLS_CERT", "cluster_tls_cert"),
+    ("RINGLIMIT_CLUSTER_TLS_KEY", "cluster_tls_key"),
+    ("RINGLIMIT_CLUSTER_TLS_CA", "cluster_tls_ca"),
+    (
+        "RINGLIMIT_CLUSTER_TLS_SERVER_NAME",
+        "cluster_tls_server_name",
+    ),
     ("RINGLIMIT_BILLING_PERIOD", "billing_period"),
     ("RINGLIMIT_HTTP_HEADER_TIMEOUT_MS", "http_header_timeout_ms"),
     ("RINGLIMIT_HTTP_BODY_TIMEOUT_MS", "http_body_timeout_ms"),
@@ -166,6 +178,10 @@ impl RawConfig {
                 }
                 "RINGLIMIT_FAIL_CLOSED_TIERS" => r.fail_closed_tiers = Some(v),
                 "RINGLIMIT_ADVERTISE_ADDR" => r.advertise_addr = Some(v),
+                "RINGLIMIT_CLUSTER_TLS_CERT" => r.cluster_tls_cert = Some(v.into()),
+                "RINGLIMIT_CLUSTER_TLS_KEY" => r.cluster_tls_key = Some(v.into()),
+                "RINGLIMIT_CLUSTER_TLS_CA" => r.cluster_tls_ca = Some(v.into()),
+                "RINGLIMIT_CLUSTER_TLS_SERVER_NAME" => r.cluster_tls_server_name = Some(v),
                 "RINGLIMIT_BILLING_PERIOD" => r.billing_period = Some(v),
                 "RINGLIMIT_HTTP_HEADER_TIMEOUT_MS" => {
                     r.http_header_timeout_ms = Some(parse_num(env, &v)?)
@@ -230,6 +246,10 @@ impl RawConfig {
             heartbeat_timeout_ms,
             fail_closed_tiers,
             advertise_addr,
+            cluster_tls_cert,
+            cluster_tls_key,
+            cluster_tls_ca,
+            cluster_tls_server_name,
             billing_period,
             http_header_timeout_ms,
             http_body_timeout_ms,
@@ -322,6 +342,8 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     /// HTTP connections of both planes (see [`HttpLimits`]).
     pub http: HttpLimits,
+    /// Mutual TLS between nodes: all three PEM files, or none (plaintext).
+    pub cluster_tls: Option<TlsFiles>,
     pub tiers: Vec<TierRecord>,
     /// How long usage history and violations are kept.
     pub retention: Retention,
@@ -363,6 +385,7 @@ impl std::fmt::Debug for Config {
             retention,
             pipelines,
             http,
+            cluster_tls,
         } = self;
         f.debug_struct("Config")
             .field("data_addr", data_addr)
@@ -395,6 +418,7 @@ impl std::fmt::Debug for Config {
             .field("retention", retention)
             .field("pipelines", pipelines)
             .field("http", http)
+            .field("cluster_tls", cluster_tls)
             .finish()
     }
 }
@@ -672,6 +696,13 @@ impl Config {
             host_port("advertise_addr", a)?;
         }
         let http = http_limits(&r)?;
+        let cluster_tls = TlsFiles::from_settings(
+            r.cluster_tls_cert.clone(),
+            r.cluster_tls_key.clone(),
+            r.cluster_tls_ca.clone(),
+            r.cluster_tls_server_name.clone(),
+        )
+        .map_err(|(field, message)| bad(field, message))?;
         let mut tiers = default_tiers();
         for (name, t) in r.tiers.clone().unwrap_or_default() {
             validate_limits(&t.limits)
@@ -719,6 +750,7 @@ impl Config {
             fail_closed_tiers,
             advertise_addr: r.advertise_addr,
             http,
+            cluster_tls,
             tiers,
             retention,
             pipelines,
@@ -848,6 +880,36 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("https://hooks.example.com"), "{out}");
+    }
+
+    #[test]
+    fn cluster_tls_is_all_three_files_or_none() {
+        let c = Config::from_raw(env(&[
+            ("RINGLIMIT_CLUSTER_TLS_CERT", "node.pem"),
+            ("RINGLIMIT_CLUSTER_TLS_KEY", "node.key"),
+            ("RINGLIMIT_CLUSTER_TLS_CA", "ca.pem"),
+        ]))
+        .expect("all three");
+        let tls = c.cluster_tls.expect("tls");
+        assert_eq!(tls.ca, PathBuf::from("ca.pem"));
+        assert_eq!(tls.server_name, None);
+        let e = Config::from_raw(env(&[
+            ("RINGLIMIT_CLUSTER_TLS_CERT", "node.pem"),
+            ("RINGLIMIT_CLUSTER_TLS_CA", "ca.pem"),
+        ]))
+        .expect_err("no key");
+        assert_eq!(e.field, "cluster_tls_key");
+        assert!(e.message.contains("RINGLIMIT_CLUSTER_TLS_KEY"), "{e}");
+        let e =
+            Config::from_raw(RawConfig::from_toml("cluster_tls_key = \"node.key\"").expect("toml"))
+                .expect_err("no cert");
+        assert_eq!(e.field, "cluster_tls_cert");
+        assert!(
+            Config::from_raw(RawConfig::default())
+                .expect("defaults")
+                .cluster_tls
+                .is_none()
+        );
     }
 
     #[test]
