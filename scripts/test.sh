@@ -49,3 +49,7 @@ log "redis at $RINGLIMIT_TEST_REDIS_URL, CQL at $RINGLIMIT_TEST_CQL"
 wait "$build_pid"
 log "running tests"
 cargo test --workspace "$@"
+
+# Advisories (offline, against the snapshot), licences, bans, sources.
+log "checking dependencies (cargo-deny)"
+scripts/deny.sh
