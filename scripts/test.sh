@@ -49,3 +49,14 @@ log "redis at $RINGLIMIT_TEST_REDIS_URL, CQL at $RINGLIMIT_TEST_CQL"
 wait "$build_pid"
 log "running tests"
 cargo test --workspace "$@"
+
+# Advisories (offline, against the snapshot), licences, bans, sources.
+log "checking dependencies (cargo-deny)"
+scripts/deny.sh
+
+# A short fuzzing pass in CI, opt-in: building the fuzz targets the first
+# time takes several minutes (scripts/fuzz.sh runs them for longer).
+if [[ "${CI:-}" == true && "${RINGLIMIT_CI_FUZZ:-0}" == 1 ]]; then
+  log "fuzzing each target for ${RINGLIMIT_CI_FUZZ_SECONDS:-12}s"
+  scripts/fuzz.sh "${RINGLIMIT_CI_FUZZ_SECONDS:-12}"
+fi

@@ -176,7 +176,7 @@ impl Router {
         let ev = match c {
             Change::Key(key_id) => AdminEvent::KeyChanged { key_id },
             Change::Tier(name) => AdminEvent::TierChanged { name },
-            Change::Blocks => AdminEvent::BlocksChanged,
+            Change::Blocks => AdminEvent::BlocksChanged {},
             Change::AbuseRules => {
                 let Some(p) = self.service.pipelines() else {
                     return;
@@ -731,7 +731,7 @@ impl Router {
         let r = match &ev {
             AdminEvent::KeyChanged { key_id } => self.service.reload_key(key_id).await,
             AdminEvent::TierChanged { .. } => self.service.reload_tiers().await,
-            AdminEvent::BlocksChanged => self.service.reload_blocks().await,
+            AdminEvent::BlocksChanged {} => self.service.reload_blocks().await,
             AdminEvent::AbuseRulesChanged { rules } => {
                 match serde_json::from_str::<Vec<ringlimit_actors::pipeline::AbuseRule>>(rules) {
                     Ok(r) if r.iter().all(|x| x.validate().is_ok()) => {

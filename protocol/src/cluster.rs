@@ -180,8 +180,11 @@ pub enum AdminEvent {
     KeyChanged { key_id: String },
     /// A tier's limits changed.
     TierChanged { name: String },
-    /// The IP block list changed (re-read it from the store).
-    BlocksChanged,
+    /// The IP block list changed (re-read it from the store). A struct
+    /// variant with no fields, not a unit variant: MessagePack writes a unit
+    /// variant as a bare string, which [`check_frame`] refuses (every
+    /// payload is a map), so the event never reached a peer.
+    BlocksChanged {},
     /// The abuse rules changed; `rules` is their JSON.
     AbuseRulesChanged { rules: String },
 }
@@ -286,10 +289,30 @@ mod tests {
             key_id: "k1".into(),
         });
         round_trip(&AdminEvent::TierChanged { name: "pro".into() });
+        round_trip(&AdminEvent::BlocksChanged {});
+        round_trip(&AdminEvent::AbuseRulesChanged {
+            rules: "[]".into(),
+        });
         round_trip(&Handoff {
             from: "a".into(),
             ring_version: 5,
         });
+    }
+
+    #[test]
+    fn every_admin_event_passes_the_frame_check() {
+        // Found by the cluster_frame fuzzer: `BlocksChanged` was a unit
+        // variant, encoded as the string "BlocksChanged", and every receiver
+        // refused it as not a map.
+        for ev in [
+            AdminEvent::KeyChanged { key_id: "k".into() },
+            AdminEvent::TierChanged { name: "t".into() },
+            AdminEvent::BlocksChanged {},
+            AdminEvent::AbuseRulesChanged { rules: "[]".into() },
+        ] {
+            let bytes = rmp_serde::to_vec_named(&ev).expect("encode");
+            assert_eq!(check_frame(&bytes, MAX_FRAME_BYTES), Ok(()), "{ev:?}");
+        }
     }
 
     #[test]

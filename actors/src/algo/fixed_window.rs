@@ -37,6 +37,11 @@ pub struct FixedWindow {
 }
 
 impl FixedWindow {
+    /// Restores the invariants of a decoded state (a window of at least 1 µs).
+    pub(super) fn repair(&mut self) {
+        self.window_us = self.window_us.max(1);
+    }
+
     /// A fresh (empty) fixed window. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64) -> Self {
         FixedWindow {

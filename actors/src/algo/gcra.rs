@@ -40,6 +40,11 @@ pub struct Gcra {
 }
 
 impl Gcra {
+    /// Restores the invariants of a decoded state (a window of at least 1 µs).
+    pub(super) fn repair(&mut self) {
+        self.window_us = self.window_us.max(1);
+    }
+
     /// A fresh (empty) meter. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64, burst: u64) -> Self {
         Gcra {

@@ -109,13 +109,61 @@ pub trait Algorithm {
 /// The state of any algorithm, serialisable for snapshots (passivation,
 /// write-behind, restarts). The configuration (limit, window, burst) is part
 /// of the state so a snapshot is self-describing.
+///
+/// Decoding restores the invariants the algorithms rely on (see
+/// [`Stored`]): stored bytes may be corrupt or from another version, and a
+/// state that panics on its first check would take its actor down on every
+/// restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub enum AlgoState {
     SlidingWindow(SlidingWindow),
     SlidingLog(SlidingLog),
     TokenBucket(TokenBucket),
     Gcra(Gcra),
     FixedWindow(FixedWindow),
+}
+
+/// An [`AlgoState`] as decoded, before its invariants are restored: a
+/// window of at least 1 µs for every algorithm, and for the sliding log
+/// entries in time order, none after its last check, and a total that is
+/// their sum. States this code wrote already hold them; repairing keeps
+/// every unit they record as spent.
+#[derive(Deserialize)]
+#[serde(rename = "AlgoState")]
+enum Stored {
+    SlidingWindow(SlidingWindow),
+    SlidingLog(SlidingLog),
+    TokenBucket(TokenBucket),
+    Gcra(Gcra),
+    FixedWindow(FixedWindow),
+}
+
+impl From<Stored> for AlgoState {
+    fn from(s: Stored) -> Self {
+        match s {
+            Stored::SlidingWindow(mut a) => {
+                a.repair();
+                AlgoState::SlidingWindow(a)
+            }
+            Stored::SlidingLog(mut a) => {
+                a.repair();
+                AlgoState::SlidingLog(a)
+            }
+            Stored::TokenBucket(mut a) => {
+                a.repair();
+                AlgoState::TokenBucket(a)
+            }
+            Stored::Gcra(mut a) => {
+                a.repair();
+                AlgoState::Gcra(a)
+            }
+            Stored::FixedWindow(mut a) => {
+                a.repair();
+                AlgoState::FixedWindow(a)
+            }
+        }
+    }
 }
 
 impl AlgoState {
@@ -215,5 +263,45 @@ impl Algorithm for AlgoState {
     }
     fn capacity(&self) -> u64 {
         self.inner().capacity()
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn a_decoded_state_with_a_zero_window_checks_without_dividing_by_zero() {
+        for algorithm in [
+            AlgorithmKind::SlidingWindow,
+            AlgorithmKind::SlidingLog,
+            AlgorithmKind::TokenBucket,
+            AlgorithmKind::Gcra,
+            AlgorithmKind::FixedWindow,
+        ] {
+            let spec = LimitSpec {
+                name: "l".into(),
+                algorithm,
+                limit: 5,
+                window_ms: 1_000,
+                burst: None,
+            };
+            // The state as stored, its window zeroed (a corrupt snapshot):
+            // the sliding and fixed windows divided `now` by it.
+            let mut v = serde_json::to_value(AlgoState::new(&spec)).expect("encodes");
+            let inner = v
+                .as_object_mut()
+                .and_then(|m| m.values_mut().next())
+                .and_then(|s| s.as_object_mut())
+                .expect("an externally tagged struct");
+            inner.insert("window_us".into(), 0.into());
+            let mut state: AlgoState = serde_json::from_value(v).expect("decodes");
+            assert_eq!(state.kind(), algorithm);
+            // A 1 µs window: the quota of 5 holds within one instant.
+            let now = 1_700_000_000_000_000;
+            let allowed = (0..8).filter(|_| state.check(now, 1).allowed).count();
+            assert_eq!(allowed, 5, "{algorithm:?}");
+            assert!(state.check(now + 10, 1).allowed, "{algorithm:?} refills");
+        }
     }
 }

@@ -40,6 +40,22 @@ pub struct SlidingLog {
 }
 
 impl SlidingLog {
+    /// Restores the invariants of a decoded state: a window of at least
+    /// 1 µs, entries in time order and none after the last check (a check
+    /// computes the time to each entry's expiry as `now - t` with
+    /// `now >= last_us`), and `total` the sum of the entries.
+    pub(super) fn repair(&mut self) {
+        self.window_us = self.window_us.max(1);
+        self.entries.make_contiguous().sort_by_key(|&(t, _)| t);
+        if let Some(&(t, _)) = self.entries.back() {
+            self.last_us = self.last_us.max(t);
+        }
+        self.total = self
+            .entries
+            .iter()
+            .fold(0u64, |sum, &(_, c)| sum.saturating_add(c));
+    }
+
     /// A fresh (empty) log. A zero window is treated as 1 µs.
     pub fn new(limit: u64, window_us: u64) -> Self {
         SlidingLog {
@@ -162,6 +178,34 @@ impl Algorithm for SlidingLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algo::AlgoState;
+
+    #[test]
+    fn a_decoded_log_with_an_entry_after_its_last_check_is_repaired_not_a_panic() {
+        // A snapshot the fuzzer built: entries out of order, one later than
+        // `last_us`, a wrong total. Checking it computed `now - t` for an
+        // entry after `now` and panicked on the subtraction.
+        let json = r#"{"SlidingLog":{"limit":3,"window_us":1000000,
+            "entries":[[5000000,1],[2000000,2]],"total":7,"last_us":1000000}}"#;
+        let AlgoState::SlidingLog(log) = serde_json::from_str::<AlgoState>(json).expect("decodes")
+        else {
+            panic!("decoded another algorithm");
+        };
+        assert_eq!(
+            log.entries.iter().copied().collect::<Vec<_>>(),
+            [(2_000_000, 2), (5_000_000, 1)]
+        );
+        assert_eq!(log.last_us, 5_000_000);
+        assert_eq!(log.total, 3);
+        // An earlier `now` is read as the last check (5 s): the entry of 2 s
+        // has expired, the one of 5 s holds 1 of the 3 units.
+        let d = log.evaluate(1_500_000, 3);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_us, W, "the 5 s entry expires a window later");
+        let d = log.evaluate(1_500_000, 2);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+    }
 
     const W: u64 = 1_000_000;
     const T0: u64 = 1_700_000_000_123_456;

@@ -92,7 +92,7 @@ impl ClusterHandler for ProbeHandler {
             AdminEvent::TierChanged { name } => {
                 self.out.line(&format!("admin tier_changed name={name}"))
             }
-            AdminEvent::BlocksChanged => self.out.line("admin blocks_changed"),
+            AdminEvent::BlocksChanged {} => self.out.line("admin blocks_changed"),
             AdminEvent::AbuseRulesChanged { .. } => self.out.line("admin abuse_rules_changed"),
         }
         Ok(())

@@ -67,4 +67,19 @@ mod tests {
         };
         assert!(matches!(encode(&big), Err(WireError::TooLarge { .. })));
     }
+
+    #[test]
+    fn every_admin_event_crosses_the_wire() {
+        // A block-list change used to be encoded as a bare string, which
+        // `decode` refused before parsing: no peer ever reloaded its blocks.
+        for ev in [
+            AdminEvent::KeyChanged { key_id: "k".into() },
+            AdminEvent::TierChanged { name: "pro".into() },
+            AdminEvent::BlocksChanged {},
+            AdminEvent::AbuseRulesChanged { rules: "[]".into() },
+        ] {
+            let b = encode(&ev).expect("encode");
+            assert_eq!(decode::<AdminEvent>(&b).expect("decode"), ev);
+        }
+    }
 }
