@@ -52,7 +52,7 @@ impl<'de> Deserialize<'de> for SecretHash {
 }
 
 /// A key as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     pub key_id: String,
     pub owner: String,
@@ -73,6 +73,53 @@ pub struct KeyRecord {
     pub suspended_until_ms: Option<u64>,
     #[serde(default)]
     pub suspended_reason: Option<String>,
+}
+
+impl std::fmt::Debug for KeyRecord {
+    /// Every field, with the webhook secret and the webhook URL's path
+    /// in the metadata hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let KeyRecord {
+            key_id,
+            owner,
+            tier,
+            status,
+            limits,
+            metadata,
+            secret_hash,
+            previous_hash,
+            previous_expires_at_ms,
+            created_at_ms,
+            updated_at_ms,
+            suspended_until_ms,
+            suspended_reason,
+        } = self;
+        let mut shown = metadata.clone();
+        if let Some(v) = shown.get_mut(WEBHOOK_SECRET) {
+            *v = crate::redact::REDACTED.into();
+        }
+        // A webhook URL's path or query is often its credential.
+        if let Some(v) = shown.get_mut("webhook_url")
+            && let Some(u) = v.as_str()
+        {
+            *v = crate::redact::origin(u).into();
+        }
+        f.debug_struct("KeyRecord")
+            .field("key_id", key_id)
+            .field("owner", owner)
+            .field("tier", tier)
+            .field("status", status)
+            .field("limits", limits)
+            .field("metadata", &shown)
+            .field("secret_hash", secret_hash)
+            .field("previous_hash", previous_hash)
+            .field("previous_expires_at_ms", previous_expires_at_ms)
+            .field("created_at_ms", created_at_ms)
+            .field("updated_at_ms", updated_at_ms)
+            .field("suspended_until_ms", suspended_until_ms)
+            .field("suspended_reason", suspended_reason)
+            .finish()
+    }
 }
 
 /// What a presented secret proves about a key.
@@ -255,6 +302,10 @@ mod tests {
         let json = serde_json::to_string(&v).unwrap();
         assert!(!json.contains("whsec-do-not-show"), "{json}");
         assert!(json.contains("\"webhook_secret_set\":true"), "{json}");
+        let debug = format!("{r:?} {r:#?}");
+        assert!(!debug.contains("whsec-do-not-show"), "{debug}");
+        assert!(debug.contains(crate::redact::REDACTED), "{debug}");
+        assert!(!debug.contains("/hook"), "{debug}");
     }
 
     fn rec(secret: &str) -> KeyRecord {

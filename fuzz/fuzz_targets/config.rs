@@ -5,11 +5,18 @@
 
 // The node crate pulls in axum, redis, scylla and reqwest; its config
 // module needs only the protocol and actors crates, serde, toml and
-// tracing-subscriber's filter parser, so the target compiles that module
+// tracing-subscriber's filter parser (and the cluster's plain settings), so the target compiles that module
 // from the node's source.
 #[allow(dead_code, clippy::all)]
 #[path = "../../node/src/config/mod.rs"]
 mod config;
+
+/// What the config module uses of the cluster layer: plain settings.
+mod cluster {
+    #[allow(dead_code, clippy::all)]
+    #[path = "../../../node/src/cluster/settings.rs"]
+    pub mod settings;
+}
 
 use config::{Config, RawConfig};
 use libfuzzer_sys::fuzz_target;

@@ -290,9 +290,7 @@ mod tests {
         });
         round_trip(&AdminEvent::TierChanged { name: "pro".into() });
         round_trip(&AdminEvent::BlocksChanged {});
-        round_trip(&AdminEvent::AbuseRulesChanged {
-            rules: "[]".into(),
-        });
+        round_trip(&AdminEvent::AbuseRulesChanged { rules: "[]".into() });
         round_trip(&Handoff {
             from: "a".into(),
             ring_version: 5,

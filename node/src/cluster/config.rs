@@ -5,9 +5,7 @@ use super::tls::TlsFiles;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// The shortest magic cookie a node accepts (`RINGLIMIT_COOKIE`): a shorter
-/// one is guessable, and the cookie is what admits a process to the cluster.
-pub const MIN_COOKIE_LEN: usize = 32;
+pub use super::settings::MIN_COOKIE_LEN;
 
 /// Settings of the cluster layer.
 #[derive(Debug, Clone)]

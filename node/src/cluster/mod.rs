@@ -71,6 +71,7 @@ mod messages;
 pub(crate) mod peers;
 pub mod probe;
 pub mod ring;
+pub mod settings;
 pub mod tls;
 pub mod wire;
 

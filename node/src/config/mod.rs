@@ -7,7 +7,7 @@
 
 pub mod pipelines;
 
-use crate::cluster::TlsFiles;
+use crate::cluster::settings::{MIN_COOKIE_LEN, TlsFiles};
 use ringlimit_actors::pipeline::{AbuseRule, PipelineConfig};
 use ringlimit_actors::redact;
 use ringlimit_actors::storage::{Retention, TierRecord};
@@ -657,13 +657,13 @@ impl Config {
         }
         if let Some(c) = &r.cookie
             && !c.is_empty()
-            && c.chars().count() < crate::cluster::MIN_COOKIE_LEN
+            && c.chars().count() < MIN_COOKIE_LEN
         {
             return Err(bad(
                 "cookie",
                 format!(
                     "RINGLIMIT_COOKIE must be at least {} characters (a shorter cookie is guessable)",
-                    crate::cluster::MIN_COOKIE_LEN
+                    MIN_COOKIE_LEN
                 ),
             ));
         }

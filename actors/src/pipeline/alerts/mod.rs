@@ -168,7 +168,7 @@ impl Default for AlertConfig {
 }
 
 /// An alert on its way to the alert worker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AlertEvent {
     pub id: String,
     pub kind: &'static str,
@@ -179,6 +179,36 @@ pub struct AlertEvent {
     pub at_ms: u64,
     /// The key owner's webhook, for quota notices: (url, secret).
     pub notify_owner: Option<(String, Option<String>)>,
+}
+
+impl std::fmt::Debug for AlertEvent {
+    /// Every field; of the owner's webhook only the URL's origin and
+    /// whether it has a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let AlertEvent {
+            id,
+            kind,
+            severity,
+            key_id,
+            message,
+            details,
+            at_ms,
+            notify_owner,
+        } = self;
+        let owner = notify_owner
+            .as_ref()
+            .map(|(url, secret)| (crate::redact::origin(url), crate::redact::secret(secret)));
+        f.debug_struct("AlertEvent")
+            .field("id", id)
+            .field("kind", kind)
+            .field("severity", severity)
+            .field("key_id", key_id)
+            .field("message", message)
+            .field("details", details)
+            .field("at_ms", at_ms)
+            .field("notify_owner", &owner)
+            .finish()
+    }
 }
 
 impl AlertEvent {
@@ -560,5 +590,33 @@ impl Worker for AlertWorker {
 
     fn idle(&self) -> bool {
         self.ctx.alerts.is_idle()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_owners_webhook_path_and_secret() {
+        let mut e = AlertEvent::new(
+            "quota_warning",
+            "warning",
+            Some("k"),
+            "80% used".into(),
+            serde_json::json!({}),
+            &["k"],
+            0,
+        );
+        e.notify_owner = Some((
+            "https://hooks.example.com/T0/path-token?k=query-token".into(),
+            Some("owner-signing-secret".into()),
+        ));
+        let out = format!("{e:?} {e:#?}");
+        for hidden in ["path-token", "query-token", "owner-signing-secret"] {
+            assert!(!out.contains(hidden), "{hidden} shown: {out}");
+        }
+        assert!(out.contains("https://hooks.example.com"), "{out}");
+        assert!(out.contains("80% used"), "{out}");
     }
 }
