@@ -11,11 +11,13 @@
 #[path = "../../node/src/config/mod.rs"]
 mod config;
 
+#[allow(dead_code, clippy::all)]
+#[path = "../../node/src/cluster/settings.rs"]
+mod cluster_settings;
+
 /// What the config module uses of the cluster layer: plain settings.
 mod cluster {
-    #[allow(dead_code, clippy::all)]
-    #[path = "../../../node/src/cluster/settings.rs"]
-    pub mod settings;
+    pub use super::cluster_settings as settings;
 }
 
 use config::{Config, RawConfig};

@@ -88,6 +88,7 @@ async fn run(url: &str, key: &str, callers: usize, dur: Duration) -> (Vec<Durati
                     let t = ringlimit_actors::clock::monotonic();
                     let r = c
                         .post(url.as_str())
+                        .header("content-type", "application/json")
                         .body(body.as_str().to_owned())
                         .send()
                         .await;

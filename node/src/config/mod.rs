@@ -291,7 +291,7 @@ impl Default for HttpLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
+            max_connections: 8_192,
         }
     }
 }
@@ -803,7 +803,7 @@ mod tests {
         let e =
             Config::from_raw(RawConfig::from_toml("[tiers.x]\nlimits = []").unwrap()).unwrap_err();
         assert_eq!(e.field, "tiers.x.limits.limits");
-        let e = Config::from_raw(env(&[("RINGLIMIT_ADMIN_TOKEN", "short")])).unwrap_err();
+        let e = Config::from_raw(env(&[("RINGLIMIT_ADMIN_TOKEN", "short")])).expect_err("refused");
         assert_eq!(e.field, "admin_token");
         let short = "c".repeat(31);
         let e = Config::from_raw(env(&[("RINGLIMIT_COOKIE", &short)])).unwrap_err();
@@ -812,9 +812,11 @@ mod tests {
         assert!(!e.to_string().contains(&short), "{e}");
         let ok = "c".repeat(32);
         assert!(Config::from_raw(env(&[("RINGLIMIT_COOKIE", &ok)])).is_ok());
-        let e = Config::from_raw(env(&[("RINGLIMIT_HTTP_HEADER_TIMEOUT_MS", "0")])).unwrap_err();
+        let e = Config::from_raw(env(&[("RINGLIMIT_HTTP_HEADER_TIMEOUT_MS", "0")]))
+            .expect_err("refused");
         assert_eq!(e.field, "http_header_timeout_ms");
-        let e = Config::from_raw(env(&[("RINGLIMIT_HTTP_MAX_CONNECTIONS", "0")])).unwrap_err();
+        let e =
+            Config::from_raw(env(&[("RINGLIMIT_HTTP_MAX_CONNECTIONS", "0")])).expect_err("refused");
         assert_eq!(e.field, "http_max_connections");
     }
 
@@ -826,12 +828,12 @@ mod tests {
             ("RINGLIMIT_HTTP_IDLE_TIMEOUT_MS", "4000"),
             ("RINGLIMIT_HTTP_MAX_CONNECTIONS", "50"),
         ]))
-        .unwrap();
+        .expect("valid");
         assert_eq!(c.http.header_timeout, Duration::from_millis(2_000));
         assert_eq!(c.http.body_timeout, Duration::from_millis(3_000));
         assert_eq!(c.http.idle_timeout, Duration::from_millis(4_000));
         assert_eq!(c.http.max_connections, 50);
-        let d = Config::from_raw(RawConfig::default()).unwrap();
+        let d = Config::from_raw(RawConfig::default()).expect("valid");
         assert_eq!(d.http, HttpLimits::default());
     }
 
@@ -840,9 +842,9 @@ mod tests {
         let raw = RawConfig::from_toml(
             "[tiers.free]\nlimits = [{name = \"per-minute\", algorithm = \"fixed_window\", limit = 5, window_ms = 60000}]\n[tiers.gold]\nlimits = [{name = \"a\", limit = 1, window_ms = 1000}]",
         )
-        .unwrap();
-        let c = Config::from_raw(raw).unwrap();
-        let free = c.tiers.iter().find(|t| t.name == "free").unwrap();
+        .expect("valid");
+        let c = Config::from_raw(raw).expect("valid");
+        let free = c.tiers.iter().find(|t| t.name == "free").expect("valid");
         assert_eq!(free.limits.len(), 1);
         assert!(c.tiers.iter().any(|t| t.name == "gold"));
         assert!(c.tiers.iter().any(|t| t.name == "pro"));
@@ -914,11 +916,11 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::from_raw(RawConfig::default()).unwrap();
+        let c = Config::from_raw(RawConfig::default()).expect("valid");
         assert_eq!(c.data_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:8081");
         for t in default_tiers() {
-            validate_limits(&t.limits).unwrap();
+            validate_limits(&t.limits).expect("valid");
         }
     }
 }

@@ -266,13 +266,13 @@ mod tests {
             ]))
             .is_ok()
         );
-        let e = require_json(&headers(&[("content-length", "2")])).unwrap_err();
+        let e = require_json(&headers(&[("content-length", "2")])).expect_err("refused");
         assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let e = require_json(&headers(&[
             ("transfer-encoding", "chunked"),
             ("content-type", "text/plain"),
         ]))
-        .unwrap_err();
+        .expect_err("refused");
         assert_eq!(e.code, ErrorCode::UnsupportedMediaType);
         assert!(
             require_json(&headers(&[

@@ -409,47 +409,57 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_that_never_sends_its_headers_expires() {
+    fn at(w: &Watchdog, ms: u64) -> Instant {
+        w.since + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_connection_that_never_sends_its_headers_expires() {
         let a = Arc::new(Activity::default());
         let mut w = Watchdog::new(Arc::clone(&a), limits());
         a.bytes_read.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(w.expired().await, Expired::Header);
+        assert_eq!(w.observe(at(&w, 1_000)), None);
+        a.bytes_read.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(w.observe(at(&w, 2_000)), Some(Expired::Header));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_answered_connection_goes_idle_then_expires_on_a_trickle() {
+    #[test]
+    fn an_answered_connection_goes_idle_then_expires_on_a_trickle() {
         let a = Arc::new(Activity::default());
         let mut w = Watchdog::new(Arc::clone(&a), limits());
+        let t0 = w.since;
+        let t = |ms: u64| t0 + Duration::from_millis(ms);
         a.bytes_read.fetch_add(100, Ordering::Relaxed);
         a.started.fetch_add(1, Ordering::Relaxed);
         a.finished.fetch_add(1, Ordering::Relaxed);
-        let t0 = Instant::now();
-        tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(w.observe(Instant::now()), None);
+        assert_eq!(w.observe(t(600)), None);
         assert_eq!(w.phase, Phase::Idle);
         // Idle: not closed at the header timeout.
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(w.observe(Instant::now()), None);
+        assert_eq!(w.observe(t(5_600)), None);
         // A byte of the next request: its headers are now due.
         a.bytes_read.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(w.observe(Instant::now()), None);
+        assert_eq!(w.observe(t(6_000)), None);
         assert_eq!(w.phase, Phase::Header);
-        assert_eq!(w.expired().await, Expired::Header);
-        assert!(Instant::now() - t0 >= Duration::from_secs(7));
+        a.bytes_read.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(w.observe(t(7_000)), None);
+        assert_eq!(w.observe(t(8_000)), Some(Expired::Header));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_expires_at_the_idle_timeout_and_a_busy_one_never() {
+    #[test]
+    fn an_idle_connection_expires_at_the_idle_timeout_and_a_busy_one_never() {
         let a = Arc::new(Activity::default());
         let mut w = Watchdog::new(Arc::clone(&a), limits());
+        let t0 = w.since;
+        let t = |ms: u64| t0 + Duration::from_millis(ms);
         a.bytes_read.fetch_add(100, Ordering::Relaxed);
         a.started.fetch_add(1, Ordering::Relaxed);
         // Busy for longer than both timeouts.
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(w.observe(Instant::now()), None);
+        assert_eq!(w.observe(t(30_000)), None);
         a.finished.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(w.expired().await, Expired::Idle);
+        assert_eq!(w.observe(t(30_100)), None);
+        assert_eq!(w.observe(t(40_100)), Some(Expired::Idle));
+        // Once only.
+        assert_eq!(w.observe(t(50_100)), None);
     }
 
     #[test]
