@@ -13,7 +13,7 @@ mod config;
 
 #[allow(dead_code, clippy::all)]
 #[path = "../../node/src/cluster/settings.rs"]
-mod cluster_settings;
+pub mod cluster_settings;
 
 /// What the config module uses of the cluster layer: plain settings.
 mod cluster {
