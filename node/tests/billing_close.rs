@@ -139,19 +139,27 @@ async fn a_period_waits_for_unwritten_usage_and_late_usage_adjusts_its_record() 
         .await,
         "the closed record now holds the late units"
     );
-    let audit = store
-        .list_audit(Range {
-            from_ms: 0,
-            to_ms: u64::MAX,
-            offset: 0,
-            limit: 100,
-        })
-        .await
-        .unwrap();
-    let adj: Vec<_> = audit
-        .iter()
-        .filter(|e| e.action == "billing.adjust")
-        .collect();
+    // The audit entry is written by the pipeline's next round.
+    let adjustments = async || -> Vec<ringlimit_protocol::pipeline::AuditEntry> {
+        store
+            .list_audit(Range {
+                from_ms: 0,
+                to_ms: u64::MAX,
+                offset: 0,
+                limit: 100,
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "billing.adjust")
+            .collect()
+    };
+    assert!(
+        eventually(10, async || !adjustments().await.is_empty()).await,
+        "the adjustment was audited"
+    );
+    let adj = adjustments().await;
+    let audit = &adj;
     assert_eq!(adj.len(), 1, "{audit:?}");
     assert_eq!(adj[0].target_id, format!("k1/{period}"));
     assert_eq!(adj[0].details["units_before"], 7);

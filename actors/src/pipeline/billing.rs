@@ -551,8 +551,11 @@ impl Worker for BillingWorker {
         if self.last_closed != Some(due) {
             // Every period that ended since the last one closed (a node that
             // was down across several boundaries catches up), at most 100.
-            let mut p = match self.last_closed {
-                Some(l) if l < due => cfg.period.end_of(l),
+            // A period postponed before this worker closed any is still
+            // owed when the next one becomes due.
+            let mut p = match (self.last_closed, self.postponed) {
+                (Some(l), _) if l < due => cfg.period.end_of(l),
+                (None, Some(pp)) if pp < due => pp,
                 _ => due,
             };
             let mut postponed = false;
