@@ -28,7 +28,30 @@ SRC="${RINGLIMIT_ADVISORY_DB:-$ROOT/../shared/advisory-db}"
 log() { printf 'deny.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-[[ -d "$SRC/crates" ]] || die "no advisory database snapshot at $SRC (set RINGLIMIT_ADVISORY_DB)"
+# cargo-deny looks for each database under db-path in a directory named
+# after its URL; this is the name it gives the default (RustSec) database.
+DBS="$CACHE/advisory-dbs"
+DB="$DBS/advisory-db-3157b0e258782691"
+
+# Without a snapshot, the copy a previous run left in the cache is used; with
+# neither, the advisories check is skipped (said loudly) and the licence,
+# ban and source checks still run: they need no database.
+checks=("$@")
+use_cached=0
+if [[ ! -d "$SRC/crates" ]]; then
+  if [[ -d "$DB/crates" ]]; then
+    log "no advisory database snapshot at $SRC; using the copy cached by an earlier run"
+    use_cached=1
+  else
+    log "WARNING: no advisory database snapshot at $SRC and none cached;"
+    log "WARNING: skipping the advisories check (set RINGLIMIT_ADVISORY_DB to a copy of the RustSec advisory-db)"
+    if [[ ${#checks[@]} -eq 0 ]]; then checks=(bans licenses sources); fi
+    filtered=()
+    for c in "${checks[@]}"; do [[ "$c" == advisories ]] || filtered+=("$c"); done
+    checks=("${filtered[@]}")
+    use_cached=2
+  fi
+fi
 
 installed="$("$TOOLS/bin/cargo-deny" --version 2>/dev/null || true)"
 if [[ "$installed" != "cargo-deny $VERSION" ]]; then
@@ -38,40 +61,42 @@ if [[ "$installed" != "cargo-deny $VERSION" ]]; then
   log "cargo-deny installed in $(( $(date +%s) - started ))s"
 fi
 
-# cargo-deny looks for each database under db-path in a directory named
-# after its URL; this is the name it gives the default (RustSec) database.
-DBS="$CACHE/advisory-dbs"
-DB="$DBS/advisory-db-3157b0e258782691"
+if [[ $use_cached -eq 0 ]]; then
+  # The snapshot's date: its last commit when it is a repository, else the
+  # date of its newest advisory.
+  if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
+    date="$(git -C "$SRC" log -1 --format=%cs)"
+    what="commit $(git -C "$SRC" rev-parse --short HEAD), $date"
+  else
+    date="$(grep -rhs '^date = "' "$SRC/crates" "$SRC/rust" | sed 's/^date = "\(.*\)"$/\1/' | sort | tail -n 1)"
+    [[ -n "$date" ]] || die "no dated advisory in $SRC"
+    what="newest advisory dated $date"
+  fi
 
-# The snapshot's date: its last commit when it is a repository, else the
-# date of its newest advisory.
-if git -C "$SRC" rev-parse --git-dir >/dev/null 2>&1; then
-  date="$(git -C "$SRC" log -1 --format=%cs)"
-  what="commit $(git -C "$SRC" rev-parse --short HEAD), $date"
+  rm -rf "$DB"
+  mkdir -p "$DB"
+  cp -R "$SRC/." "$DB/"
+  rm -rf "$DB/.git"
+  chmod -R u+w "$DB"
+  (
+    cd "$DB"
+    export GIT_AUTHOR_DATE="${date}T00:00:00Z" GIT_COMMITTER_DATE="${date}T00:00:00Z"
+    git init -q
+    git add -A
+    git -c user.name=snapshot -c user.email=snapshot@localhost -c commit.gpgsign=false \
+      commit -q -m "advisory-db snapshot ($what)"
+  )
+  count="$(find "$DB/crates" -name '*.md' | wc -l)"
+  log "advisory database: snapshot with $count crate advisories ($what)"
+
+elif [[ $use_cached -eq 1 ]]; then
+  what="$(git -C "$DB" log -1 --format=%s)"
 else
-  date="$(grep -rhs '^date = "' "$SRC/crates" "$SRC/rust" | sed 's/^date = "\(.*\)"$/\1/' | sort | tail -n 1)"
-  [[ -n "$date" ]] || die "no dated advisory in $SRC"
-  what="newest advisory dated $date"
+  what="none (advisories not checked)"
 fi
-
-rm -rf "$DB"
-mkdir -p "$DB"
-cp -R "$SRC/." "$DB/"
-rm -rf "$DB/.git"
-chmod -R u+w "$DB"
-(
-  cd "$DB"
-  export GIT_AUTHOR_DATE="${date}T00:00:00Z" GIT_COMMITTER_DATE="${date}T00:00:00Z"
-  git init -q
-  git add -A
-  git -c user.name=snapshot -c user.email=snapshot@localhost -c commit.gpgsign=false \
-    commit -q -m "advisory-db snapshot ($what)"
-)
-count="$(find "$DB/crates" -name '*.md' | wc -l)"
-log "advisory database: snapshot with $count crate advisories ($what)"
 
 export RINGLIMIT_DENY_DB_DIR="$DBS"
 # Inclusion graphs make the duplicate-version warnings hundreds of lines
 # long; `cargo deny check bans` with the same RINGLIMIT_DENY_DB_DIR shows them.
-"$TOOLS/bin/cargo-deny" --offline --locked check --hide-inclusion-graph --show-stats "$@"
+"$TOOLS/bin/cargo-deny" --offline --locked check --hide-inclusion-graph --show-stats ${checks[@]+"${checks[@]}"}
 log "advisory database used: $what"
