@@ -2,13 +2,13 @@
 # Line coverage of protocol/, actors/ and node/ by their tests
 # (cargo-llvm-cov, source-based coverage).
 #
-#   bash scripts/coverage.sh [extra cargo test args, e.g. --lib]
+#   bash scripts/coverage.sh [--servers] [extra cargo test args, e.g. --lib]
 #
 # cargo-llvm-cov is installed into ${RINGLIMIT_CACHE:-$HOME/.cache/ringlimit}/tools
 # on first use; it needs rustup's llvm-tools-preview component, added here
 # when missing. Tests that need Redis or a CQL server run when
 # RINGLIMIT_TEST_REDIS_URL / RINGLIMIT_TEST_CQL name one and are skipped
-# otherwise (scripts/test.sh starts both).
+# otherwise; `--servers` starts both for the run, as scripts/test.sh does).
 #
 # Writes $CACHE/coverage/summary.json (llvm-cov's export), an HTML report in
 # $CACHE/coverage/html, and prints the line coverage per crate and the
@@ -36,6 +36,26 @@ export PATH="$TOOLS/bin:$PATH"
 
 crates=(ringlimit-protocol ringlimit-actors ringlimit-node)
 started=$(date +%s)
+
+# --servers: start Redis and the CQL server first (as scripts/test.sh does),
+# so the tests that need them run and count; they are stopped at exit.
+if [[ "${1:-}" == --servers ]]; then
+  shift
+  scripts/redis.sh install
+  scripts/cassandra.sh install
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringlimit-coverage.XXXXXX")"
+  stop_servers() {
+    scripts/redis.sh stop "$WORK/redis" >/dev/null 2>&1 || true
+    scripts/cassandra.sh stop "$WORK/cassandra" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+  }
+  trap stop_servers EXIT INT TERM
+  RINGLIMIT_TEST_REDIS_URL="$(scripts/redis.sh start "$WORK/redis")"
+  RINGLIMIT_TEST_CQL="$(scripts/cassandra.sh start "$WORK/cassandra")"
+  export RINGLIMIT_TEST_REDIS_URL RINGLIMIT_TEST_CQL RINGLIMIT_REQUIRE_SERVERS=1
+  export RINGLIMIT_TEST_CASSANDRA_DIR="$WORK/cassandra" RINGLIMIT_TEST_REDIS_DIR="$WORK/redis"
+  log "redis at $RINGLIMIT_TEST_REDIS_URL, CQL at $RINGLIMIT_TEST_CQL"
+fi
 # Only the previous run's profiles: the instrumented build is kept.
 cargo llvm-cov clean --profraw-only
 cargo llvm-cov --no-report "${crates[@]/#/--package=}" "$@"
