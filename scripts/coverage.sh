@@ -8,7 +8,7 @@
 # on first use; it needs rustup's llvm-tools-preview component, added here
 # when missing. Tests that need Redis or a CQL server run when
 # RINGLIMIT_TEST_REDIS_URL / RINGLIMIT_TEST_CQL name one and are skipped
-# otherwise; `--servers` starts both for the run, as scripts/test.sh does).
+# otherwise; `--servers` starts both for the run, as scripts/test.sh does.
 #
 # Writes $CACHE/coverage/summary.json (llvm-cov's export), an HTML report in
 # $CACHE/coverage/html, and prints the line coverage per crate and the
