@@ -58,7 +58,10 @@ if [[ "${1:-}" == --servers ]]; then
 fi
 # Only the previous run's profiles: the instrumented build is kept.
 cargo llvm-cov clean --profraw-only
-cargo llvm-cov --no-report "${crates[@]/#/--package=}" "$@"
+# A failing test still leaves its profiles: the report is written either
+# way, and the script then exits with the tests' status.
+tests_rc=0
+cargo llvm-cov --no-report "${crates[@]/#/--package=}" "$@" || tests_rc=$?
 mkdir -p "$OUT"
 cargo llvm-cov report --json --summary-only --output-path "$OUT/summary.json"
 cargo llvm-cov report --html --output-dir "$OUT" >/dev/null
@@ -89,3 +92,8 @@ print("\nleast covered files (at least 50 lines):")
 for pct, n, rel in sorted(r for r in rows if r[1] >= 50)[:15]:
     print(f"  {pct:5.1f}% of {n:5} lines  {rel}")
 EOF
+
+if [[ $tests_rc -ne 0 ]]; then
+  log "some tests failed (exit code $tests_rc); the figures above include the tests that ran"
+fi
+exit "$tests_rc"
