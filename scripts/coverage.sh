@@ -58,6 +58,9 @@ if [[ "${1:-}" == --servers ]]; then
 fi
 # Only the previous run's profiles: the instrumented build is kept.
 cargo llvm-cov clean --profraw-only
+# Nodes started by the process tests are stopped with SIGTERM instead of
+# SIGKILL, so each writes its profile on exit (see node/tests/common).
+export RINGLIMIT_TEST_GRACEFUL_STOP=1
 # A failing test still leaves its profiles: the report is written either
 # way, and the script then exits with the tests' status.
 tests_rc=0

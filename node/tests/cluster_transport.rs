@@ -192,8 +192,7 @@ impl Drop for Probe {
             .args(["-CONT", &self.pid()])
             .stderr(Stdio::null())
             .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::stop(&mut self.child);
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The binary under `umask 022` (the usual default, which leaves files
 /// readable by others unless the node narrows them), with only `env`.
@@ -34,8 +34,8 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Waits for the process to exit, at most `secs` seconds (killed then).
 fn wait_exit(child: &mut Child, secs: u64) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
+    let deadline = ringlimit_actors::clock::monotonic() + Duration::from_secs(secs);
+    while ringlimit_actors::clock::monotonic() < deadline {
         if let Some(s) = child.try_wait().unwrap() {
             return Some(s);
         }

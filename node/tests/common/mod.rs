@@ -140,10 +140,33 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            stop(&mut c);
         }
     }
+}
+
+/// Ends a node process at the end of a test: SIGKILL, or, when
+/// `RINGLIMIT_TEST_GRACEFUL_STOP` is set (scripts/coverage.sh sets it),
+/// SIGTERM and up to 10 s for the node to exit on its own first, so an
+/// instrumented node writes its coverage profile (a killed one cannot).
+pub fn stop(c: &mut Child) {
+    if std::env::var_os("RINGLIMIT_TEST_GRACEFUL_STOP").is_some()
+        && matches!(c.try_wait(), Ok(None))
+    {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = ringlimit_actors::clock::monotonic() + Duration::from_secs(10);
+        while ringlimit_actors::clock::monotonic() < deadline {
+            if !matches!(c.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 pub fn unsafe_kill(pid: i32, sig: i32) {
