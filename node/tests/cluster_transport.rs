@@ -49,6 +49,7 @@ impl Probe {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringlimit"))
             .arg("cluster-probe")
             .env_clear()
+            .envs(common::profile_env())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RINGLIMIT_NODE_NAME", name)
             .env("RINGLIMIT_CLUSTER_ADDR", addr)

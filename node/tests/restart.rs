@@ -62,6 +62,7 @@ async fn invalid_config_exits_64_naming_the_field_before_binding() {
     std::fs::write(&cfg, "data_addr = \"127.0.0.1:0\"\nmax_batch = 0\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlimit"))
         .env_clear()
+        .envs(common::profile_env())
         .env("RINGLIMIT_CONFIG", &cfg)
         .env("RINGLIMIT_DATA_DIR", dir.path())
         .output()
@@ -72,6 +73,7 @@ async fn invalid_config_exits_64_naming_the_field_before_binding() {
     assert!(out.stdout.is_empty(), "nothing was served");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringlimit"))
         .env_clear()
+        .envs(common::profile_env())
         .env("RINGLIMIT_DATA_ADDR", "not-an-address")
         .env("RINGLIMIT_DATA_DIR", dir.path())
         .output()

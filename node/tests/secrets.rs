@@ -25,6 +25,7 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         .arg(env!("CARGO_BIN_EXE_ringlimit"))
         .args(args)
         .env_clear()
+        .envs(common::profile_env())
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         cmd.env(k, v);

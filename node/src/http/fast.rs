@@ -146,7 +146,8 @@ impl Inner {
             Some(v) => v.clone(),
             None => self.ids.next(),
         };
-        let started = tracing::enabled!(tracing::Level::DEBUG).then(ringlimit_actors::clock::monotonic);
+        let started =
+            tracing::enabled!(tracing::Level::DEBUG).then(ringlimit_actors::clock::monotonic);
         let path_is_batch = matches!(route, Route::Batch);
         let mut res = self.check(route, req).await;
         if let Some(t) = started {

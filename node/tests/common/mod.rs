@@ -29,6 +29,7 @@ impl Node {
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringlimit"));
         cmd.env_clear()
+            .envs(profile_env())
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RINGLIMIT_DATA_ADDR", "127.0.0.1:0")
             .env("RINGLIMIT_ADMIN_ADDR", "127.0.0.1:0")
@@ -143,6 +144,13 @@ impl Drop for Node {
             stop(&mut c);
         }
     }
+}
+
+/// The environment a node process keeps from the test's after
+/// `env_clear`: where an instrumented build writes its coverage profile
+/// (set by scripts/coverage.sh), if anywhere.
+pub fn profile_env() -> Option<(&'static str, std::ffi::OsString)> {
+    std::env::var_os("LLVM_PROFILE_FILE").map(|v| ("LLVM_PROFILE_FILE", v))
 }
 
 /// Ends a node process at the end of a test: SIGKILL, or, when
