@@ -3,6 +3,11 @@
 use clap::Parser;
 use ringlimit_node::{app, cli};
 
+/// mimalloc instead of the system allocator: the check path allocates and
+/// frees small blocks at a high rate (see node/Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     if let Some(cli::Command::ClusterProbe(args)) = &cli.command {

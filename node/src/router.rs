@@ -371,6 +371,46 @@ impl Router {
         self.service.validate_now(key_id, &hash, cost, client_ip)
     }
 
+    /// Several checks presenting one api_key (`(cost, client_ip)` each, in
+    /// order), decided without waiting as [`Router::validate_now`] decides
+    /// one: the api_key parsed and hashed once, the key's cell locked once.
+    /// Pushes one outcome per check onto `out`, in order; `false` (nothing
+    /// pushed, nothing spent): take [`Router::validate`] for each. The
+    /// callers' IPs are not looked at here: answer blocked ones first
+    /// ([`Router::ip_blocked`]) and leave them out of `checks`.
+    pub fn validate_now_many(
+        &self,
+        api_key: &str,
+        checks: &[(u64, Option<IpAddr>)],
+        out: &mut Vec<ValidateOutcome>,
+    ) -> bool {
+        let (key_id, hash) = match self.service.admit_key(api_key) {
+            Ok(front) => front,
+            Err(answer) => {
+                out.extend(checks.iter().map(|_| answer.clone()));
+                return true;
+            }
+        };
+        if let Some(c) = self.cluster.as_ref() {
+            if self.draining.load(Ordering::Acquire)
+                || !*self.gate_open.borrow()
+                || c.ring().owner(key_id) != c.node_name()
+            {
+                return false;
+            }
+        }
+        self.service.validate_now_many(key_id, &hash, checks, out)
+    }
+
+    /// The answer for a caller whose IP is on the block list, if it is.
+    pub fn ip_blocked(&self, client_ip: Option<IpAddr>) -> Option<ValidateOutcome> {
+        let block = self.service.ip_blocked(client_ip?)?;
+        Some(ValidateOutcome::IpBlocked {
+            cidr: block.cidr,
+            expires_at_ms: block.expires_at_ms,
+        })
+    }
+
     /// Answers one check: locally when this node owns the key, otherwise
     /// through the owner. The IP block and the api_key's parsing are done
     /// once, on the node that received the request.

@@ -113,6 +113,16 @@ impl Service {
                 expires_at_ms: block.expires_at_ms,
             });
         }
+        self.admit_key(api_key)
+    }
+
+    /// The api_key's form: its key id and the hash of its secret, or the
+    /// answer for a malformed key (hashed like an unknown one). The part of
+    /// [`Service::admit_request`] after the caller's IP.
+    pub fn admit_key<'a>(
+        &self,
+        api_key: &'a str,
+    ) -> Result<(&'a str, SecretHash), ValidateOutcome> {
         let Some((key_id, secret)) = apikey::parse(api_key) else {
             // Malformed keys take the same hashing path as unknown ones.
             let _ = keys::verify_unknown(&SecretHash::of(api_key));
@@ -176,6 +186,49 @@ impl Service {
         }
         let r = self.limiters.check_direct(key_id, cost, now_us)?;
         Some(self.decided(&key, Ok(r), cost, client_ip, now_ms))
+    }
+
+    /// Several checks of one key (`(cost, client_ip)` each, in order)
+    /// decided without waiting, as [`Service::validate_now`] decides one:
+    /// the key authenticated once, its limiter's cell locked once. Pushes
+    /// one outcome per check onto `out`, in order. `false` (nothing pushed,
+    /// nothing spent): take [`Service::validate_hashed`] for each.
+    pub fn validate_now_many(
+        &self,
+        key_id: &str,
+        presented: &SecretHash,
+        checks: &[(u64, Option<IpAddr>)],
+        out: &mut Vec<ValidateOutcome>,
+    ) -> bool {
+        let now_us = self.clock.now_us();
+        let now_ms = now_us / 1_000;
+        let Some(key) = self.source.keys.get(key_id) else {
+            return false;
+        };
+        if key.verify(presented, now_ms) != AuthResult::Valid {
+            out.extend(checks.iter().map(|_| ValidateOutcome::Unauthorized));
+            return true;
+        }
+        if key.suspended_at(now_ms) {
+            out.extend(checks.iter().map(|_| suspended(&key)));
+            return true;
+        }
+        let mut results = Vec::with_capacity(checks.len());
+        if !self.limiters.check_direct_many(
+            key_id,
+            checks.iter().map(|c| c.0),
+            now_us,
+            &mut results,
+        ) {
+            return false;
+        }
+        out.extend(
+            results
+                .into_iter()
+                .zip(checks)
+                .map(|(r, &(cost, ip))| self.decided(&key, Ok(r), cost, ip, now_ms)),
+        );
+        true
     }
 
     /// The outcome of a check the limiter answered (or could not).

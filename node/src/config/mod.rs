@@ -595,7 +595,9 @@ impl Config {
         if idle_timeout_ms == 0 {
             return Err(bad("idle_timeout_ms", "must be at least 1"));
         }
-        let max_active_keys = r.max_active_keys.unwrap_or(200_000);
+        let max_active_keys = r
+            .max_active_keys
+            .unwrap_or(ringlimit_actors::limiter::DEFAULT_MAX_ACTIVE);
         if max_active_keys == 0 {
             return Err(bad("max_active_keys", "must be at least 1"));
         }
