@@ -1,7 +1,8 @@
 //! `loadtest-compare-report`: turns the JSON results of a `loadtest/compare`
 //! run into BENCHMARKS.md — a headline, one table per scenario (rps and
 //! p50/p99/p99.9 per system, ratios against the axum ceiling and Gubernator),
-//! and the exact commands.
+//! and the exact commands. ringlimit appears once per storage variant:
+//! `ringlimit` (embedded store) and `ringlimit-redis-cql` (Redis + CQL).
 //!
 //! ```text
 //! loadtest-compare-report --results DIR --header FILE --commands FILE --out FILE
@@ -10,14 +11,19 @@
 //!
 //! Result files are named `<scenario>-<label>-<kind>.json`, kind being
 //! `closed` (the peak), `open-half` (open loop at half of the system's own
-//! peak) or `open-same` (open loop at ringlimit's half-peak rate).
+//! peak) or `open-same` (open loop at the embedded ringlimit's half-peak
+//! rate); the system is the result's `label`.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::PathBuf;
 
-const SYSTEMS: [&str; 3] = ["ringlimit", "ceiling", "gubernator"];
+const SYSTEMS: [&str; 4] = ["ringlimit", "ringlimit-redis-cql", "ceiling", "gubernator"];
+/// ringlimit's storage variants; the first is the reference whose half-peak
+/// rate the other systems are also run at (`open-same`).
+const RINGLIMITS: [&str; 2] = ["ringlimit", "ringlimit-redis-cql"];
+const REFERENCE: &str = RINGLIMITS[0];
 const KINDS: [&str; 3] = ["closed", "open-half", "open-same"];
 const SCENARIO_ORDER: [&str; 6] = ["normal", "hot-key", "batch", "churn", "spike", "sustained"];
 
@@ -170,6 +176,12 @@ fn run() -> Result<(), String> {
     let dir = o.results.clone().ok_or("--results DIR is required")?;
     let out = o.out.clone().ok_or("--out FILE is required")?;
     let res = load(&dir)?;
+    let md = render(&o, &res)?;
+    std::fs::write(&out, md).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(())
+}
+
+fn render(o: &Opts, res: &Results) -> Result<String, String> {
     let mut scenarios: Vec<String> = res.keys().map(|(sc, _, _)| sc.clone()).collect();
     scenarios.sort_by_key(|sc| SCENARIO_ORDER.iter().position(|x| x == sc).unwrap_or(99));
     scenarios.dedup();
@@ -198,26 +210,58 @@ fn run() -> Result<(), String> {
     // Headline.
     let _ = writeln!(md, "## Headline\n");
     for sc in &scenarios {
-        let (rl, ce, gu) = (
-            peak(sc, "ringlimit"),
-            peak(sc, "ceiling"),
-            peak(sc, "gubernator"),
-        );
-        let batch = get(sc, "ringlimit", "closed")
-            .is_some_and(|v| v["checks_per_request"].as_u64().unwrap_or(1) > 1);
+        let (ce, gu) = (peak(sc, "ceiling"), peak(sc, "gubernator"));
+        let batch = SYSTEMS
+            .iter()
+            .filter_map(|sys| get(sc, sys, "closed"))
+            .any(|v| v["checks_per_request"].as_u64().unwrap_or(1) > 1);
         let unit = if batch { "checks/s" } else { "req/s" };
-        let mut line = format!("- **{sc}** — peak: ringlimit {} {unit}", num(rl));
-        if ce > 0.0 {
-            let _ = write!(
-                line,
-                " = **{:.0}%** of the axum ceiling ({})",
-                100.0 * rl / ce,
-                num(ce)
-            );
+        // The baselines' own figures are given once, with the first variant.
+        let mut parts = Vec::new();
+        let mut first = true;
+        for sys in RINGLIMITS {
+            if get(sc, sys, "closed").is_none() {
+                if let Some(why) = o.unavailable.get(sys) {
+                    parts.push(format!("{sys} not available ({why})"));
+                }
+                continue;
+            }
+            let rl = peak(sc, sys);
+            let mut part = format!("{sys} {} {unit}", num(rl));
+            if ce > 0.0 {
+                let _ = write!(
+                    part,
+                    " = **{:.0}%** of the axum ceiling{}",
+                    100.0 * rl / ce,
+                    if first {
+                        format!(" ({})", num(ce))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if gu > 0.0 {
+                let _ = write!(
+                    part,
+                    " and **{}** Gubernator{}",
+                    ratio(rl, gu),
+                    if first {
+                        format!(" ({})", num(gu))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            parts.push(part);
+            first = false;
         }
-        if gu > 0.0 {
-            let _ = write!(line, " and **{}** Gubernator ({})", ratio(rl, gu), num(gu));
-        } else if let Some(why) = o.unavailable.get("gubernator") {
+        if parts.is_empty() {
+            parts.push("no ringlimit result".into());
+        }
+        let mut line = format!("- **{sc}** — peak: {}", parts.join("; "));
+        if gu <= 0.0
+            && let Some(why) = o.unavailable.get("gubernator")
+        {
             let _ = write!(line, "; Gubernator not available ({why})");
         }
         let halves: Vec<String> = SYSTEMS
@@ -233,10 +277,10 @@ fn run() -> Result<(), String> {
                 halves.join(", ")
             );
         }
-        if let Some(rl_half) = get(sc, "ringlimit", "open-half") {
-            let same: Vec<String> = ["ceiling", "gubernator"]
+        if let Some(rl_half) = get(sc, REFERENCE, "open-half") {
+            let same: Vec<String> = SYSTEMS
                 .iter()
-                .filter(|sys| get(sc, sys, "closed").is_some())
+                .filter(|sys| **sys != REFERENCE && get(sc, sys, "closed").is_some())
                 .map(|sys| match get(sc, sys, "open-same") {
                     Some(v) => format!("{sys} {}", p99(v)),
                     None => format!("{sys} — above its peak"),
@@ -245,7 +289,7 @@ fn run() -> Result<(), String> {
             if !same.is_empty() {
                 let _ = write!(
                     line,
-                    ". At ringlimit's half-peak load ({}/s): ringlimit {}, {}",
+                    ". At {REFERENCE}'s half-peak load ({}/s): {REFERENCE} {}, {}",
                     rate(rl_half),
                     p99(rl_half),
                     same.join(", ")
@@ -311,15 +355,14 @@ fn run() -> Result<(), String> {
                         let _ =
                             writeln!(md, "| {sys} | — | not available: {why} | | | | | | | | | |");
                     }
-                    let same_load_skipped = kind == "open-same"
-                        && sys != "ringlimit"
-                        && get(sc, sys, "closed").is_some();
+                    let same_load_skipped =
+                        kind == "open-same" && sys != REFERENCE && get(sc, sys, "closed").is_some();
                     if let (true, Some(rl_half)) =
-                        (same_load_skipped, get(sc, "ringlimit", "open-half"))
+                        (same_load_skipped, get(sc, REFERENCE, "open-half"))
                     {
                         let _ = writeln!(
                             md,
-                            "| {sys} | open loop {}/s (ringlimit's half peak) | not run: above 90% of its own peak ({} req/s), it would only measure a growing queue | | | | | | | | | |",
+                            "| {sys} | open loop {}/s ({REFERENCE}'s half peak) | not run: above 90% of its own peak ({} req/s), it would only measure a growing queue | | | | | | | | | |",
                             rate(rl_half),
                             num(peak_rps(sc, sys))
                         );
@@ -332,7 +375,7 @@ fn run() -> Result<(), String> {
                         v["connections"].as_u64().unwrap_or(0)
                     ),
                     "open-half" => format!("open loop {}/s (half its peak)", rate(v)),
-                    _ => format!("open loop {}/s (ringlimit's half peak)", rate(v)),
+                    _ => format!("open loop {}/s ({REFERENCE}'s half peak)", rate(v)),
                 };
                 let cps = f(v, &["checks_per_s"]);
                 let errors = f(v, &["error_total"]);
@@ -397,6 +440,138 @@ fn run() -> Result<(), String> {
         let text = std::fs::read_to_string(c).map_err(|e| format!("{}: {e}", c.display()))?;
         let _ = writeln!(md, "## The exact commands\n\n```sh\n{}```", text);
     }
-    std::fs::write(&out, md).map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok(())
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn result(sc: &str, label: &str, kind: &str, cps: f64, per_request: u64) -> Value {
+        json!({
+            "scenario": sc,
+            "label": label,
+            "rps": cps / per_request as f64,
+            "checks_per_s": cps,
+            "checks_per_request": per_request,
+            "connections": if kind == "closed" { 32 } else { 64 },
+            "rate": if kind == "closed" { Value::Null } else { json!(cps / per_request as f64) },
+            "latency_us": { "p50_us": 300.0, "p99_us": 2_000.0, "p999_us": 5_000.0, "max_us": 9_000.0 },
+            "error_total": 0,
+            "client_cpu_pct": 50.0,
+            "keys": { "count": 10_000, "algorithm": "token_bucket", "limit": 100_000_000.0, "window_ms": 60_000 },
+        })
+    }
+
+    fn add(r: &mut Results, sc: &str, label: &str, kind: &str, cps: f64, per_request: u64) {
+        r.insert(
+            (sc.into(), label.into(), kind.into()),
+            result(sc, label, kind, cps, per_request),
+        );
+    }
+
+    fn rows<'a>(md: &'a str, prefix: &str) -> Vec<&'a str> {
+        md.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn both_ringlimit_variants_get_rows_ratios_and_a_headline() {
+        let mut r = Results::new();
+        add(&mut r, "normal", "ringlimit", "closed", 80_000.0, 1);
+        add(
+            &mut r,
+            "normal",
+            "ringlimit-redis-cql",
+            "closed",
+            8_000.0,
+            1,
+        );
+        add(&mut r, "normal", "ceiling", "closed", 100_000.0, 1);
+        add(&mut r, "normal", "gubernator", "closed", 10_000.0, 1);
+        add(&mut r, "normal", "ringlimit", "open-half", 40_000.0, 1);
+        add(
+            &mut r,
+            "normal",
+            "ringlimit-redis-cql",
+            "open-half",
+            4_000.0,
+            1,
+        );
+        add(&mut r, "normal", "ceiling", "open-same", 40_000.0, 1);
+        let md = render(&Opts::default(), &r).expect("render");
+
+        let headline = rows(&md, "- **normal**");
+        assert_eq!(headline.len(), 1, "{md}");
+        let h = headline[0];
+        assert!(h.contains("ringlimit 80,000 req/s = **80%** of the axum ceiling (100,000) and **8.00×** Gubernator (10,000)"), "{h}");
+        assert!(h.contains("ringlimit-redis-cql 8,000 req/s = **8%** of the axum ceiling and **0.80×** Gubernator"), "{h}");
+        assert!(
+            h.contains("ringlimit-redis-cql **2.00 ms** at 4,000/s"),
+            "{h}"
+        );
+        assert!(h.contains("ringlimit-redis-cql — above its peak"), "{h}");
+
+        let rl = rows(&md, "| ringlimit | closed loop");
+        assert_eq!(rl.len(), 1);
+        assert!(rl[0].ends_with("| 0.80× | 8.00× |"), "{}", rl[0]);
+        let rc = rows(&md, "| ringlimit-redis-cql | closed loop");
+        assert_eq!(rc.len(), 1);
+        assert!(rc[0].ends_with("| 0.08× | 0.80× |"), "{}", rc[0]);
+        assert_eq!(
+            rows(
+                &md,
+                "| ringlimit-redis-cql | open loop 4,000/s (half its peak)"
+            )
+            .len(),
+            1
+        );
+        // The embedded variant's half peak is above 90% of redis-cql's peak: not run, and said so.
+        let skipped = rows(
+            &md,
+            "| ringlimit-redis-cql | open loop 40,000/s (ringlimit's half peak) | not run",
+        );
+        assert_eq!(skipped.len(), 1, "{md}");
+    }
+
+    #[test]
+    fn an_unavailable_variant_is_named_with_its_reason() {
+        let mut r = Results::new();
+        add(&mut r, "batch", "ringlimit", "closed", 500_000.0, 100);
+        add(&mut r, "batch", "ceiling", "closed", 1_000_000.0, 100);
+        let mut o = Opts::default();
+        o.unavailable.insert(
+            "ringlimit-redis-cql".into(),
+            "scripts/cassandra.sh start failed".into(),
+        );
+        o.unavailable
+            .insert("gubernator".into(), "skipped (--no-gubernator)".into());
+        let md = render(&o, &r).expect("render");
+        let h = rows(&md, "- **batch**");
+        assert_eq!(h.len(), 1, "{md}");
+        assert!(
+            h[0].contains("ringlimit 500,000 checks/s = **50%** of the axum ceiling (1,000,000)"),
+            "{}",
+            h[0]
+        );
+        assert!(
+            h[0].contains("ringlimit-redis-cql not available (scripts/cassandra.sh start failed)"),
+            "{}",
+            h[0]
+        );
+        assert!(
+            h[0].contains("Gubernator not available (skipped (--no-gubernator))"),
+            "{}",
+            h[0]
+        );
+        assert_eq!(
+            rows(
+                &md,
+                "| ringlimit-redis-cql | — | not available: scripts/cassandra.sh start failed |"
+            )
+            .len(),
+            1,
+            "{md}"
+        );
+    }
 }
