@@ -97,7 +97,7 @@ impl LimitSet {
                 cost,
             });
         }
-        let decisions: Vec<_> = self
+        let decisions: smallvec::SmallVec<[_; 4]> = self
             .entries
             .iter()
             .map(|e| e.algo.evaluate(now, cost))
