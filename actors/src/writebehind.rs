@@ -34,6 +34,14 @@ pub struct WriteBehindConfig {
     /// Pending cells above which passivation is refused (backpressure while a
     /// sink is down): state is kept in memory instead of being dropped.
     pub max_pending: usize,
+    /// How often the usage rows are written (at the first flush after this
+    /// much time, and at every [`WriteBehind::flush_once`]). Snapshots are
+    /// written every `interval`; a key's open usage buckets are part of its
+    /// snapshot, so a crash between two usage writes loses no usage: the
+    /// restarted node writes the buckets it finds in the snapshot. A hot
+    /// key's minute, hour and day rows are written once per `usage_interval`
+    /// instead of once per flush.
+    pub usage_interval: Duration,
 }
 
 impl Default for WriteBehindConfig {
@@ -42,6 +50,7 @@ impl Default for WriteBehindConfig {
             interval: Duration::from_millis(100),
             max_batch: 50_000,
             max_pending: 1_000_000,
+            usage_interval: Duration::from_secs(1),
         }
     }
 }
@@ -100,6 +109,10 @@ pub struct WriteBehind {
     usage_sink: Option<Arc<dyn UsageSink>>,
     /// How a snapshot becomes bytes ([`Snapshot::encode`]; tests make it fail).
     encode: fn(&Snapshot) -> Result<Vec<u8>, rmp_serde::encode::Error>,
+    /// When the usage rows were last written ([`crate::clock::monotonic`]
+    /// ms since this write-behind started); `u64::MAX` before the first time.
+    usage_written_ms: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -142,6 +155,8 @@ impl WriteBehind {
             cursor: std::sync::atomic::AtomicUsize::new(0),
             usage_sink,
             encode: Snapshot::encode,
+            usage_written_ms: AtomicU64::new(u64::MAX),
+            started: crate::clock::monotonic(),
         }
     }
 
@@ -242,6 +257,20 @@ impl WriteBehind {
     /// pending map once every sink has it. The first error is returned
     /// after the other sinks' progress is recorded.
     pub async fn flush_once(&self) -> Result<FlushReport, StoreError> {
+        self.flush(true).await
+    }
+
+    /// The periodic flush: every pending snapshot, and the usage rows when
+    /// `usage_interval` has passed since they were last written.
+    pub async fn flush_tick(&self) -> Result<FlushReport, StoreError> {
+        let last = self.usage_written_ms.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        let due = last == u64::MAX
+            || now.saturating_sub(last) >= self.config.usage_interval.as_millis() as u64;
+        self.flush(due).await
+    }
+
+    async fn flush(&self, take_usage: bool) -> Result<FlushReport, StoreError> {
         let cells = self.next_batch();
         metrics::gauge!(metric::PENDING).set(self.pending.len() as f64);
         if cells.is_empty() {
@@ -273,7 +302,7 @@ impl WriteBehind {
                     }
                 }
             };
-            let rows = if self.usage.is_some() && g.usage_stored != v {
+            let rows = if take_usage && self.usage.is_some() && g.usage_stored != v {
                 let rows = g.snap.usage.rows();
                 for (writer, (granularity, start, units)) in &rows {
                     usage_rows.push(UsageRow {
@@ -302,7 +331,17 @@ impl WriteBehind {
                 ..FlushReport::default()
             });
         }
-        let (stored, usage_ok, first_err) = self.write(&snaps, &wants, &usage_rows).await;
+        // Nothing to write (only usage is pending, and it is not due): no
+        // store transaction; clean cells still leave the pending map below.
+        let (stored, usage_ok, first_err) = if snaps.is_empty() && usage_rows.is_empty() {
+            (vec![true; sinks], true, None)
+        } else {
+            self.write(&snaps, &wants, &usage_rows).await
+        };
+        if take_usage && usage_ok {
+            self.usage_written_ms
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         let mut done = 0;
         for (c, version, lacking, rows) in &taken {
@@ -529,7 +568,7 @@ impl ractor::Actor for WriteBehindActor {
     ) -> Result<(), ractor::ActorProcessingErr> {
         match msg {
             WriteBehindMsg::Tick => {
-                match st.wb.flush_once().await {
+                match st.wb.flush_tick().await {
                     Ok(_) if st.failing => {
                         st.failing = false;
                         tracing::info!(pending = st.wb.pending_len(), "write-behind recovered");

@@ -236,6 +236,7 @@ async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limit
         usage_sink: Some(billing.clone()),
         write_behind: WriteBehindConfig {
             interval: config.flush_interval,
+            usage_interval: config.usage_flush_interval,
             max_pending: config.max_pending_keys,
             ..Default::default()
         },

@@ -59,6 +59,8 @@ pub struct Flags {
     #[arg(long, global = true)]
     pub flush_interval_ms: Option<u64>,
     #[arg(long, global = true)]
+    pub usage_flush_interval_ms: Option<u64>,
+    #[arg(long, global = true)]
     pub shutdown_timeout_ms: Option<u64>,
     #[arg(long, global = true)]
     pub redis_url: Option<String>,
@@ -134,6 +136,7 @@ impl Flags {
             idle_timeout_ms: self.idle_timeout_ms,
             max_active_keys: self.max_active_keys,
             flush_interval_ms: self.flush_interval_ms,
+            usage_flush_interval_ms: self.usage_flush_interval_ms,
             shutdown_timeout_ms: self.shutdown_timeout_ms,
             redis_url: self.redis_url,
             redis_cluster_nodes: self.redis_cluster_nodes,

@@ -50,6 +50,7 @@ pub struct RawConfig {
     pub idle_timeout_ms: Option<u64>,
     pub max_active_keys: Option<usize>,
     pub flush_interval_ms: Option<u64>,
+    pub usage_flush_interval_ms: Option<u64>,
     pub shutdown_timeout_ms: Option<u64>,
     pub redis_url: Option<String>,
     pub redis_cluster_nodes: Option<String>,
@@ -104,6 +105,7 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_IDLE_TIMEOUT_MS", "idle_timeout_ms"),
     ("RINGLIMIT_MAX_ACTIVE_KEYS", "max_active_keys"),
     ("RINGLIMIT_FLUSH_INTERVAL_MS", "flush_interval_ms"),
+    ("RINGLIMIT_USAGE_FLUSH_INTERVAL_MS", "usage_flush_interval_ms"),
     ("RINGLIMIT_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms"),
     ("RINGLIMIT_REDIS_URL", "redis_url"),
     ("RINGLIMIT_REDIS_CLUSTER_NODES", "redis_cluster_nodes"),
@@ -160,6 +162,9 @@ impl RawConfig {
                 "RINGLIMIT_IDLE_TIMEOUT_MS" => r.idle_timeout_ms = Some(parse_num(env, &v)?),
                 "RINGLIMIT_MAX_ACTIVE_KEYS" => r.max_active_keys = Some(parse_num(env, &v)?),
                 "RINGLIMIT_FLUSH_INTERVAL_MS" => r.flush_interval_ms = Some(parse_num(env, &v)?),
+                "RINGLIMIT_USAGE_FLUSH_INTERVAL_MS" => {
+                    r.usage_flush_interval_ms = Some(parse_num(env, &v)?)
+                }
                 "RINGLIMIT_SHUTDOWN_TIMEOUT_MS" => {
                     r.shutdown_timeout_ms = Some(parse_num(env, &v)?)
                 }
@@ -232,6 +237,7 @@ impl RawConfig {
             idle_timeout_ms,
             max_active_keys,
             flush_interval_ms,
+            usage_flush_interval_ms,
             shutdown_timeout_ms,
             redis_url,
             redis_cluster_nodes,
@@ -320,6 +326,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub max_active_keys: usize,
     pub flush_interval: Duration,
+    /// How often the write-behind writes usage rows (snapshots: every
+    /// `flush_interval`).
+    pub usage_flush_interval: Duration,
     pub shutdown_timeout: Duration,
     pub redis_url: Option<String>,
     /// Redis Cluster seed nodes (`host:port`); exclusive with `redis_url`.
@@ -367,6 +376,7 @@ impl std::fmt::Debug for Config {
             idle_timeout,
             max_active_keys,
             flush_interval,
+            usage_flush_interval,
             shutdown_timeout,
             redis_url,
             redis_cluster_nodes,
@@ -400,6 +410,7 @@ impl std::fmt::Debug for Config {
             .field("idle_timeout", idle_timeout)
             .field("max_active_keys", max_active_keys)
             .field("flush_interval", flush_interval)
+            .field("usage_flush_interval", usage_flush_interval)
             .field("shutdown_timeout", shutdown_timeout)
             .field("redis_url", &redis_url.as_deref().map(redact::url))
             .field("redis_cluster_nodes", redis_cluster_nodes)
@@ -605,6 +616,10 @@ impl Config {
         if !(1..=60_000).contains(&flush_interval_ms) {
             return Err(bad("flush_interval_ms", "must be between 1 and 60000"));
         }
+        let usage_flush_interval_ms = r.usage_flush_interval_ms.unwrap_or(1_000);
+        if !(1..=60_000).contains(&usage_flush_interval_ms) {
+            return Err(bad("usage_flush_interval_ms", "must be between 1 and 60000"));
+        }
         let shutdown_timeout_ms = r.shutdown_timeout_ms.unwrap_or(10_000);
         if let Some(u) = &r.redis_url
             && !(u.starts_with("redis://") || u.starts_with("rediss://"))
@@ -737,6 +752,7 @@ impl Config {
             idle_timeout: Duration::from_millis(idle_timeout_ms),
             max_active_keys,
             flush_interval: Duration::from_millis(flush_interval_ms),
+            usage_flush_interval: Duration::from_millis(usage_flush_interval_ms),
             shutdown_timeout: Duration::from_millis(shutdown_timeout_ms),
             redis_url: r.redis_url,
             redis_cluster_nodes,
