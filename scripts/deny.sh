@@ -96,6 +96,10 @@ else
 fi
 
 export RINGLIMIT_DENY_DB_DIR="$DBS"
+# cargo-deny reads the metadata of every dependency of every target, the
+# Windows- and Android-only crates too, which a build on Linux never
+# downloads: fetch them first (a no-op once they are in cargo's cache).
+cargo fetch --locked --quiet
 # Inclusion graphs make the duplicate-version warnings hundreds of lines
 # long; `cargo deny check bans` with the same RINGLIMIT_DENY_DB_DIR shows them.
 "$TOOLS/bin/cargo-deny" --offline --locked check --hide-inclusion-graph --show-stats ${checks[@]+"${checks[@]}"}
