@@ -105,7 +105,10 @@ pub const ENV_NAMES: &[(&str, &str)] = &[
     ("RINGLIMIT_IDLE_TIMEOUT_MS", "idle_timeout_ms"),
     ("RINGLIMIT_MAX_ACTIVE_KEYS", "max_active_keys"),
     ("RINGLIMIT_FLUSH_INTERVAL_MS", "flush_interval_ms"),
-    ("RINGLIMIT_USAGE_FLUSH_INTERVAL_MS", "usage_flush_interval_ms"),
+    (
+        "RINGLIMIT_USAGE_FLUSH_INTERVAL_MS",
+        "usage_flush_interval_ms",
+    ),
     ("RINGLIMIT_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms"),
     ("RINGLIMIT_REDIS_URL", "redis_url"),
     ("RINGLIMIT_REDIS_CLUSTER_NODES", "redis_cluster_nodes"),
@@ -618,7 +621,10 @@ impl Config {
         }
         let usage_flush_interval_ms = r.usage_flush_interval_ms.unwrap_or(1_000);
         if !(1..=60_000).contains(&usage_flush_interval_ms) {
-            return Err(bad("usage_flush_interval_ms", "must be between 1 and 60000"));
+            return Err(bad(
+                "usage_flush_interval_ms",
+                "must be between 1 and 60000",
+            ));
         }
         let shutdown_timeout_ms = r.shutdown_timeout_ms.unwrap_or(10_000);
         if let Some(u) = &r.redis_url
