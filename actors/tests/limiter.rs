@@ -251,14 +251,18 @@ async fn an_active_loaded_key_is_checked_on_its_cell_without_a_message() {
     assert_eq!(r.limits[0].remaining, 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn passivations_racing_direct_checks_lose_no_count() {
-    // The sweeper runs every millisecond with a 1 ms idle timeout and a cap
-    // of 2 actors over 8 keys, while bursts of concurrent checks hit each
-    // key: most take the direct path on an active cell, and passivations
-    // and re-activations land between and during them. Every key must
-    // admit exactly its limit.
-    let ids: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+/// Passivations racing checks: the sweeper runs every millisecond with a
+/// 1 ms idle timeout and a cap of 2 actors over 8 keys of limit 40, while
+/// 30 rounds of `per_round` concurrent calls of `check` hit the keys (each
+/// call returns the units it saw admitted and whether it took a direct
+/// path). Asserts that every key admitted exactly its limit and that
+/// passivation did happen; returns how many calls took a direct path.
+async fn race_passivations<F, Fut>(prefix: &str, per_round: usize, check: F) -> u32
+where
+    F: Fn(KeyLimiters, String) -> Fut,
+    Fut: std::future::Future<Output = (u32, bool)> + Send + 'static,
+{
+    let ids: Vec<String> = (0..8).map(|i| format!("{prefix}{i}")).collect();
     let keys: Vec<(&str, u64)> = ids.iter().map(|k| (k.as_str(), 40)).collect();
     let f = fixture_swept(
         &keys,
@@ -271,26 +275,17 @@ async fn passivations_racing_direct_checks_lose_no_count() {
     let mut allowed: HashMap<String, u32> = HashMap::new();
     let mut direct = 0u32;
     for round in 0..30 {
-        let tasks: Vec<_> = (0..64)
+        let tasks: Vec<_> = (0..per_round)
             .map(|i| {
-                let l = f.limiters.clone();
                 let id = ids[(i + round) % ids.len()].clone();
-                tokio::spawn(async move {
-                    let now = SystemClock.now_us();
-                    let (ok, was_direct) = match l.check_direct(&id, 1, now) {
-                        Some(r) => (r.unwrap().allowed, true),
-                        None => (l.check(&id, 1, now).await.unwrap().unwrap().allowed, false),
-                    };
-                    (id, ok, was_direct)
-                })
+                let call = check(f.limiters.clone(), id.clone());
+                tokio::spawn(async move { (id, call.await) })
             })
             .collect();
         for t in tasks {
-            let (id, ok, was_direct) = t.await.unwrap();
+            let (id, (ok, was_direct)) = t.await.unwrap();
             direct += u32::from(was_direct);
-            if ok {
-                *allowed.entry(id).or_default() += 1;
-            }
+            *allowed.entry(id).or_default() += ok;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -302,6 +297,25 @@ async fn passivations_racing_direct_checks_lose_no_count() {
         s.passivations > 10,
         "the test did exercise passivation: {s:?}"
     );
+    direct
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivations_racing_direct_checks_lose_no_count() {
+    // Bursts of concurrent checks: most take the direct path on an active
+    // cell, and passivations and re-activations land between and during
+    // them. Every key must admit exactly its limit.
+    let direct = race_passivations("r", 64, |l, id| async move {
+        let now = SystemClock.now_us();
+        match l.check_direct(&id, 1, now) {
+            Some(r) => (u32::from(r.unwrap().allowed), true),
+            None => (
+                u32::from(l.check(&id, 1, now).await.unwrap().unwrap().allowed),
+                false,
+            ),
+        }
+    })
+    .await;
     assert!(
         direct > 100,
         "the test did exercise the direct path: {direct}"
@@ -358,56 +372,21 @@ async fn many_checks_of_one_key_are_decided_in_order_under_one_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passivations_racing_many_direct_checks_lose_no_count() {
     // As the test above, with checks in groups of five on one key, the
-    // way the batch route decides them: sweeper and idle timeout at 1 ms,
-    // a cap of 2 actors over 8 keys. Every key admits exactly its limit.
-    let ids: Vec<String> = (0..8).map(|i| format!("g{i}")).collect();
-    let keys: Vec<(&str, u64)> = ids.iter().map(|k| (k.as_str(), 40)).collect();
-    let f = fixture_swept(
-        &keys,
-        Duration::from_millis(1),
-        2,
-        Duration::from_millis(1),
-        Duration::from_millis(1),
-    )
-    .await;
-    let mut allowed: HashMap<String, u32> = HashMap::new();
-    let mut direct = 0u32;
-    for round in 0..30 {
-        let tasks: Vec<_> = (0..16)
-            .map(|i| {
-                let l = f.limiters.clone();
-                let id = ids[(i + round) % ids.len()].clone();
-                tokio::spawn(async move {
-                    let now = SystemClock.now_us();
-                    let mut out = Vec::new();
-                    let was_direct = l.check_direct_many(&id, [1; 5], now, &mut out);
-                    let mut ok = 0u32;
-                    if was_direct {
-                        ok += out.iter().filter(|r| r.as_ref().unwrap().allowed).count() as u32;
-                    } else {
-                        for _ in 0..5 {
-                            ok += u32::from(l.check(&id, 1, now).await.unwrap().unwrap().allowed);
-                        }
-                    }
-                    (id, ok, was_direct)
-                })
-            })
-            .collect();
-        for t in tasks {
-            let (id, ok, was_direct) = t.await.unwrap();
-            direct += u32::from(was_direct);
-            *allowed.entry(id).or_default() += ok;
+    // way the batch route decides them.
+    let direct = race_passivations("g", 16, |l, id| async move {
+        let now = SystemClock.now_us();
+        let mut out = Vec::new();
+        if l.check_direct_many(&id, [1; 5], now, &mut out) {
+            let ok = out.iter().filter(|r| r.as_ref().unwrap().allowed).count();
+            return (ok as u32, true);
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    for id in &ids {
-        assert_eq!(allowed.get(id).copied().unwrap_or(0), 40, "key {id}");
-    }
-    let s = f.limiters.stats();
-    assert!(
-        s.passivations > 10,
-        "the test did exercise passivation: {s:?}"
-    );
+        let mut ok = 0u32;
+        for _ in 0..5 {
+            ok += u32::from(l.check(&id, 1, now).await.unwrap().unwrap().allowed);
+        }
+        (ok, false)
+    })
+    .await;
     assert!(
         direct > 20,
         "the test did exercise the grouped path: {direct}"

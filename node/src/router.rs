@@ -360,13 +360,8 @@ impl Router {
             Ok(front) => front,
             Err(answer) => return Some(answer),
         };
-        if let Some(c) = self.cluster.as_ref() {
-            if self.draining.load(Ordering::Acquire)
-                || !*self.gate_open.borrow()
-                || c.ring().owner(key_id) != c.node_name()
-            {
-                return None;
-            }
+        if !self.decides_here_now(key_id) {
+            return None;
         }
         self.service.validate_now(key_id, &hash, cost, client_ip)
     }
@@ -391,24 +386,26 @@ impl Router {
                 return true;
             }
         };
-        if let Some(c) = self.cluster.as_ref() {
-            if self.draining.load(Ordering::Acquire)
-                || !*self.gate_open.borrow()
-                || c.ring().owner(key_id) != c.node_name()
-            {
-                return false;
-            }
+        if !self.decides_here_now(key_id) {
+            return false;
         }
         self.service.validate_now_many(key_id, &hash, checks, out)
     }
 
+    /// Whether this node may decide `key_id`'s checks on the spot: it is
+    /// alone, or it owns the key and neither a drain nor a handoff gate
+    /// holds it.
+    fn decides_here_now(&self, key_id: &str) -> bool {
+        self.cluster.as_ref().is_none_or(|c| {
+            !self.draining.load(Ordering::Acquire)
+                && *self.gate_open.borrow()
+                && c.ring().owner(key_id) == c.node_name()
+        })
+    }
+
     /// The answer for a caller whose IP is on the block list, if it is.
     pub fn ip_blocked(&self, client_ip: Option<IpAddr>) -> Option<ValidateOutcome> {
-        let block = self.service.ip_blocked(client_ip?)?;
-        Some(ValidateOutcome::IpBlocked {
-            cidr: block.cidr,
-            expires_at_ms: block.expires_at_ms,
-        })
+        self.service.ip_block_answer(client_ip)
     }
 
     /// Answers one check: locally when this node owns the key, otherwise

@@ -107,13 +107,19 @@ impl Service {
         api_key: &'a str,
         client_ip: Option<IpAddr>,
     ) -> Result<(&'a str, SecretHash), ValidateOutcome> {
-        if let Some(block) = client_ip.and_then(|ip| self.ip_blocked(ip)) {
-            return Err(ValidateOutcome::IpBlocked {
-                cidr: block.cidr,
-                expires_at_ms: block.expires_at_ms,
-            });
+        if let Some(answer) = self.ip_block_answer(client_ip) {
+            return Err(answer);
         }
         self.admit_key(api_key)
+    }
+
+    /// The answer for a caller whose IP is on the block list, if it is.
+    pub fn ip_block_answer(&self, client_ip: Option<IpAddr>) -> Option<ValidateOutcome> {
+        let block = self.ip_blocked(client_ip?)?;
+        Some(ValidateOutcome::IpBlocked {
+            cidr: block.cidr,
+            expires_at_ms: block.expires_at_ms,
+        })
     }
 
     /// The api_key's form: its key id and the hash of its secret, or the
