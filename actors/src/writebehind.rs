@@ -378,10 +378,11 @@ impl WriteBehind {
                 }
             });
         }
-        if usage_ok && !usage_rows.is_empty() {
-            if let Some(sink) = &self.usage_sink {
-                sink.usage_written(&usage_rows);
-            }
+        if usage_ok
+            && !usage_rows.is_empty()
+            && let Some(sink) = &self.usage_sink
+        {
+            sink.usage_written(&usage_rows);
         }
         self.stats.keys_written.fetch_add(done, Ordering::Relaxed);
         metrics::histogram!(metric::FLUSH_KEYS).record(done as f64);
