@@ -241,7 +241,7 @@ fn pick(random: &mut dyn FnMut(&mut [u8]), alphabet: &[u8], n: usize) -> String 
 /// updated on every admin change, so validation never waits on the store.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    by_id: DashMap<String, Arc<KeyRecord>, crate::HotHasher>,
+    by_id: DashMap<compact_str::CompactString, Arc<KeyRecord>, crate::HotHasher>,
 }
 
 impl KeyCache {
@@ -250,7 +250,7 @@ impl KeyCache {
     }
 
     pub fn insert(&self, rec: KeyRecord) {
-        self.by_id.insert(rec.key_id.clone(), Arc::new(rec));
+        self.by_id.insert(rec.key_id.as_str().into(), Arc::new(rec));
     }
 
     /// Caches `rec` unless its key is cached already (a newer record may have
@@ -258,7 +258,7 @@ impl KeyCache {
     pub fn insert_if_absent(&self, rec: KeyRecord) -> Arc<KeyRecord> {
         Arc::clone(
             self.by_id
-                .entry(rec.key_id.clone())
+                .entry(rec.key_id.as_str().into())
                 .or_insert_with(|| Arc::new(rec))
                 .value(),
         )

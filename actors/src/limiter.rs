@@ -26,6 +26,7 @@ use crate::catalog::LimitsSource;
 use crate::cell::{KeyCell, Snapshot};
 use crate::limitset::{CheckError, CheckResult};
 use crate::writebehind::WriteBehind;
+use compact_str::CompactString;
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{
@@ -119,7 +120,7 @@ struct Entry {
 pub struct Shared {
     source: Arc<LimitsSource>,
     writebehind: Arc<WriteBehind>,
-    entries: DashMap<String, Entry, crate::HotHasher>,
+    entries: DashMap<CompactString, Entry, crate::HotHasher>,
     by_actor: DashMap<ActorId, String>,
     config: LimiterConfig,
     supervisor: OnceLock<ActorCell>,
@@ -185,7 +186,7 @@ impl Actor for KeyLimiter {
                 let key = &st.cell.key_id;
                 if st.cell.in_pending.load(Ordering::Acquire) && st.shared.writebehind.saturated() {
                     // The sink is behind: keep the state in an actor rather than pile it up.
-                    if let Some(e) = st.shared.entries.get(key) {
+                    if let Some(e) = st.shared.entries.get(key.as_str()) {
                         e.passivating.store(false, Ordering::Release);
                     }
                     return Ok(());
@@ -196,7 +197,7 @@ impl Actor for KeyLimiter {
                 st.cell.lock().retired = true;
                 st.shared
                     .entries
-                    .remove_if(key, |_, e| e.actor.get_id() == me.get_id());
+                    .remove_if(key.as_str(), |_, e| e.actor.get_id() == me.get_id());
                 st.shared.passivations.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(metric::PASSIVATIONS).increment(1);
                 me.stop(Some("passivated".into()));
@@ -357,7 +358,7 @@ impl Actor for KeyLimiterSupervisor {
                 return Ok(());
             };
             tracing::warn!(key_id = %key, error = %err, "KeyLimiter failed; restarting it on its state");
-            if let Some(mut e) = shared.entries.get_mut(&key)
+            if let Some(mut e) = shared.entries.get_mut(key.as_str())
                 && e.actor.get_id() == dead_id
             {
                 let st = KeyLimiterState {
@@ -457,7 +458,7 @@ impl KeyLimiters {
         }
         let s = &self.shared;
         let sup = s.supervisor.get().ok_or(LimiterError::Unavailable)?.clone();
-        let actor = match s.entries.entry(key_id.to_string()) {
+        let actor = match s.entries.entry(CompactString::from(key_id)) {
             dashmap::Entry::Occupied(o) => o.get().actor.clone(),
             dashmap::Entry::Vacant(v) => {
                 let now_ms = SystemClock.now_us() / 1_000;
@@ -697,7 +698,7 @@ impl KeyLimiters {
         self.shared
             .entries
             .iter()
-            .map(|e| e.key().clone())
+            .map(|e| e.key().to_string())
             .collect()
     }
 
@@ -708,7 +709,7 @@ impl KeyLimiters {
         loop {
             let live: Vec<_> = keys
                 .iter()
-                .filter_map(|k| self.shared.entries.get(k).map(|e| e.actor.clone()))
+                .filter_map(|k| self.shared.entries.get(k.as_str()).map(|e| e.actor.clone()))
                 .collect();
             if live.is_empty() {
                 return true;

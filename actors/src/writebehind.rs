@@ -93,7 +93,7 @@ type Taken<'a> = (
 
 /// The write-behind of one node.
 pub struct WriteBehind {
-    pending: DashMap<String, Arc<KeyCell>, crate::HotHasher>,
+    pending: DashMap<compact_str::CompactString, Arc<KeyCell>, crate::HotHasher>,
     snapshot_sinks: Vec<Arc<dyn SnapshotStore>>,
     usage: Option<Arc<dyn UsageStore>>,
     /// The only snapshot sink is the usage store too: a flush is one
@@ -167,7 +167,8 @@ impl WriteBehind {
     /// of piling up in the map; nothing admitted is ever dropped. Crossing the
     /// bound is logged once and counted.
     pub fn enqueue(&self, cell: &Arc<KeyCell>) {
-        self.pending.insert(cell.key_id.clone(), Arc::clone(cell));
+        self.pending
+            .insert(cell.key_id.as_str().into(), Arc::clone(cell));
         let len = self.pending.len();
         if len >= self.config.max_pending {
             if !self.over_bound.swap(true, Ordering::Relaxed) {
@@ -363,7 +364,7 @@ impl WriteBehind {
                 continue;
             }
             done += 1;
-            self.pending.remove_if(&c.key_id, |_, pc| {
+            self.pending.remove_if(c.key_id.as_str(), |_, pc| {
                 if !Arc::ptr_eq(pc, c) {
                     return false;
                 }
