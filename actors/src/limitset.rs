@@ -28,7 +28,7 @@ pub struct CheckResult {
     /// When denied: ms until the cost would fit under every limit.
     pub retry_after_ms: Option<u64>,
     /// When denied: the limit that binds longest.
-    pub denied_by: Option<String>,
+    pub denied_by: Option<ringlimit_protocol::validate::CompactString>,
 }
 
 /// A check that cannot be answered with allow or deny.
@@ -117,7 +117,7 @@ impl LimitSet {
             .map(|(e, d)| {
                 if !d.allowed && (denied_by.is_none() || d.retry_after_us > retry_after_us) {
                     retry_after_us = d.retry_after_us;
-                    denied_by = Some(e.spec.name.clone());
+                    denied_by = Some(e.spec.name.as_str().into());
                 }
                 // A limit that would have allowed keeps its units when another denies.
                 let remaining = if !allowed && d.allowed {
@@ -126,7 +126,7 @@ impl LimitSet {
                     d.remaining
                 };
                 LimitStatus {
-                    name: e.spec.name.clone(),
+                    name: e.spec.name.as_str().into(),
                     limit: d.limit,
                     remaining,
                     reset_after_ms: ceil_ms(d.reset_after_us),

@@ -1,5 +1,8 @@
 //! Data-plane bodies: `POST /api/v1/validate` and `/validate/batch`.
 
+/// Short names (key ids, tiers, limit names) up to 24 bytes are held inline:
+/// a decision copies them without allocating.
+pub use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Largest cost accepted by the parser. Costs above a limit's capacity are
@@ -89,7 +92,7 @@ pub struct ValidateRequest {
 /// The state of one limit after a check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitStatus {
-    pub name: String,
+    pub name: CompactString,
     pub limit: u64,
     pub remaining: u64,
     pub reset_after_ms: u64,
@@ -101,15 +104,15 @@ pub struct LimitStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidateResponse {
     pub allowed: bool,
-    pub key_id: Option<String>,
-    pub tier: Option<String>,
+    pub key_id: Option<CompactString>,
+    pub tier: Option<CompactString>,
     pub limits: Vec<LimitStatus>,
     /// On a denial: milliseconds until the cost would fit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
     /// On a denial: the limit that denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub denied_by: Option<String>,
+    pub denied_by: Option<CompactString>,
     /// On 401/403/422: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::ErrorDetail>,
@@ -121,13 +124,13 @@ pub struct ValidateResponse {
 /// A limit check that ran: the key, and every limit's state after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checked {
-    pub key_id: String,
-    pub tier: String,
+    pub key_id: CompactString,
+    pub tier: CompactString,
     pub limits: Vec<LimitStatus>,
     /// On a denial: milliseconds until the cost would fit.
     pub retry_after_ms: Option<u64>,
     /// On a denial: the limit that denied.
-    pub denied_by: Option<String>,
+    pub denied_by: Option<CompactString>,
 }
 
 /// What a check decided, before any transport gives it a form: the data

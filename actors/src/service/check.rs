@@ -13,8 +13,8 @@ use std::sync::Arc;
 /// The state of a key's limits after a check that ran.
 fn checked(key: &KeyRecord, r: CheckResult) -> Checked {
     Checked {
-        key_id: key.key_id.clone(),
-        tier: key.tier.clone(),
+        key_id: key.key_id.as_str().into(),
+        tier: key.tier.as_str().into(),
         limits: r.limits,
         retry_after_ms: r.retry_after_ms,
         denied_by: r.denied_by,

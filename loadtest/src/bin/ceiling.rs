@@ -29,7 +29,7 @@ static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 fn decision(req: &ValidateRequest) -> ValidateResponse {
     ValidateResponse {
         allowed: true,
-        key_id: Some(key_id_of(&req.api_key)),
+        key_id: Some(key_id_of(&req.api_key).into()),
         tier: Some("free".into()),
         limits: vec![LimitStatus {
             name: "per-minute".into(),

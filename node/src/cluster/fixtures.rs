@@ -30,8 +30,8 @@ impl ClusterHandler for Recorder {
                 .into_iter()
                 .map(|c| {
                     ForwardOutcome::Decided(ValidateOutcome::Allowed(Checked {
-                        key_id: c.key_id,
-                        tier: self.name.clone(),
+                        key_id: c.key_id.into(),
+                        tier: self.name.as_str().into(),
                         limits: vec![],
                         retry_after_ms: None,
                         denied_by: None,

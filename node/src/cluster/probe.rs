@@ -73,8 +73,8 @@ impl ClusterHandler for ProbeHandler {
                 .into_iter()
                 .map(|c| {
                     ForwardOutcome::Decided(ValidateOutcome::Allowed(Checked {
-                        key_id: c.key_id,
-                        tier: self.name.clone(),
+                        key_id: c.key_id.into(),
+                        tier: self.name.as_str().into(),
                         limits: Vec::new(),
                         retry_after_ms: None,
                         denied_by: None,
@@ -223,7 +223,7 @@ async fn route(cluster: &Cluster, key: &str) -> (String, Result<String, String>)
             // Every probe admits and names itself as the tier; any other
             // answer (say, an internal error) did not come from a probe's handler.
             Ok(ForwardOutcome::Decided(ValidateOutcome::Allowed(c))) => {
-                return (owner, Ok(c.tier));
+                return (owner, Ok(c.tier.into()));
             }
             Ok(ForwardOutcome::Decided(other)) => {
                 return (

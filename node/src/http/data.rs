@@ -45,8 +45,8 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 fn body(key_id: Option<String>, tier: Option<String>) -> ValidateResponse {
     ValidateResponse {
         allowed: false,
-        key_id,
-        tier,
+        key_id: key_id.map(Into::into),
+        tier: tier.map(Into::into),
         limits: vec![],
         retry_after_ms: None,
         denied_by: None,
