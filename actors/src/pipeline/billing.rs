@@ -354,20 +354,13 @@ fn owner_of(ctx: &Ctx, key_id: &str) -> Option<(String, Option<String>)> {
 }
 
 impl BillingWorker {
-    /// Stored usage of `key_id` from `start` up to the minute holding `at_ms`.
-    /// Minutes up to the first whole hour, whole hours, then minutes up to
-    /// the minute holding `at_ms` (periods need not start on the hour).
+    /// Stored usage of `key_id` from `start` up to the minute holding `at_ms`
+    /// (see [`stored_ranges`]).
     async fn stored_before(&self, key_id: &str, start: u64, at_ms: u64) -> Result<u64, StoreError> {
-        let minute = (at_ms - at_ms % MINUTE_MS).max(start);
-        let first_hour = start.div_ceil(HOUR_MS).saturating_mul(HOUR_MS).min(minute);
-        let last_hour = (at_ms - at_ms % HOUR_MS).clamp(first_hour, minute);
+        let created_ms = self.ctx.host().key(key_id).map(|k| k.created_at_ms);
         let s = &self.ctx.store;
         let mut total = 0u64;
-        for (g, from, to) in [
-            (Granularity::Minute, start, first_hour),
-            (Granularity::Hour, first_hour, last_hour),
-            (Granularity::Minute, last_hour, minute),
-        ] {
+        for (g, from, to) in stored_ranges(start, at_ms, created_ms) {
             if from < to {
                 let sum: u64 = s
                     .usage_history(key_id, g, from, to)
@@ -380,6 +373,38 @@ impl BillingWorker {
         }
         Ok(total)
     }
+}
+
+/// How far before a key's creation its usage is still looked for: the
+/// clocks of the node that created the key and of the nodes that admit its
+/// checks may differ by this much.
+const CREATION_CLOCK_MARGIN_MS: u64 = 5_000;
+
+/// The history reads that give a key's stored usage in its period before
+/// the minute holding `at_ms`: minutes up to the first whole hour, whole
+/// hours, then minutes up to that minute (periods need not start on the
+/// hour). Empty ranges are read as nothing.
+///
+/// No usage predates the key, so the reads start no earlier than the minute
+/// of its creation (less [`CREATION_CLOCK_MARGIN_MS`]): a key first checked in
+/// the minute it was created reads nothing, which spares the store one to
+/// three history reads per new key.
+fn stored_ranges(start: u64, at_ms: u64, created_ms: Option<u64>) -> [(Granularity, u64, u64); 3] {
+    let start = match created_ms {
+        Some(c) => {
+            let c = c.saturating_sub(CREATION_CLOCK_MARGIN_MS);
+            start.max(c - c % MINUTE_MS)
+        }
+        None => start,
+    };
+    let minute = (at_ms - at_ms % MINUTE_MS).max(start);
+    let first_hour = start.div_ceil(HOUR_MS).saturating_mul(HOUR_MS).min(minute);
+    let last_hour = (at_ms - at_ms % HOUR_MS).clamp(first_hour, minute);
+    [
+        (Granularity::Minute, start, first_hour),
+        (Granularity::Hour, first_hour, last_hour),
+        (Granularity::Minute, last_hour, minute),
+    ]
 }
 
 #[async_trait]
@@ -599,6 +624,71 @@ impl Worker for BillingWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ranges that hold data, for comparison.
+    fn read(ranges: [(Granularity, u64, u64); 3]) -> Vec<(Granularity, u64, u64)> {
+        ranges.into_iter().filter(|(_, a, b)| a < b).collect()
+    }
+
+    #[test]
+    fn stored_usage_is_read_from_the_period_start_or_the_keys_creation() {
+        let day = 20_000 * DAY_MS; // a period start, on the hour
+        let at = day + 5 * HOUR_MS + 30 * MINUTE_MS + 12_000; // 05:30:12
+        // Unknown creation: the whole period before the minute of `at`.
+        assert_eq!(
+            read(stored_ranges(day, at, None)),
+            vec![
+                (Granularity::Hour, day, day + 5 * HOUR_MS),
+                (
+                    Granularity::Minute,
+                    day + 5 * HOUR_MS,
+                    day + 5 * HOUR_MS + 30 * MINUTE_MS
+                ),
+            ]
+        );
+        // Created before the period: the same reads.
+        assert_eq!(
+            read(stored_ranges(day, at, Some(day - DAY_MS))),
+            read(stored_ranges(day, at, None))
+        );
+        // Created at 05:30:10, first checked at 05:30:12: nothing can be stored before.
+        assert_eq!(read(stored_ranges(day, at, Some(at - 2_000))), vec![]);
+        // Created at 05:30:02: its usage may carry a clock up to 5 s behind,
+        // in the minute 05:29.
+        assert_eq!(
+            read(stored_ranges(
+                day,
+                at,
+                Some(day + 5 * HOUR_MS + 30 * MINUTE_MS + 2_000)
+            )),
+            vec![(
+                Granularity::Minute,
+                day + 5 * HOUR_MS + 29 * MINUTE_MS,
+                day + 5 * HOUR_MS + 30 * MINUTE_MS
+            )]
+        );
+        // Created at 03:10:40: minutes to 04:00, hours to 05:00, minutes to 05:30.
+        assert_eq!(
+            read(stored_ranges(
+                day,
+                at,
+                Some(day + 3 * HOUR_MS + 10 * MINUTE_MS + 40_000)
+            )),
+            vec![
+                (
+                    Granularity::Minute,
+                    day + 3 * HOUR_MS + 10 * MINUTE_MS,
+                    day + 4 * HOUR_MS
+                ),
+                (Granularity::Hour, day + 4 * HOUR_MS, day + 5 * HOUR_MS),
+                (
+                    Granularity::Minute,
+                    day + 5 * HOUR_MS,
+                    day + 5 * HOUR_MS + 30 * MINUTE_MS
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn parses_periods() {
