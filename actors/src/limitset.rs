@@ -28,7 +28,7 @@ pub struct CheckResult {
     /// When denied: ms until the cost would fit under every limit.
     pub retry_after_ms: Option<u64>,
     /// When denied: the limit that binds longest.
-    pub denied_by: Option<ringlimit_protocol::validate::CompactString>,
+    pub denied_by: Option<compact_str::CompactString>,
 }
 
 /// A check that cannot be answered with allow or deny.
