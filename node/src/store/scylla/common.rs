@@ -1,17 +1,19 @@
 //! Helpers every part of the ScyllaDB store uses: bounds, TTLs, time
 //! buckets, and the statement runners (bounded operations, paged reads,
-//! single-partition batches, the day index of the pipeline streams).
+//! single-partition and replica-grouped batches, the day index of the pipeline streams).
 
 use super::errors;
 use super::session::ScyllaStore;
 use super::statements::PipelineStatements;
 use crate::store::shared::{Page, granularity_code};
 use dashmap::DashMap;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use ringlimit_actors::clock;
 use ringlimit_actors::storage::{Range, StoreError};
 use ringlimit_protocol::admin::Granularity;
+use scylla::cluster::ClusterState;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
@@ -22,7 +24,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 pub(super) const DAY_MS: u64 = 86_400_000;
-/// Rows per unlogged single-partition batch of usage rows (about 3 KiB,
+/// Rows per unlogged batch of usage rows (about 3 KiB,
 /// under Cassandra's default 5 KiB batch-size warning).
 pub const USAGE_BATCH_ROWS: usize = 32;
 /// The most usage partitions one history read may touch.
@@ -95,6 +97,43 @@ pub(super) fn refuse_empty(what: &str, field: &str, v: &str) -> Result<(), Store
         return Err(StoreError::Backend(format!("{what}: empty {field}")));
     }
     Ok(())
+}
+
+/// The first replica (node host id, shard) of a partition, from the driver's
+/// token map; `None` when the driver does not know the table yet.
+pub(super) type Replica = Option<(u128, u32)>;
+
+/// One row for [`ScyllaStore::replica_batches`]: its partition's replica,
+/// its statement and its values.
+pub(super) type ReplicaRow<'a, V> = (Replica, &'a PreparedStatement, V);
+
+/// The first replica of the partition a write of `values` with `st` goes
+/// to, found the way the driver routes a single statement: the token from the
+/// statement's partition-key columns, then the token map.
+pub(super) fn replica_of(
+    state: &ClusterState,
+    st: &PreparedStatement,
+    values: &impl SerializeRow,
+) -> Replica {
+    let token = st.calculate_token(values).ok()??;
+    let table = st.get_table_spec()?;
+    let endpoints = state.get_token_endpoints(table.ks_name(), table.table_name(), token);
+    let (node, shard) = endpoints.first()?;
+    Some((node.host_id.as_u128(), *shard))
+}
+
+/// The batches of rows sorted by replica: runs of one replica, cut every
+/// [`USAGE_BATCH_ROWS`] rows.
+pub(super) fn batch_spans(sorted: &[Replica]) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    let mut start = 0;
+    for i in 1..=sorted.len() {
+        if i == sorted.len() || sorted[i] != sorted[start] || i - start == USAGE_BATCH_ROWS {
+            spans.push(start..i);
+            start = i;
+        }
+    }
+    spans
 }
 
 /// The wall-clock time as a CQL timestamp (the `updated_at` / `saved_at` columns).
@@ -359,6 +398,48 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Writes rows in unlogged batches of at most [`USAGE_BATCH_ROWS`], each
+    /// batch holding only rows whose partitions have the same first replica
+    /// (node and shard), so the replica the driver sends the batch to applies
+    /// every row locally: one request per batch instead of one per partition,
+    /// and no forwarding between nodes. Rows whose replica the driver does not
+    /// know (table metadata not fetched yet) are batched together. The batches
+    /// run concurrently; the first error wins.
+    pub(super) async fn replica_batches<V: SerializeRow + Sync>(
+        &self,
+        what: &str,
+        mut rows: Vec<ReplicaRow<'_, V>>,
+    ) -> Result<(), StoreError> {
+        rows.sort_by_key(|r| r.0);
+        let replicas: Vec<Replica> = rows.iter().map(|r| r.0).collect();
+        let mut batches: Vec<(Batch, &[ReplicaRow<'_, V>])> = Vec::new();
+        for span in batch_spans(&replicas) {
+            let chunk = &rows[span];
+            let mut batch = Batch::new(BatchType::Unlogged);
+            for (_, st, _) in chunk {
+                batch.append_statement((*st).clone());
+            }
+            batch.set_is_idempotent(true);
+            batches.push((batch, chunk));
+        }
+        let writes = batches
+            .iter()
+            .map(|(batch, chunk)| {
+                async move {
+                    let values: Vec<&V> = chunk.iter().map(|(_, _, v)| v).collect();
+                    self.inner
+                        .session
+                        .batch(batch, values)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| errors::execution(what, e))
+                }
+                .boxed()
+            })
+            .collect();
+        self.run_all(writes).await
+    }
+
     /// Reads records by id in order, leaving out ids whose record is gone.
     pub(super) async fn records_by_id<'a, T: Send>(
         &'a self,
@@ -400,6 +481,26 @@ mod tests {
             assert_eq!(index, data + margin, "{g:?}");
         }
         assert_eq!(usage_index_ttl(Granularity::Day, i32::MAX), 630_720_000);
+    }
+
+    #[test]
+    fn batches_hold_one_replica_and_at_most_the_batch_size() {
+        let a = Some((1u128, 0u32));
+        let b = Some((1u128, 1u32));
+        let mut replicas = vec![None, None];
+        replicas.extend(std::iter::repeat_n(a, USAGE_BATCH_ROWS * 2 + 3));
+        replicas.push(b);
+        let spans = batch_spans(&replicas);
+        let lens: Vec<usize> = spans.iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [2, USAGE_BATCH_ROWS, USAGE_BATCH_ROWS, 3, 1]);
+        let mut next = 0;
+        for s in &spans {
+            assert_eq!(s.start, next, "spans cover every row once, in order");
+            next = s.end;
+            assert!(replicas[s.clone()].iter().all(|r| *r == replicas[s.start]));
+        }
+        assert_eq!(next, replicas.len());
+        assert!(batch_spans(&[]).is_empty());
     }
 
     #[test]

@@ -66,14 +66,19 @@
 //! save as a whole (every write is idempotent).
 //!
 //! ## Usage history
-//! Each row is one writer's absolute total for one bucket; rows of one
-//! partition go in one unlogged single-partition batch (chunks of
-//! [`USAGE_BATCH_ROWS`]); rows repeated in one call are de-duplicated, the
+//! Each row is one writer's absolute total for one bucket. The rows of one
+//! call are grouped by the first replica (node and shard) of their partition,
+//! as the driver's token map places it, and written in unlogged batches of at
+//! most [`USAGE_BATCH_ROWS`] rows of one replica: the replica the driver sends
+//! a batch to applies all of it locally, so a flush of N keys costs about
+//! N / 32 requests instead of one per partition, and no coordinator forwards
+//! rows to other nodes. Rows repeated in one call are de-duplicated, the
 //! last one winning. Every row is written `USING TTL` the retention of its
 //! granularity ([`ScyllaOptions::retention`]; the tables' own default TTLs
 //! are not used). Partitions are time-bucketed: `day` is the first day of
 //! a period of 1 (minute), 32 (hour) or 1024 (day) days. Before the data, the
-//! partition is recorded in `usage_partitions` (with the data's TTL plus one
+//! partition is recorded in `usage_partitions` (batched by replica the same
+//! way, with the data's TTL plus one
 //! period and a day, so it outlives the data of its partition; recent index
 //! writes are remembered in memory and not repeated for an hour). A history read lists the partitions of the range
 //! from `usage_partitions` (so an open-ended range costs no more than the data

@@ -1,15 +1,13 @@
 //! Usage history on ScyllaDB: time-bucketed `usage_*` partitions and their
 //! `usage_partitions` index (see the module documentation).
 
-use super::common::{DAY_MS, MAX_HISTORY_PARTITIONS, USAGE_BATCH_ROWS, gi, period_days, to_i64};
-use super::errors;
+use super::common::{DAY_MS, MAX_HISTORY_PARTITIONS, gi, period_days, replica_of, to_i64};
 use super::session::ScyllaStore;
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use futures_util::stream::{self, StreamExt};
 use ringlimit_actors::storage::{BucketSum, StoreError, UsageRow, UsageStore};
 use ringlimit_protocol::admin::{Granularity, UsageBucket};
-use scylla::statement::batch::{Batch, BatchType};
 use std::collections::BTreeMap;
 
 /// Partitions read concurrently by one history read.
@@ -26,46 +24,6 @@ fn partition_day(g: Granularity, start_ms: u64) -> i64 {
 }
 
 impl ScyllaStore {
-    /// Writes the `usage_partitions` row of a partition unless done recently.
-    async fn index_partition(
-        &self,
-        g: Granularity,
-        key_id: &str,
-        day: i64,
-    ) -> Result<(), StoreError> {
-        let memo_key = (gi(g), key_id.to_owned(), day);
-        if self.inner.indexed.fresh(&memo_key) {
-            return Ok(());
-        }
-        let ttl = self.inner.index_ttl[gi(g)];
-        self.exec(
-            "write_usage (partition index)",
-            &self.inner.st.put_partition,
-            (key_id, g.as_str(), day, ttl),
-        )
-        .await?;
-        self.inner.indexed.remember(memo_key);
-        Ok(())
-    }
-
-    async fn write_usage_batch(
-        &self,
-        g: Granularity,
-        rows: &[UsageCell<'_>],
-    ) -> Result<(), StoreError> {
-        let mut batch = Batch::new(BatchType::Unlogged);
-        for _ in rows {
-            batch.append_statement(self.inner.st.put_usage[gi(g)].clone());
-        }
-        batch.set_is_idempotent(true);
-        self.inner
-            .session
-            .batch(&batch, rows)
-            .await
-            .map_err(|e| errors::execution("write_usage", e))?;
-        Ok(())
-    }
-
     async fn read_usage_partition(
         &self,
         key_id: &str,
@@ -110,28 +68,40 @@ impl UsageStore for ScyllaStore {
                 .insert((start, r.writer.as_str()), units);
         }
         self.bounded("write_usage", self.inner.opts.operation_timeout, async {
+            let state = self.inner.session.get_cluster_state();
             // The partition index first, so no data is ever unlisted.
-            let mut index = Vec::with_capacity(parts.len());
+            let mut index = Vec::new();
+            let mut indexed = Vec::new();
             for (&(_, key, day), (g, _)) in &parts {
-                index.push(self.index_partition(*g, key, day).boxed());
+                let memo_key = (gi(*g), key.to_owned(), day);
+                if self.inner.indexed.fresh(&memo_key) {
+                    continue;
+                }
+                let st = &self.inner.st.put_partition;
+                let values = (key, g.as_str(), day, self.inner.index_ttl[gi(*g)]);
+                index.push((replica_of(&state, st, &values), st, values));
+                indexed.push(memo_key);
             }
-            self.run_all(index).await?;
-            let mut batches: Vec<(Granularity, Vec<UsageCell>)> = Vec::new();
+            self.replica_batches("write_usage (partition index)", index)
+                .await?;
+            for memo_key in indexed {
+                self.inner.indexed.remember(memo_key);
+            }
+            let mut rows: Vec<(_, _, UsageCell)> = Vec::new();
             for (&(_, key, day), (g, cells)) in &parts {
                 let ttl = self.inner.usage_ttl[gi(*g)];
-                let cells: Vec<UsageCell> = cells
-                    .iter()
-                    .map(|(&(start, writer), &units)| (key, day, start, writer, units, ttl))
-                    .collect();
-                for chunk in cells.chunks(USAGE_BATCH_ROWS) {
-                    batches.push((*g, chunk.to_vec()));
+                let st = &self.inner.st.put_usage[gi(*g)];
+                let mut replica = None;
+                for (i, (&(start, writer), &units)) in cells.iter().enumerate() {
+                    let values = (key, day, start, writer, units, ttl);
+                    if i == 0 {
+                        // One partition: one replica for all its rows.
+                        replica = replica_of(&state, st, &values);
+                    }
+                    rows.push((replica, st, values));
                 }
             }
-            let mut writes = Vec::with_capacity(batches.len());
-            for (g, chunk) in &batches {
-                writes.push(self.write_usage_batch(*g, chunk).boxed());
-            }
-            self.run_all(writes).await
+            self.replica_batches("write_usage", rows).await
         })
         .await
     }
