@@ -39,7 +39,7 @@ use ringlimit_protocol::validate::ValidateOutcome;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -97,6 +97,9 @@ pub struct Router {
     draining: AtomicBool,
     drained: watch::Sender<bool>,
     next_id: AtomicU64,
+    /// Catch-up reloads after the ring gained members: 0 idle, 1 running,
+    /// 2 running and asked again (see [`Router::catch_up`]).
+    catch_up: AtomicU8,
 }
 
 impl std::fmt::Debug for Router {
@@ -138,6 +141,7 @@ impl Router {
             draining: AtomicBool::new(false),
             drained,
             next_id: AtomicU64::new(1),
+            catch_up: AtomicU8::new(0),
         });
         r.carry_out(effects);
         if r.cluster.is_some() {
@@ -259,6 +263,50 @@ impl Router {
             });
         }
         p
+    }
+
+    /// Reloads keys, tiers and blocks from the store, because the ring
+    /// gained members: a member that comes back (a healed partition, a
+    /// frozen node resumed) may have missed admin changes made while it was
+    /// away, and the nodes that stayed may have missed changes made on its
+    /// side; the broadcast of those changes went only to the members of the
+    /// moment. A revocation is in force everywhere once the reload is done,
+    /// not at the next periodic reload. Requests while a reload runs make
+    /// one more run after it.
+    fn catch_up(self: Arc<Self>) {
+        if self.catch_up.fetch_add(1, Ordering::AcqRel) > 0 {
+            // Running: ask for one more run (at most one is queued).
+            self.catch_up.store(2, Ordering::Release);
+            return;
+        }
+        tokio::spawn(async move {
+            loop {
+                let keys = self.service.reload_all_keys().await;
+                let tiers = self.service.reload_tiers().await;
+                let blocks = self.service.reload_blocks().await;
+                match (keys, tiers, blocks) {
+                    (Ok(n), Ok(_), Ok(_)) => {
+                        tracing::info!(
+                            keys = n,
+                            "reloaded keys, tiers and blocks: the ring gained members"
+                        );
+                    }
+                    (k, t, b) => tracing::warn!(
+                        keys = ?k.err(), tiers = ?t.err(), blocks = ?b.err(),
+                        "catch-up reload after a ring change failed; the periodic reload retries"
+                    ),
+                }
+                // 2 → run again; 1 → done.
+                if self
+                    .catch_up
+                    .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                self.catch_up.store(1, Ordering::Release);
+            }
+        });
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -725,6 +773,9 @@ impl Router {
                         tokio::time::Instant::now(),
                     );
                     self.carry_out(fx);
+                    if !change.added.is_empty() {
+                        Arc::clone(&self).catch_up();
+                    }
                 }
             }
         }
