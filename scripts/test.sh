@@ -20,6 +20,14 @@ started=$(date +%s)
 
 scripts/redis.sh install
 scripts/cassandra.sh install
+# The chaos harness's short scenarios: network namespaces (iproute2) and
+# setpriv (util-linux), which nodes run under so they die with the harness.
+if ! command -v ip >/dev/null || ! command -v setpriv >/dev/null; then
+  sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  log "apt-get install iproute2 util-linux"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends iproute2 util-linux >&2 ||
+    { "${sudo[@]}" apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends iproute2 util-linux >&2; }
+fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringlimit-test.XXXXXX")"
 cleanup() {

@@ -225,6 +225,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// Marks node `i` as out of the ring (drained) while it keeps running.
+    pub fn left(&mut self, i: usize) {
+        self.members[i] = false;
+    }
+
     /// SIGTERM (a graceful leave: drain, hand over, exit), and wait for the exit.
     pub async fn terminate(&mut self, i: usize, timeout: Duration) -> Result<()> {
         self.signal(i, "TERM")?;

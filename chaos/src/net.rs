@@ -3,9 +3,9 @@
 //! harness's own namespace to that bridge.
 //!
 //! ```text
-//!   harness (host ns) 10.213.S.254 ──┐
-//!   node n0 (ns …-n0) 10.213.S.1   ──┤ br0 (ns …-br)
-//!   node n1 (ns …-n1) 10.213.S.2   ──┤
+//!   harness (host ns) 10.A.B.254 ──┐
+//!   node n0 (ns …-n0) 10.A.B.1   ──┤ br0 (ns …-br)
+//!   node n1 (ns …-n1) 10.A.B.2   ──┤
 //!   …                                ┘
 //! ```
 //!
@@ -97,7 +97,7 @@ pub fn sweep_stale() -> Vec<String> {
 #[derive(Debug)]
 pub struct Net {
     tag: String,
-    subnet: u8,
+    subnet: (u8, u8),
     nodes: usize,
     /// Blackholes in force: (from node, to node).
     cuts: BTreeSet<(usize, usize)>,
@@ -111,8 +111,12 @@ impl Net {
             bail!("between 1 and 200 nodes");
         }
         let pid = std::process::id();
-        // One /24 per harness; the pid spreads concurrent harnesses apart.
-        let subnet = u8::try_from(pid % 250).unwrap_or(0) + 1;
+        // One /24 per harness, 10.<pid / 256 % 256>.<pid % 256>.0/24:
+        // distinct for concurrent harnesses (pids below 65 536 apart).
+        let subnet = (
+            u8::try_from(pid / 256 % 256).unwrap_or(0),
+            u8::try_from(pid % 256).unwrap_or(0),
+        );
         let mut net = Net {
             tag: format!("{PREFIX}{pid}"),
             subnet,
@@ -169,12 +173,17 @@ impl Net {
     }
 
     pub fn node_ip(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 213, self.subnet, u8::try_from(i + 1).unwrap_or(u8::MAX))
+        Ipv4Addr::new(
+            10,
+            self.subnet.0,
+            self.subnet.1,
+            u8::try_from(i + 1).unwrap_or(u8::MAX),
+        )
     }
 
     /// The harness's address on the bridge (where the backends' relays listen).
     pub fn host_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 213, self.subnet, 254)
+        Ipv4Addr::new(10, self.subnet.0, self.subnet.1, 254)
     }
 
     pub fn nodes(&self) -> usize {

@@ -128,6 +128,7 @@ macro_rules! __storage_conformance_scenarios {
             snapshots_save_load,
             snapshots_overwrite,
             usage_idempotent_absolute_writes,
+            usage_stale_total_never_lowers,
             usage_writers_summed,
             usage_range_boundaries,
             usage_granularities_separate,
@@ -784,6 +785,34 @@ pub async fn usage_idempotent_absolute_writes(store: &dyn Store) {
     assert_eq!(
         history(store, "k1", m, T0, T0 + MIN).await,
         buckets(&[(T0, 8)])
+    );
+}
+
+/// A writer's total of a bucket only grows: a smaller total written later
+/// (a stale copy a node adopted from an older snapshot, landing after the
+/// writer's newer total) never lowers what is stored, in another call or in
+/// the same one.
+pub async fn usage_stale_total_never_lowers(store: &dyn Store) {
+    let m = Granularity::Minute;
+    store
+        .write_usage(&[row("k1", m, T0, "node-a@1", 9)])
+        .await
+        .expect("write_usage");
+    store
+        .write_usage(&[row("k1", m, T0, "node-a@1", 4)])
+        .await
+        .expect("write_usage (stale)");
+    store
+        .write_usage(&[
+            row("k1", m, T0 + MIN, "node-a@1", 7),
+            row("k1", m, T0 + MIN, "node-a@1", 3),
+        ])
+        .await
+        .expect("write_usage (stale after newer, one call)");
+    assert_eq!(
+        history(store, "k1", m, T0, T0 + 2 * MIN).await,
+        buckets(&[(T0, 9), (T0 + MIN, 7)]),
+        "a stale total must not lower the stored one"
     );
 }
 

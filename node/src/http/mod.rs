@@ -86,7 +86,16 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    if app.ready.load(Ordering::Acquire) {
+    if app.ready.load(Ordering::Acquire) && app.router.gate_closed() {
+        // Joining: checks of the keys this node takes over wait until the
+        // previous owners flushed them. Not ready yet, so a rolling restart
+        // that waits for readiness does not stop the next node while keys
+        // are still moving to this one.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "handing over"})),
+        )
+    } else if app.ready.load(Ordering::Acquire) {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
     } else {
         (

@@ -18,7 +18,14 @@ pub(super) fn put_usage(tx: &redb::WriteTransaction, rows: &[UsageRow]) -> Resul
             r.bucket_start_ms,
             r.writer.as_str(),
         );
-        usage.insert(k, r.units).map_err(db_err)?;
+        // A writer's total of a bucket only grows: a stale copy written
+        // later (adopted from an older snapshot) never lowers it.
+        let prev = usage.insert(k, r.units).map_err(db_err)?.map(|g| g.value());
+        if let Some(p) = prev
+            && p > r.units
+        {
+            usage.insert(k, p).map_err(db_err)?;
+        }
     }
     Ok(())
 }

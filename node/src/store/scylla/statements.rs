@@ -54,7 +54,7 @@ pub(super) async fn prepare_all(session: &Session, ks: &str) -> Result<Statement
         let t = usage_table(g);
         (
             format!(
-                "INSERT INTO {ks}.{t} (key_id, day, bucket_start, writer, units) VALUES (?, ?, ?, ?, ?) USING TTL ?"
+                "INSERT INTO {ks}.{t} (key_id, day, bucket_start, writer, units) VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
             ),
             format!(
                 "SELECT bucket_start, units FROM {ks}.{t} WHERE key_id = ? AND day = ? AND bucket_start >= ? AND bucket_start < ?"

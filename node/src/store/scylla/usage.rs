@@ -13,8 +13,15 @@ use std::collections::BTreeMap;
 /// Partitions read concurrently by one history read.
 const HISTORY_READ_CONCURRENCY: usize = 8;
 
-/// The values of one usage row write: key, day, bucket start, writer, units, TTL.
-type UsageCell<'a> = (&'a str, i64, i64, &'a str, i64, i32);
+/// The values of one usage row write: key, day, bucket start, writer, units,
+/// TTL, and the write's timestamp, which is the units themselves.
+///
+/// A row holds one writer's absolute total of one bucket, which only grows.
+/// Written with the total as its timestamp, the store's last-write-wins
+/// keeps the largest total whatever order the writes land in: a stale copy
+/// (a node that adopted the bucket from an older snapshot while the writer
+/// still counts, in a partition) can never lower a stored total.
+type UsageCell<'a> = (&'a str, i64, i64, &'a str, i64, i32, i64);
 
 /// The `day` of the usage partition holding a bucket starting at `start_ms`.
 fn partition_day(g: Granularity, start_ms: u64) -> i64 {
@@ -65,7 +72,9 @@ impl UsageStore for ScyllaStore {
                 .entry((gi(r.granularity), r.key_id.as_str(), day))
                 .or_insert_with(|| (r.granularity, BTreeMap::new()))
                 .1
-                .insert((start, r.writer.as_str()), units);
+                .entry((start, r.writer.as_str()))
+                .and_modify(|u| *u = (*u).max(units))
+                .or_insert(units);
         }
         self.bounded("write_usage", self.inner.opts.operation_timeout, async {
             let state = self.inner.session.get_cluster_state();
@@ -93,7 +102,7 @@ impl UsageStore for ScyllaStore {
                 let st = &self.inner.st.put_usage[gi(*g)];
                 let mut replica = None;
                 for (i, (&(start, writer), &units)) in cells.iter().enumerate() {
-                    let values = (key, day, start, writer, units, ttl);
+                    let values = (key, day, start, writer, units, ttl, units);
                     if i == 0 {
                         // One partition: one replica for all its rows.
                         replica = replica_of(&state, st, &values);
