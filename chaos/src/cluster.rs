@@ -7,7 +7,8 @@ use serde_json::Value;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub const DATA_PORT: u16 = 8080;
 pub const ADMIN_PORT: u16 = 9090;

@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
 
 /// The faults, one per scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -465,7 +466,9 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         .as_ref()
         .ok()
         .and_then(|v| v["api_key"].as_str().map(str::to_owned));
-    let checks: Vec<(String, String, Vec<(String, bool)>)> = vec![
+    // (what, key id, secrets with whether each must validate)
+    type Expect = Vec<(String, bool)>;
+    let checks: Vec<(String, String, Expect)> = vec![
         match &made {
             Ok((id, secret)) => ("create".into(), id.clone(), vec![(secret.clone(), true)]),
             Err(e) => ("create".into(), format!("failed: {e}"), vec![]),

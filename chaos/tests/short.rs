@@ -148,7 +148,9 @@ fn drain() {
 }
 
 #[test]
-#[ignore = "fails today: a rolling restart at full speed over-admits and loses usage (see docs/guarantees.md, known defects)"]
 fn rolling_restart() {
-    scenario("rolling-restart");
+    if let Some(r) = scenario("rolling-restart") {
+        assert_eq!(r["over_admission"]["units_over"], 0);
+        assert_eq!(r["usage_units"], r["allowed_units"]);
+    }
 }

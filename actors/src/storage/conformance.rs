@@ -1004,14 +1004,15 @@ pub async fn usage_zero_buckets_left_out(store: &dyn Store) {
         history(store, "k1", m, T0, T0 + 3 * MIN).await,
         buckets(&[(T0 + MIN, 4), (T0 + 2 * MIN, 6)])
     );
-    // A writer overwriting its value with zero empties the bucket.
+    // A writer's total only grows: a zero written later is a stale copy
+    // and leaves the bucket as it was.
     store
         .write_usage(&[row("k1", m, T0 + 2 * MIN, "a", 0)])
         .await
         .expect("write_usage");
     assert_eq!(
         history(store, "k1", m, T0, T0 + 3 * MIN).await,
-        buckets(&[(T0 + MIN, 4)])
+        buckets(&[(T0 + MIN, 4), (T0 + 2 * MIN, 6)])
     );
 }
 
