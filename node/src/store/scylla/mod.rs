@@ -73,7 +73,14 @@
 //! a batch to applies all of it locally, so a flush of N keys costs about
 //! N / 32 requests instead of one per partition, and no coordinator forwards
 //! rows to other nodes. Rows repeated in one call are de-duplicated, the
-//! last one winning. Every row is written `USING TTL` the retention of its
+//! largest total winning, and every row is written `USING TIMESTAMP` its
+//! total: a writer's total of a bucket only grows, so the store's
+//! last-write-wins keeps the largest one whatever order writes land in, and
+//! a stale copy (a node that adopted the bucket from an older snapshot while
+//! its writer still counts) never lowers it. (Rows written by versions
+//! before this rule carry wall-clock timestamps and so are never replaced;
+//! they belong to writers, process incarnations, that no longer run.)
+//! Every row is written `USING TTL` the retention of its
 //! granularity ([`ScyllaOptions::retention`]; the tables' own default TTLs
 //! are not used). Partitions are time-bucketed: `day` is the first day of
 //! a period of 1 (minute), 32 (hour) or 1024 (day) days. Before the data, the

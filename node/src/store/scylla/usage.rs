@@ -54,7 +54,7 @@ impl UsageStore for ScyllaStore {
         if rows.is_empty() {
             return Ok(());
         }
-        // (granularity, key, day) → (bucket_start, writer) → units; the last row wins.
+        // (granularity, key, day) → (bucket_start, writer) → units; the largest wins.
         let mut parts: BTreeMap<(usize, &str, i64), (Granularity, BTreeMap<(i64, &str), i64>)> =
             BTreeMap::new();
         for r in rows {
