@@ -36,7 +36,8 @@ pub enum Scenario {
     RollingRestart,
     /// A node joins under load.
     Join,
-    /// A node is drained under load (`POST /api/v1/cluster/drain`), then stopped.
+    /// A node is drained under load (`POST /api/v1/cluster/drain`); it stays
+    /// up out of the ring and forwards what clients still send it.
     Drain,
 }
 
@@ -326,7 +327,6 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         record_admissions: Some(20_000_000),
         progress: false,
     };
-    let load_started_us = epoch_us();
     let load = tokio::spawn(runner::run(cfg));
     let mut events: Vec<(u64, String)> = Vec::new();
     let mut mark = |what: String| events.push((epoch_us(), what));
@@ -457,7 +457,6 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         .map_err(anyhow::Error::msg)?;
     let anchor = out.anchor_epoch_us;
     let rel = |us: u64| (us.saturating_sub(anchor)) as f64 / 1e6;
-    let _ = load_started_us;
 
     // Admin writes in force on every live node after recovery.
     let live: Vec<usize> = (0..o.nodes).filter(|&i| c.running(i)).collect();
