@@ -171,7 +171,8 @@ pub struct Report {
     /// Requests without a decision, by kind.
     pub failures: BTreeMap<String, u64>,
     /// Requests whose outcome the client cannot know (timeouts, broken
-    /// connections): the server may have admitted them.
+    /// connections, 503/504 from a forward to the owner that timed out):
+    /// the owner may have admitted them.
     pub unknown_outcomes: u64,
     pub over_admission: OverAdmission,
     pub p99_before_us: f64,
@@ -516,10 +517,14 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         .errors
         .iter()
         .filter(|(k, _)| {
+            // A 503 or 504 is a node that could not get an answer from the
+            // key's owner in time (a forward that timed out): the owner may
+            // have admitted the check and counted it; only the answer was lost.
             matches!(
                 k,
                 ringlimit_loadtest::stats::ErrorKind::Timeout
                     | ringlimit_loadtest::stats::ErrorKind::Io
+                    | ringlimit_loadtest::stats::ErrorKind::Status(503 | 504)
             )
         })
         .map(|(_, n)| *n)
