@@ -169,7 +169,10 @@ pub trait SnapshotStore: Send + Sync + 'static {
 /// Usage history: per-minute buckets and hourly and daily rollups.
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// Writes absolute values; writing the same row twice is a no-op.
+    /// Writes absolute values; writing the same row twice is a no-op. A
+    /// writer's total of a bucket only grows, so a store keeps the larger of
+    /// the stored and the written total: a stale copy written late never
+    /// lowers it.
     async fn write_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError>;
     /// Buckets of `granularity` with `from_ms <= start < to_ms`, summed over writers, in time order.
     /// Empty buckets are left out.

@@ -1777,15 +1777,16 @@ mod tests {
         async fn write_usage(&self, rows: &[UsageRow]) -> Result<(), StoreError> {
             let mut usage = self.usage.lock();
             for r in rows {
-                usage.insert(
-                    (
+                // A writer's total only grows: the larger one stays.
+                let v = usage
+                    .entry((
                         r.key_id.clone(),
                         r.granularity,
                         r.bucket_start_ms,
                         r.writer.clone(),
-                    ),
-                    r.units,
-                );
+                    ))
+                    .or_insert(r.units);
+                *v = (*v).max(r.units);
             }
             Ok(())
         }
