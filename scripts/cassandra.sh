@@ -172,6 +172,9 @@ counter_cache_size: 4MiB
 file_cache_size: 64MiB
 memtable_heap_space: 128MiB
 memtable_offheap_space: 128MiB
+# ringlimit batches usage rows by replica, up to 32 partitions a batch (one
+# replica applies them all): not the misuse this warning is about.
+unlogged_batch_across_partitions_warn_threshold: 64
 EOF
 }
 

@@ -72,7 +72,11 @@
 //! most [`USAGE_BATCH_ROWS`] rows of one replica: the replica the driver sends
 //! a batch to applies all of it locally, so a flush of N keys costs about
 //! N / 32 requests instead of one per partition, and no coordinator forwards
-//! rows to other nodes. Rows repeated in one call are de-duplicated, the
+//! rows to other nodes. (Apache Cassandra warns about unlogged batches over
+//! 10 partitions, and the driver logs each warning: raise
+//! `unlogged_batch_across_partitions_warn_threshold` to 64 there, as
+//! `scripts/cassandra.sh` does. ScyllaDB has no such warning.) Rows repeated
+//! in one call are de-duplicated, the
 //! largest total winning, and every row is written `USING TIMESTAMP` its
 //! total: a writer's total of a bucket only grows, so the store's
 //! last-write-wins keeps the largest one whatever order writes land in, and
