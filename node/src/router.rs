@@ -39,7 +39,7 @@ use ringlimit_protocol::validate::ValidateOutcome;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -97,9 +97,9 @@ pub struct Router {
     draining: AtomicBool,
     drained: watch::Sender<bool>,
     next_id: AtomicU64,
-    /// Catch-up reloads after the ring gained members: 0 idle, 1 running,
-    /// 2 running and asked again (see [`Router::catch_up`]).
-    catch_up: AtomicU8,
+    /// Catch-up reloads asked for since the running one started; 0: none
+    /// running (see [`Router::catch_up`]).
+    catch_up: AtomicU64,
 }
 
 impl std::fmt::Debug for Router {
@@ -141,7 +141,7 @@ impl Router {
             draining: AtomicBool::new(false),
             drained,
             next_id: AtomicU64::new(1),
-            catch_up: AtomicU8::new(0),
+            catch_up: AtomicU64::new(0),
         });
         r.carry_out(effects);
         if r.cluster.is_some() {
@@ -272,15 +272,15 @@ impl Router {
     /// side; the broadcast of those changes went only to the members of the
     /// moment. A revocation is in force everywhere once the reload is done,
     /// not at the next periodic reload. Requests while a reload runs make
-    /// one more run after it.
+    /// one more run after it, never a second concurrent one.
     fn catch_up(self: Arc<Self>) {
+        // Requests since the running reload started; the first starts it.
         if self.catch_up.fetch_add(1, Ordering::AcqRel) > 0 {
-            // Running: ask for one more run (at most one is queued).
-            self.catch_up.store(2, Ordering::Release);
             return;
         }
         tokio::spawn(async move {
             loop {
+                let seen = self.catch_up.load(Ordering::Acquire);
                 let keys = self.service.reload_all_keys().await;
                 let tiers = self.service.reload_tiers().await;
                 let blocks = self.service.reload_blocks().await;
@@ -296,15 +296,16 @@ impl Router {
                         "catch-up reload after a ring change failed; the periodic reload retries"
                     ),
                 }
-                // 2 → run again; 1 → done.
+                // No request came during this run: done. Otherwise one more
+                // run covers all that came (a request after the reset starts
+                // a new task).
                 if self
                     .catch_up
-                    .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
                     return;
                 }
-                self.catch_up.store(1, Ordering::Release);
             }
         });
     }
