@@ -39,6 +39,27 @@ impl UsageCounters {
         }
     }
 
+    /// Takes the counters of a loaded snapshot over for this process,
+    /// whose writers are named `{base}.{n}`. When one of them wrote the
+    /// snapshot, it was that writer's last state (a cell is dropped only
+    /// once written), so counting goes on under its name. Otherwise a new
+    /// writer starts, named with `next()`: every writer's rows only ever
+    /// grow (stores keep a writer's larger total), so a writer must never
+    /// count again from zero under a name whose rows already hold units.
+    /// That happens when ownership of a key moves away and back within a
+    /// bucket: the snapshot then comes from the other owner and no longer
+    /// holds this process's earlier counts.
+    pub fn resume(&mut self, base: &str, next: impl FnOnce() -> u64) {
+        let ours = self
+            .writer
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !ours {
+            self.adopt_writer(&format!("{base}.{}", next()));
+        }
+    }
+
     /// Adds `units` admitted at `now_ms`.
     pub fn add(&mut self, now_ms: u64, units: u64) {
         for g in Granularity::all() {
@@ -149,6 +170,9 @@ impl CellInner {
     }
 }
 
+/// Starts the pending-map name of a usage-only cell (key ids are printable).
+pub(crate) const USAGE_ONLY_MARK: char = '\u{1}';
+
 /// One key's limiter state.
 #[derive(Debug)]
 pub struct KeyCell {
@@ -158,6 +182,10 @@ pub struct KeyCell {
     pub(crate) in_pending: AtomicBool,
     /// Last use, ms since the epoch, for idle passivation and LRU eviction.
     last_used_ms: AtomicU64,
+    /// A cell that only counts usage: units this node admitted for a key it
+    /// does not own (a fail-open answer). It has no limits and no snapshot;
+    /// only its usage rows are written.
+    pub(crate) usage_only: bool,
 }
 
 impl KeyCell {
@@ -176,6 +204,7 @@ impl KeyCell {
             }),
             in_pending: AtomicBool::new(false),
             last_used_ms: AtomicU64::new(now_ms),
+            usage_only: false,
         }
     }
 
@@ -193,6 +222,27 @@ impl KeyCell {
 
     /// Marks the cell changed. Call with the lock held; returns whether the
     /// caller must add the cell to the pending map after releasing the lock.
+    /// A usage-only cell counting under `writer` (see [`KeyCell::usage_only`]).
+    pub(crate) fn usage_only(key_id: String, writer: String, now_ms: u64) -> Self {
+        let mut c = KeyCell::new(key_id, now_ms);
+        c.usage_only = true;
+        let g = c.inner.get_mut();
+        g.loaded = true;
+        g.snap.usage.writer = writer;
+        c
+    }
+
+    /// The cell's name in the write-behind's pending map: its key id, or for
+    /// a usage-only cell a name no key id can have, so it never meets the
+    /// key's own cell.
+    pub(crate) fn pending_key(&self) -> compact_str::CompactString {
+        if self.usage_only {
+            compact_str::format_compact!("{USAGE_ONLY_MARK}{}", self.key_id)
+        } else {
+            self.key_id.as_str().into()
+        }
+    }
+
     pub fn mark_changed(&self, inner: &mut CellInner) -> bool {
         inner.version = inner.version.wrapping_add(1);
         !self.in_pending.swap(true, Ordering::AcqRel)
@@ -203,6 +253,7 @@ impl KeyCell {
 mod tests {
     use super::*;
     use ringlimit_protocol::{AlgorithmKind, LimitSpec};
+    use std::collections::BTreeMap;
 
     fn busy_snapshot() -> Snapshot {
         let specs: Vec<LimitSpec> = [
@@ -309,5 +360,79 @@ mod tests {
         assert!(u.open.is_empty());
         assert_eq!(u.closed.len(), 3);
         assert!(u.rows().iter().all(|(w, _)| w == "w"));
+    }
+
+    /// Rows as a store keeps them: per (writer, bucket), the larger total.
+    fn store(rows: &mut BTreeMap<(String, UsageCell), u64>, u: &UsageCounters) {
+        for (w, (g, start, n)) in u.rows() {
+            let e = rows.entry((w, (g, start, 0))).or_default();
+            *e = (*e).max(n);
+        }
+    }
+
+    fn minute_total(rows: &BTreeMap<(String, UsageCell), u64>) -> u64 {
+        rows.iter()
+            .filter(|((_, (g, _, _)), _)| *g == Granularity::Minute)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    #[test]
+    fn ownership_moving_away_and_back_within_a_bucket_loses_no_unit() {
+        let mut rows = BTreeMap::new();
+        let mut stint = 0;
+        let mut next = || {
+            stint += 1;
+            stint
+        };
+        // Node a owns the key and counts 10.
+        let mut a = UsageCounters::default();
+        a.resume("a#1", &mut next);
+        a.add(1_000, 10);
+        store(&mut rows, &a);
+        // A partition: b takes the key over from a's snapshot and counts 5.
+        let mut b = a.clone();
+        b.resume("b#2", &mut next);
+        b.add(2_000, 5);
+        store(&mut rows, &b);
+        // a keeps counting (3) and its snapshot is the last one written;
+        // b drops its cell.
+        a.add(3_000, 3);
+        store(&mut rows, &a);
+        // Ownership comes back to b within the same minute: b loads a's
+        // snapshot, which does not hold b's 5, and counts 4 more.
+        let mut b2 = a.clone();
+        b2.resume("b#2", &mut next);
+        assert_ne!(b2.writer, b.writer, "a writer never counts again from zero");
+        b2.add(4_000, 4);
+        store(&mut rows, &b2);
+        assert_eq!(minute_total(&rows), 10 + 5 + 3 + 4);
+    }
+
+    #[test]
+    fn a_process_goes_on_counting_under_its_own_writer() {
+        let mut n = 0;
+        let mut u = UsageCounters::default();
+        u.resume("a#1", || {
+            n += 1;
+            n
+        });
+        u.add(1_000, 7);
+        let mut rows = BTreeMap::new();
+        store(&mut rows, &u);
+        // Passivated once written, loaded again from its own snapshot.
+        let mut again = u.clone();
+        again.resume("a#1", || unreachable!("no new writer"));
+        assert_eq!(again.writer, u.writer);
+        again.add(2_000, 1);
+        store(&mut rows, &again);
+        assert_eq!(minute_total(&rows), 8);
+        // A writer of another process with a name that begins alike is not ours.
+        let mut other = UsageCounters {
+            writer: "a#10.1".into(),
+            ..UsageCounters::default()
+        };
+        other.resume("a#1", || 9);
+        assert_eq!(other.writer, "a#1.9");
     }
 }

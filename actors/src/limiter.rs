@@ -66,7 +66,8 @@ pub struct LimiterConfig {
     pub max_active: usize,
     /// How often the sweeper looks for idle actors.
     pub sweep_interval: Duration,
-    /// This process's name in usage rows (node name and boot instant).
+    /// This process's name in usage rows (node name and boot instant); its
+    /// writers are this name and a number.
     pub writer: String,
 }
 
@@ -128,6 +129,8 @@ pub struct Shared {
     activations: AtomicU64,
     passivations: AtomicU64,
     restarts: AtomicU64,
+    /// Numbers this process's usage writers (see [`crate::cell::UsageCounters::resume`]).
+    writers: AtomicU64,
 }
 
 /// The KeyLimiter actor.
@@ -275,7 +278,10 @@ impl KeyLimiterState {
                 if let Some(snap) = snap {
                     g.snap = snap;
                 }
-                g.snap.usage.adopt_writer(&self.shared.config.writer);
+                let shared = &self.shared;
+                g.snap.usage.resume(&shared.config.writer, || {
+                    shared.writers.fetch_add(1, Ordering::Relaxed)
+                });
                 g.loaded = true;
                 true
             }
@@ -422,6 +428,7 @@ impl KeyLimiters {
             evict: Notify::new(),
             activations: AtomicU64::new(0),
             passivations: AtomicU64::new(0),
+            writers: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
         });
         let (sup, _) = Actor::spawn(None, KeyLimiterSupervisor, Arc::clone(&shared)).await?;

@@ -113,6 +113,8 @@ pub struct WriteBehind {
     /// ms since this write-behind started); `u64::MAX` before the first time.
     usage_written_ms: AtomicU64,
     started: std::time::Instant,
+    /// Numbers the writers of usage-only cells ([`WriteBehind::count_unowned`]).
+    unowned_writers: AtomicU64,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -157,6 +159,7 @@ impl WriteBehind {
             encode: Snapshot::encode,
             usage_written_ms: AtomicU64::new(u64::MAX),
             started: crate::clock::monotonic(),
+            unowned_writers: AtomicU64::new(0),
         }
     }
 
@@ -167,8 +170,7 @@ impl WriteBehind {
     /// of piling up in the map; nothing admitted is ever dropped. Crossing the
     /// bound is logged once and counted.
     pub fn enqueue(&self, cell: &Arc<KeyCell>) {
-        self.pending
-            .insert(cell.key_id.as_str().into(), Arc::clone(cell));
+        self.pending.insert(cell.pending_key(), Arc::clone(cell));
         let len = self.pending.len();
         if len >= self.config.max_pending {
             if !self.over_bound.swap(true, Ordering::Relaxed) {
@@ -182,6 +184,35 @@ impl WriteBehind {
         } else if len < self.config.max_pending / 2 {
             self.over_bound.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `units` this node admitted for a key it does not own, or
+    /// whose state it cannot read (a fail-open answer): usage history and
+    /// billing must hold every admitted unit. They are written as usage
+    /// rows of their own writer, `{writer_base}.open{n}`, a new one each
+    /// time the key's usage-only cell was written out and dropped, so no
+    /// writer ever counts again from zero under a name that holds units.
+    /// No snapshot is written: the key's limiter state is its owner's.
+    /// Without a usage store nothing is recorded (no usage is kept at all).
+    pub fn count_unowned(&self, key_id: &str, writer_base: &str, units: u64, now_ms: u64) {
+        if self.usage.is_none() || units == 0 {
+            return;
+        }
+        let name = compact_str::format_compact!("{}{key_id}", crate::cell::USAGE_ONLY_MARK);
+        // Under the map's entry lock, so a flush cannot drop the cell
+        // between finding it and counting in it.
+        let entry = self.pending.entry(name).or_insert_with(|| {
+            let n = self.unowned_writers.fetch_add(1, Ordering::Relaxed);
+            Arc::new(KeyCell::usage_only(
+                key_id.to_owned(),
+                format!("{writer_base}.open{n}"),
+                now_ms,
+            ))
+        });
+        let cell = entry.value();
+        let mut g = cell.lock();
+        g.snap.usage.add(now_ms, units);
+        cell.mark_changed(&mut g);
     }
 
     /// The unwritten cell of a key, if any.
@@ -288,7 +319,11 @@ impl WriteBehind {
         for c in &cells {
             let g = c.lock();
             let v = g.version;
-            let lacking: Vec<usize> = (0..sinks).filter(|&i| g.stored(i) != v).collect();
+            let lacking: Vec<usize> = if c.usage_only {
+                Vec::new()
+            } else {
+                (0..sinks).filter(|&i| g.stored(i) != v).collect()
+            };
             let snap = if lacking.is_empty() {
                 None
             } else {
@@ -357,14 +392,14 @@ impl WriteBehind {
                 g.usage_stored = *version;
             }
             let clean = g.version == *version
-                && (0..sinks).all(|i| g.stored(i) == *version)
+                && (c.usage_only || (0..sinks).all(|i| g.stored(i) == *version))
                 && (self.usage.is_none() || g.usage_stored == *version);
             drop(g);
             if !clean {
                 continue;
             }
             done += 1;
-            self.pending.remove_if(c.key_id.as_str(), |_, pc| {
+            self.pending.remove_if(c.pending_key().as_str(), |_, pc| {
                 if !Arc::ptr_eq(pc, c) {
                     return false;
                 }
@@ -906,5 +941,54 @@ mod tests {
         assert_eq!(batches[0][0].0, "k1");
         assert!(!batches[0][0].1.is_empty());
         assert!(Snapshot::decode(&batches[0][0].1).is_ok());
+    }
+
+    #[tokio::test]
+    async fn units_admitted_for_a_key_owned_elsewhere_reach_usage_and_no_snapshot() {
+        use ringlimit_protocol::admin::Granularity;
+        let snaps = Arc::new(Recorder::default());
+        let usage = Arc::new(BothStore::default());
+        let wb = WriteBehind::new(
+            vec![snaps.clone() as Arc<dyn SnapshotStore>],
+            Some(usage.clone() as Arc<dyn UsageStore>),
+            None,
+            WriteBehindConfig::default(),
+        );
+        // The key's own cell and a fail-open count of the same key.
+        let own = changed_cell(&wb, "k1");
+        wb.count_unowned("k1", "n#1", 3, 61_000);
+        wb.count_unowned("k1", "n#1", 1, 62_000);
+        assert_eq!(wb.pending_len(), 2);
+        assert!(Arc::ptr_eq(&wb.pending_cell("k1").expect("pending"), &own));
+        // Billing waits for the unowned units too.
+        assert!(wb.unwritten_usage_before(Granularity::Minute, 120_000));
+
+        wb.flush_once().await.expect("flush");
+        assert_eq!(wb.pending_len(), 0);
+        let batches = snaps.batches.lock().clone();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].len(), 1, "one snapshot: the owned cell's");
+        assert_eq!(batches[0][0].0, "k1");
+
+        // Written and dropped: the next unit counts under a new writer.
+        wb.count_unowned("k1", "n#1", 2, 63_000);
+        wb.flush_once().await.expect("flush");
+        let mut by_writer = std::collections::BTreeMap::new();
+        for r in usage.rows.lock().iter() {
+            if r.granularity == Granularity::Minute && r.key_id == "k1" {
+                let e = by_writer.entry(r.writer.clone()).or_insert(0);
+                *e = (*e).max(r.units);
+            }
+        }
+        assert_eq!(by_writer.get("n#1.open0"), Some(&4));
+        assert_eq!(by_writer.get("n#1.open1"), Some(&2));
+        assert_eq!(by_writer.values().sum::<u64>(), 1 + 4 + 2);
+    }
+
+    #[tokio::test]
+    async fn without_a_usage_store_unowned_units_are_not_kept() {
+        let wb = WriteBehind::new(vec![], None, None, WriteBehindConfig::default());
+        wb.count_unowned("k1", "n#1", 3, 61_000);
+        assert_eq!(wb.pending_len(), 0);
     }
 }

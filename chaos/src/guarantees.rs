@@ -50,8 +50,10 @@ pub fn judge(mut r: Report) -> Report {
     // Usage (billing's source) against what the client saw admitted. The
     // client cannot know the outcome of a timed-out request: the server may
     // have admitted it, so usage may exceed the client's count by that much.
+    // A fail-open answer is counted by the node that gave it; the owner may
+    // have counted the same check if it got it and only its answer was lost.
     let lo = r.allowed_units;
-    let hi = r.allowed_units + r.unknown_outcomes;
+    let hi = r.allowed_units + r.unknown_outcomes + r.fail_open;
     let lost_allowance = if s == Scenario::KillOwner {
         let second = r.fault.from_s.max(0.0) as usize;
         r.allowed_per_s.get(second).copied().unwrap_or(0)
@@ -61,9 +63,10 @@ pub fn judge(mut r: Report) -> Report {
     };
     if r.usage_units + lost_allowance < lo || r.usage_units > hi {
         why.push(format!(
-            "usage holds {} units; the client saw {} admitted ({} outcomes unknown{})",
+            "usage holds {} units; the client saw {} admitted ({} of them fail-open, {} outcomes unknown{})",
             r.usage_units,
             r.allowed_units,
+            r.fail_open,
             r.unknown_outcomes,
             if lost_allowance > 0 {
                 format!(", {lost_allowance} may be lost to the kill")

@@ -51,7 +51,7 @@ pub fn markdown(run: &Run) -> String {
         let failed: u64 = r.failures.values().sum();
         let _ = writeln!(
             m,
-            "| {} | {} | {} units in {} windows (+{} = {:.0}% of {}) | {} | {} / {} / {} | {} | {} | {} / {} (+{} unknown) |",
+            "| {} | {} | {} units in {} windows (+{} = {:.0}% of {}) | {} | {} / {} / {} | {} | {} | {} / {} ({} fail-open, +{} unknown) |",
             r.scenario.name(),
             if r.held { "yes" } else { "**no**" },
             o.units_over,
@@ -67,6 +67,7 @@ pub fn markdown(run: &Run) -> String {
             opt_s(r.errors_clear_after_s),
             r.usage_units,
             r.allowed_units,
+            r.fail_open,
             r.unknown_outcomes,
         );
     }

@@ -186,6 +186,10 @@ pub struct Report {
     /// Units the usage history (what billing is computed from) holds for the
     /// loaded keys, against the units the client saw admitted.
     pub usage_units: u64,
+    /// Of `allowed_units`, the checks answered fail-open (`"fail_open":
+    /// true`): the answering node counts them in usage; an owner that got
+    /// the check and whose answer was lost may have counted it too.
+    pub fail_open: u64,
     pub admin_writes: Vec<AdminWrite>,
     pub timeline: Vec<TimelinePoint>,
     pub allowed_per_s: Vec<u64>,
@@ -574,6 +578,7 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         ring_converged_after_s: converged_us.map(|u| rel(u) - rel(converge_from)),
         errors_clear_after_s: accounts::errors_clear_after(&timeline, fault.to_s),
         usage_units,
+        fail_open: counts.fail_open,
         admin_writes,
         allowed_per_s: accounts::allowed_per_second(&admissions, duration_s.ceil() as usize),
         timeline,

@@ -28,6 +28,9 @@ pub enum System {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Allowed,
+    /// Allowed without a limit check (ringlimit's `"fail_open": true`: the
+    /// key's owner could not be asked).
+    FailOpen,
     Denied,
     Failed(ErrorKind),
 }
@@ -102,6 +105,7 @@ impl Wire {
     pub fn single_outcome(&self, status: StatusCode, body: &[u8]) -> Outcome {
         match self.system {
             System::Ringlimit => match status.as_u16() {
+                200 if fail_open(body) => Outcome::FailOpen,
                 200 => Outcome::Allowed,
                 429 => Outcome::Denied,
                 s => Outcome::Failed(ErrorKind::Status(s)),
@@ -138,6 +142,7 @@ impl Wire {
                 }
                 for (o, r) in out.iter_mut().zip(r.results) {
                     *o = match r.status {
+                        200 if r.fail_open => Outcome::FailOpen,
                         200 => Outcome::Allowed,
                         429 => Outcome::Denied,
                         s => Outcome::Failed(ErrorKind::CheckStatus(s)),
@@ -175,6 +180,15 @@ struct RingBatch {
 #[derive(Deserialize)]
 struct RingResult {
     status: u16,
+    #[serde(default)]
+    fail_open: bool,
+}
+
+/// Whether a single validate answer is a fail-open one (a search of the
+/// body rather than a parse: the run's answers are mostly not).
+fn fail_open(body: &[u8]) -> bool {
+    const MARK: &[u8] = br#""fail_open":true"#;
+    body.windows(MARK.len()).any(|w| w == MARK)
 }
 
 #[derive(Deserialize)]
@@ -271,6 +285,13 @@ mod tests {
     fn decodes_answers() {
         let w = Wire::new(System::Ringlimit);
         assert_eq!(w.single_outcome(StatusCode::OK, b""), Outcome::Allowed);
+        assert_eq!(
+            w.single_outcome(
+                StatusCode::OK,
+                br#"{"allowed":true,"key_id":"a","tier":"free","limits":[],"fail_open":true}"#
+            ),
+            Outcome::FailOpen
+        );
         assert_eq!(
             w.single_outcome(StatusCode::TOO_MANY_REQUESTS, b""),
             Outcome::Denied

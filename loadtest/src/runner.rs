@@ -471,6 +471,7 @@ async fn worker(
         let recv_us = done.saturating_duration_since(ctx.anchor).as_micros() as u64;
         let mut allowed = 0u64;
         let mut denied = 0u64;
+        let mut fail_open = 0u64;
         let mut failed = 0u64;
         match decoded {
             Err(kind) => {
@@ -482,8 +483,9 @@ async fn worker(
             Ok(()) => {
                 for (o, &k) in outcomes.iter().zip(picks.iter()) {
                     match *o {
-                        Outcome::Allowed => {
+                        Outcome::Allowed | Outcome::FailOpen => {
                             allowed += 1;
+                            fail_open += u64::from(*o == Outcome::FailOpen);
                             if let Some(cap) = cap {
                                 if out.admissions.len() < cap {
                                     out.admissions.push(Admission {
@@ -515,6 +517,7 @@ async fn worker(
             out.m.counts.status(status.as_u16());
             out.m.counts.allowed += allowed;
             out.m.counts.denied += denied;
+            out.m.counts.fail_open += fail_open;
             stats::record(&mut out.m.latency, done - intended);
             stats::record(&mut out.m.service, done - sent);
             out.last_done = Some(done);

@@ -88,6 +88,9 @@ pub struct Counts {
     pub allowed: u64,
     /// Checks answered "denied".
     pub denied: u64,
+    /// Of the allowed checks, those answered without a limit check
+    /// (fail-open: the key's owner could not be asked).
+    pub fail_open: u64,
     /// Responses by HTTP status.
     pub by_status: BTreeMap<u16, u64>,
     /// Errors by kind: a request error counts once, a failed check of a batch once per check.
@@ -122,6 +125,7 @@ impl Counts {
         self.responses += o.responses;
         self.allowed += o.allowed;
         self.denied += o.denied;
+        self.fail_open += o.fail_open;
         for (k, v) in &o.by_status {
             *self.by_status.entry(*k).or_insert(0) += v;
         }

@@ -220,10 +220,13 @@ struct Limiting {
     background: Background,
     /// The write-behind's thread (stops when dropped).
     persistence: Background,
+    /// This process's usage writer name (node name and boot instant).
+    writer: String,
 }
 
 async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limiting> {
     let boot_ms = ringlimit_actors::clock::wall_ms();
+    let writer = format!("{}#{boot_ms}", config.node_name);
     let usage: Arc<dyn UsageStore> = stores.main.clone();
     // Billing counts admitted units from the write-behind's usage rows (one
     // row per key and flush), not from each check.
@@ -247,7 +250,7 @@ async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limit
                 std::time::Duration::from_millis(5),
                 std::time::Duration::from_secs(1),
             ),
-            writer: format!("{}#{boot_ms}", config.node_name),
+            writer: writer.clone(),
         },
         clock: Arc::new(SystemClock),
     })
@@ -296,6 +299,7 @@ async fn start_limiting(config: &Config, stores: Stores) -> anyhow::Result<Limit
         pipelines,
         background,
         persistence,
+        writer,
     })
 }
 
@@ -308,6 +312,8 @@ async fn start_routing(config: &Config, node: &Limiting) -> anyhow::Result<Arc<R
             .max(std::time::Duration::from_secs(2)),
         passivate_timeout: config.shutdown_timeout,
         admin_ack_wait: config.heartbeat_timeout,
+        usage_writer: node.writer.clone(),
+        forward_expiry: config.heartbeat_timeout / 2,
     };
     let wb = Arc::clone(&node.core.write_behind);
     let service = Arc::clone(&node.service);

@@ -48,6 +48,10 @@ pub mod metric {
     pub const FORWARDED: &str = "ringlimit_forwarded_checks_total";
     pub const FAIL_OPEN: &str = "ringlimit_owner_unreachable_fail_open_total";
     pub const FAIL_CLOSED: &str = "ringlimit_owner_unreachable_fail_closed_total";
+    /// Forwarded checks an owner did not decide because they reached it
+    /// later than `forward_expiry` after they were sent (a frozen owner, a
+    /// cut link, or clocks apart by more than that).
+    pub const FORWARD_EXPIRED: &str = "ringlimit_forward_expired_total";
     pub const NOT_OWNER: &str = "ringlimit_not_owner_total";
     pub const STATE_FAIL_OPEN: &str = "ringlimit_state_unavailable_fail_open_total";
 }
@@ -68,6 +72,14 @@ pub struct RouterConfig {
     /// members to acknowledge it before the caller is told what is pending
     /// (the heartbeat timeout: a member silent longer leaves the ring).
     pub admin_ack_wait: Duration,
+    /// This process's usage writer name: units answered by a fail-open are
+    /// counted in usage under it (see [`WriteBehind::count_unowned`]).
+    pub usage_writer: String,
+    /// A forwarded check older than this when its owner would decide it
+    /// (by the forwarder's clock in the check against the owner's) is not
+    /// decided: the forwarder has given up on it or is about to, and may
+    /// have answered it by failing open. Half the forwarder's shortest wait.
+    pub forward_expiry: Duration,
 }
 
 /// Who applied a key's admin change (see [`Router::confirm_key_change`]).
@@ -525,7 +537,9 @@ impl Router {
                         ring = now;
                         continue;
                     }
-                    return self.owner_unreachable(key_id, &hash, &owner, &e).await;
+                    return self
+                        .owner_unreachable(key_id, &hash, &owner, &e, cost)
+                        .await;
                 }
             }
         }
@@ -544,7 +558,7 @@ impl Router {
             .service
             .validate_hashed(key_id, hash, cost, client_ip)
             .await;
-        self.state_policy(o)
+        self.state_policy(o, cost)
     }
 
     /// A key whose stored state cannot be read (the snapshot store is down
@@ -553,7 +567,7 @@ impl Router {
     /// counted, in `ringlimit_state_unavailable_fail_open_total`), as when
     /// a key's owner is unreachable. Nothing is written for the key until
     /// its state has been read.
-    fn state_policy(&self, o: ValidateOutcome) -> ValidateOutcome {
+    fn state_policy(&self, o: ValidateOutcome, cost: u64) -> ValidateOutcome {
         if !ringlimit_actors::service::check::state_unavailable(&o) {
             return o;
         }
@@ -564,7 +578,7 @@ impl Router {
                 ..
             } if !self.cfg.fail_closed_tiers.contains(&tier) => {
                 metrics::counter!(metric::STATE_FAIL_OPEN).increment(1);
-                ValidateOutcome::FailOpen { key_id, tier }
+                self.fail_open(key_id, tier, cost)
             }
             other => other,
         }
@@ -610,6 +624,7 @@ impl Router {
         hash: &SecretHash,
         owner: &str,
         e: &ForwardError,
+        cost: u64,
     ) -> ValidateOutcome {
         let unavailable = |why: &str| {
             metrics::counter!(metric::FAIL_CLOSED).increment(1);
@@ -644,10 +659,21 @@ impl Router {
             return unavailable("is unreachable");
         }
         metrics::counter!(metric::FAIL_OPEN).increment(1);
-        ValidateOutcome::FailOpen {
-            key_id: key.key_id.clone(),
-            tier: key.tier.clone(),
-        }
+        self.fail_open(key.key_id.clone(), key.tier.clone(), cost)
+    }
+
+    /// A fail-open answer. The units are admitted, so they are counted in
+    /// usage (and so billed) by this node, under its own writer: the owner
+    /// either never got the check or could not read the key's state. An
+    /// owner that got the check but whose answer was lost on the way back
+    /// has counted it too; that double count is bounded by the fail-open
+    /// answers (`ringlimit_owner_unreachable_fail_open_total`), and an
+    /// owner never decides a forwarded check older than `forward_expiry`,
+    /// so a check that waited in a frozen owner or a cut link is not.
+    fn fail_open(&self, key_id: String, tier: String, cost: u64) -> ValidateOutcome {
+        self.wb
+            .count_unowned(&key_id, &self.cfg.usage_writer, cost, self.service.now_ms());
+        ValidateOutcome::FailOpen { key_id, tier }
     }
 
     /// Graceful leave: hold owned keys, passivate, flush, tell peers, leave.
@@ -799,21 +825,33 @@ impl Router {
                 };
             }
             self.wait_gates().await;
-            ForwardOutcome::Decided(
-                self.decide_local(
-                    &chk.key_id,
-                    &SecretHash(chk.secret_hash),
-                    chk.cost,
-                    // Checked by the receiving node's data plane.
-                    chk.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
-                )
-                .await,
-            )
+            ForwardOutcome::Decided(self.decide_forwarded(chk).await)
         });
         for r in futures_util::future::join_all(futures).await {
             results.push(r);
         }
         ForwardReply { results }
+    }
+
+    /// Decides a forwarded check of a key this node owns, unless it is
+    /// older than `forward_expiry` (see [`RouterConfig::forward_expiry`]).
+    async fn decide_forwarded(&self, chk: &ForwardCheck) -> ValidateOutcome {
+        let age_us = self.service.now_us().saturating_sub(chk.now_us);
+        if age_us > self.cfg.forward_expiry.as_micros() as u64 {
+            metrics::counter!(metric::FORWARD_EXPIRED).increment(1);
+            tracing::debug!(key_id = %chk.key_id, age_ms = age_us / 1_000, "forwarded check too old to decide");
+            return ValidateOutcome::unavailable(
+                "the check reached the key's owner too late; retry",
+            );
+        }
+        self.decide_local(
+            &chk.key_id,
+            &SecretHash(chk.secret_hash),
+            chk.cost,
+            // Checked by the receiving node's data plane.
+            chk.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        )
+        .await
     }
 
     async fn admin_event(&self, ev: AdminEvent) -> Result<(), HandlerError> {
@@ -851,7 +889,7 @@ mod tests {
     use crate::store::embedded::EmbeddedStore;
     use ringlimit_actors::core::{Core, CoreConfig};
     use ringlimit_actors::storage::{Store, TierRecord};
-    use ringlimit_protocol::admin::CreateKeyRequest;
+    use ringlimit_protocol::admin::{CreateKeyRequest, Granularity};
     use ringlimit_protocol::{AlgorithmKind, LimitSpec};
 
     struct Fixture {
@@ -887,6 +925,8 @@ mod tests {
                 handoff_wait: Duration::from_secs(1),
                 passivate_timeout: Duration::from_secs(1),
                 admin_ack_wait: Duration::from_secs(1),
+                usage_writer: "n0#1".into(),
+                forward_expiry: Duration::from_secs(1),
             },
             None,
             false,
@@ -923,20 +963,36 @@ mod tests {
         let (id, hash) = key(&f.service, "free").await;
         let timeout = ForwardError::Timeout { peer: "n1".into() };
         for e in [gone(), timeout] {
-            let o = f.router.owner_unreachable(&id, &hash, "n1", &e).await;
+            let o = f.router.owner_unreachable(&id, &hash, "n1", &e, 3).await;
             assert!(
                 matches!(&o, ValidateOutcome::FailOpen { key_id, .. } if *key_id == id),
                 "{e}: {o:?}"
             );
         }
+        // Both answers' units are admitted, so usage holds them (the owner
+        // never counted them), under this node's own writer.
+        f.router.wb.drain(3).await.expect("flushed");
+        let now = f.service.now_ms();
+        let total: u64 = f
+            .service
+            .usage_history(&id, Granularity::Day, 0, now + 1)
+            .await
+            .expect("history")
+            .iter()
+            .map(|b| b.units)
+            .sum();
+        assert_eq!(total, 2 * 3, "two fail-open answers of cost 3");
         // A wrong secret for a known key id.
         let wrong = SecretHash::of("not-the-secret");
-        let o = f.router.owner_unreachable(&id, &wrong, "n1", &gone()).await;
+        let o = f
+            .router
+            .owner_unreachable(&id, &wrong, "n1", &gone(), 1)
+            .await;
         assert_eq!(o, ValidateOutcome::Unauthorized);
         // An unknown key id answers like a wrong secret, not 503.
         let o = f
             .router
-            .owner_unreachable("aaaaaaaaaaaaaaaaaaaa", &hash, "n1", &gone())
+            .owner_unreachable("aaaaaaaaaaaaaaaaaaaa", &hash, "n1", &gone(), 1)
             .await;
         assert_eq!(o, ValidateOutcome::Unauthorized);
         // A suspended key.
@@ -947,7 +1003,7 @@ mod tests {
             .expect("suspended");
         let o = f
             .router
-            .owner_unreachable(&sid, &shash, "n1", &gone())
+            .owner_unreachable(&sid, &shash, "n1", &gone(), 1)
             .await;
         assert!(matches!(o, ValidateOutcome::Suspended { .. }), "{o:?}");
         // A revoked key.
@@ -955,14 +1011,14 @@ mod tests {
         f.service.revoke_key(&rid).await.expect("revoked");
         let o = f
             .router
-            .owner_unreachable(&rid, &rhash, "n1", &gone())
+            .owner_unreachable(&rid, &rhash, "n1", &gone(), 1)
             .await;
         assert_eq!(o, ValidateOutcome::Unauthorized);
         // A fail-closed tier.
         let (pid, phash) = key(&f.service, "paid").await;
         let o = f
             .router
-            .owner_unreachable(&pid, &phash, "n1", &gone())
+            .owner_unreachable(&pid, &phash, "n1", &gone(), 1)
             .await;
         assert!(matches!(o, ValidateOutcome::Unavailable { .. }), "{o:?}");
     }
@@ -1037,19 +1093,44 @@ mod tests {
             message: CheckError::StateUnavailable.to_string(),
         };
         assert_eq!(
-            f.router.state_policy(unreadable("free")),
+            f.router.state_policy(unreadable("free"), 1),
             ValidateOutcome::FailOpen {
                 key_id: "k".into(),
                 tier: "free".into()
             }
         );
         assert_eq!(
-            f.router.state_policy(unreadable("paid")),
+            f.router.state_policy(unreadable("paid"), 1),
             unreadable("paid")
         );
         // Other unavailable answers are left alone.
         let other = ValidateOutcome::unavailable("the key limiter is unavailable; retry");
-        assert_eq!(f.router.state_policy(other.clone()), other);
+        assert_eq!(f.router.state_policy(other.clone(), 1), other);
+    }
+
+    #[tokio::test]
+    async fn an_owner_never_decides_a_forwarded_check_older_than_the_expiry() {
+        let f = fixture().await;
+        let (id, hash) = key(&f.service, "free").await;
+        let check = |age_ms: u64| ForwardCheck {
+            id: 1,
+            key_id: id.clone(),
+            secret_hash: hash.0,
+            cost: 1,
+            now_us: f.service.now_us() - age_ms * 1_000,
+            resource: None,
+            client_ip: None,
+        };
+        let late = f.router.decide_forwarded(&check(5_000)).await;
+        assert!(
+            matches!(&late, ValidateOutcome::Unavailable { message, .. } if message.contains("too late")),
+            "{late:?}"
+        );
+        let fresh = f.router.decide_forwarded(&check(10)).await;
+        assert!(
+            matches!(&fresh, ValidateOutcome::Allowed(c) if c.limits[0].remaining == 9),
+            "only the fresh check is counted: {fresh:?}"
+        );
     }
 
     #[tokio::test]
@@ -1060,7 +1141,7 @@ mod tests {
             ForwardError::Overloaded { peer: "n1".into() },
             ForwardError::Protocol("garbled".into()),
         ] {
-            let o = f.router.owner_unreachable(&id, &hash, "n1", &e).await;
+            let o = f.router.owner_unreachable(&id, &hash, "n1", &e, 1).await;
             assert!(
                 matches!(&o, ValidateOutcome::Unavailable { .. }),
                 "{e}: {o:?}"

@@ -119,6 +119,11 @@ pub struct ValidateResponse {
     /// On 403 for a suspended key: when the suspension ends (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended_until_ms: Option<u64>,
+    /// Allowed without a limit check: the key's owner could not be asked, or
+    /// the key's counter state could not be read, and its tier fails open.
+    /// The units are still counted in usage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
 }
 
 /// A limit check that ran: the key, and every limit's state after it.
@@ -325,6 +330,7 @@ mod tests {
                 denied_by: Some("per-second".into()),
                 error: None,
                 suspended_until_ms: None,
+                fail_open: false,
             },
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();

@@ -42,6 +42,7 @@ fn decision(req: &ValidateRequest) -> ValidateResponse {
         denied_by: None,
         error: None,
         suspended_until_ms: None,
+        fail_open: false,
     }
 }
 

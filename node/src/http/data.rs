@@ -52,6 +52,7 @@ fn body(key_id: Option<String>, tier: Option<String>) -> ValidateResponse {
         denied_by: None,
         error: None,
         suspended_until_ms: None,
+        fail_open: false,
     }
 }
 
@@ -65,6 +66,7 @@ fn checked(allowed: bool, c: Checked) -> ValidateResponse {
         denied_by: c.denied_by,
         error: None,
         suspended_until_ms: None,
+        fail_open: false,
     }
 }
 
@@ -147,6 +149,7 @@ pub fn answer(outcome: ValidateOutcome) -> (StatusCode, ValidateResponse) {
         ValidateOutcome::FailOpen { key_id, tier } => {
             let mut b = body(Some(key_id), Some(tier));
             b.allowed = true;
+            b.fail_open = true;
             (StatusCode::OK, b)
         }
     }
@@ -457,5 +460,20 @@ mod tests {
                 .message
                 .contains("unpaid invoice")
         );
+    }
+
+    #[test]
+    fn a_fail_open_answer_says_so_and_a_checked_one_does_not() {
+        let (s, b) = answer(ValidateOutcome::FailOpen {
+            key_id: "k".into(),
+            tier: "free".into(),
+        });
+        assert_eq!(s, StatusCode::OK);
+        assert!(b.allowed && b.fail_open);
+        let text = serde_json::to_string(&b).unwrap_or_default();
+        assert!(text.contains(r#""fail_open":true"#), "{text}");
+        let (_, b) = answer(ValidateOutcome::Unauthorized);
+        let text = serde_json::to_string(&b).unwrap_or_default();
+        assert!(!text.contains("fail_open"), "{text}");
     }
 }
