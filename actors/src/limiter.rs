@@ -452,7 +452,7 @@ impl KeyLimiters {
                     }
                     None => return,
                 };
-                sweep(&notified, clock.now_us() / 1_000);
+                sweep(&notified, clock.now_us() / 1_000).await;
             }
         });
         Ok(KeyLimiters { shared })
@@ -740,19 +740,44 @@ impl KeyLimiters {
 }
 
 /// Passivates idle actors, and the least recently used ones above the cap.
-fn sweep(s: &Shared, now_ms: u64) {
+/// Entries the sweeper looks at between two yields to the runtime.
+const SWEEP_CHUNK: usize = 512;
+
+/// Asks idle actors to passivate, and when more than `max_active` are
+/// active, the least recently used ones beyond it.
+///
+/// It runs on the runtime that answers checks, so it must never hold it
+/// for long: it reads a few hundred entries at a time and yields between
+/// them, and it copies entries out only when the registry is over its cap
+/// (eviction needs them ranked). A full pass over 10 000 keys that cloned
+/// every entry held the one worker of a pinned node for milliseconds each
+/// second: the checks queued behind it set the p99.
+async fn sweep(s: &Shared, now_ms: u64) {
     let idle_ms = s.config.idle_timeout.as_millis() as u64;
+    let over_cap = s.entries.len() > s.config.max_active;
     let mut live: Vec<(u64, Entry)> = Vec::new();
-    for e in s.entries.iter() {
-        if e.passivating.load(Ordering::Acquire) {
-            continue;
+    let mut pos = 0;
+    loop {
+        let mut seen = 0;
+        // Entries added or removed meanwhile may be seen twice or missed;
+        // the next sweep takes them.
+        for e in s.entries.iter().skip(pos).take(SWEEP_CHUNK) {
+            seen += 1;
+            if e.passivating.load(Ordering::Acquire) {
+                continue;
+            }
+            let last = e.cell.last_used_ms();
+            if now_ms.saturating_sub(last) >= idle_ms {
+                ask_passivate(e.value());
+            } else if over_cap {
+                live.push((last, e.value().clone()));
+            }
         }
-        let last = e.cell.last_used_ms();
-        if now_ms.saturating_sub(last) >= idle_ms {
-            ask_passivate(e.value());
-        } else {
-            live.push((last, e.value().clone()));
+        pos += seen;
+        if seen < SWEEP_CHUNK {
+            break;
         }
+        tokio::task::yield_now().await;
     }
     let over = live.len().saturating_sub(s.config.max_active);
     if over > 0 {

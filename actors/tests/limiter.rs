@@ -476,3 +476,44 @@ async fn a_failed_snapshot_load_never_resets_the_key() {
     assert!(!allowed, "the spent limit still holds after the outage");
     assert_eq!(remaining, 0);
 }
+
+/// The sweeper reads the registry a few hundred entries at a time: every
+/// chunk is reached, for the cap and for idleness alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_reaches_every_entry_of_a_registry_larger_than_one_chunk() {
+    let ids: Vec<String> = (0..1_300).map(|i| format!("k{i:05}")).collect();
+    let keys: Vec<(&str, u64)> = ids.iter().map(|i| (i.as_str(), 10)).collect();
+    // Over the cap: at least the 300 above it leave, whichever chunk they are in.
+    let f = fixture_swept(
+        &keys,
+        Duration::from_secs(60),
+        1_000,
+        Duration::from_millis(10),
+        Duration::from_millis(2),
+    )
+    .await;
+    for id in &ids {
+        check(&f.limiters, id).await;
+    }
+    eventually(|| f.limiters.stats().active <= 1_000).await;
+    assert!(
+        f.limiters.stats().passivations >= 300,
+        "{:?}",
+        f.limiters.stats()
+    );
+    // Idle: every one of them leaves, and each keeps its count.
+    let f = fixture_swept(
+        &keys,
+        Duration::from_millis(50),
+        10_000,
+        Duration::from_millis(10),
+        Duration::from_millis(2),
+    )
+    .await;
+    for id in &ids {
+        check(&f.limiters, id).await;
+    }
+    eventually(|| f.limiters.stats().active == 0).await;
+    eventually(|| f.wb.pending_len() == 0).await;
+    assert_eq!(check(&f.limiters, &ids[1_299]).await, (true, 8));
+}
