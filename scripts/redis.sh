@@ -6,6 +6,8 @@
 #   scripts/redis.sh start <dir>           start a standalone server; prints redis://127.0.0.1:PORT
 #                                          (again on the same dir: the same port)
 #   scripts/redis.sh stop <dir>            stop it (SIGTERM via pidfile, wait)
+#   scripts/redis.sh kill <dir>            SIGKILL it at once (a crash; without
+#                                          persistence it comes back empty)
 #   scripts/redis.sh start-cluster <dir>   start a 3-master cluster; prints
 #                                          127.0.0.1:A,127.0.0.1:B,127.0.0.1:C
 #   scripts/redis.sh stop-cluster <dir>    stop the cluster
@@ -115,6 +117,18 @@ cmd_stop() {
   log "stopped ($1)"
 }
 
+cmd_kill() {
+  [[ $# -eq 1 ]] || usage
+  [[ -d "$1" ]] || die "no such dir: $1"
+  local pid
+  if pid="$(pid_from "$1/redis.pid" redis-server)"; then
+    kill -KILL "$pid" 2>/dev/null || true
+    while alive "$pid"; do sleep 0.05; done
+  fi
+  rm -f "$1/redis.pid"
+  log "killed ($1)"
+}
+
 cmd_start_cluster() {
   [[ $# -eq 1 ]] || usage
   need_redis
@@ -183,6 +197,7 @@ main() {
     install) cmd_install "$@" ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
+    kill) cmd_kill "$@" ;;
     start-cluster) cmd_start_cluster "$@" ;;
     stop-cluster) cmd_stop_cluster "$@" ;;
     *) usage ;;

@@ -41,26 +41,63 @@ impl Started {
     /// `scripts/<name>.sh start <dir>`; its last stdout line is the address.
     pub fn start(name: &str, dir: &Path) -> Result<Started> {
         let script = repo_root().join(format!("scripts/{name}.sh"));
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir)
-            .output()
-            .with_context(|| format!("running {}", script.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{name}.sh start failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().last().context("no address printed")?;
+        let addr = script_start(&script, dir)?;
         Ok(Started {
             script,
             dir: dir.to_path_buf(),
-            addr: addr(line)?,
+            addr,
         })
     }
+
+    /// `scripts/<name>.sh kill <dir>`: SIGKILL, a crash.
+    pub fn kill(&self) -> Result<()> {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .arg("kill")
+            .arg(&self.dir)
+            .output()
+            .with_context(|| format!("running {}", self.script.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} kill failed: {}",
+                self.script.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts it again on the same dir (the scripts keep its port).
+    pub fn restart(&mut self) -> Result<()> {
+        let addr = script_start(&self.script, &self.dir)?;
+        if addr != self.addr {
+            bail!(
+                "{} came back on {addr}, not on {}",
+                self.script.display(),
+                self.addr
+            );
+        }
+        Ok(())
+    }
+}
+
+fn script_start(script: &Path, dir: &Path) -> Result<SocketAddr> {
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("start")
+        .arg(dir)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} start failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().context("no address printed")?;
+    addr(line)
 }
 
 impl Drop for Started {

@@ -25,6 +25,15 @@ pub fn statement(s: Scenario) -> &'static str {
         Scenario::RollingRestart | Scenario::Join | Scenario::Drain => {
             "a graceful membership change (SIGTERM, join, drain) over-admits nothing and loses nothing"
         }
+        Scenario::RedisRestart => {
+            "Redis killed and restarted empty: checks are answered from the owners' memory throughout, \
+             nothing is over-admitted, and usage loses nothing"
+        }
+        Scenario::CqlRestart => {
+            "the CQL server killed and restarted: checks on active keys are answered from memory throughout, \
+             nothing is over-admitted, usage written late loses nothing, and an admin write refused \
+             during the outage changes nothing"
+        }
     }
 }
 
@@ -34,7 +43,7 @@ pub fn judge(mut r: Report) -> Report {
     let limit = r.options.limit;
     let mut why = Vec::new();
     let o = &r.over_admission;
-    if s.graceful() {
+    if s.exact() {
         if o.windows_over > 0 {
             why.push(format!(
                 "{} (key, window) pairs over the limit, worst +{} units",
@@ -74,6 +83,15 @@ pub fn judge(mut r: Report) -> Report {
                 String::new()
             }
         ));
+    }
+    if s.backend() {
+        let failed: u64 = r.failures.values().sum();
+        if failed > 0 {
+            why.push(format!(
+                "{failed} checks failed while only a backend was down: {:?}",
+                r.failures
+            ));
+        }
     }
     for w in &r.admin_writes {
         if !w.in_force_everywhere {

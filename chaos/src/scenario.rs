@@ -2,6 +2,7 @@
 //! exact limit, one fault, recovery, and the accounts.
 
 use crate::accounts::{self, OverAdmission, Phase};
+use crate::backends::Started;
 use crate::cluster::{Cluster, Spec};
 use crate::net::Net;
 use crate::relay::Relay;
@@ -39,10 +40,16 @@ pub enum Scenario {
     /// A node is drained under load (`POST /api/v1/cluster/drain`); it stays
     /// up out of the ring and forwards what clients still send it.
     Drain,
+    /// Redis (the live counters' store) SIGKILLed for the fault time, then
+    /// started again, empty (no persistence).
+    RedisRestart,
+    /// The CQL server (keys, tiers, usage) SIGKILLed for the fault time,
+    /// then started again on its data.
+    CqlRestart,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::KillOwner,
         Scenario::Stop,
         Scenario::Partition,
@@ -50,6 +57,8 @@ impl Scenario {
         Scenario::RollingRestart,
         Scenario::Join,
         Scenario::Drain,
+        Scenario::RedisRestart,
+        Scenario::CqlRestart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +70,8 @@ impl Scenario {
             Scenario::RollingRestart => "rolling-restart",
             Scenario::Join => "join",
             Scenario::Drain => "drain",
+            Scenario::RedisRestart => "redis-restart",
+            Scenario::CqlRestart => "cql-restart",
         }
     }
 
@@ -70,6 +81,18 @@ impl Scenario {
             self,
             Scenario::RollingRestart | Scenario::Join | Scenario::Drain
         )
+    }
+
+    /// Whether the fault is of a backend (membership stays as it is).
+    pub fn backend(self) -> bool {
+        matches!(self, Scenario::RedisRestart | Scenario::CqlRestart)
+    }
+
+    /// Whether limits must hold exactly through the fault: a graceful
+    /// membership change, or a backend fault (checks are answered from
+    /// the owners' memory, which the fault does not touch).
+    pub fn exact(self) -> bool {
+        self.graceful() || self.backend()
     }
 }
 
@@ -104,13 +127,15 @@ impl Options {
                 Scenario::Partition | Scenario::Asymmetric => 20,
                 _ => 10,
             }),
-            after: Duration::from_secs(10),
+            // The CQL server takes seconds to start again: the load goes
+            // on long enough to show the recovery.
+            after: Duration::from_secs(if s == Scenario::CqlRestart { 40 } else { 10 }),
             heartbeat_timeout_ms: 3_000,
         }
     }
 
     /// A few seconds of load, for the test suite.
-    pub fn short(_s: Scenario) -> Options {
+    pub fn short(s: Scenario) -> Options {
         Options {
             nodes: 3,
             keys: 10,
@@ -119,7 +144,7 @@ impl Options {
             connections: 8,
             before: Duration::from_secs(2),
             fault: Duration::from_secs(4),
-            after: Duration::from_secs(4),
+            after: Duration::from_secs(if s == Scenario::CqlRestart { 25 } else { 4 }),
             heartbeat_timeout_ms: 2_000,
         }
     }
@@ -248,18 +273,30 @@ async fn create_key(
 pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
     let work = env.work.join(s.name());
     std::fs::create_dir_all(&work)?;
+    // A backend the scenario kills is its own: the given ones may serve
+    // other runs.
+    let mut own = match s {
+        Scenario::RedisRestart => Some(Started::start("redis", &work.join("redis"))?),
+        Scenario::CqlRestart => Some(Started::start("cassandra", &work.join("cassandra"))?),
+        _ => None,
+    };
+    let (redis, cql) = match (s, &own) {
+        (Scenario::RedisRestart, Some(b)) => (b.addr, env.cql),
+        (Scenario::CqlRestart, Some(b)) => (env.redis, b.addr),
+        _ => (env.redis, env.cql),
+    };
     let net = Net::create(o.nodes)?;
     let host = net.host_ip();
-    let redis_relay = Relay::start(SocketAddr::new(host.into(), 0), env.redis).await?;
-    let cql_relay = Relay::start(SocketAddr::new(host.into(), 0), env.cql).await?;
+    let redis_relay = Relay::start(SocketAddr::new(host.into(), 0), redis).await?;
+    let cql_relay = Relay::start(SocketAddr::new(host.into(), 0), cql).await?;
     let token = format!("chaos-admin-token-{}", random_hex());
     let keyspace = format!("chaos_{}_{}", std::process::id(), random_hex());
     let spec = Spec {
         bin: env.bin.clone(),
         work: work.clone(),
         token,
-        redis_url: format!("redis://127.0.0.1:{}", env.redis.port()),
-        cql: format!("127.0.0.1:{}", env.cql.port()),
+        redis_url: format!("redis://127.0.0.1:{}", redis.port()),
+        cql: format!("127.0.0.1:{}", cql.port()),
         keyspace,
         env: vec![(
             "RINGLIMIT_HEARTBEAT_TIMEOUT_MS".into(),
@@ -270,8 +307,8 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
     c.start_relays(
         &env.chaos_exe,
         &[
-            (env.redis.port(), redis_relay.listen.to_string()),
-            (env.cql.port(), cql_relay.listen.to_string()),
+            (redis.port(), redis_relay.listen.to_string()),
+            (cql.port(), cql_relay.listen.to_string()),
         ],
     )?;
     let boot = Duration::from_secs(60);
@@ -301,7 +338,7 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
     let revoked = create_key(&c, 0, 1_000_000, 60_000).await?;
     let victim = match s {
         Scenario::Join => Some(o.nodes - 1),
-        Scenario::RollingRestart => None,
+        Scenario::RollingRestart | Scenario::RedisRestart | Scenario::CqlRestart => None,
         _ => Some(c.owner(0, &keys[0].0).await?),
     };
 
@@ -373,6 +410,11 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
                 "n{b} no longer reaches n{a} (n{a} still reaches n{b})"
             ));
         }
+        Scenario::RedisRestart | Scenario::CqlRestart => {
+            let b = own.as_ref().context("the scenario's backend")?;
+            b.kill()?;
+            mark(format!("SIGKILL {}", backend_name(s)));
+        }
         Scenario::RollingRestart | Scenario::Join | Scenario::Drain => {}
     }
 
@@ -432,6 +474,30 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
             c.wait_ready(v, boot).await?;
             mark(format!("n{v} started"));
         }
+        Scenario::RedisRestart | Scenario::CqlRestart => {
+            sleep_until_us(fault_start + dur_us(o.fault)).await;
+            let b = own.as_mut().context("the scenario's backend")?;
+            b.restart()?;
+            mark(format!(
+                "{} restarted{}",
+                backend_name(s),
+                if s == Scenario::RedisRestart {
+                    " (empty)"
+                } else {
+                    ""
+                }
+            ));
+            if s == Scenario::CqlRestart {
+                let live: Vec<usize> = (0..o.nodes).collect();
+                for &i in &live {
+                    if store_answers(&c, i, &keys[0].0, Duration::from_secs(90)).await {
+                        mark(format!("n{i} reads the CQL server again"));
+                    } else {
+                        mark(format!("n{i} still cannot read the CQL server after 90 s"));
+                    }
+                }
+            }
+        }
         Scenario::Drain => {
             let v = victim.context("victim")?;
             c.post(v, "/api/v1/cluster/drain", &json!({})).await?;
@@ -472,16 +538,29 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         .and_then(|v| v["api_key"].as_str().map(str::to_owned));
     // (what, key id, secrets with whether each must validate)
     type Expect = Vec<(String, bool)>;
+    // With the store of keys down, a write may be refused; it must then
+    // have changed nothing: the old secret still works.
+    let refusable = s == Scenario::CqlRestart;
+    let mut refused: Vec<(String, String)> = Vec::new();
     let checks: Vec<(String, String, Expect)> = vec![
         match &made {
             Ok((id, secret)) => ("create".into(), id.clone(), vec![(secret.clone(), true)]),
-            Err(e) => ("create".into(), format!("failed: {e}"), vec![]),
+            Err(e) => {
+                if refusable {
+                    refused.push(("create".into(), e.to_string()));
+                }
+                ("create".into(), format!("failed: {e}"), vec![])
+            }
         },
         (
             "rotate".into(),
             rotated.0.clone(),
             match (&rotate, &new_secret) {
                 (Ok(_), Some(n)) => vec![(rotated.1.clone(), false), (n.clone(), true)],
+                (Err(e), _) if refusable => {
+                    refused.push(("rotate".into(), e.to_string()));
+                    vec![(rotated.1.clone(), true)]
+                }
                 _ => vec![],
             },
         ),
@@ -490,11 +569,29 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
             revoked.0.clone(),
             match &revoke {
                 Ok(()) => vec![(revoked.1.clone(), false)],
+                Err(e) if refusable => {
+                    refused.push(("revoke".into(), e.to_string()));
+                    vec![(revoked.1.clone(), true)]
+                }
                 Err(_) => vec![],
             },
         ),
     ];
     for (what, key_id, expect) in checks {
+        let refusal = refused
+            .iter()
+            .find(|(w, _)| *w == what)
+            .map(|(_, e)| e.clone());
+        if let (Some(e), true) = (&refusal, expect.is_empty()) {
+            // A refused create leaves nothing to look for.
+            admin_writes.push(AdminWrite {
+                what,
+                key_id: "-".into(),
+                in_force_everywhere: true,
+                detail: format!("refused while the store was down ({e})"),
+            });
+            continue;
+        }
         if expect.is_empty() {
             admin_writes.push(AdminWrite {
                 what,
@@ -504,7 +601,12 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
             });
             continue;
         }
-        let (ok, detail) = in_force(&c, &live, &expect, Duration::from_secs(15)).await;
+        let (ok, mut detail) = in_force(&c, &live, &expect, Duration::from_secs(15)).await;
+        if let Some(e) = refusal {
+            detail = format!(
+                "refused while the store was down ({e}); the old secret still works: {detail}"
+            );
+        }
         admin_writes.push(AdminWrite {
             what,
             key_id,
@@ -589,7 +691,15 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
     };
     drop(c);
     drop((redis_relay, cql_relay));
+    drop(own);
     Ok(crate::guarantees::judge(report))
+}
+
+fn backend_name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::CqlRestart => "the CQL server",
+        _ => "Redis",
+    }
 }
 
 fn dur_us(d: Duration) -> u64 {
@@ -646,7 +756,32 @@ async fn in_force(
 /// Units of the loaded keys in the usage history from `from_ms` on, read
 /// once the write-behind has had time to write them (the usage rows are
 /// written every second; a few seconds of margin).
+/// Waits until node `via` reads the usage history again (after a backend
+/// fault its driver reconnects with a backoff); `false` after `max`.
+async fn store_answers(c: &Cluster, via: usize, key_id: &str, max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    let now_ms = epoch_us() / 1_000;
+    let path = format!(
+        "/api/v1/usage/{key_id}/history?granularity=minute&from={}&to={}",
+        now_ms - now_ms % 60_000,
+        now_ms + 60_000
+    );
+    loop {
+        if c.get(via, &path).await.is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn usage_of(c: &Cluster, via: usize, keys: &[(String, String)], from_ms: u64) -> Result<u64> {
+    if let Some((id, _)) = keys.first() {
+        store_answers(c, via, id, Duration::from_secs(90)).await;
+    }
+    // The write-behind writes what waited at its next flushes.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let from = from_ms - from_ms % 60_000;
     let to = epoch_us() / 1_000 + 60_000;

@@ -159,3 +159,27 @@ fn rolling_restart() {
         assert_eq!(r["usage_units"], r["allowed_units"]);
     }
 }
+
+#[test]
+fn redis_restart() {
+    if let Some(r) = scenario("redis-restart") {
+        assert_eq!(r["over_admission"]["units_over"], 0);
+        assert!(
+            r["events"].to_string().contains("Redis restarted"),
+            "{}",
+            r["events"]
+        );
+    }
+}
+
+#[test]
+fn cql_restart() {
+    if let Some(r) = scenario("cql-restart") {
+        assert_eq!(r["over_admission"]["units_over"], 0);
+        assert!(
+            r["events"].to_string().contains("the CQL server restarted"),
+            "{}",
+            r["events"]
+        );
+    }
+}
