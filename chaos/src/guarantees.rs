@@ -84,6 +84,16 @@ pub fn judge(mut r: Report) -> Report {
             }
         ));
     }
+    // Billing is computed from the usage history: what is billed must be
+    // what usage holds, unit for unit.
+    if let Some(b) = r.billed_units
+        && b != r.usage_units
+    {
+        why.push(format!(
+            "billed {b} units for the loaded keys; usage holds {}",
+            r.usage_units
+        ));
+    }
     if s.backend() {
         let failed: u64 = r.failures.values().sum();
         if failed > 0 {

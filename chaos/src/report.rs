@@ -43,15 +43,15 @@ pub fn markdown(run: &Run) -> String {
     let _ = writeln!(m, "`{}`, started {}.\n", run.command, run.started_at);
     let _ = writeln!(
         m,
-        "| scenario | held | over-admitted (worst key·window) | failed requests | p99 before / during / after (ms) | ring converged (s) | errors clear (s) | usage vs admitted |"
+        "| scenario | held | over-admitted (worst key·window) | failed requests | p99 before / during / after (ms) | ring converged (s) | errors clear (s) | usage vs admitted | billed |"
     );
-    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
     for r in &run.reports {
         let o = &r.over_admission;
         let failed: u64 = r.failures.values().sum();
         let _ = writeln!(
             m,
-            "| {} | {} | {} units in {} windows (+{} = {:.0}% of {}) | {} | {} / {} / {} | {} | {} | {} / {} ({} fail-open, +{} unknown) |",
+            "| {} | {} | {} units in {} windows (+{} = {:.0}% of {}) | {} | {} / {} / {} | {} | {} | {} / {} ({} fail-open, +{} unknown) | {} |",
             r.scenario.name(),
             if r.held { "yes" } else { "**no**" },
             o.units_over,
@@ -69,10 +69,12 @@ pub fn markdown(run: &Run) -> String {
             r.allowed_units,
             r.fail_open,
             r.unknown_outcomes,
+            r.billed_units
+                .map_or_else(|| "not billed".to_string(), |b| b.to_string()),
         );
     }
     for (s, e) in &run.errors {
-        let _ = writeln!(m, "| {s} | **did not run** | {e} | | | | | |");
+        let _ = writeln!(m, "| {s} | **did not run** | {e} | | | | | | |");
     }
     for r in &run.reports {
         let _ = writeln!(m, "\n## {}\n", r.scenario.name());

@@ -111,6 +111,10 @@ pub struct Options {
     pub after: Duration,
     /// `RINGLIMIT_HEARTBEAT_TIMEOUT_MS` of the nodes.
     pub heartbeat_timeout_ms: u64,
+    /// Whether to bill the run: the nodes bill one-minute periods, and after
+    /// the run every period it touched is closed (waiting for the last one
+    /// to end, up to a minute) and the billed units are summed.
+    pub billing: bool,
 }
 
 impl Options {
@@ -131,6 +135,7 @@ impl Options {
             // on long enough to show the recovery.
             after: Duration::from_secs(if s == Scenario::CqlRestart { 40 } else { 10 }),
             heartbeat_timeout_ms: 3_000,
+            billing: true,
         }
     }
 
@@ -146,6 +151,9 @@ impl Options {
             fault: Duration::from_secs(4),
             after: Duration::from_secs(if s == Scenario::CqlRestart { 25 } else { 4 }),
             heartbeat_timeout_ms: 2_000,
+            // Closing the last period waits for its end (up to a minute):
+            // the test suite bills the one scenario where units can be lost.
+            billing: s == Scenario::KillOwner,
         }
     }
 }
@@ -215,6 +223,9 @@ pub struct Report {
     /// true`): the answering node counts them in usage; an owner that got
     /// the check and whose answer was lost may have counted it too.
     pub fail_open: u64,
+    /// Units billed for the loaded keys over every one-minute period the
+    /// run touched, once closed (`None`: the run was not billed).
+    pub billed_units: Option<u64>,
     pub admin_writes: Vec<AdminWrite>,
     pub timeline: Vec<TimelinePoint>,
     pub allowed_per_s: Vec<u64>,
@@ -298,10 +309,13 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         redis_url: format!("redis://127.0.0.1:{}", redis.port()),
         cql: format!("127.0.0.1:{}", cql.port()),
         keyspace,
-        env: vec![(
-            "RINGLIMIT_HEARTBEAT_TIMEOUT_MS".into(),
-            o.heartbeat_timeout_ms.to_string(),
-        )],
+        env: vec![
+            (
+                "RINGLIMIT_HEARTBEAT_TIMEOUT_MS".into(),
+                o.heartbeat_timeout_ms.to_string(),
+            ),
+            ("RINGLIMIT_BILLING_PERIOD".into(), "1m".into()),
+        ],
     };
     let mut c = Cluster::new(net, spec)?;
     c.start_relays(
@@ -616,6 +630,11 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
     }
 
     let usage_units = usage_of(&c, live[0], &keys, anchor / 1_000).await?;
+    let billed_units = if o.billing {
+        Some(billed_of(&c, live[0], &keys, anchor / 1_000).await?)
+    } else {
+        None
+    };
 
     let counts = &out.totals.counts;
     let allowed_units = counts.allowed;
@@ -681,6 +700,7 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
         errors_clear_after_s: accounts::errors_clear_after(&timeline, fault.to_s),
         usage_units,
         fail_open: counts.fail_open,
+        billed_units,
         admin_writes,
         allowed_per_s: accounts::allowed_per_second(&admissions, duration_s.ceil() as usize),
         timeline,
@@ -756,6 +776,54 @@ async fn in_force(
 /// Units of the loaded keys in the usage history from `from_ms` on, read
 /// once the write-behind has had time to write them (the usage rows are
 /// written every second; a few seconds of margin).
+/// Closes every one-minute billing period from `from_ms` to now (waiting
+/// for the last one to end) through node `via`, and sums the units billed
+/// to `keys`.
+async fn billed_of(
+    c: &Cluster,
+    via: usize,
+    keys: &[(String, String)],
+    from_ms: u64,
+) -> Result<u64> {
+    const PERIOD_MS: u64 = 60_000;
+    let first = from_ms - from_ms % PERIOD_MS;
+    let now = epoch_us() / 1_000;
+    let end = now - now % PERIOD_MS + PERIOD_MS;
+    // The last period must have ended, and its usage must be written.
+    sleep_until_us((end + 1_000) * 1_000).await;
+    let ids: std::collections::HashSet<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    let mut sum = 0;
+    let mut p = first;
+    while p < end {
+        let mut tries = 0;
+        let v = loop {
+            match c
+                .post(
+                    via,
+                    "/api/v1/billing/close",
+                    &json!({ "period": p.to_string() }),
+                )
+                .await
+            {
+                Ok(v) => break v,
+                // 409: usage of the period is still being written.
+                Err(e) if tries < 20 && e.to_string().contains("409") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.context(format!("closing billing period {p}"))),
+            }
+        };
+        for r in v["records"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            if r["key_id"].as_str().is_some_and(|id| ids.contains(id)) {
+                sum += r["units"].as_u64().context("billed units")?;
+            }
+        }
+        p += PERIOD_MS;
+    }
+    Ok(sum)
+}
+
 /// Waits until node `via` reads the usage history again (after a backend
 /// fault its driver reconnects with a backoff); `false` after `max`.
 async fn store_answers(c: &Cluster, via: usize, key_id: &str, max: Duration) -> bool {

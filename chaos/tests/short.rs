@@ -115,6 +115,13 @@ fn scenario(name: &str) -> Option<serde_json::Value> {
 fn kill_owner() {
     if let Some(r) = scenario("kill-owner") {
         assert!(r["requests"].as_u64().unwrap() > 0);
+        // Billed: every one-minute period of the run closed; the judge
+        // holds the billed units equal to what usage holds.
+        assert!(
+            r["billed_units"].as_u64().is_some(),
+            "{}",
+            r["billed_units"]
+        );
     }
 }
 
