@@ -434,6 +434,25 @@ impl KeyLimiters {
         let (sup, _) = Actor::spawn(None, KeyLimiterSupervisor, Arc::clone(&shared)).await?;
         let _ = shared.supervisor.set(sup.get_cell());
         let weak = Arc::downgrade(&shared);
+        let on_lost = Arc::downgrade(&shared);
+        shared.writebehind.on_store_lost(Box::new(move || {
+            let Some(s) = on_lost.upgrade() else {
+                return;
+            };
+            for e in s.entries.iter() {
+                let cell = &e.cell;
+                let mut g = cell.lock();
+                // A cell not loaded yet holds nothing to write.
+                if !g.loaded || g.retired {
+                    continue;
+                }
+                let enqueue = cell.mark_changed(&mut g);
+                drop(g);
+                if enqueue {
+                    s.writebehind.enqueue(cell);
+                }
+            }
+        }));
         tokio::spawn(async move {
             loop {
                 let interval = match weak.upgrade() {

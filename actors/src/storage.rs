@@ -164,6 +164,13 @@ pub trait SnapshotStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         Ok(false)
     }
+    /// Whether the store lost what was written to it since the last call
+    /// (a Redis without persistence that restarted, or was flushed). The
+    /// write-behind asks before each flush and, on `true`, writes every
+    /// active key again. Stores that keep their writes answer `false`.
+    async fn lost_writes(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// Usage history: per-minute buckets and hourly and daily rollups.

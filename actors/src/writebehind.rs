@@ -73,7 +73,14 @@ pub mod metric {
     pub const FLUSH_FAILURES: &str = "ringlimit_writebehind_flush_failures_total";
     pub const ENCODE_FAILURES: &str = "ringlimit_writebehind_encode_failures_total";
     pub const SATURATED: &str = "ringlimit_writebehind_backlog_bound_reached_total";
+    /// Times a snapshot store was found to have lost its contents (a Redis
+    /// without persistence restarted or flushed); every active key was
+    /// written to it again.
+    pub const STORE_LOST: &str = "ringlimit_snapshot_store_lost_total";
 }
+
+/// Marks every active key changed, so the next flushes write it again.
+pub type RewriteAll = Box<dyn Fn() + Send + Sync>;
 
 /// Told about the usage rows of every successful flush (the billing
 /// pipeline counts admitted units from them, not from each check). Given to
@@ -115,6 +122,8 @@ pub struct WriteBehind {
     started: std::time::Instant,
     /// Numbers the writers of usage-only cells ([`WriteBehind::count_unowned`]).
     unowned_writers: AtomicU64,
+    /// Set by the registry of active keys ([`WriteBehind::on_store_lost`]).
+    rewrite_active: parking_lot::Mutex<Option<RewriteAll>>,
 }
 
 impl std::fmt::Debug for WriteBehind {
@@ -160,6 +169,45 @@ impl WriteBehind {
             usage_written_ms: AtomicU64::new(u64::MAX),
             started: crate::clock::monotonic(),
             unowned_writers: AtomicU64::new(0),
+            rewrite_active: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// What to do when a snapshot store lost its contents: the registry of
+    /// active keys marks each of them changed (and enqueues it), so the
+    /// next flushes write every one of them again.
+    pub fn on_store_lost(&self, rewrite_active: RewriteAll) {
+        *self.rewrite_active.lock() = Some(rewrite_active);
+    }
+
+    /// Asks every snapshot store whether it lost what was written to it;
+    /// on a loss, every active key and every pending one is written again.
+    /// A store that cannot be asked (it is down) is asked again at the
+    /// next flush: the flush's own writes report the outage.
+    async fn check_lost(&self) {
+        let mut lost = false;
+        for (i, s) in self.snapshot_sinks.iter().enumerate() {
+            if let Ok(true) = s.lost_writes().await {
+                metrics::counter!(metric::STORE_LOST).increment(1);
+                tracing::warn!(
+                    sink = i,
+                    "a snapshot store lost its contents (restarted empty, or flushed); writing every active key to it again"
+                );
+                lost = true;
+            }
+        }
+        if !lost {
+            return;
+        }
+        for e in self.pending.iter() {
+            let c = e.value();
+            if !c.usage_only {
+                let mut g = c.lock();
+                g.version = g.version.wrapping_add(1);
+            }
+        }
+        if let Some(f) = self.rewrite_active.lock().as_ref() {
+            f();
         }
     }
 
@@ -303,6 +351,7 @@ impl WriteBehind {
     }
 
     async fn flush(&self, take_usage: bool) -> Result<FlushReport, StoreError> {
+        self.check_lost().await;
         let cells = self.next_batch();
         metrics::gauge!(metric::PENDING).set(self.pending.len() as f64);
         if cells.is_empty() {

@@ -56,6 +56,10 @@ impl Redis {
     fn stop(&self) {
         script(&["stop", self.dir.path().to_str().unwrap()]);
     }
+    /// SIGKILL: without persistence it comes back empty.
+    fn kill(&self) {
+        script(&["kill", self.dir.path().to_str().unwrap()]);
+    }
     fn restart(&self) {
         script(&["start", self.dir.path().to_str().unwrap()]);
     }
@@ -279,4 +283,38 @@ async fn redis_outage_fails_no_validate_and_state_flushes_after_recovery() {
             "state of {id} reached Redis after it came back"
         );
     }
+}
+
+/// Redis killed and started again empty: the node notices (the marker key
+/// is gone) and writes every active key's state to it again, with no new
+/// check, so a SIGKILL of the node afterwards still continues the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_comes_back_empty_gets_every_active_key_again() {
+    let redis = Redis::start();
+    let data = tempfile::tempdir().unwrap();
+    let env = [redis.env(), ("RINGLIMIT_FLUSH_INTERVAL_MS", "100")];
+    let mut node = Node::start(data.path(), &env);
+    let (id, key) = node
+        .create_key(json!([limit("per-hour", "sliding_log", 100, 3_600_000)]))
+        .await;
+    for _ in 0..30 {
+        assert_eq!(node.validate(&key, 1).await.0, 200);
+    }
+    assert!(
+        eventually(5, async || redis.has_state(&id)).await,
+        "the state reached Redis"
+    );
+    redis.kill();
+    redis.restart();
+    assert!(
+        eventually(10, async || redis.has_state(&id)).await,
+        "the state was written to the empty Redis again, with no new check"
+    );
+    node.signal_and_wait(SIGKILL);
+    let node = Node::start(data.path(), &env);
+    assert_eq!(
+        used(&node, &id).await,
+        30,
+        "after a SIGKILL the count continues from the state written again"
+    );
 }

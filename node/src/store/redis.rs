@@ -93,6 +93,8 @@ pub struct RedisSnapshots {
     timeout: Duration,
     /// Where it connects, password hidden.
     target: String,
+    /// The marker token last read ([`SnapshotStore::lost_writes`]).
+    marker_seen: std::sync::Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for RedisSnapshots {
@@ -128,6 +130,7 @@ impl RedisSnapshots {
             timeout,
             // Shown by Debug: without the password.
             target: ringlimit_actors::redact::url(url),
+            marker_seen: Default::default(),
         })
     }
 
@@ -148,6 +151,7 @@ impl RedisSnapshots {
             conn: Conn::Cluster(conn),
             timeout,
             target: nodes.join(","),
+            marker_seen: Default::default(),
         })
     }
 
@@ -231,7 +235,45 @@ impl SnapshotStore for RedisSnapshots {
         c.arg(state_key(key_id));
         self.query::<Option<Vec<u8>>>(c).await
     }
+
+    /// A marker key holding a random token, set when missing and never
+    /// expiring. Every node remembers the token it last read: when the
+    /// marker is gone or holds another token, Redis lost its contents
+    /// (restarted without persistence, or was flushed) and the snapshots of
+    /// active keys must be written again. The first node to look after the
+    /// loss sets a new token; the others then read a token they have not
+    /// seen, so each of them notices. In a Redis Cluster the marker lives on
+    /// one shard, so only that shard's loss is seen.
+    async fn lost_writes(&self) -> Result<bool, StoreError> {
+        let mut token = [0u8; 8];
+        getrandom::fill(&mut token).map_err(|e| unavailable(format!("no randomness: {e}")))?;
+        let mut p = redis::pipe();
+        p.cmd("SET")
+            .arg(MARKER_KEY)
+            .arg(u64::from_le_bytes(token).to_string())
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(MARKER_KEY);
+        let fut = async {
+            match self.conn.clone() {
+                Conn::Single(mut c) => p.query_async::<(Option<String>,)>(&mut c).await,
+                Conn::Cluster(mut c) => p.query_async::<(Option<String>,)>(&mut c).await,
+            }
+        };
+        let (now,) = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| unavailable("timed out"))?
+            .map_err(unavailable)?;
+        let mut seen = self.marker_seen.lock();
+        let lost = seen.is_some() && *seen != now;
+        *seen = now;
+        Ok(lost)
+    }
 }
+
+/// See [`RedisSnapshots::lost_writes`].
+pub const MARKER_KEY: &str = "rl:marker";
 
 #[cfg(test)]
 mod tests {
