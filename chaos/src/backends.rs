@@ -86,6 +86,11 @@ fn script_start(script: &Path, dir: &Path) -> Result<SocketAddr> {
         .arg(script)
         .arg("start")
         .arg(dir)
+        // A CQL server the harness kills must keep what it acknowledged,
+        // as a replicated ScyllaDB does when one node crashes: fsync
+        // before each write is acknowledged (the test default syncs every
+        // 10 s, and a SIGKILL would take the schema the nodes just made).
+        .env("RINGLIMIT_CASSANDRA_COMMITLOG_SYNC", "batch")
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {

@@ -591,6 +591,14 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
             },
         ),
     ];
+    let write_errors: Vec<(&str, String)> = [
+        ("create", made.as_ref().err().map(ToString::to_string)),
+        ("rotate", rotate.as_ref().err().map(ToString::to_string)),
+        ("revoke", revoke.as_ref().err().map(ToString::to_string)),
+    ]
+    .into_iter()
+    .filter_map(|(w, e)| e.map(|e| (w, e)))
+    .collect();
     for (what, key_id, expect) in checks {
         let refusal = refused
             .iter()
@@ -607,11 +615,18 @@ pub async fn run(s: Scenario, o: &Options, env: &Env) -> Result<Report> {
             continue;
         }
         if expect.is_empty() {
+            let detail = format!(
+                "the write itself failed during the fault: {}",
+                write_errors
+                    .iter()
+                    .find(|(w, _)| *w == what)
+                    .map_or("no new secret in the answer", |(_, e)| e.as_str())
+            );
             admin_writes.push(AdminWrite {
                 what,
                 key_id,
                 in_force_everywhere: false,
-                detail: "the write itself failed during the fault".into(),
+                detail,
             });
             continue;
         }
