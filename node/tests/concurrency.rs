@@ -143,3 +143,47 @@ async fn batches_of_interleaved_keys_admit_exactly_and_in_order() {
     }
     assert_eq!(allowed, [100, 100, 100], "30 batches × 10 checks per key");
 }
+
+/// A batch that is the first use of its keys: the keys are activated and
+/// loaded while the batch waits, and each key's checks are still decided
+/// in request order: its admissions come first, then its denials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_on_keys_not_yet_active_decides_each_key_in_request_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/validate/batch", node.data);
+    for round in 0..40 {
+        let mut keys = Vec::new();
+        for _ in 0..4 {
+            let (_, k) = node
+                .create_key(json!([limit("exact", "sliding_log", 3, 600_000)]))
+                .await;
+            keys.push(k);
+        }
+        // 12 checks per key, round robin over the keys.
+        let checks: Vec<serde_json::Value> = (0..48)
+            .map(|i| json!({"api_key": keys[i % 4], "cost": 1}))
+            .collect();
+        let r = client
+            .post(url.as_str())
+            .json(&json!({ "checks": checks }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        let statuses: Vec<u64> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect();
+        for k in 0..4 {
+            let of_key: Vec<u64> = statuses.iter().skip(k).step_by(4).copied().collect();
+            let mut expected = vec![200; 3];
+            expected.resize(12, 429);
+            assert_eq!(of_key, expected, "round {round}, key {k}");
+        }
+    }
+}

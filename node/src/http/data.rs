@@ -380,15 +380,43 @@ async fn decide_batch(
         }
         start = end;
     }
-    let waiting: Vec<usize> = (0..n).filter(|&i| outcomes[i].is_none()).collect();
+    // The checks left wait key by key: one key's checks one after another
+    // in request order (the first activates the key, the rest usually take
+    // the direct path), different keys together. Sent all at once, a later
+    // check of a key could be decided before an earlier one that is still
+    // on its way to the actor, and be admitted after the earlier's denial.
+    let mut waiting: Vec<Vec<usize>> = Vec::new();
+    let mut last_key: Option<&str> = None;
+    for &i in &order {
+        let i = i as usize;
+        if outcomes[i].is_some() {
+            continue;
+        }
+        let key = checks[i].api_key.as_str();
+        match waiting.last_mut() {
+            Some(g) if last_key == Some(key) => g.push(i),
+            _ => waiting.push(vec![i]),
+        }
+        last_key = Some(key);
+    }
     if !waiting.is_empty() {
-        let futures = waiting.iter().map(|&i| {
-            let c = &checks[i];
-            app.router.validate(&c.api_key, c.cost.0, client_ips[i])
+        let futures = waiting.iter().map(|group| async move {
+            let mut decided = Vec::with_capacity(group.len());
+            for &i in group {
+                let c = &checks[i];
+                decided.push(
+                    app.router
+                        .validate(&c.api_key, c.cost.0, client_ips[i])
+                        .await,
+                );
+            }
+            decided
         });
         let decided = futures_util::future::join_all(futures).await;
-        for (i, o) in waiting.into_iter().zip(decided) {
-            outcomes[i] = Some(o);
+        for (group, d) in waiting.iter().zip(decided) {
+            for (&i, o) in group.iter().zip(d) {
+                outcomes[i] = Some(o);
+            }
         }
     }
     outcomes
