@@ -36,6 +36,7 @@ pub mod blocks;
 pub mod catalog;
 pub mod cell;
 pub mod clock;
+pub mod courtesy;
 pub mod core;
 pub mod keys;
 pub mod limiter;

@@ -365,7 +365,9 @@ impl WriteBehind {
         let mut taken: Vec<Taken<'_>> = Vec::with_capacity(cells.len());
         let mut usage_rows = Vec::new();
         let mut unencodable = 0;
+        let mut courtesy = crate::courtesy::Courtesy::default();
         for c in &cells {
+            courtesy.tick();
             let g = c.lock();
             let v = g.version;
             let lacking: Vec<usize> = if c.usage_only {
@@ -430,6 +432,7 @@ impl WriteBehind {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         let mut done = 0;
         for (c, version, lacking, rows) in &taken {
+            courtesy.tick();
             let mut g = c.lock();
             for &i in lacking {
                 if stored[i] {

@@ -4,6 +4,7 @@ use super::common::{EmbeddedStore, db_err};
 use super::tables::SNAPSHOTS;
 use super::usage::put_usage;
 use async_trait::async_trait;
+use ringlimit_actors::courtesy::Courtesy;
 use ringlimit_actors::storage::{SnapshotStore, StoreError, UsageRow};
 
 /// Writes snapshots in a write transaction.
@@ -12,7 +13,9 @@ fn put_snapshots(
     batch: &[(String, Vec<u8>)],
 ) -> Result<(), StoreError> {
     let mut snaps = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+    let mut courtesy = Courtesy::default();
     for (key_id, bytes) in batch {
+        courtesy.tick();
         snaps
             .insert(key_id.as_str(), bytes.as_slice())
             .map_err(db_err)?;

@@ -11,7 +11,9 @@ use ringlimit_protocol::admin::{Granularity, UsageBucket};
 /// Writes usage rows (absolute values) in a write transaction.
 pub(super) fn put_usage(tx: &redb::WriteTransaction, rows: &[UsageRow]) -> Result<(), StoreError> {
     let mut usage = tx.open_table(USAGE).map_err(db_err)?;
+    let mut courtesy = ringlimit_actors::courtesy::Courtesy::default();
     for r in rows {
+        courtesy.tick();
         let k = (
             r.key_id.as_str(),
             granularity_code(r.granularity),
