@@ -20,6 +20,7 @@ pub mod admin;
 pub mod apikey;
 pub mod cluster;
 pub mod error;
+pub mod json;
 pub mod limits;
 pub mod pipeline;
 pub mod validate;

@@ -5,9 +5,9 @@ use super::error::ApiError;
 use super::extract::ApiJson;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use ringlimit_protocol::validate::{
-    BatchRequest, BatchResponse, BatchResult, Checked, LimitStatus, ValidateOutcome,
+    BatchRequest, BatchResult, Checked, LimitStatus, ValidateOutcome,
     ValidateRequest, ValidateResponse,
 };
 use ringlimit_protocol::{ErrorCode, ErrorDetail};
@@ -241,17 +241,8 @@ fn check_request(req: &ValidateRequest) -> Result<Option<std::net::IpAddr>, ApiE
 
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-/// A JSON body with its status, serialized into one buffer.
-fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, capacity: usize) -> Response {
-    let mut buf = Vec::with_capacity(capacity);
-    if let Err(e) = serde_json::to_writer(&mut buf, body) {
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            format!("the answer does not encode: {e}"),
-        )
-        .into_response();
-    }
+/// A JSON body already written, with its status.
+fn json_response(status: StatusCode, buf: Vec<u8>) -> Response {
     let mut res = Response::new(axum::body::Body::from(buf));
     *res.status_mut() = status;
     res.headers_mut()
@@ -272,7 +263,9 @@ pub async fn validate_answer(app: &AppState, req: &ValidateRequest) -> Result<Re
         }
     };
     let (status, b) = answer(outcome);
-    let mut res = json_response(status, &b, 256);
+    let mut buf = Vec::with_capacity(256);
+    ringlimit_protocol::json::write_validate(&mut buf, &b);
+    let mut res = json_response(status, buf);
     let headers = res.headers_mut();
     ratelimit_headers(&b.limits, headers);
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -311,22 +304,24 @@ pub async fn batch_answer(app: &AppState, req: &BatchRequest) -> Result<Response
         })
         .collect::<Result<Vec<_>, _>>()?;
     let outcomes = decide_batch(app, &req.checks, &client_ips).await;
-    let results: Vec<BatchResult> = outcomes
-        .into_iter()
-        .map(|outcome| {
-            let (status, body) = answer(outcome);
-            BatchResult {
+    // `{"results":[…]}`, each result written as soon as it is formed.
+    let mut buf = Vec::with_capacity(16 + 200 * outcomes.len());
+    buf.extend_from_slice(b"{\"results\":[");
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        let (status, body) = answer(outcome);
+        ringlimit_protocol::json::write_batch_result(
+            &mut buf,
+            &BatchResult {
                 status: status.as_u16(),
                 body,
-            }
-        })
-        .collect();
-    let body = BatchResponse { results };
-    Ok(json_response(
-        StatusCode::OK,
-        &body,
-        64 + 200 * body.results.len(),
-    ))
+            },
+        );
+    }
+    buf.extend_from_slice(b"]}");
+    Ok(json_response(StatusCode::OK, buf))
 }
 
 /// Every check of a batch decided, in request order. The checks are
