@@ -620,16 +620,20 @@ impl KeyLimiters {
             return false;
         }
         refresh_limits(&self.shared, &cell.key_id, &mut g);
-        let mut spent = false;
+        // The units admitted, counted in usage once for all the checks
+        // (they fall in the same buckets: one `now`).
+        let mut spent = 0u64;
         for cost in costs {
             let r = g.snap.limits.check(now_us, cost);
             if matches!(&r, Ok(res) if res.allowed) {
-                g.snap.usage.add(now_us / 1_000, cost);
-                spent = true;
+                spent = spent.saturating_add(cost);
             }
             out.push(r);
         }
-        let enqueue = spent && cell.mark_changed(&mut g);
+        if spent > 0 {
+            g.snap.usage.add(now_us / 1_000, spent);
+        }
+        let enqueue = spent > 0 && cell.mark_changed(&mut g);
         drop(g);
         if enqueue {
             self.shared.writebehind.enqueue(&cell);

@@ -168,15 +168,22 @@ mod tests {
     }
 
     fn limit() -> impl Strategy<Value = LimitStatus> {
-        (text(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(name, limit, remaining, reset_after_ms, window_ms)| LimitStatus {
-                name: name.into(),
-                limit,
-                remaining,
-                reset_after_ms,
-                window_ms,
-            },
+        (
+            text(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
         )
+            .prop_map(
+                |(name, limit, remaining, reset_after_ms, window_ms)| LimitStatus {
+                    name: name.into(),
+                    limit,
+                    remaining,
+                    reset_after_ms,
+                    window_ms,
+                },
+            )
     }
 
     prop_compose! {

@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use ringlimit_protocol::validate::{
-    BatchRequest, BatchResult, Checked, LimitStatus, ValidateOutcome,
-    ValidateRequest, ValidateResponse,
+    BatchRequest, BatchResult, Checked, LimitStatus, ValidateOutcome, ValidateRequest,
+    ValidateResponse,
 };
 use ringlimit_protocol::{ErrorCode, ErrorDetail};
 
