@@ -43,6 +43,7 @@ struct Inner {
 enum Route {
     Validate,
     Batch,
+    Authorize,
 }
 
 impl DataPlane {
@@ -55,12 +56,13 @@ impl DataPlane {
 }
 
 fn route_of(req: &Request<Body>) -> Option<Route> {
-    if req.method() != Method::POST {
-        return None;
-    }
+    let post = req.method() == Method::POST;
     match req.uri().path() {
-        VALIDATE => Some(Route::Validate),
-        VALIDATE_BATCH => Some(Route::Batch),
+        VALIDATE if post => Some(Route::Validate),
+        VALIDATE_BATCH if post => Some(Route::Batch),
+        super::authorize::AUTHORIZE if post || req.method() == Method::GET => {
+            Some(Route::Authorize)
+        }
         _ => None,
     }
 }
@@ -100,6 +102,10 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 impl Inner {
     async fn check(&self, route: Route, req: Request<Body>) -> Response {
+        if let Route::Authorize = route {
+            // Headers only: the body, if any, is not read.
+            return super::authorize::authorize_answer(&self.app, req.headers()).await;
+        }
         let limit = self.app.config.max_body_bytes;
         if let Err(e) = super::extract::require_json(req.headers()) {
             return e.into_response();
@@ -122,15 +128,16 @@ impl Inner {
             Ok(b) => b,
             Err(e) => return e.into_response(),
         };
-        let answer = match route {
-            Route::Validate => match parse(&bytes) {
-                Ok(v) => super::data::validate_answer(&self.app, &v).await,
-                Err(e) => Err(e),
-            },
-            Route::Batch => match parse(&bytes) {
+        let answer = if let Route::Batch = route {
+            match parse(&bytes) {
                 Ok(v) => super::data::batch_answer(&self.app, &v).await,
                 Err(e) => Err(e),
-            },
+            }
+        } else {
+            match parse(&bytes) {
+                Ok(v) => super::data::validate_answer(&self.app, &v).await,
+                Err(e) => Err(e),
+            }
         };
         answer.unwrap_or_else(IntoResponse::into_response)
     }
@@ -148,15 +155,15 @@ impl Inner {
         };
         let started =
             tracing::enabled!(tracing::Level::DEBUG).then(ringlimit_actors::clock::monotonic);
-        let path_is_batch = matches!(route, Route::Batch);
+        let path = match route {
+            Route::Validate => VALIDATE,
+            Route::Batch => VALIDATE_BATCH,
+            Route::Authorize => super::authorize::AUTHORIZE,
+        };
         let mut res = self.check(route, req).await;
         if let Some(t) = started {
             tracing::debug!(
-                path = if path_is_batch {
-                    VALIDATE_BATCH
-                } else {
-                    VALIDATE
-                },
+                path,
                 status = res.status().as_u16(),
                 latency_us = t.elapsed().as_micros() as u64,
                 request_id = id.to_str().unwrap_or(""),

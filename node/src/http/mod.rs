@@ -3,6 +3,7 @@
 //! `X-Request-Id` (or make one) and return it.
 
 pub mod admin;
+pub mod authorize;
 pub mod data;
 pub mod error;
 pub mod extract;
@@ -126,6 +127,12 @@ pub fn data_router(state: AppState, ids: RequestIds) -> Router {
         .route(
             "/api/v1/validate/batch",
             post(data::validate_batch).fallback(error::wrong_method),
+        )
+        .route(
+            authorize::AUTHORIZE,
+            get(authorize::authorize)
+                .post(authorize::authorize)
+                .fallback(error::wrong_method),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
