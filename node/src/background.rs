@@ -16,8 +16,22 @@
 //! [`ringlimit_actors::pipeline::queue`]) — the check path is never the one
 //! that waits.
 
+use std::cell::Cell;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+
+thread_local! {
+    static BACKGROUND: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is a background runtime's own thread (not
+/// one of its blocking threads, not the request runtime's). Work there may
+/// block the thread: it exists for that work, and nothing that answers
+/// checks waits on it. The embedded store writes the write-behind's flush
+/// right there, instead of copying the batch to a blocking thread.
+pub fn on_background_thread() -> bool {
+    BACKGROUND.with(Cell::get)
+}
 
 /// A current-thread runtime on a thread of its own.
 #[derive(Debug)]
@@ -45,6 +59,7 @@ impl Background {
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                BACKGROUND.with(|b| b.set(true));
                 lower_priority(&thread_name, nice);
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -163,6 +178,15 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(name.as_deref(), Some("rl-test-bg"));
         assert_ne!(id, here);
+        assert!(!on_background_thread());
+        let (own, blocking) = rt
+            .block_on(bg.run(async {
+                let blocking = tokio::task::spawn_blocking(on_background_thread).await;
+                (on_background_thread(), blocking)
+            }))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(own, "the background runtime's own thread");
+        assert_eq!(blocking.ok(), Some(false), "its blocking threads are not");
         bg.stop();
     }
 

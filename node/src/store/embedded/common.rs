@@ -23,6 +23,17 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// Runs `f` right here when the caller is a background runtime's own
+    /// thread (the write-behind's: see [`crate::background`]), which may
+    /// block; `None` elsewhere, where [`Self::blocking`] must be used. The
+    /// caller's data is borrowed, not copied for another thread.
+    pub(super) fn inline<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        crate::background::on_background_thread().then(|| f(&self.db))
+    }
+
     /// Runs `f` on the blocking pool.
     pub(super) async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where

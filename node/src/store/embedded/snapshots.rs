@@ -29,13 +29,16 @@ impl SnapshotStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let batch = batch.to_vec();
-        self.blocking(move |db| {
+        let write = |db: &redb::Database, batch: &[(String, Vec<u8>)]| {
             let tx = db.begin_write().map_err(db_err)?;
-            put_snapshots(&tx, &batch)?;
+            put_snapshots(&tx, batch)?;
             tx.commit().map_err(db_err)
-        })
-        .await
+        };
+        if let Some(r) = self.inline(|db| write(db, batch)) {
+            return r;
+        }
+        let batch = batch.to_vec();
+        self.blocking(move |db| write(db, &batch)).await
     }
 
     /// Snapshots and usage rows in one write transaction: one commit (and
@@ -45,16 +48,21 @@ impl SnapshotStore for EmbeddedStore {
         snapshots: &[(String, Vec<u8>)],
         usage: &[UsageRow],
     ) -> Result<bool, StoreError> {
-        let snapshots = snapshots.to_vec();
-        let usage = usage.to_vec();
-        self.blocking(move |db| {
+        let write = |db: &redb::Database, snapshots: &[(String, Vec<u8>)], usage: &[UsageRow]| {
             let tx = db.begin_write().map_err(db_err)?;
-            put_snapshots(&tx, &snapshots)?;
-            put_usage(&tx, &usage)?;
+            put_snapshots(&tx, snapshots)?;
+            put_usage(&tx, usage)?;
             tx.commit().map_err(db_err)?;
             Ok(true)
-        })
-        .await
+        };
+        // On the write-behind's own thread: written right there, from the
+        // borrowed batch.
+        if let Some(r) = self.inline(|db| write(db, snapshots, usage)) {
+            return r;
+        }
+        let snapshots = snapshots.to_vec();
+        let usage = usage.to_vec();
+        self.blocking(move |db| write(db, &snapshots, &usage)).await
     }
 
     async fn load_snapshot(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -38,13 +38,16 @@ impl UsageStore for EmbeddedStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows = rows.to_vec();
-        self.blocking(move |db| {
+        let write = |db: &redb::Database, rows: &[UsageRow]| {
             let tx = db.begin_write().map_err(db_err)?;
-            put_usage(&tx, &rows)?;
+            put_usage(&tx, rows)?;
             tx.commit().map_err(db_err)
-        })
-        .await
+        };
+        if let Some(r) = self.inline(|db| write(db, rows)) {
+            return r;
+        }
+        let rows = rows.to_vec();
+        self.blocking(move |db| write(db, &rows)).await
     }
 
     async fn usage_history(
