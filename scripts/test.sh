@@ -29,6 +29,22 @@ if ! command -v ip >/dev/null || ! command -v setpriv >/dev/null; then
     { "${sudo[@]}" apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends iproute2 util-linux >&2; }
 fi
 
+# nginx, for the test of the shipped auth_request configuration
+# (node/tests/nginx.rs starts its own; the package must not start one).
+if [[ ! -x /usr/sbin/nginx ]]; then
+  sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  made_policy=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  log "apt-get install nginx"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends nginx >&2 ||
+    { "${sudo[@]}" apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends nginx >&2; }
+  [[ -z "$made_policy" ]] || "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+fi
+
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/ringlimit-test.XXXXXX")"
 cleanup() {
   local rc=$?

@@ -1,6 +1,6 @@
-//! `GET`/`POST /api/v1/authorize`: the check for proxies that ask with
+//! `/api/v1/authorize`, any method: the check for proxies that ask with
 //! headers (nginx `auth_request`, Traefik `forwardAuth`, Kong, Envoy's
-//! `ext_authz` over HTTP).
+//! `ext_authz` over HTTP, which keeps the original request's method).
 //!
 //! - The api_key comes from `Authorization: Bearer <key>` or, failing that,
 //!   `X-Api-Key: <key>`.

@@ -60,9 +60,9 @@ fn route_of(req: &Request<Body>) -> Option<Route> {
     match req.uri().path() {
         VALIDATE if post => Some(Route::Validate),
         VALIDATE_BATCH if post => Some(Route::Batch),
-        super::authorize::AUTHORIZE if post || req.method() == Method::GET => {
-            Some(Route::Authorize)
-        }
+        // Any method: proxies ask with the original request's method
+        // (Envoy's ext_authz) or with GET (Traefik), and the body is never read.
+        super::authorize::AUTHORIZE => Some(Route::Authorize),
         _ => None,
     }
 }

@@ -130,9 +130,7 @@ pub fn data_router(state: AppState, ids: RequestIds) -> Router {
         )
         .route(
             authorize::AUTHORIZE,
-            get(authorize::authorize)
-                .post(authorize::authorize)
-                .fallback(error::wrong_method),
+            axum::routing::any(authorize::authorize),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
