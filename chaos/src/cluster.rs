@@ -122,6 +122,9 @@ impl Cluster {
             .env("RINGLIMIT_SCYLLA_NODES", &self.spec.cql)
             .env("RINGLIMIT_SCYLLA_KEYSPACE", &self.spec.keyspace)
             .env("RINGLIMIT_LOG_LEVEL", "warn")
+            // The accounts read usage after each run: written every second
+            // (the default is 10 s), they wait less for it.
+            .env("RINGLIMIT_USAGE_FLUSH_INTERVAL_MS", "1000")
             .envs(self.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -36,6 +36,9 @@ impl Node {
             .env("RINGLIMIT_ADMIN_TOKEN", TOKEN)
             .env("RINGLIMIT_DATA_DIR", dir)
             .env("RINGLIMIT_LOG_LEVEL", "warn")
+            // Tests read usage history soon after the checks (the default
+            // writes it every 10 s); a test's own env still wins.
+            .env("RINGLIMIT_USAGE_FLUSH_INTERVAL_MS", "1000")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
